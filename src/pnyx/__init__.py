@@ -1,0 +1,9 @@
+"""pnyx: Multi-Paxos for Python.
+
+A consensus library you can embed, a replicated key-value store you can run,
+and the clearest place to learn Paxos. The protocol lives in `pnyx.protocol`
+(pure: no I/O, no clock, no randomness of its own); `pnyx.sim` drives it under
+a seeded, faulty virtual network.
+"""
+
+__version__ = "0.1.0"
