@@ -91,6 +91,11 @@ class Ready:
 
 
 class SynodNode:
+    # The roles are attributes so that a test can swap in a deliberately broken one.
+    acceptor_class: type[Acceptor] = Acceptor
+    proposer_class: type[Proposer] = Proposer
+    learner_class: type[Learner] = Learner
+
     def __init__(
         self,
         node_id: int,
@@ -103,9 +108,11 @@ class SynodNode:
         state = state if state is not None else DurableState()
         self.node_id = node_id
         self.config = config
-        self.acceptor = Acceptor(node_id, AcceptorState(state.promised, state.accepted))
-        self.proposer = Proposer(node_id, config.quorums, rng, config.retry, state.last_round)
-        self.learner = Learner(config.quorums, state.chosen)
+        self.acceptor = self.acceptor_class(node_id, AcceptorState(state.promised, state.accepted))
+        self.proposer = self.proposer_class(
+            node_id, config.quorums, rng, config.retry, state.last_round
+        )
+        self.learner = self.learner_class(config.quorums, state.chosen)
         self.dropped = 0  # malformed or foreign messages, counted and ignored
         self._seq = 0
         self._durable = 0

@@ -1,0 +1,50 @@
+"""Fault schedules: when partitions come and heal, when processes crash and restart.
+
+A schedule is drawn from its own seeded RNG before the run starts, so the
+faults of a seed do not depend on how the protocol behaves. Every fault ends
+by `until`: after that the network is whole and every process is up, which
+is when liveness can be expected of the protocol.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    partitions: bool = False
+    crashes: bool = False
+    until: float = 1.0  # faults happen in [0, until) seconds of virtual time
+    partition_rate: float = 4.0  # partitions per second, on average
+    crash_rate: float = 6.0  # crashes per second, on average
+    max_outage: float = 0.3  # longest partition or downtime, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    time: float
+    kind: str  # "partition", "heal", "crash", "restart"
+    nodes: tuple[int, ...]
+
+
+def schedule(nodes: list[int], config: FaultConfig, rng: random.Random) -> list[Fault]:
+    faults: list[Fault] = []
+    if config.partitions:
+        t = rng.expovariate(config.partition_rate)
+        while t < config.until:
+            size = rng.randint(1, len(nodes) - 1) if len(nodes) > 1 else 0
+            minority = tuple(sorted(rng.sample(nodes, size)))
+            end = min(config.until, t + rng.uniform(0.01, config.max_outage))
+            faults += [Fault(t, "partition", minority), Fault(end, "heal", ())]
+            t = end + rng.expovariate(config.partition_rate)
+    if config.crashes:
+        t = rng.expovariate(config.crash_rate)
+        while t < config.until:
+            node = rng.choice(nodes)
+            end = min(config.until, t + rng.uniform(0.001, config.max_outage))
+            faults += [Fault(t, "crash", (node,)), Fault(end, "restart", (node,))]
+            t += rng.expovariate(config.crash_rate)
+    faults.sort(key=lambda f: f.time)
+    return faults
