@@ -16,10 +16,11 @@ from dataclasses import dataclass
 class FaultConfig:
     partitions: bool = False
     crashes: bool = False
-    until: float = 1.0  # faults happen in [0, until) seconds of virtual time
-    partition_rate: float = 4.0  # partitions per second, on average
-    crash_rate: float = 6.0  # crashes per second, on average
-    max_outage: float = 0.3  # longest partition or downtime, seconds
+    # Faults are dense while a decision is being made (tens of milliseconds).
+    until: float = 0.25  # faults happen in [0, until) seconds of virtual time
+    partition_rate: float = 15.0  # partitions per second, on average
+    crash_rate: float = 30.0  # crashes per second, on average
+    max_outage: float = 0.1  # longest partition or downtime, seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ class SimConfig:
 @dataclass(slots=True)
 class SimResult:
     config: SimConfig
+    proposals: dict[int, Value]  # node -> the value its client asked it to propose
     chosen: Value | None
     chosen_at: float | None  # when a quorum first accepted it (virtual seconds)
     learned: dict[int, Value]
@@ -283,6 +284,7 @@ class Simulation:
         chosen = self.observer.decided_value
         return SimResult(
             config=self.config,
+            proposals=dict(self.values),
             chosen=chosen,
             chosen_at=self.observer.chosen.get(chosen) if chosen is not None else None,
             learned=dict(self.observer.learned),

@@ -1,0 +1,113 @@
+"""Readable summaries of simulated runs and of seed sweeps."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from pnyx.sim.faults import Fault
+from pnyx.sim.invariants import RULES, show
+from pnyx.sim.simulation import SimConfig, SimResult
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def describe_config(c: SimConfig) -> str:
+    net = c.network
+    parts = [
+        f"{c.nodes} nodes",
+        f"{c.proposers} proposer{'s' if c.proposers != 1 else ''}",
+        f"drop {net.drop:.0%}",
+        f"duplicate {net.duplicate:.0%}",
+        f"delay {net.min_delay * 1000:g}-{net.max_delay * 1000:g} ms"
+        f" + jitter {net.jitter * 1000:g} ms",
+    ]
+    if c.faults.partitions:
+        parts.append("partitions")
+    if c.faults.crashes:
+        parts.append("crashes")
+    q = c.quorums()
+    parts.append(f"quorums {q.phase1}/{q.phase2}")
+    if c.distinguished is not None:
+        parts.append(f"distinguished proposer {c.distinguished}")
+    if not c.retry.randomized:
+        parts.append("no random backoff")
+    if c.mutant:
+        parts.append(f"MUTANT {c.mutant}")
+    return ", ".join(parts)
+
+
+def _faults_seen(faults: Sequence[Fault], end: float) -> list[str]:
+    lines = []
+    for f in faults:
+        if f.time > end:
+            break
+        if f.kind == "partition":
+            lines.append(f"{ms(f.time):>10}  partition: {{{', '.join(map(str, f.nodes))}}} cut off")
+        elif f.kind == "heal":
+            lines.append(f"{ms(f.time):>10}  partition healed")
+        else:
+            lines.append(f"{ms(f.time):>10}  node {f.nodes[0]} {f.kind}")
+    return lines
+
+
+def summary(r: SimResult) -> str:
+    c = r.config
+    out = [f"pnyx sim: seed {c.seed}: {describe_config(c)}", ""]
+    out.append("  proposed  " + ", ".join(
+        f"{show(v)} (node {i})" for i, v in sorted(r.proposals.items())
+    ))
+    if r.chosen is not None:
+        out.append(f"  chosen    {show(r.chosen)} at {ms(r.chosen_at)}")
+    else:
+        out.append(f"  chosen    nothing within {ms(c.max_time)}")
+    knew = ", ".join(f"{i}:{show(v)}" for i, v in sorted(r.learned.items()))
+    when = f" (all by {ms(r.all_learned_at)})" if r.all_learned_at is not None else ""
+    out.append(f"  learned   {len(r.learned)}/{c.nodes} nodes{when}  [{knew}]")
+    out.append(
+        f"  messages  {r.sent} sent, {r.delivered} delivered, {r.lost} lost, "
+        f"{r.duplicated} duplicated ({r.events} events, ended at {ms(r.end_time)})"
+    )
+    seen = _faults_seen(r.faults, r.end_time)
+    out.append(f"  faults    {len(seen) or 'none'}")
+    out.extend("  " + line for line in seen)
+    out.append("")
+    broken = {v.rule for v in r.violations}
+    for rule in RULES:
+        out.append(f"  {'FAIL' if rule in broken else 'ok  '}  {rule}")
+    for v in r.violations:
+        out.append(f"        {v}")
+    return "\n".join(out)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def sweep_summary(results: Sequence[SimResult], wall: float) -> str:
+    unsafe = [r for r in results if not r.safe]
+    undecided = [r for r in results if r.safe and r.chosen is None]
+    decisions = [r.chosen_at for r in results if r.chosen_at is not None]
+    delivered = sum(r.delivered for r in results)
+    out = [
+        f"pnyx sim: {len(results)} seeds "
+        f"({results[0].config.seed}..{results[-1].config.seed}) in {wall:.1f} s, "
+        f"{delivered / wall if wall else 0:,.0f} deliveries/s",
+        f"  violations  {len(unsafe)}"
+        + (f"  seeds: {', '.join(str(r.config.seed) for r in unsafe[:20])}" if unsafe else ""),
+        f"  undecided   {len(undecided)}"
+        + (f"  seeds: {', '.join(str(r.config.seed) for r in undecided[:20])}"
+           if undecided else ""),
+    ]
+    if decisions:
+        out.append(
+            f"  decision    median {ms(statistics.median(decisions))}, "
+            f"p99 {ms(percentile(decisions, 99))}, max {ms(max(decisions))}"
+        )
+    for r in unsafe[:5]:
+        out.append(f"  seed {r.config.seed}: {r.violations[0]}")
+    return "\n".join(out)
