@@ -34,6 +34,7 @@ from pnyx.protocol import (
     decode,
     encode,
 )
+from pnyx.protocol.ballot import MAX_ROUND
 from pnyx.protocol.messages import MESSAGE_TYPES
 
 U64 = 2**64 - 1
@@ -93,12 +94,6 @@ def decodes_or_is_malformed(data: bytes) -> Message | None:
     except MalformedMessage as exc:
         assert str(exc), "MalformedMessage should say what was wrong"
         return None
-    except UnicodeDecodeError:
-        # KNOWN CORE BUG, pinned by the strict xfail tests `test_decode_invalid_utf8_tag_*`
-        # and `test_receive_invalid_utf8_*` below: skip only this one case here so the
-        # property keeps hunting for other escapes. Remove this clause once fixed.
-        assume(False)
-        raise
     assert isinstance(m, MESSAGE_TYPES)
     return m
 
@@ -420,23 +415,12 @@ def test_dropped_counts_each_bad_input() -> None:
 
 INVALID_UTF8_TAG = b"\x92\xa7\x80earned\x01"  # ["learned", 1] with one byte of line noise
 
-_UTF8_REASON = (
-    "core bug: msgspec raises UnicodeDecodeError (a ValueError, not a msgspec.DecodeError) "
-    "for a MessagePack str that is not valid UTF-8, e.g. a tag with one corrupted byte; "
-    "messages.decode catches only DecodeError/ValidationError, so it escapes decode and "
-    "SynodNode.receive, crashing the receive path instead of counting a drop. Fix: also "
-    "catch UnicodeDecodeError in decode (then drop the escape hatch in "
-    "decodes_or_is_malformed)."
-)
 
-
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=_UTF8_REASON)
 def test_decode_invalid_utf8_tag_is_malformed() -> None:
     with pytest.raises(MalformedMessage):
         decode(INVALID_UTF8_TAG)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=_UTF8_REASON)
 def test_receive_invalid_utf8_is_counted_as_dropped() -> None:
     node, twin = make_node(), make_node()
     ready = node.receive(INVALID_UTF8_TAG, 0.0)
@@ -445,20 +429,17 @@ def test_receive_invalid_utf8_is_counted_as_dropped() -> None:
     same_future(node, twin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "core bug: a well-formed message may carry a ballot round of 2**64-1 (the largest "
-        "MessagePack uint). The acceptor promises it and the proposer's next ballot is "
-        "round 2**64, which encode() cannot serialize (OverflowError), and no encodable "
-        "ballot can ever exceed the promise: one such message blocks the cluster for good. "
-        "Ballot.round needs an upper bound below 2**64-1 (checked on decode)."
-    ),
-)
+def test_ballot_round_beyond_the_limit_is_malformed() -> None:
+    """A round no honest proposer reaches would leave no higher ballot: refuse it."""
+    node = make_node(1)
+    node.receive(encode(Prepare(2, Ballot(U64, 2))), 0.0)
+    assert node.dropped == 1
+    assert node.durable_state().promised == Ballot(0, 0)
+
+
 def test_extreme_ballot_from_the_wire_keeps_outputs_encodable() -> None:
     node = make_node(1)
-    r = node.receive(encode(Prepare(2, Ballot(U64, 2))), 0.0)
+    r = node.receive(encode(Prepare(2, Ballot(MAX_ROUND - 1, 2))), 0.0)
     assert node.dropped == 0  # it is accepted as well-formed
     node.persisted(r.persist_seq)
     r = node.propose(b"v", 0.0)
@@ -468,16 +449,6 @@ def test_extreme_ballot_from_the_wire_keeps_outputs_encodable() -> None:
         decode(encode(m))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core weakness: persisted(seq) trusts seq. Called with a seq larger than any record "
-        "issued so far (a runtime bug, a stale callback from another incarnation), it sets "
-        "the durable mark past every future record, so later Promise/Accepted messages are "
-        "sent before their record is durable: persist-before-send silently stops holding. "
-        "The core should clamp seq to the last issued record (or refuse it)."
-    ),
-)
 def test_persisted_for_a_record_never_issued_does_not_release_later_messages() -> None:
     node = make_node(2)
     node.persisted(99)

@@ -5,7 +5,9 @@ acceptor has promised; the promise carries the highest-numbered proposal it
 has accepted. An Accept is accepted unless the acceptor has promised a higher
 ballot. Every change of state is returned to the caller to be made durable;
 the reply reports that state and so may only leave once it is durable (the
-ordering is enforced by `pnyx.protocol.synod`).
+ordering is enforced by `pnyx.protocol.synod`). The two rules are functions,
+`may_promise` and `may_accept`, which Multi-Paxos (`pnyx.protocol.replica`)
+applies with one promise for every slot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ import msgspec
 
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.messages import Accept, Accepted, Prepare, Promise, Proposal, Rejected
+
+
+def may_promise(promised: Ballot, ballot: Ballot) -> bool:
+    """The seed's check one: promise only a ballot higher than any promised before."""
+    return ballot > promised
+
+
+def may_accept(promised: Ballot, ballot: Ballot) -> bool:
+    """Accept unless a Prepare with a higher ballot has been answered."""
+    return ballot >= promised
 
 
 class AcceptorState(msgspec.Struct, frozen=True, array_like=True):
@@ -29,12 +41,10 @@ class Acceptor:
         self.state = state if state is not None else AcceptorState()
 
     def may_promise(self, ballot: Ballot) -> bool:
-        """The seed's check one: is this the highest ballot I have ever seen?"""
-        return ballot > self.state.promised
+        return may_promise(self.state.promised, ballot)
 
     def may_accept(self, ballot: Ballot) -> bool:
-        """Accept unless a Prepare with a higher ballot has been answered."""
-        return ballot >= self.state.promised
+        return may_accept(self.state.promised, ballot)
 
     def on_prepare(self, m: Prepare) -> tuple[Promise | Rejected, bool]:
         """The reply, and whether the state changed (and must be made durable first)."""

@@ -12,12 +12,16 @@ from typing import Annotated
 import msgspec
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+# Far beyond any honest use, and low enough that a successor still encodes: a peer
+# cannot wedge the cluster by promising the largest integer the wire can carry.
+MAX_ROUND = 2**62
+Round = Annotated[int, msgspec.Meta(ge=0, le=MAX_ROUND)]
 
 
 class Ballot(msgspec.Struct, frozen=True, order=True, array_like=True):
     """A proposal number. Real ballots have `round >= 1`; `ZERO` is below them all."""
 
-    round: NonNegative
+    round: Round
     node_id: NonNegative
 
     def __str__(self) -> str:

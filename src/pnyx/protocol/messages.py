@@ -108,5 +108,6 @@ def decode(data: bytes) -> Message:
     """Decode one message; anything else raises `MalformedMessage` with the reason."""
     try:
         return _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+        # msgspec raises UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
         raise MalformedMessage(str(exc)) from None

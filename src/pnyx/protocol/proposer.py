@@ -18,18 +18,33 @@ import enum
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.messages import Accept, Prepare, Promise, Proposal, Rejected, Value
 from pnyx.protocol.quorum import QuorumSystem
 
 
-def choose_value(reported: Iterable[Proposal | None], own: Value) -> Value:
-    """The value rule: the highest-numbered accepted proposal's value, else our own."""
-    highest: Proposal | None = None
+class _HasBallot(Protocol):
+    @property
+    def ballot(self) -> Ballot: ...
+
+
+P = TypeVar("P", bound=_HasBallot)
+
+
+def highest_numbered(reported: Iterable[P | None]) -> P | None:
+    """The proposal with the highest ballot among those reported, if any."""
+    highest: P | None = None
     for p in reported:
         if p is not None and (highest is None or p.ballot > highest.ballot):
             highest = p
+    return highest
+
+
+def choose_value(reported: Iterable[Proposal | None], own: Value) -> Value:
+    """The value rule: the highest-numbered accepted proposal's value, else our own."""
+    highest = highest_numbered(reported)
     return own if highest is None else highest.value
 
 

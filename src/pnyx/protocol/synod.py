@@ -70,6 +70,8 @@ class SynodConfig:
         return cls(members, QuorumSystem.majority(members), **kwargs)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"member ids must be distinct, got {list(self.members)}")
         if set(self.quorums.acceptors) != set(self.members):
             raise ValueError("every member is an acceptor: quorums must be over the members")
         if self.distinguished is not None and self.distinguished not in self.members:
@@ -123,6 +125,7 @@ class SynodNode:
         self._inform_at: float | None = 0.0 if state.chosen is not None else None
         self._forward: Value | None = None
         self._forward_at: float | None = None
+        self.proposer.observe(state.promised)
         if state.chosen is not None:
             self.proposer.finish()
 
@@ -207,6 +210,7 @@ class SynodNode:
 
     def persisted(self, seq: int) -> Ready:
         """The runtime made every record up to `seq` durable: release what waited for it."""
+        seq = min(seq, self._seq)  # a record never issued cannot be durable
         if seq > self._durable:
             self._durable = seq
             still_held = []
