@@ -39,6 +39,7 @@ from pnyx.statemachine.kv import (
     Request,
     Result,
     decode_result,
+    encode_query,
     encode_request,
     encode_result,
     validate,
@@ -50,5 +51,5 @@ __all__ = [
     "Delete", "Error", "ErrorCode", "Get", "IdempotentRequest", "KVMachine", "LogOrderError",
     "MalformedResult", "NotFound", "Ok", "PreconditionFailed", "Put", "Request", "Result",
     "SafeApply", "SnapshotError", "StateMachine", "Verdict", "decode_result", "encode_request",
-    "encode_result", "error_result", "validate",
+    "encode_query", "encode_result", "error_result", "validate",
 ]

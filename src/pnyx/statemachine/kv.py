@@ -195,6 +195,17 @@ def decode_result(data: bytes) -> Result:
 # --- checking ---------------------------------------------------------------
 
 
+_query_decoder = msgspec.msgpack.Decoder(Get)
+
+
+def encode_query(key: str) -> bytes:
+    """The bytes `KVMachine.query` answers: a `Get` of `key`."""
+    return _command_encoder.encode(Get(key))
+
+
+_command_encoder = msgspec.msgpack.Encoder()
+
+
 def _utf8_len(text: str) -> int:
     # surrogatepass: a str built in Python (not decoded from the wire) may hold
     # lone surrogates; count them rather than raise.
@@ -240,7 +251,8 @@ def _parse(data: bytes, limit: int) -> AnyRequest | Error:
         )
     try:
         request = _request_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.MsgspecError, ValueError) as exc:
+        # ValueError: msgspec raises UnicodeDecodeError for a str that is not UTF-8.
         # msgspec's message names the offending field; it depends only on the
         # bytes (and the msgspec version, which every replica must share anyway
         # since it defines the encoding).
@@ -361,6 +373,22 @@ class KVMachine:
         for a linearizable read, send a `Get` through the log.
         """
         return self._data.get(key)
+
+    def query(self, query: bytes) -> bytes:
+        """Answer an encoded `Get` from local state, as `apply` would, changing nothing.
+
+        The replica calls this for reads outside the log (linearizable read-index,
+        quorum and stale reads); which of those guarantees holds is the caller's.
+        """
+        try:
+            command = _query_decoder.decode(query)
+        except (msgspec.MsgspecError, ValueError) as exc:
+            return encode_result(Error(f"malformed query: {exc}", ErrorCode.MALFORMED))
+        reason = _check_command(command)
+        if reason is not None:
+            return encode_result(Error(reason, ErrorCode.INVALID))
+        item = self._data.get(command.key)
+        return encode_result(NotFound() if item is None else Ok(item[1], item[0]))
 
     @property
     def key_count(self) -> int:
