@@ -1,20 +1,15 @@
-"""The simulation loop: virtual time, simulated processes, disks and network.
+"""Single-decree Paxos in the simulator: competing proposers, one value chosen.
 
-Each simulated process is a `SynodNode` from the pure core with a simulated
-disk. The loop keeps one queue of timed events (deliveries, timer wake-ups,
-writes becoming durable, proposals, faults) and hands each to the core,
-then carries out the `Ready` the core returns: the record goes to disk and
-becomes durable after the fsync delay, unless the process crashes first; the
-messages go to the network. A crash throws away the process and everything
-not yet durable; a restart builds a new process from what its disk holds.
-
-Everything random is drawn from RNGs seeded from `SimConfig.seed`, and ties in
-time are broken by insertion order, so a seed replays one run exactly.
+Each simulated process is a `SynodNode` from the pure core, run by the
+`pnyx.sim.engine` under the configured faults. Clients ask the first
+`proposers` processes to propose distinct values (and ask again after a
+crash); the `Observer` checks the safety invariants on everything that
+happens. The run ends when every process has learned the chosen value, when
+an invariant breaks, or at `max_time`.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
 from dataclasses import dataclass, field
 from typing import IO
@@ -23,11 +18,11 @@ from pnyx.protocol.messages import Message, Value
 from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.protocol.synod import DurableState, Ready, SynodConfig, SynodNode
-from pnyx.sim.faults import Fault, FaultConfig, schedule
+from pnyx.sim.engine import CALL, Engine
+from pnyx.sim.faults import Fault, FaultConfig
 from pnyx.sim.invariants import Observer, Violation
 from pnyx.sim.mutants import MUTANTS
-from pnyx.sim.network import Network, NetworkConfig
-from pnyx.sim.trace import Trace, describe
+from pnyx.sim.network import NetworkConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,151 +88,51 @@ class SimResult:
         return self.chosen is not None
 
 
-# Event kinds; the queue holds (time, seq, kind, node, payload, incarnation).
-_DELIVER, _WAKE, _DURABLE, _PROPOSE, _FAULT = range(5)
+class Simulation(Engine[SynodNode, DurableState]):
+    """Single-decree Paxos: proposers race to get their value chosen."""
 
-
-class Simulation:
     def __init__(self, config: SimConfig, trace_sink: IO[bytes] | None = None,
                  trace: bool = False) -> None:
+        super().__init__(config.seed, config.nodes, config.network, config.faults,
+                         config.fsync, config.max_time, trace_sink, trace)
         self.config = config
-        seed = config.seed
-        self.ids = list(range(1, config.nodes + 1))
         quorums = config.quorums()
         self.synod = SynodConfig(
             tuple(self.ids), quorums, config.retry, distinguished=config.distinguished
         )
         self.node_class = MUTANTS[config.mutant] if config.mutant else SynodNode
-        self.network = Network(self.ids, config.network, random.Random(f"{seed}/network"))
         self.observer = Observer(quorums)
-        self.trace = Trace(trace_sink) if (trace or trace_sink is not None) else None
-        self.now = 0.0
-        self.nodes: dict[int, SynodNode | None] = {}
-        self.disks: dict[int, DurableState] = dict.fromkeys(self.ids, DurableState())
-        self.incarnation = dict.fromkeys(self.ids, 0)
-        self._disk_free_at = dict.fromkeys(self.ids, 0.0)
-        self._wake_at: dict[int, float | None] = dict.fromkeys(self.ids)
-        self._queue: list[tuple[float, int, int, int, object, int]] = []
-        self._seq = 0
         self.values = {i: f"v{i}".encode() for i in self.ids[: config.proposers]}
         self._unproposed: set[int] = set()
-        self.sent = self.delivered = self.lost = self.duplicated = self.events = 0
         self.all_learned_at: float | None = None
-        workload = random.Random(f"{seed}/workload")
-        self.faults = schedule(self.ids, config.faults, random.Random(f"{seed}/faults"))
-        for i in self.ids:
-            self.nodes[i] = self._make_node(i)
+        self.start()
+        workload = random.Random(f"{config.seed}/workload")
         for i in self.values:
-            self._push(workload.uniform(0, config.propose_within), _PROPOSE, i, None, 0)
-        for fault in self.faults:
-            self._push(fault.time, _FAULT, 0, fault, 0)
+            self.push(workload.uniform(0, config.propose_within), CALL, i, None)
 
-    # ---------------------------------------------------------------- driver
+    def empty_disk(self) -> DurableState:
+        return DurableState()
 
-    def run(self) -> SimResult:
-        queue = self._queue
-        max_time = self.config.max_time
-        observer = self.observer
-        while queue and not observer.violations:
-            time, _, kind, node, payload, incarnation = heapq.heappop(queue)
-            if time > max_time:
-                break
-            self.now = time
-            self.events += 1
-            if kind == _DELIVER:
-                self._deliver(node, payload)  # type: ignore[arg-type]
-            elif kind == _WAKE:
-                self._wake(node, time)
-            elif kind == _DURABLE:
-                self._durable(node, payload, incarnation)  # type: ignore[arg-type]
-            elif kind == _PROPOSE:
-                self._propose(node)
-            else:
-                self._fault(payload)  # type: ignore[arg-type]
-            if self.all_learned_at is None and self._everyone_learned():
-                self.all_learned_at = time
-                break
-        return self._result()
+    def write(self, disk: DurableState, records: DurableState) -> DurableState:
+        return records  # a record is the whole state
 
-    def _push(self, time: float, kind: int, node: int, payload: object, incarnation: int) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (time, self._seq, kind, node, payload, incarnation))
-
-    def _make_node(self, i: int) -> SynodNode:
-        rng = random.Random(f"{self.config.seed}/node{i}/{self.incarnation[i]}")
+    def make_process(self, i: int, rng: random.Random) -> SynodNode:
         return self.node_class(i, self.synod, rng, self.disks[i])
 
-    def _apply(self, i: int, ready: Ready) -> None:
-        """Carry out the effects the core asked for."""
-        now = self.now
-        if ready.persist is not None:
-            # One disk per process: writes complete in order, one fsync after another.
-            done = max(now, self._disk_free_at[i]) + self.config.fsync
-            self._disk_free_at[i] = done
-            payload = (ready.persist_seq, ready.persist)
-            self._push(done, _DURABLE, i, payload, self.incarnation[i])
-        for dst, message in ready.send:
-            self._send(i, dst, message)
+    def after(self, i: int, ready: Ready) -> None:
         if ready.learned is not None:
             if self.trace:
-                self.trace.emit(now, "learn", node=i, value=ready.learned.decode())
-            self.observer.on_learned(i, ready.learned, now)
-        wake = ready.wake_at
-        if wake is not None and wake != self._wake_at[i]:
-            self._wake_at[i] = wake
-            self._push(max(wake, now), _WAKE, i, None, self.incarnation[i])
+                self.trace.emit(self.now, "learn", node=i, value=ready.learned.decode())
+            self.observer.on_learned(i, ready.learned, self.now)
 
-    def _send(self, src: int, dst: int, message: Message) -> None:
-        self.sent += 1
-        observer = self.observer
-        chosen_before = len(observer.chosen)
-        observer.on_send(src, message, self.now)
-        if self.trace:
-            self.trace.emit(self.now, "send", dst=dst, msg=describe(message))
-            if len(observer.chosen) > chosen_before:
-                self.trace.emit(self.now, "chosen", value=message.value.decode())  # type: ignore[union-attr]
-        delays = self.network.delays(src, dst)
-        if not delays:
-            self.lost += 1
-            if self.trace:
-                self.trace.emit(self.now, "drop", src=src, dst=dst)
-        elif len(delays) > 1:
-            self.duplicated += 1
-        for delay in delays:
-            self._push(self.now + delay, _DELIVER, dst, (src, message), 0)
+    def on_send(self, src: int, message: Message) -> None:
+        chosen_before = len(self.observer.chosen)
+        self.observer.on_send(src, message, self.now)
+        if self.trace and len(self.observer.chosen) > chosen_before:
+            self.trace.emit(self.now, "chosen", value=message.value.decode())  # type: ignore[union-attr]
 
-    def _deliver(self, dst: int, payload: tuple[int, Message]) -> None:
-        src, message = payload
-        node = self.nodes[dst]
-        if node is None or not self.network.connected(src, dst):
-            self.lost += 1
-            if self.trace:
-                why = "down" if node is None else "partitioned"
-                self.trace.emit(self.now, "lost", src=src, dst=dst, why=why)
-            return
-        self.delivered += 1
-        if self.trace:
-            self.trace.emit(self.now, "deliver", dst=dst, msg=describe(message))
-        self._apply(dst, node.step(message, self.now))
-
-    def _wake(self, i: int, time: float) -> None:
-        node = self.nodes[i]
-        if node is None or self._wake_at[i] != time:
-            return  # a stale wake-up: the process crashed or asked for another time
-        self._wake_at[i] = None
-        self._apply(i, node.tick(time))
-
-    def _durable(self, i: int, payload: tuple[int, DurableState], incarnation: int) -> None:
-        node = self.nodes[i]
-        if node is None or incarnation != self.incarnation[i]:
-            return  # the process crashed before this write reached the disk
-        seq, state = payload
-        self.disks[i] = state
-        if self.trace:
-            self.trace.emit(self.now, "durable", node=i, seq=seq)
-        self._apply(i, node.persisted(seq))
-
-    def _propose(self, i: int) -> None:
+    def call(self, i: int, payload: object) -> None:
+        """A client asks process `i` to propose its value."""
         node = self.nodes[i]
         if node is None:
             self._unproposed.add(i)  # the client retries when the process is back
@@ -246,41 +141,33 @@ class Simulation:
         self.observer.on_propose(i, value, self.now)
         if self.trace:
             self.trace.emit(self.now, "propose", node=i, value=value.decode())
-        self._apply(i, node.propose(value, self.now))
+        self.apply(i, node.propose(value, self.now))
 
-    def _fault(self, fault: Fault) -> None:
-        if self.trace:
-            self.trace.emit(self.now, fault.kind, nodes=list(fault.nodes))
-        if fault.kind == "partition":
-            self.network.partition(set(fault.nodes))
-        elif fault.kind == "heal":
-            self.network.heal()
-        elif fault.kind == "crash":
-            (i,) = fault.nodes
-            if self.nodes[i] is not None:
-                self.nodes[i] = None
-                self.incarnation[i] += 1
-                self._wake_at[i] = None
-                self._disk_free_at[i] = self.now
-        elif fault.kind == "restart":
-            (i,) = fault.nodes
-            if self.nodes[i] is None:
-                self.observer.on_restart(i, self.disks[i], self.now)
-                node = self.nodes[i] = self._make_node(i)
-                # A client whose value was not yet learned asks again.
-                if i in self.values and node.chosen is None:
-                    self._unproposed.add(i)
-                if i in self._unproposed:
-                    self._unproposed.discard(i)
-                    self._propose(i)
-                else:
-                    self._apply(i, node.tick(self.now))
+    def on_restart(self, i: int) -> None:
+        self.observer.on_restart(i, self.disks[i], self.now)
+        node = self.nodes[i]
+        assert node is not None
+        # A client whose value was not yet learned asks again.
+        if i in self.values and node.chosen is None:
+            self._unproposed.add(i)
+        if i in self._unproposed:
+            self._unproposed.discard(i)
+            self.call(i, None)
+        else:
+            self.apply(i, node.tick(self.now))
+
+    def done(self) -> bool:
+        if self.observer.violations:
+            return True
+        if self.all_learned_at is None and self._everyone_learned():
+            self.all_learned_at = self.now
+        return self.all_learned_at is not None
 
     def _everyone_learned(self) -> bool:
         learned = self.observer.learned
         return len(learned) == len(self.ids) and all(self.nodes.values())
 
-    def _result(self) -> SimResult:
+    def result(self) -> SimResult:
         chosen = self.observer.decided_value
         return SimResult(
             config=self.config,
@@ -304,4 +191,6 @@ class Simulation:
 def simulate(config: SimConfig, trace_sink: IO[bytes] | None = None,
              trace: bool = False) -> SimResult:
     """Run one simulation to the end and return what happened."""
-    return Simulation(config, trace_sink, trace).run()
+    sim = Simulation(config, trace_sink, trace)
+    sim.run()
+    return sim.result()

@@ -1,0 +1,225 @@
+"""The simulation engine: virtual time, a queue of events, disks, the network, faults.
+
+It drives any pure process that speaks the core's event/effect language —
+`step(message, now)`, `tick(now)`, `persisted(seq)`, each returning a ready
+batch with `persist`, `persist_seq`, `send` and `wake_at` — which both the
+single-decree `SynodNode` and the Multi-Paxos `Replica` do. The engine carries
+out those effects: records go to a per-process disk and become durable one
+fsync later, unless the process crashes first; messages go to the seeded
+network; wake-ups are scheduled. A crash throws the process away with
+everything not yet durable; a restart builds a new one from its disk.
+Subclasses say how to build a process, what a record does to a disk, and
+what else to make of a ready batch (learned values, client outcomes).
+
+Ties in virtual time are broken by insertion order and every random draw
+comes from an RNG seeded from the run's seed, so a seed replays one run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from typing import IO, Any, Generic, Protocol, TypeVar
+
+from pnyx.sim.faults import Fault, FaultConfig, schedule
+from pnyx.sim.network import Network, NetworkConfig
+from pnyx.sim.trace import Trace, describe
+
+
+class Ready(Protocol):
+    persist: Any
+    persist_seq: int
+    send: list[tuple[int, Any]]
+    wake_at: float | None
+
+
+class Process(Protocol):
+    def step(self, m: Any, now: float) -> Any: ...
+    def tick(self, now: float) -> Any: ...
+    def persisted(self, seq: int) -> Any: ...
+
+
+P = TypeVar("P", bound=Process)
+D = TypeVar("D")
+
+# Event kinds; the queue holds (time, seq, kind, node, payload, incarnation).
+DELIVER, WAKE, DURABLE, FAULT, CALL = range(5)
+
+
+class Engine(Generic[P, D]):
+    def __init__(
+        self,
+        seed: int,
+        nodes: int,
+        network: NetworkConfig,
+        faults: FaultConfig,
+        fsync: float,
+        max_time: float,
+        trace_sink: IO[bytes] | None = None,
+        trace: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.ids = list(range(1, nodes + 1))
+        self.network = Network(self.ids, network, random.Random(f"{seed}/network"))
+        self.fsync = fsync
+        self.max_time = max_time
+        self.trace = Trace(trace_sink) if (trace or trace_sink is not None) else None
+        self.now = 0.0
+        self.nodes: dict[int, P | None] = dict.fromkeys(self.ids)
+        self.disks: dict[int, D] = {i: self.empty_disk() for i in self.ids}
+        self.incarnation = dict.fromkeys(self.ids, 0)
+        self._disk_free_at = dict.fromkeys(self.ids, 0.0)
+        self._wake_at: dict[int, float | None] = dict.fromkeys(self.ids)
+        self._queue: list[tuple[float, int, int, int, object, int]] = []
+        self._seq = 0
+        self.sent = self.delivered = self.lost = self.duplicated = self.events = 0
+        self.faults = schedule(self.ids, faults, random.Random(f"{seed}/faults"))
+        for fault in self.faults:
+            self.push(fault.time, FAULT, 0, fault)
+
+    # --------------------------------------------------------- for subclasses
+
+    def empty_disk(self) -> D:
+        raise NotImplementedError
+
+    def write(self, disk: D, records: Any) -> D:
+        """The disk after `records` became durable on it."""
+        raise NotImplementedError
+
+    def make_process(self, i: int, rng: random.Random) -> P:
+        raise NotImplementedError
+
+    def after(self, i: int, ready: Any) -> None:
+        """Whatever else a ready batch means (learned values, client outcomes)."""
+
+    def on_send(self, src: int, message: Any) -> None:
+        """Every message a process sends, once, as it leaves."""
+
+    def on_restart(self, i: int) -> None:
+        """Process `i` is back, built from its disk."""
+
+    def call(self, node: int, payload: object) -> None:
+        """A `CALL` event the subclass scheduled (client requests and the like)."""
+
+    def done(self) -> bool:
+        """Stop early: the run has shown what it had to."""
+        return False
+
+    # ----------------------------------------------------------------- driver
+
+    def start(self) -> None:
+        for i in self.ids:
+            self.nodes[i] = self.make_process(i, self._rng(i))
+
+    def _rng(self, i: int) -> random.Random:
+        return random.Random(f"{self.seed}/node{i}/{self.incarnation[i]}")
+
+    def run(self) -> None:
+        queue = self._queue
+        while queue and not self.done():
+            time, _, kind, node, payload, incarnation = heapq.heappop(queue)
+            if time > self.max_time:
+                break
+            self.now = time
+            self.events += 1
+            if kind == DELIVER:
+                self._deliver(node, payload)  # type: ignore[arg-type]
+            elif kind == WAKE:
+                self._wake(node, time, incarnation)
+            elif kind == DURABLE:
+                self._durable(node, payload, incarnation)  # type: ignore[arg-type]
+            elif kind == FAULT:
+                self._fault(payload)  # type: ignore[arg-type]
+            else:
+                self.call(node, payload)
+
+    def push(self, time: float, kind: int, node: int, payload: object,
+             incarnation: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (time, self._seq, kind, node, payload, incarnation))
+
+    def apply(self, i: int, ready: Ready) -> None:
+        """Carry out the effects a process asked for."""
+        now = self.now
+        if ready.persist:
+            # One disk per process: writes complete in order, one fsync after another.
+            done = max(now, self._disk_free_at[i]) + self.fsync
+            self._disk_free_at[i] = done
+            self.push(done, DURABLE, i, (ready.persist_seq, ready.persist), self.incarnation[i])
+        for dst, message in ready.send:
+            self._send(i, dst, message)
+        self.after(i, ready)
+        wake = ready.wake_at
+        if wake is not None and wake != self._wake_at[i]:
+            self._wake_at[i] = wake
+            self.push(max(wake, now), WAKE, i, None, self.incarnation[i])
+
+    def _send(self, src: int, dst: int, message: Any) -> None:
+        self.sent += 1
+        self.on_send(src, message)
+        if self.trace:
+            self.trace.emit(self.now, "send", dst=dst, msg=describe(message))
+        delays = self.network.delays(src, dst)
+        if not delays:
+            self.lost += 1
+            if self.trace:
+                self.trace.emit(self.now, "drop", src=src, dst=dst)
+        elif len(delays) > 1:
+            self.duplicated += 1
+        for delay in delays:
+            self.push(self.now + delay, DELIVER, dst, (src, message))
+
+    def _deliver(self, dst: int, payload: tuple[int, Any]) -> None:
+        src, message = payload
+        node = self.nodes[dst]
+        if node is None or not self.network.connected(src, dst):
+            self.lost += 1
+            if self.trace:
+                why = "down" if node is None else "partitioned"
+                self.trace.emit(self.now, "lost", src=src, dst=dst, why=why)
+            return
+        self.delivered += 1
+        if self.trace:
+            self.trace.emit(self.now, "deliver", dst=dst, msg=describe(message))
+        self.apply(dst, node.step(message, self.now))
+
+    def _wake(self, i: int, time: float, incarnation: int) -> None:
+        node = self.nodes[i]
+        if node is None or incarnation != self.incarnation[i] or self._wake_at[i] != time:
+            return  # stale: the process crashed, or asked for another time since
+        self._wake_at[i] = None
+        self.apply(i, node.tick(time))
+
+    def _durable(self, i: int, payload: tuple[int, Any], incarnation: int) -> None:
+        node = self.nodes[i]
+        if node is None or incarnation != self.incarnation[i]:
+            return  # the process crashed before this write reached the disk
+        seq, records = payload
+        self.disks[i] = self.write(self.disks[i], records)
+        if self.trace:
+            self.trace.emit(self.now, "durable", node=i, seq=seq)
+        self.apply(i, node.persisted(seq))
+
+    def crash(self, i: int) -> None:
+        if self.nodes[i] is not None:
+            self.nodes[i] = None
+            self.incarnation[i] += 1
+            self._wake_at[i] = None
+            self._disk_free_at[i] = self.now
+
+    def restart(self, i: int) -> None:
+        if self.nodes[i] is None:
+            self.nodes[i] = self.make_process(i, self._rng(i))
+            self.on_restart(i)
+
+    def _fault(self, fault: Fault) -> None:
+        if self.trace:
+            self.trace.emit(self.now, fault.kind, nodes=list(fault.nodes))
+        if fault.kind == "partition":
+            self.network.partition(set(fault.nodes))
+        elif fault.kind == "heal":
+            self.network.heal()
+        elif fault.kind == "crash":
+            self.crash(fault.nodes[0])
+        elif fault.kind == "restart":
+            self.restart(fault.nodes[0])
