@@ -149,10 +149,11 @@ class Engine(Generic[P, D]):
         for dst, message in ready.send:
             self._send(i, dst, message)
         self.after(i, ready)
-        wake = ready.wake_at
-        if wake is not None and wake != self._wake_at[i]:
-            self._wake_at[i] = wake
-            self.push(max(wake, now), WAKE, i, None, self.incarnation[i])
+        if ready.wake_at is not None:
+            wake = max(ready.wake_at, now)
+            if wake != self._wake_at[i]:
+                self._wake_at[i] = wake
+                self.push(wake, WAKE, i, None, self.incarnation[i])
 
     def _send(self, src: int, dst: int, message: Any) -> None:
         self.sent += 1

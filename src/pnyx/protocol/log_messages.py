@@ -1,0 +1,205 @@
+"""The messages of Multi-Paxos: one instance of Paxos per log slot.
+
+The seed's four messages keep their names and meaning, now per slot: a new
+leader's single `Prepare` covers every slot from `first` on, except those it
+already knows are chosen (`known`) — the seed's "phase 1 of instances 135–137
+and of all instances greater than 139". Each `Promise` returns every accepted
+entry in that range. `Accept` and `Accepted` carry a slot. Alongside them:
+leadership (`Heartbeat`, `PreVote`), learning and catch-up (`commit` carried
+on `Accept` and `Heartbeat`; `CatchUp` / `Chosen`), client commands sent to
+any member (`Forward`, `Aborted`) and reads (`ReadIndex`, `QuorumRead`).
+
+A slot's value is a `Batch` of client commands; an empty batch is the no-op
+a new leader puts in a slot nobody accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.messages import MalformedMessage
+
+Slot = Annotated[int, msgspec.Meta(ge=1)]
+Index = Annotated[int, msgspec.Meta(ge=0)]  # a slot number, or 0 for "none yet"
+NodeId = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Command(msgspec.Struct, frozen=True, array_like=True):
+    """A client command, named by the member that received it (`origin`) and its `id` there."""
+
+    origin: NodeId
+    id: Index
+    payload: bytes
+
+
+class Batch(msgspec.Struct, frozen=True, array_like=True):
+    """The value of one slot: commands applied in order. Empty means no-op."""
+
+    commands: tuple[Command, ...] = ()
+
+
+NOOP = Batch()
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """A proposal accepted for a slot."""
+
+    slot: Slot
+    ballot: Ballot
+    value: Batch
+
+
+class Decided(msgspec.Struct, frozen=True, array_like=True):
+    """A slot known to be chosen, with its value (sent to a replica catching up)."""
+
+    slot: Slot
+    value: Batch
+
+
+class _Msg(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
+    src: NodeId
+
+
+class Prepare(_Msg, tag="prepare"):
+    """Phase 1a for every slot >= `first` except the `known` chosen ones."""
+
+    ballot: Ballot
+    first: Slot
+    known: tuple[Slot, ...] = ()
+
+
+class Promise(_Msg, tag="promise"):
+    """Phase 1b: the promise, with every entry accepted in the prepared range."""
+
+    ballot: Ballot
+    entries: tuple[Entry, ...]
+
+
+class Accept(_Msg, tag="accept"):
+    """Phase 2a for one slot; `commit` says every slot up to it is chosen."""
+
+    ballot: Ballot
+    slot: Slot
+    value: Batch
+    commit: Index
+
+
+class Accepted(_Msg, tag="accepted"):
+    """Phase 2b for one slot."""
+
+    ballot: Ballot
+    slot: Slot
+
+
+class Rejected(_Msg, tag="rejected"):
+    """A Prepare, Accept or Heartbeat refused because of the higher `promised`."""
+
+    ballot: Ballot
+    promised: Ballot
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    """The leader is alive; `commit` as on Accept; `round` is echoed by the ack."""
+
+    ballot: Ballot
+    commit: Index
+    round: Index
+
+
+class HeartbeatAck(_Msg, tag="heartbeat-ack"):
+    ballot: Ballot
+    round: Index
+
+
+class PreVote(_Msg, tag="prevote"):
+    """Before phase 1: "do you also miss the leader?" (Raft's pre-vote)."""
+
+    ballot: Ballot
+
+
+class PreVoteReply(_Msg, tag="prevote-reply"):
+    ballot: Ballot
+    granted: bool
+
+
+class CatchUp(_Msg, tag="catch-up"):
+    """Send me the chosen values of the slots from `first` on."""
+
+    first: Slot
+
+
+class Chosen(_Msg, tag="chosen"):
+    """Chosen values, in slot order, for a replica that is catching up."""
+
+    entries: tuple[Decided, ...]
+    commit: Index
+
+
+class Forward(_Msg, tag="forward"):
+    """Client commands a member received, handed to the leader."""
+
+    commands: tuple[Command, ...]
+
+
+class Aborted(_Msg, tag="aborted"):
+    """To a command's origin: its leader lost the ballot before the command was chosen."""
+
+    ids: tuple[Index, ...]
+
+
+class ReadIndex(_Msg, tag="read-index"):
+    """A follower asks the leader for a point in the log at which a read is linearizable."""
+
+    id: Index
+
+
+class ReadIndexReply(_Msg, tag="read-index-reply"):
+    id: Index
+    index: Index
+    ok: bool
+
+
+class QuorumRead(_Msg, tag="quorum-read"):
+    """Paxos quorum read: answer once you have applied `min_applied`."""
+
+    id: Index
+    query: bytes
+    min_applied: Index
+
+
+class QuorumReadReply(_Msg, tag="quorum-read-reply"):
+    id: Index
+    applied: Index
+    accepted: Index  # the highest slot this acceptor has accepted anything in
+    result: bytes
+
+
+LogMessage = (
+    Prepare | Promise | Accept | Accepted | Rejected | Heartbeat | HeartbeatAck | PreVote
+    | PreVoteReply | CatchUp | Chosen | Forward | Aborted | ReadIndex | ReadIndexReply
+    | QuorumRead | QuorumReadReply
+)
+LOG_MESSAGE_TYPES: tuple[type, ...] = (
+    Prepare, Promise, Accept, Accepted, Rejected, Heartbeat, HeartbeatAck, PreVote,
+    PreVoteReply, CatchUp, Chosen, Forward, Aborted, ReadIndex, ReadIndexReply, QuorumRead,
+    QuorumReadReply,
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(LogMessage)
+
+
+def encode(message: LogMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes) -> LogMessage:
+    """Decode one message; anything else raises `MalformedMessage` with the reason."""
+    try:
+        return _decoder.decode(data)
+    except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+        # msgspec raises UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
+        raise MalformedMessage(str(exc)) from None

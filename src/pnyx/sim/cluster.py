@@ -1,0 +1,466 @@
+"""A replicated key-value store in the simulator: Multi-Paxos replicas, clients, checks.
+
+Each process is a `Replica` from the pure core applying chosen commands to a
+`KVMachine`. Simulated clients issue put, get, compare-and-set and delete on
+a few keys, each through a random replica, one operation at a time; a client
+whose request fails, is aborted or times out retries it (same request
+identity, so the store's de-duplication keeps it exactly-once) through
+another replica. Faults: message loss, duplication and reordering,
+partitions, and crashes that favour the leader.
+
+Every run is checked for:
+
+- L1 log agreement: no two replicas apply different values in the same slot;
+- L2 applied in order: each replica applies slots 1, 2, 3 ... each once;
+- L3 no acknowledged write lost: the log holds every acknowledged write at the
+  index the client was told, and every replica has applied it by the end;
+- L4 linearizability of the clients' history (`pnyx.check`);
+- A2 an acceptor's promise survives a crash.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgspec
+
+from pnyx import check
+from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.log_messages import Accepted, Batch, Promise, Rejected
+from pnyx.protocol.log_records import ReplicaDurable
+from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.replica import LogReady, Outcome, ReadMode, Replica, ReplicaConfig
+from pnyx.sim.engine import CALL, Engine
+from pnyx.sim.faults import Fault, FaultConfig
+from pnyx.sim.invariants import A2, Violation
+from pnyx.sim.mutants import CLUSTER_MUTANTS
+from pnyx.sim.network import NetworkConfig
+from pnyx.statemachine import kv
+
+L1 = "L1 replicas agree on every slot"
+L2 = "L2 each replica applies slots in order, each once"
+L3 = "L3 no acknowledged write is lost"
+L4 = "L4 the clients' history is linearizable"
+K1 = "K1 the store answers well-formed requests without errors"
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    seed: int = 0
+    nodes: int = 3
+    clients: int = 4
+    ops: int = 200  # operations in all, shared among the clients
+    keys: int = 3
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    faults: FaultConfig = field(
+        default_factory=lambda: FaultConfig(
+            until=1.0, partition_rate=2.0, crash_rate=3.0, max_outage=0.3
+        )
+    )
+    leader_crashes: float = 0.5  # share of crashes that hit the current leader
+    fsync: float = 0.0005
+    heartbeat: float = 0.02
+    election_timeout: float = 0.1
+    prevote: bool = True
+    window: int = 32
+    max_batch: int = 256
+    reads: tuple[ReadMode, ...] = ("linearizable", "quorum")
+    op_timeout: float = 0.4  # a client gives up on one attempt after this
+    attempts: int = 12  # attempts per operation before the client gives up
+    think: float = 0.004  # a client waits up to this long between operations
+    max_time: float = 60.0
+    check_budget: float = 10.0  # seconds for the linearizability checker
+    mutant: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 15:
+            raise ValueError(f"nodes must be in 1..15, got {self.nodes}")
+        if self.clients < 1 or self.ops < 0 or self.keys < 1:
+            raise ValueError("need at least one client and one key, and ops >= 0")
+        if self.mutant is not None and self.mutant not in CLUSTER_MUTANTS:
+            raise ValueError(
+                f"unknown mutant {self.mutant!r}; known: {', '.join(CLUSTER_MUTANTS)}"
+            )
+        for mode in self.reads:
+            if mode not in ("linearizable", "quorum"):
+                raise ValueError(f"checked reads are linearizable or quorum, not {mode!r}")
+
+    def replica_config(self) -> ReplicaConfig:
+        ids = tuple(range(1, self.nodes + 1))
+        return ReplicaConfig(
+            ids, QuorumSystem.majority(ids),
+            heartbeat_interval=self.heartbeat, election_timeout=self.election_timeout,
+            prevote=self.prevote, window=self.window, max_batch=self.max_batch,
+        )
+
+
+@dataclass(slots=True)
+class ClusterResult:
+    config: ClusterConfig
+    violations: list[Violation]
+    verdict: str  # of the linearizability check: ok, violation, unknown
+    completed: int  # operations that completed
+    unknown: int  # writes whose outcome the client never learned
+    failed_reads: int
+    retries: int
+    slots: int  # slots chosen
+    commands: int  # client commands chosen
+    leader_changes: int
+    failovers: list[float]  # leader crash -> next chosen slot, seconds
+    end_time: float
+    workload_end: float | None
+    sent: int
+    delivered: int
+    lost: int
+    faults: list[Fault]
+    history: check.History | None = None
+
+    @property
+    def safe(self) -> bool:
+        return not self.violations
+
+
+@dataclass(slots=True)
+class _Op:
+    handle: int
+    call: check.Call
+    payload: bytes  # an encoded request, or for reads a query
+    read: ReadMode | None
+    attempts: int = 0
+    request_id: int = 0
+    replica: int = 0
+
+
+@dataclass(slots=True)
+class _Client:
+    name: str
+    seq: int = 0
+    left: int = 0
+    op: _Op | None = None
+    seen: dict[str, str | None] = field(default_factory=dict)
+
+
+class ClusterSim(Engine[Replica, ReplicaDurable]):
+    def __init__(self, config: ClusterConfig, trace_sink: IO[bytes] | None = None,
+                 trace: bool = False) -> None:
+        super().__init__(config.seed, config.nodes, config.network, config.faults,
+                         config.fsync, config.max_time, trace_sink, trace)
+        self.config = config
+        self.rc = config.replica_config()
+        mutant = CLUSTER_MUTANTS.get(config.mutant) if config.mutant else None
+        self.replica_class, self.machine_class = mutant or (Replica, kv.KVMachine)
+        self.violations: list[Violation] = []
+        self.log: dict[int, Batch] = {}
+        self._applied_upto = dict.fromkeys(self.ids, 0)
+        self._promised: dict[int, Ballot] = {}
+        self.recorder = check.Recorder()
+        self.rng = random.Random(f"{config.seed}/clients")
+        self._crash_rng = random.Random(f"{config.seed}/leader-crashes")
+        self._request_ids = 0
+        self._waiting: dict[int, _Client] = {}
+        self.acked: dict[tuple[str, int], int] = {}  # (client, seq) -> index it was told
+        self.completed = self.unknown = self.failed_reads = self.retries = 0
+        self.leader_changes = 0
+        self._leader: tuple[int, Ballot] | None = None
+        self._crashed_leader_at: float | None = None
+        self.failovers: list[float] = []
+        self.workload_end: float | None = None
+        self.clients = [_Client(f"c{k}") for k in range(1, config.clients + 1)]
+        for k, client in enumerate(self.clients):
+            client.left = config.ops // config.clients + (k < config.ops % config.clients)
+        self._pending_restart: list[int] = []
+        self.start()
+        for client in self.clients:
+            self.push(self.rng.uniform(0, config.think), CALL, 0, ("next", client))
+
+    # ------------------------------------------------------------- processes
+
+    def empty_disk(self) -> ReplicaDurable:
+        return ReplicaDurable()
+
+    def write(self, disk: ReplicaDurable, records: Any) -> ReplicaDurable:
+        disk = disk.copy()
+        for record in records:
+            disk.apply(record)
+        return disk
+
+    def make_process(self, i: int, rng: random.Random) -> Replica:
+        self._applied_upto[i] = 0
+        return self.replica_class(i, self.rc, rng, self.machine_class(), self.disks[i],
+                                  self.now)
+
+    def on_restart(self, i: int) -> None:
+        node = self.nodes[i]
+        assert node is not None
+        reported = self._promised.get(i, ZERO)
+        if node.promised < reported:
+            self._violate(A2, f"node {i} restarted promising {node.promised}, "
+                              f"had promised {reported}")
+        self.apply(i, node.tick(self.now))
+
+    def crash(self, i: int) -> None:
+        leader = self._leader[0] if self._leader else None
+        if leader is not None and self._crash_rng.random() < self.config.leader_crashes:
+            i = leader
+        if self.nodes[i] is None:
+            return
+        if i == leader:
+            self._crashed_leader_at = self.now
+        super().crash(i)
+        self._pending_restart.append(i)
+
+    def restart(self, i: int) -> None:
+        # A crash may have been moved to the leader: bring back whoever is down longest.
+        if self._pending_restart:
+            i = self._pending_restart.pop(0)
+        super().restart(i)
+
+    def on_send(self, src: int, message: Any) -> None:
+        if isinstance(message, Promise | Accepted):
+            ballot = message.ballot
+        elif isinstance(message, Rejected):
+            ballot = message.promised
+        else:
+            return
+        if ballot > self._promised.get(src, ZERO):
+            self._promised[src] = ballot
+
+    def after(self, i: int, ready: LogReady) -> None:
+        for slot, value in ready.applied:
+            self._check_applied(i, slot, value)
+        node = self.nodes[i]
+        if node is not None and node.is_leader and (
+            self._leader is None or self._leader != (i, node.ballot)
+        ):
+            self._leader = (i, node.ballot)
+            self.leader_changes += 1
+        for request_id, outcome in ready.outcomes:
+            client = self._waiting.pop(request_id, None)
+            if client is not None:
+                self._on_outcome(client, request_id, outcome)
+
+    def _check_applied(self, i: int, slot: int, value: Batch) -> None:
+        if slot != self._applied_upto[i] + 1:
+            self._violate(L2, f"node {i} applied slot {slot} after {self._applied_upto[i]}")
+        self._applied_upto[i] = slot
+        known = self.log.get(slot)
+        if known is None:
+            self.log[slot] = value
+            if self._crashed_leader_at is not None:
+                self.failovers.append(self.now - self._crashed_leader_at)
+                self._crashed_leader_at = None
+        elif known != value:
+            self._violate(L1, f"node {i} applied {_show(value)} in slot {slot}, "
+                              f"others applied {_show(known)}")
+
+    def _violate(self, rule: str, detail: str) -> None:
+        self.violations.append(Violation(rule, self.now, detail))
+
+    # --------------------------------------------------------------- clients
+
+    def call(self, node: int, payload: object) -> None:
+        what, client, *rest = payload  # type: ignore[misc]
+        if what == "next":
+            self._next_op(client)
+        elif what == "retry":
+            self._attempt(client)
+        elif what == "timeout":
+            (request_id,) = rest
+            if client.op is not None and client.op.request_id == request_id:
+                self._waiting.pop(request_id, None)
+                replica = self.nodes[client.op.replica]
+                if replica is not None:
+                    replica.cancel(request_id)
+                self._retry(client)
+
+    def _next_op(self, client: _Client) -> None:
+        if client.left == 0:
+            client.op = None
+            if all(c.left == 0 and c.op is None for c in self.clients):
+                self.workload_end = self.now
+            return
+        client.left -= 1
+        key = f"k{self.rng.randrange(self.config.keys)}"
+        roll = self.rng.random()
+        client.seq += 1
+        value = f"{client.name}.{client.seq}"
+        command: kv.Command
+        call: check.Call
+        read: ReadMode | None = None
+        if roll < 0.3:
+            command, call = kv.Put(key, value.encode()), check.Put(key, value)
+        elif roll < 0.5:
+            expected = client.seen.get(key)
+            if expected is None or self.rng.random() < 0.2:
+                command = kv.Put(key, value.encode(), prev_exist=False)
+                expected = None
+            else:
+                command = kv.Put(key, value.encode(), prev_value=expected.encode())
+            call = check.Cas(key, expected, value)
+        elif roll < 0.6:
+            command, call = kv.Delete(key), check.Delete(key)
+        else:
+            command, call = kv.Get(key), check.Get(key)
+            read = self.rng.choice(self.config.reads)
+        if read is None:
+            payload = kv.encode_request(kv.Request(client.name, client.seq, command))
+        else:
+            payload = kv.encode_query(key)
+        handle = self.recorder.invoke(client.name, call)
+        client.op = _Op(handle, call, payload, read)
+        self._attempt(client)
+
+    def _attempt(self, client: _Client) -> None:
+        op = client.op
+        assert op is not None
+        op.attempts += 1
+        self._request_ids += 1
+        op.request_id = self._request_ids
+        op.replica = self.rng.choice(self.ids)
+        node = self.nodes[op.replica]
+        self.push(self.now + self.config.op_timeout, CALL, 0,
+                  ("timeout", client, op.request_id))
+        if node is None:
+            return  # the replica is down: the attempt times out
+        self._waiting[op.request_id] = client
+        if op.read is None:
+            ready = node.submit(op.request_id, op.payload, self.now)
+        else:
+            ready = node.read(op.request_id, op.payload, op.read, self.now)
+        self.apply(op.replica, ready)
+
+    def _retry(self, client: _Client) -> None:
+        op = client.op
+        assert op is not None
+        if op.attempts >= self.config.attempts:
+            if op.read is None:
+                self.recorder.timeout(op.handle)  # it may yet take effect
+                self.unknown += 1
+            else:
+                self.recorder.fail(op.handle)  # a read that never answered changed nothing
+                self.failed_reads += 1
+            self._finish(client)
+            return
+        self.retries += 1
+        op.request_id = 0  # this attempt is over: its late outcome or timeout means nothing
+        self.push(self.now + self.rng.uniform(0.002, 0.02), CALL, 0, ("retry", client))
+
+    def _on_outcome(self, client: _Client, request_id: int, outcome: Outcome) -> None:
+        op = client.op
+        if op is None or op.request_id != request_id:
+            return
+        if not outcome.ok:
+            self._retry(client)
+            return
+        result = kv.decode_result(outcome.result)
+        key = op.call.key
+        answer: Any = None
+        if isinstance(result, kv.Error):
+            self._violate(K1, f"{client.name} {op.call}: {result.message}")
+            self._retry(client)
+            return
+        if isinstance(op.call, check.Get):
+            answer = result.value.decode() if isinstance(result, kv.Ok) and result.value else None
+            client.seen[key] = answer
+        elif isinstance(op.call, check.Cas | check.Delete):
+            answer = isinstance(result, kv.Ok)
+        if isinstance(op.call, check.Put | check.Cas) and isinstance(result, kv.Ok):
+            client.seen[key] = op.call.value if isinstance(op.call, check.Put) else op.call.new
+        if op.read is None:
+            self.acked[(client.name, client.seq)] = outcome.index
+        self.recorder.complete(op.handle, answer)
+        self.completed += 1
+        self._finish(client)
+
+    def _finish(self, client: _Client) -> None:
+        client.op = None
+        self.push(self.now + self.rng.uniform(0, self.config.think), CALL, 0, ("next", client))
+
+    # ------------------------------------------------------------------- end
+
+    def done(self) -> bool:
+        if self.violations:
+            return True
+        if self.workload_end is None or self.now < self.config.faults.until:
+            return False
+        live = [n for n in self.nodes.values() if n is not None]
+        if len(live) < len(self.ids):
+            return False
+        target = max(n.commit for n in live)
+        return all(n.applied >= target for n in live)
+
+    def finish(self) -> ClusterResult:
+        history = self.recorder.history()
+        verdict = "skipped"
+        if not self.violations:
+            self._check_acked()
+            result = check.check(history, budget_seconds=self.config.check_budget)
+            verdict = str(result.verdict)
+            if result.verdict == check.Verdict.VIOLATION:
+                self._violate(L4, result.explanation)
+        return ClusterResult(
+            config=self.config,
+            violations=list(self.violations),
+            verdict=verdict,
+            completed=self.completed,
+            unknown=self.unknown,
+            failed_reads=self.failed_reads,
+            retries=self.retries,
+            slots=len(self.log),
+            commands=sum(len(b.commands) for b in self.log.values()),
+            leader_changes=self.leader_changes,
+            failovers=self.failovers,
+            end_time=self.now,
+            workload_end=self.workload_end,
+            sent=self.sent,
+            delivered=self.delivered,
+            lost=self.lost,
+            faults=self.faults,
+            history=history,
+        )
+
+    def _check_acked(self) -> None:
+        by_index: dict[int, bytes] = {}
+        index = 0
+        for slot in sorted(self.log):
+            for command in self.log[slot].commands:
+                index += 1
+                by_index[index] = command.payload
+        furthest = max(self._applied_upto.values(), default=0)
+        for (name, seq), at in sorted(self.acked.items()):
+            payload = by_index.get(at)
+            request = _decode_request(payload) if payload is not None else None
+            if not isinstance(request, kv.Request) or (request.client_id, request.seq) != (
+                name, seq
+            ):
+                self._violate(L3, f"write {name}#{seq} acknowledged at index {at}, "
+                                  f"but the log holds {request} there")
+        if self.workload_end is not None:
+            for i, upto in self._applied_upto.items():
+                if self.nodes[i] is not None and upto < furthest:
+                    self._violate(L3, f"node {i} applied only up to slot {upto} of {furthest}")
+
+
+_request_decoder = msgspec.msgpack.Decoder(kv.AnyRequest)
+
+
+def _decode_request(payload: bytes) -> kv.AnyRequest | None:
+    try:
+        return _request_decoder.decode(payload)
+    except (msgspec.MsgspecError, ValueError):
+        return None
+
+
+def _show(value: Batch) -> str:
+    return f"[{', '.join(f'{c.origin}:{c.id}' for c in value.commands) or 'no-op'}]"
+
+
+def simulate_cluster(config: ClusterConfig, trace_sink: IO[bytes] | None = None,
+                     trace: bool = False) -> ClusterResult:
+    sim = ClusterSim(config, trace_sink, trace)
+    sim.run()
+    return sim.finish()
+
