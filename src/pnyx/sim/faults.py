@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    time: float
+    kind: str  # "partition", "heal", "crash", "restart"
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FaultConfig:
     partitions: bool = False
     crashes: bool = False
@@ -21,17 +28,11 @@ class FaultConfig:
     partition_rate: float = 15.0  # partitions per second, on average
     crash_rate: float = 30.0  # crashes per second, on average
     max_outage: float = 0.1  # longest partition or downtime, seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    time: float
-    kind: str  # "partition", "heal", "crash", "restart"
-    nodes: tuple[int, ...]
+    script: tuple[Fault, ...] = ()  # faults at set times, added to the random ones
 
 
 def schedule(nodes: list[int], config: FaultConfig, rng: random.Random) -> list[Fault]:
-    faults: list[Fault] = []
+    faults: list[Fault] = list(config.script)
     if config.partitions:
         t = rng.expovariate(config.partition_rate)
         while t < config.until:
