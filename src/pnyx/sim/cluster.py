@@ -6,7 +6,7 @@ a few keys, each through a random replica, one operation at a time; a client
 whose request fails, is aborted or times out retries it (same request
 identity, so the store's de-duplication keeps it exactly-once) through
 another replica. Faults: message loss, duplication and reordering,
-partitions, and crashes that favour the leader.
+partitions and crashes, both of which favour the leader.
 
 Every run is checked for:
 
@@ -61,6 +61,7 @@ class ClusterConfig:
         )
     )
     leader_crashes: float = 0.5  # share of crashes that hit the current leader
+    leader_partitions: float = 0.5  # share of partitions that cut the leader off alone
     fsync: float = 0.0005
     heartbeat: float = 0.02
     election_timeout: float = 0.1
@@ -200,6 +201,11 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
             self._violate(A2, f"node {i} restarted promising {node.promised}, "
                               f"had promised {reported}")
         self.apply(i, node.tick(self.now))
+
+    def partition(self, minority: set[int]) -> None:
+        if self._leader is not None and self._crash_rng.random() < self.config.leader_partitions:
+            minority = {self._leader[0]}
+        super().partition(minority)
 
     def crash(self, i: int) -> None:
         leader = self._leader[0] if self._leader else None

@@ -201,6 +201,9 @@ class Engine(Generic[P, D]):
             self.trace.emit(self.now, "durable", node=i, seq=seq)
         self.apply(i, node.persisted(seq))
 
+    def partition(self, minority: set[int]) -> None:
+        self.network.partition(minority)
+
     def crash(self, i: int) -> None:
         if self.nodes[i] is not None:
             self.nodes[i] = None
@@ -217,7 +220,7 @@ class Engine(Generic[P, D]):
         if self.trace:
             self.trace.emit(self.now, fault.kind, nodes=list(fault.nodes))
         if fault.kind == "partition":
-            self.network.partition(set(fault.nodes))
+            self.partition(set(fault.nodes))
         elif fault.kind == "heal":
             self.network.heal()
         elif fault.kind == "crash":
