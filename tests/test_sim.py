@@ -150,3 +150,47 @@ def test_cli_wrong_flags_give_one_line_error(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pnyx"), err
+
+
+def test_cli_runs_the_replicated_store(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sim-kv", "--seed", "3", "--drop", "0.1", "--partitions", "--crashes"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "linearizability: ok" in out and "ok    L1 replicas agree" in out
+
+
+def test_cli_sweeps_the_replicated_store_and_reports_a_mutant(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sim-kv", "--seeds", "0..4", "--crashes", "--partitions"]) == 0
+    assert "violations  0" in capsys.readouterr().out
+    assert main(["sim-kv", "--seeds", "0..9", "--crashes", "--partitions", "--drop", "0.1",
+                 "--mutant", "no-dedup"]) == 1
+
+
+def test_cli_writes_the_history(tmp_path: Path) -> None:
+    from pnyx.check import History
+
+    path = tmp_path / "h.json"
+    assert main(["sim-kv", "--seed", "1", "--ops", "50", "--history", str(path)]) == 0
+    assert len(History.load(path)) == 50
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim-kv", "--nodes", "0"],
+        ["sim-kv", "--clients", "0"],
+        ["sim-kv", "--ops", "-5"],
+        ["sim-kv", "--mutant", "acceptor-ignores-promise"],
+        ["sim-kv", "--seeds", "0..3", "--history", "h.json"],
+        ["sim-kv", "--window", "0"],
+        ["sim-kv", "--seed", "0", "--seeds", "1..3"],
+    ],
+)
+def test_cli_sim_kv_wrong_flags_give_one_line_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pnyx"), err

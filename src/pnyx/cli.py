@@ -1,6 +1,7 @@
 """The `pnyx` command.
 
-`pnyx sim` runs the deterministic simulator: one seed with a readable
+`pnyx sim` runs single-decree Paxos in the deterministic simulator and
+`pnyx sim-kv` the replicated key-value store: one seed with a readable
 summary, or a sweep of seeds with a progress bar. Every wrong flag gives a
 one-line error and exit status 2.
 """
@@ -11,14 +12,15 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
 from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumError
+from pnyx.sim.cluster import ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
-from pnyx.sim.mutants import MUTANTS
+from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
 from pnyx.sim.network import NetworkConfig
-from pnyx.sim.report import summary, sweep_summary
+from pnyx.sim.report import cluster_summary, cluster_sweep_summary, summary, sweep_summary
 from pnyx.sim.simulation import SimConfig, SimResult, simulate
 
 
@@ -72,49 +74,89 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _add_run_flags(p: argparse.ArgumentParser, nodes: int, until_ms: float) -> None:
+    """Flags both simulations share: which seeds, the network and the faults."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=_non_negative_int, help="one run (default 0)")
+    which.add_argument("--seeds", type=_seed_range, metavar="A..B", help="sweep seeds A to B")
+    p.add_argument("--nodes", type=int, default=nodes, help=f"processes (default {nodes})")
+    p.add_argument("--drop", type=_probability, default=0.0, help="message loss probability")
+    p.add_argument("--dup", type=_probability, default=0.0, help="duplication probability")
+    p.add_argument("--min-delay", type=_positive_ms, default=0.001, metavar="MS")
+    p.add_argument("--max-delay", type=_positive_ms, default=0.005, metavar="MS")
+    p.add_argument("--jitter", type=_positive_ms, default=0.003, metavar="MS",
+                   help="random extra delay per message, which reorders them")
+    p.add_argument("--partitions", action="store_true", help="partitions that come and heal")
+    p.add_argument("--crashes", action="store_true", help="crash and restart processes")
+    p.add_argument("--faults-until", type=_positive_ms, default=until_ms / 1000, metavar="MS",
+                   help=f"no new faults after this time (default {until_ms:g} ms)")
+    p.add_argument("--max-time", type=_positive_ms, default=60.0, metavar="MS",
+                   help="stop after this much virtual time (default 60000 ms)")
+    p.add_argument("--trace", metavar="FILE", help="write every event as JSON lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pnyx", description="Multi-Paxos for Python.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sim = sub.add_parser(
         "sim",
-        help="run Paxos in the deterministic simulator",
+        help="run single-decree Paxos in the deterministic simulator",
         description="Run single-decree Paxos in a simulated, faulty network and check "
         "the seed's safety requirements. The same seed replays the same run exactly.",
     )
-    which = sim.add_mutually_exclusive_group()
-    which.add_argument("--seed", type=_non_negative_int, default=0, help="one run (default 0)")
-    which.add_argument("--seeds", type=_seed_range, metavar="A..B", help="sweep seeds A to B")
-    sim.add_argument("--nodes", type=int, default=5, help="processes (default 5)")
+    _add_run_flags(sim, nodes=5, until_ms=250)
     sim.add_argument("--proposers", type=int, default=3, help="competing proposers (default 3)")
-    sim.add_argument("--drop", type=_probability, default=0.0, help="message loss probability")
-    sim.add_argument("--dup", type=_probability, default=0.0, help="duplication probability")
-    sim.add_argument("--min-delay", type=_positive_ms, default=0.001, metavar="MS")
-    sim.add_argument("--max-delay", type=_positive_ms, default=0.005, metavar="MS")
-    sim.add_argument("--jitter", type=_positive_ms, default=0.003, metavar="MS",
-                     help="random extra delay per message, which reorders them")
-    sim.add_argument("--partitions", action="store_true", help="partitions that come and heal")
-    sim.add_argument("--crashes", action="store_true", help="crash and restart processes")
-    sim.add_argument("--faults-until", type=_positive_ms, default=0.25, metavar="MS",
-                     help="no new faults after this time (default 250 ms)")
     sim.add_argument("--phase1", type=int, help="phase-1 quorum size (Flexible Paxos)")
     sim.add_argument("--phase2", type=int, help="phase-2 quorum size (Flexible Paxos)")
     sim.add_argument("--distinguished", type=int, metavar="NODE",
                      help="the only proposer; the others forward their values to it")
     sim.add_argument("--no-backoff", action="store_true",
                      help="retry at once instead of after a random backoff (livelocks)")
-    sim.add_argument("--max-time", type=_positive_ms, default=30.0, metavar="MS",
-                     help="stop after this much virtual time (default 30000 ms)")
     sim.add_argument("--mutant", choices=sorted(MUTANTS), help="run a deliberately broken variant")
-    sim.add_argument("--trace", metavar="FILE", help="write every event as JSON lines")
+
+    kv = sub.add_parser(
+        "sim-kv",
+        help="run the replicated key-value store (Multi-Paxos) in the simulator",
+        description="Run Multi-Paxos replicas of the key-value store with clients doing "
+        "put/get/cas/delete under faults; check log agreement, lost writes and "
+        "linearizability. The same seed replays the same run exactly.",
+    )
+    _add_run_flags(kv, nodes=3, until_ms=3000)
+    kv.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    kv.add_argument("--ops", type=_non_negative_int, default=200,
+                    help="operations in all (default 200)")
+    kv.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
+    kv.add_argument("--window", type=int, default=32, help="slots in flight (default 32)")
+    kv.add_argument("--max-batch", type=int, default=256,
+                    help="commands per slot; 1 turns batching off (default 256)")
+    kv.add_argument("--no-prevote", action="store_true",
+                    help="start elections without asking whether others miss the leader")
+    kv.add_argument("--mutant", choices=sorted(CLUSTER_MUTANTS),
+                    help="run a deliberately broken variant")
+    kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
     return parser
 
 
-def config_from(args: argparse.Namespace, seed: int) -> SimConfig:
+def _network(args: argparse.Namespace) -> NetworkConfig:
+    return NetworkConfig(args.min_delay, args.max_delay, args.jitter, args.drop, args.dup)
+
+
+def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfig:
+    if args.command == "sim-kv":
+        return ClusterConfig(
+            seed=seed, nodes=args.nodes, clients=args.clients, ops=args.ops, keys=args.keys,
+            network=_network(args),
+            faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
+                               until=args.faults_until, partition_rate=2.0, crash_rate=3.0,
+                               max_outage=0.3),
+            prevote=not args.no_prevote, window=args.window, max_batch=args.max_batch,
+            max_time=args.max_time, mutant=args.mutant,
+        )
     return SimConfig(
         seed=seed,
         nodes=args.nodes,
         proposers=args.proposers,
-        network=NetworkConfig(args.min_delay, args.max_delay, args.jitter, args.drop, args.dup),
+        network=_network(args),
         faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
                            until=args.faults_until),
         retry=RetryPolicy(randomized=not args.no_backoff),
@@ -124,6 +166,13 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig:
         max_time=args.max_time,
         mutant=args.mutant,
     )
+
+
+def _run(config: SimConfig | ClusterConfig, sink: IO[bytes] | None = None,
+         trace: bool = False) -> SimResult | ClusterResult:
+    if isinstance(config, ClusterConfig):
+        return simulate_cluster(config, trace_sink=sink, trace=trace)
+    return simulate(config, trace_sink=sink, trace=trace)
 
 
 def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> None:
@@ -139,35 +188,47 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
 
 def run_sim(args: argparse.Namespace) -> int:
     if args.seeds is None:
-        config = config_from(args, args.seed)
+        config = config_from(args, args.seed or 0)
         if args.trace:
             with open(args.trace, "wb") as sink:
-                result = simulate(config, trace_sink=sink)
+                result = _run(config, sink)
         else:
-            result = simulate(config, trace=True)
-        print(summary(result))
-        if result.trace_digest:
-            print(f"\n  trace digest {result.trace_digest[:16]}"
-                  + (f", written to {args.trace}" if args.trace else ""))
+            result = _run(config, trace=True)
+        if isinstance(result, ClusterResult):
+            print(cluster_summary(result))
+            if args.history and result.history is not None:
+                result.history.dump(args.history)
+                print(f"\n  history written to {args.history}")
+        else:
+            print(summary(result))
+            if result.trace_digest:
+                print(f"\n  trace digest {result.trace_digest[:16]}")
+        if args.trace:
+            print(f"  trace written to {args.trace}")
         return 0 if result.safe else 1
-    if args.trace:
-        raise UsageError("pnyx sim: --trace records one run: use it with --seed, not --seeds")
+    if args.trace or getattr(args, "history", None):
+        raise UsageError(f"pnyx {args.command}: --trace and --history record one run: "
+                         "use them with --seed, not --seeds")
     seeds = args.seeds
-    results: list[SimResult] = []
+    results: list[Any] = []
     bad = 0
     started = time.perf_counter()
     tty = sys.stderr.isatty()
     show = tty or len(seeds) >= 50
     step = max(1, len(seeds) // (200 if tty else 10))
     for n, seed in enumerate(seeds, 1):
-        result = simulate(config_from(args, seed))
+        result = _run(config_from(args, seed))
         bad += not result.safe
         results.append(result)
         if show and (n % step == 0 or n == len(seeds)):
             _progress(n, len(seeds), bad, started, tty)
     if show and tty:
         sys.stderr.write("\n")
-    print(sweep_summary(results, time.perf_counter() - started))
+    wall = time.perf_counter() - started
+    if args.command == "sim-kv":
+        print(cluster_sweep_summary(results, wall))
+    else:
+        print(sweep_summary(results, wall))
     return 0 if bad == 0 else 1
 
 
@@ -178,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "sim":
+        if args.command in ("sim", "sim-kv"):
             config_from(args, 0)  # validate the flags together before running anything
             return run_sim(args)
     except UsageError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from pnyx.sim.cluster import CLUSTER_RULES, ClusterConfig, ClusterResult
 from pnyx.sim.faults import Fault
 from pnyx.sim.invariants import RULES, show
 from pnyx.sim.simulation import SimConfig, SimResult
@@ -109,5 +110,78 @@ def sweep_summary(results: Sequence[SimResult], wall: float) -> str:
             f"p99 {ms(percentile(decisions, 99))}, max {ms(max(decisions))}"
         )
     for r in unsafe[:5]:
-        out.append(f"  seed {r.config.seed}: {r.violations[0]}")
+        out.append(f"  seed {r.config.seed}: {str(r.violations[0]).splitlines()[0]}")
+    return "\n".join(out)
+
+
+def describe_cluster(c: ClusterConfig) -> str:
+    net = c.network
+    parts = [
+        f"{c.nodes} replicas",
+        f"{c.clients} clients",
+        f"{c.ops} ops on {c.keys} keys",
+        f"drop {net.drop:.0%}",
+        f"duplicate {net.duplicate:.0%}",
+    ]
+    if c.faults.partitions:
+        parts.append("partitions")
+    if c.faults.crashes:
+        parts.append("crashes")
+    parts.append(f"window {c.window}, batch <= {c.max_batch}")
+    if not c.prevote:
+        parts.append("no pre-vote")
+    if c.mutant:
+        parts.append(f"MUTANT {c.mutant}")
+    return ", ".join(parts)
+
+
+def cluster_summary(r: ClusterResult) -> str:
+    c = r.config
+    out = [f"pnyx sim-kv: seed {c.seed}: {describe_cluster(c)}", ""]
+    out.append(
+        f"  clients   {r.completed} ops completed, {r.unknown} writes with unknown outcome, "
+        f"{r.failed_reads} reads failed, {r.retries} retries"
+    )
+    per_slot = r.commands / r.slots if r.slots else 0.0
+    out.append(f"  log       {r.slots} slots chosen holding {r.commands} commands "
+               f"({per_slot:.1f} per slot)")
+    failovers = ", ".join(ms(f) for f in r.failovers) or "none"
+    out.append(f"  leaders   {r.leader_changes} leadership changes; leader-crash failovers: "
+               f"{failovers}")
+    out.append(f"  messages  {r.sent} sent, {r.delivered} delivered, {r.lost} lost")
+    out.append(f"  time      workload done at {ms(r.workload_end)}, run ended at "
+               f"{ms(r.end_time)}")
+    seen = _faults_seen(r.faults, r.end_time)
+    out.append(f"  faults    {len(seen) or 'none'}")
+    out.append(f"  checker   linearizability: {r.verdict}")
+    out.append("")
+    broken = {v.rule for v in r.violations}
+    for rule in CLUSTER_RULES:
+        out.append(f"  {'FAIL' if rule in broken else 'ok  '}  {rule}")
+    for v in r.violations:
+        out.append(f"        {v}")
+    return "\n".join(out)
+
+
+def cluster_sweep_summary(results: Sequence[ClusterResult], wall: float) -> str:
+    unsafe = [r for r in results if not r.safe]
+    stuck = [r for r in results if r.safe and r.workload_end is None]
+    failovers = [f for r in results for f in r.failovers]
+    out = [
+        f"pnyx sim-kv: {len(results)} seeds "
+        f"({results[0].config.seed}..{results[-1].config.seed}) in {wall:.1f} s, "
+        f"{sum(r.completed for r in results):,} client ops completed",
+        f"  violations  {len(unsafe)}"
+        + (f"  seeds: {', '.join(str(r.config.seed) for r in unsafe[:20])}" if unsafe else ""),
+        f"  unfinished  {len(stuck)}"
+        + (f"  seeds: {', '.join(str(r.config.seed) for r in stuck[:20])}" if stuck else ""),
+        f"  unknown     {sum(r.unknown for r in results)} writes never acknowledged",
+    ]
+    if failovers:
+        out.append(
+            f"  failover    {len(failovers)} leader crashes: median "
+            f"{ms(statistics.median(failovers))}, p99 {ms(percentile(failovers, 99))}"
+        )
+    for r in unsafe[:5]:
+        out.append(f"  seed {r.config.seed}: {str(r.violations[0]).splitlines()[0]}")
     return "\n".join(out)
