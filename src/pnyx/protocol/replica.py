@@ -169,6 +169,15 @@ class LogReady:
 
 
 @dataclass(slots=True)
+class _InFlight:
+    """A slot the leader proposed and has not yet seen chosen."""
+
+    value: Batch
+    votes: set[int]
+    sent_at: float
+
+
+@dataclass(slots=True)
 class _LocalRead:
     query: bytes
     deadline: float
@@ -232,12 +241,14 @@ class Replica:
 
         # Leader's proposals.
         self._queue: deque[Command] = deque()
-        self._inflight: dict[int, tuple[Batch, set[int]]] = {}  # slot -> (value, voters)
+        self._inflight: dict[int, _InFlight] = {}
+        self._told_commit = 0  # the commit index the followers were last sent
         self.next_slot = 1
         self._recovered_at = 0  # slot up to which phase 1 recovered the log
         self._hb_at: float | None = None
         self._hb_round = 0
-        self._acks: dict[int, set[int]] = {}
+        self._acks: dict[int, set[int]] = {}  # heartbeat round -> who acked it
+        self._confirmed_round = 0  # the latest round a quorum acked
         self._quorum_seen_at = now
 
         # Clients' requests that entered here.
@@ -264,6 +275,7 @@ class Replica:
     def submit(self, request_id: int, payload: bytes, now: float) -> LogReady:
         """A client's command reached this member. Its outcome comes back under
         `request_id`, which must not be reused while it is pending."""
+        self._last_now = now
         if len(payload) > self.config.max_command:
             self._outcome(request_id, Outcome(
                 False, error=f"command too large: {len(payload)} bytes, "
@@ -275,6 +287,7 @@ class Replica:
         return self._flush(now)
 
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
+        self._last_now = now
         if mode == "stale":
             self._outcome(request_id, Outcome(True, self.machine.query(query), self.applied))
         elif mode == "linearizable":
@@ -308,6 +321,7 @@ class Replica:
         return self.step(message, now)
 
     def step(self, m: LogMessage, now: float) -> LogReady:
+        self._last_now = now
         if not isinstance(m, LOG_MESSAGE_TYPES) or m.src not in self.config.members:
             self.dropped += 1
             return self._flush(now)
@@ -315,6 +329,7 @@ class Replica:
         return self._flush(now)
 
     def tick(self, now: float) -> LogReady:
+        self._last_now = now
         if self.role is Role.LEADER:
             if self._reads_unsent or (self._hb_at is not None and now >= self._hb_at):
                 self._heartbeat(now)
@@ -484,6 +499,10 @@ class Replica:
             self._propose(slot, value)
         self.next_slot = last + 1
         self._recovered_at = last
+        # Reads that waited for a leader are now ours to confirm.
+        self._reads_unsent.extend(
+            (self.node_id, rid) for rid, read in self._reads.items() if read.index is None
+        )
         self._heartbeat(now)
         self._queue.extend(self._unrouted)
         self._unrouted.clear()
@@ -535,12 +554,13 @@ class Replica:
         self.role = Role.FOLLOWER
         self.leader = None
         self._hb_at = None
+        self._acks.clear()
         self._election_at = now + self._election_wait()
         if not was_leader:
             return
         lost: dict[int, list[int]] = {}
-        for value, _ in self._inflight.values():
-            for c in value.commands:
+        for proposal in self._inflight.values():
+            for c in proposal.value.commands:
                 lost.setdefault(c.origin, []).append(c.id)
         for c in self._queue:
             lost.setdefault(c.origin, []).append(c.id)
@@ -578,7 +598,8 @@ class Replica:
             self._propose(slot, Batch(tuple(commands)))
 
     def _propose(self, slot: int, value: Batch) -> None:
-        self._inflight[slot] = (value, set())
+        self._inflight[slot] = _InFlight(value, set(), self._last_now)
+        self._told_commit = self.commit
         self._broadcast(Accept(self.node_id, self.ballot, slot, value, self.commit),
                         include_self=True)
 
@@ -603,13 +624,16 @@ class Replica:
         proposal = self._inflight.get(m.slot)
         if proposal is None:
             return
-        value, votes = proposal
-        votes.add(m.src)
-        if self.quorums.is_phase2_quorum(votes):
+        proposal.votes.add(m.src)
+        if self.quorums.is_phase2_quorum(proposal.votes):
             del self._inflight[m.slot]
-            self._learn(m.slot, value)
+            self._learn(m.slot, proposal.value)
             self._apply_chosen()
             self._fill_window()
+            if self.commit > self._told_commit:
+                # No Accept is going out to carry the news: tell the followers now, so a
+                # client waiting at one of them hears without waiting for the heartbeat.
+                self._heartbeat(now)
 
     def _on_rejected(self, m: Rejected, now: float) -> None:
         self._observe(m.promised, now)
@@ -696,20 +720,25 @@ class Replica:
         self._hb_round += 1
         self._hb_at = now + self.config.heartbeat_interval
         self._acks[self._hb_round] = {self.node_id}
+        if self.quorums.is_phase2_quorum({self.node_id}):
+            self._confirmed_round = self._hb_round  # a cluster of one confirms itself
+            self._quorum_seen_at = now
         if self._reads_unsent:
             self._read_round[self._hb_round] = [
                 (src, rid, self.commit) for src, rid in self._reads_unsent
             ]
             self._reads_unsent = []
+        self._told_commit = self.commit
         self._broadcast(Heartbeat(self.node_id, self.ballot, self.commit, self._hb_round))
-        # Messages get lost: ask again whoever has not yet accepted a slot still in flight.
-        for slot, (value, votes) in self._inflight.items():
-            accept = Accept(self.node_id, self.ballot, slot, value, self.commit)
+        # Messages get lost: ask again whoever has not yet accepted a slot in flight too long.
+        for slot, proposal in self._inflight.items():
+            if now - proposal.sent_at < self.config.heartbeat_interval:
+                continue
+            proposal.sent_at = now
+            accept = Accept(self.node_id, self.ballot, slot, proposal.value, self.commit)
             for member in self.config.members:
-                if member not in votes:
+                if member not in proposal.votes:
                     self._send(member, accept)
-        for old in [r for r in self._acks if r < self._hb_round - 8]:
-            del self._acks[old]
         self._check_read_rounds()
 
     def _on_heartbeat(self, m: Heartbeat, now: float) -> None:
@@ -730,7 +759,11 @@ class Replica:
         acks.add(m.src)
         if self.quorums.is_phase2_quorum(acks):
             self._quorum_seen_at = now
-        self._check_read_rounds()
+            # A quorum acked this round, so it confirms every earlier one too.
+            self._confirmed_round = m.round
+            for rnd in [r for r in self._acks if r <= m.round]:
+                del self._acks[rnd]
+            self._check_read_rounds()
 
     # ============================================================== reads
 
@@ -746,9 +779,8 @@ class Replica:
         if not self._read_round or self._recovered_at > self.commit:
             return
         for rnd in sorted(self._read_round):
-            acks = self._acks.get(rnd)
-            if acks is None or not self.quorums.is_phase2_quorum(acks):
-                continue
+            if rnd > self._confirmed_round:
+                break
             for src, read_id, index in self._read_round.pop(rnd):
                 self._answer_read_index(src, read_id, max(index, self._recovered_at))
 

@@ -69,6 +69,9 @@ class Engine(Generic[P, D]):
         self.disks: dict[int, D] = {i: self.empty_disk() for i in self.ids}
         self.incarnation = dict.fromkeys(self.ids, 0)
         self._disk_free_at = dict.fromkeys(self.ids, 0.0)
+        self._waiting_write: dict[int, tuple[list[tuple[int, Any]], float] | None] = (
+            dict.fromkeys(self.ids)
+        )
         self._wake_at: dict[int, float | None] = dict.fromkeys(self.ids)
         self._queue: list[tuple[float, int, int, int, object, int]] = []
         self._seq = 0
@@ -142,10 +145,7 @@ class Engine(Generic[P, D]):
         """Carry out the effects a process asked for."""
         now = self.now
         if ready.persist:
-            # One disk per process: writes complete in order, one fsync after another.
-            done = max(now, self._disk_free_at[i]) + self.fsync
-            self._disk_free_at[i] = done
-            self.push(done, DURABLE, i, (ready.persist_seq, ready.persist), self.incarnation[i])
+            self._write_later(i, (ready.persist_seq, ready.persist))
         for dst, message in ready.send:
             self._send(i, dst, message)
         self.after(i, ready)
@@ -154,6 +154,21 @@ class Engine(Generic[P, D]):
             if wake != self._wake_at[i]:
                 self._wake_at[i] = wake
                 self.push(wake, WAKE, i, None, self.incarnation[i])
+
+    def _write_later(self, i: int, item: tuple[int, Any]) -> None:
+        """Group commit: one disk per process, one fsync at a time; records that
+        arrive while a write waits for the disk join that write."""
+        now = self.now
+        waiting = self._waiting_write[i]
+        if waiting is not None and now < waiting[1]:
+            waiting[0].append(item)
+            return
+        start = max(now, self._disk_free_at[i])
+        done = start + self.fsync
+        self._disk_free_at[i] = done
+        batch = [item]
+        self._waiting_write[i] = (batch, start)
+        self.push(done, DURABLE, i, batch, self.incarnation[i])
 
     def _send(self, src: int, dst: int, message: Any) -> None:
         self.sent += 1
@@ -191,14 +206,15 @@ class Engine(Generic[P, D]):
         self._wake_at[i] = None
         self.apply(i, node.tick(time))
 
-    def _durable(self, i: int, payload: tuple[int, Any], incarnation: int) -> None:
+    def _durable(self, i: int, batch: list[tuple[int, Any]], incarnation: int) -> None:
         node = self.nodes[i]
         if node is None or incarnation != self.incarnation[i]:
             return  # the process crashed before this write reached the disk
-        seq, records = payload
-        self.disks[i] = self.write(self.disks[i], records)
+        for _, records in batch:
+            self.disks[i] = self.write(self.disks[i], records)
+        seq = batch[-1][0]
         if self.trace:
-            self.trace.emit(self.now, "durable", node=i, seq=seq)
+            self.trace.emit(self.now, "durable", node=i, seq=seq, records=len(batch))
         self.apply(i, node.persisted(seq))
 
     def partition(self, minority: set[int]) -> None:
@@ -210,6 +226,7 @@ class Engine(Generic[P, D]):
             self.incarnation[i] += 1
             self._wake_at[i] = None
             self._disk_free_at[i] = self.now
+            self._waiting_write[i] = None
 
     def restart(self, i: int) -> None:
         if self.nodes[i] is None:
