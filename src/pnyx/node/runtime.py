@@ -1,0 +1,271 @@
+"""The node: a Multi-Paxos `Replica` run by asyncio, with a disk and a network.
+
+The replica is pure; this module carries out what it asks for, on one event
+loop:
+
+- **records** go to durable storage by **group commit**: while one commit is
+  in flight, the records the replica produces meanwhile wait, and go together
+  in the next transaction. Only when a commit returns does the replica hear
+  `persisted(seq)` — and only then may the promises and acceptances that
+  depend on it leave (the replica holds them until then);
+- **messages** go to peers over TCP (`transport`), or straight back in for
+  ourselves;
+- **timers**: one timer, at the earliest moment the replica asked to wake;
+- **requests**: `submit` and `read` wait for their outcome; a command whose
+  leader lost its ballot (outcome unknown) is retried with the same request
+  identity until the request's deadline, which the state machine's
+  de-duplication makes safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+from pnyx.node.config import NodeConfig
+from pnyx.node.transport import PeerTransport
+from pnyx.protocol.log_messages import MalformedMessage, decode, encode
+from pnyx.protocol.log_records import LogRecord, ReplicaDurable
+from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.replica import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
+
+log = logging.getLogger("pnyx.node")
+
+RETRY_PAUSE = 0.02  # between attempts of one request, seconds
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Any,
+        machine: Machine,
+        metrics: Any = None,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.store = store
+        self.machine = machine
+        self.metrics = metrics
+        members = tuple(sorted(config.members))
+        self.replica_config = ReplicaConfig(
+            members,
+            QuorumSystem.majority(members),
+            heartbeat_interval=config.heartbeat_interval,
+            election_timeout=config.election_timeout,
+            max_command=config.max_command,
+        )
+        self.replica: Replica | None = None
+        self.transport: PeerTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._records: list[LogRecord] = []
+        self._records_seq = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._waiters: dict[int, asyncio.Future[Outcome]] = {}
+        # Request ids must never repeat across restarts: an old command could still be
+        # applied, and must not complete a new request that happens to share its id.
+        self._next_id = random.getrandbits(62)
+        self._last_leader: tuple[int | None, Any] = (None, None)
+        self.closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        durable: ReplicaDurable = self.store.load()
+        self.replica = Replica(
+            self.node_id, self.replica_config, random.Random(), self.machine, durable,
+            now=loop.time(),
+        )
+        self.transport = PeerTransport(
+            self.node_id, self.config.cluster_id, self.config.members,
+            self.config.peer_listen, self._on_frame,
+            on_peer_state=self._on_peer_state,
+        )
+        await self.transport.start()
+        self._handle(self.replica.tick(loop.time()))
+        log.info("node %s started: %d slots chosen, applied to %d", self.node_id,
+                 self.replica.commit, self.replica.applied)
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            await self.transport.close()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_result(Outcome(False, error="the node is shutting down", unknown=True))
+        self.store.close()
+
+    # ------------------------------------------------------------- requests
+
+    async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
+        """Get `command` chosen and applied; its result, or why not within `timeout`."""
+        return await self._until_done(
+            lambda rid, now: self._replica().submit(rid, command, now), timeout
+        )
+
+    async def read(self, query: bytes, mode: ReadMode, *,
+                   timeout: float | None = None) -> Outcome:
+        return await self._until_done(
+            lambda rid, now: self._replica().read(rid, query, mode, now), timeout
+        )
+
+    async def _until_done(self, start: Any, timeout: float | None) -> Outcome:
+        loop = self._loop
+        assert loop is not None
+        deadline = loop.time() + (timeout or self.config.request_timeout)
+        last = Outcome(False, error="no quorum or no leader within the request timeout",
+                       unknown=True)
+        while not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._next_id += 1
+            rid = self._next_id
+            fut: asyncio.Future[Outcome] = loop.create_future()
+            self._waiters[rid] = fut
+            self._handle(start(rid, loop.time()))
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(fut), remaining)
+            except TimeoutError:
+                self._replica().cancel(rid)
+                break
+            finally:
+                self._waiters.pop(rid, None)
+            if outcome.ok or not outcome.error or "too large" in outcome.error:
+                return outcome
+            last = outcome
+            if self.metrics is not None:
+                self.metrics.retried()
+            await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))
+        if last.error.startswith("aborted") or last.unknown:
+            return Outcome(False, error=f"unavailable: {last.error}", unknown=True)
+        return Outcome(False, error=f"unavailable: {last.error}", unknown=last.unknown)
+
+    def status(self) -> dict[str, Any]:
+        r = self._replica()
+        transport = self.transport
+        members = {
+            str(pid): {
+                "address": str(addr),
+                "reachable": pid == self.node_id
+                or (transport is not None and transport.reachable(pid)),
+            }
+            for pid, addr in sorted(self.config.members.items())
+        }
+        return {
+            "id": self.node_id,
+            "role": r.role.value,
+            "leader": r.leader,
+            "ballot": str(r.ballot if r.is_leader else r.leader_ballot),
+            "commit_index": r.commit,
+            "applied_index": r.applied,
+            "members": members,
+        }
+
+    # ------------------------------------------------------------- plumbing
+
+    def _replica(self) -> Replica:
+        if self.replica is None:
+            raise RuntimeError("the node has not started")
+        return self.replica
+
+    def _on_frame(self, src: int, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            message = decode(data)
+        except MalformedMessage as exc:
+            self._replica().dropped += 1
+            log.warning("dropping a malformed message from node %s: %s", src, exc)
+            return
+        if message.src != src:
+            self._replica().dropped += 1
+            log.warning("dropping a message from node %s claiming to be from %s", src,
+                        message.src)
+            return
+        assert self._loop is not None
+        self._handle(self._replica().step(message, self._loop.time()))
+
+    def _on_local(self, message: Any) -> None:
+        if not self.closed and self._loop is not None:
+            self._handle(self._replica().step(message, self._loop.time()))
+
+    def _on_peer_state(self, peer: int, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_state(peer, up)
+
+    def _handle(self, ready: LogReady) -> None:
+        if self.closed:
+            return
+        loop = self._loop
+        assert loop is not None and self.transport is not None
+        if ready.persist:
+            self._records.extend(ready.persist)
+            self._records_seq = ready.persist_seq
+            if self._writer is None or self._writer.done():
+                self._writer = loop.create_task(self._group_commit())
+        for dst, message in ready.send:
+            if dst == self.node_id:
+                loop.call_soon(self._on_local, message)
+            else:
+                self.transport.send(dst, encode(message))
+        for request_id, outcome in ready.outcomes:
+            fut = self._waiters.get(request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(outcome)
+        if self.metrics is not None and ready.applied:
+            self.metrics.chosen(len(ready.applied),
+                                sum(len(v.commands) for _, v in ready.applied))
+            self._note_leader()
+        if ready.wake_at is not None:
+            self._wake_at(ready.wake_at)
+
+    def _note_leader(self) -> None:
+        r = self._replica()
+        current = (r.leader, r.leader_ballot if not r.is_leader else r.ballot)
+        if current != self._last_leader:
+            self._last_leader = current
+            self.metrics.leader_changed()
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer_at is not None and self._timer_at <= when and self._timer is not None:
+            return  # an earlier wake-up is already set; the replica re-asks after it
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self.closed and self._loop is not None:
+            self._handle(self._replica().tick(self._loop.time()))
+
+    async def _group_commit(self) -> None:
+        while self._records and not self.closed:
+            records, seq = self._records, self._records_seq
+            self._records = []
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.store.append, records)
+            except Exception:
+                # A disk that cannot be written cannot keep promises: stop rather than lie.
+                log.exception("node %s: cannot write its log; stopping", self.node_id)
+                self.closed = True
+                raise
+            if self.metrics is not None:
+                self.metrics.observe_commit(time.perf_counter() - started, len(records))
+            self._handle(self._replica().persisted(seq))
