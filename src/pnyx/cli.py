@@ -12,8 +12,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from pnyx import server
+from pnyx.node.config import Address, ConfigError, NodeConfig, parse_cluster
 from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumError
 from pnyx.sim.cluster import ClusterConfig, ClusterResult, simulate_cluster
@@ -22,6 +25,11 @@ from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
 from pnyx.sim.network import NetworkConfig
 from pnyx.sim.report import cluster_summary, cluster_sweep_summary, summary, sweep_summary
 from pnyx.sim.simulation import SimConfig, SimResult, simulate
+
+try:  # the client commands (put/get/...) live in their own module
+    from pnyx import cli_kv as _kv_commands
+except ImportError:  # pragma: no cover - only while that module is being written
+    _kv_commands = None  # type: ignore[assignment]
 
 
 class UsageError(Exception):
@@ -134,7 +142,68 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("--mutant", choices=sorted(CLUSTER_MUTANTS),
                     help="run a deliberately broken variant")
     kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run one node of a cluster",
+        description="Run one node: its peers reach it at its --cluster address (or --listen), "
+        "clients at --http. Settings may also come from a TOML file (--config); flags win.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="read settings from a TOML file")
+    serve.add_argument("--id", type=int, dest="node_id", help="this node's id in --cluster")
+    serve.add_argument("--cluster", metavar="ID=HOST:PORT,...",
+                       help="every member and the address its peers reach it at")
+    serve.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API here")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="listen for peers here instead of at our --cluster address "
+                       "(for NAT and containers)")
+    serve.add_argument("--data-dir", metavar="DIR", help="where the node keeps its log")
+    serve.add_argument("--cluster-id", help="a name for the cluster (default pnyx)")
+    serve.add_argument("--election-timeout", type=_positive_ms, metavar="MS",
+                       help="default 300 ms")
+    serve.add_argument("--heartbeat", type=_positive_ms, metavar="MS", help="default 50 ms")
+    serve.add_argument("--request-timeout", type=_positive_ms, metavar="MS",
+                       help="default 5000 ms")
+    serve.add_argument("--unsafe-no-fsync", action="store_true",
+                       help="do not fsync: fast, and loses acknowledged writes on power loss "
+                       "(benchmarks only)")
+
+    cl = sub.add_parser(
+        "cluster",
+        help="start a local cluster on 127.0.0.1 and keep it running until Ctrl-C",
+    )
+    cl.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    cl.add_argument("--data-dir", default="pnyx-data", metavar="DIR",
+                    help="where the nodes keep their logs (default ./pnyx-data)")
+    cl.add_argument("--peer-port", type=int, default=7001,
+                    help="first peer port (default 7001)")
+    cl.add_argument("--http-port", type=int, default=8001,
+                    help="first HTTP port (default 8001)")
+    cl.add_argument("--unsafe-no-fsync", action="store_true",
+                    help="do not fsync (benchmarks only)")
+    if _kv_commands is not None:
+        _kv_commands.add_parsers(sub)
     return parser
+
+
+def node_config_from(args: argparse.Namespace) -> NodeConfig:
+    members = parse_cluster(args.cluster) if args.cluster else None
+    http = Address.parse(args.http, "--http") if args.http else None
+    listen = Address.parse(args.listen, "--listen") if args.listen else None
+    values = dict(
+        node_id=args.node_id, members=members, http=http, listen=listen,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        cluster_id=args.cluster_id,
+        election_timeout=args.election_timeout, heartbeat_interval=args.heartbeat,
+        request_timeout=args.request_timeout,
+        fsync=False if args.unsafe_no_fsync else None,
+    )
+    if args.config:
+        return NodeConfig.from_toml(args.config, **values)
+    for flag, key in (("--id", "node_id"), ("--cluster", "members"), ("--data-dir", "data_dir")):
+        if values[key] is None:
+            raise ConfigError(f"{flag} is required (or give --config)")
+    return NodeConfig(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
 
 
 def _network(args: argparse.Namespace) -> NetworkConfig:
@@ -242,9 +311,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("sim", "sim-kv"):
             config_from(args, 0)  # validate the flags together before running anything
             return run_sim(args)
+        if args.command == "serve":
+            return server.serve(node_config_from(args))
+        if args.command == "cluster":
+            if not 1 <= args.nodes <= 15:
+                raise UsageError(f"pnyx cluster: --nodes must be in 1..15, got {args.nodes}")
+            for flag, port in (("--peer-port", args.peer_port), ("--http-port", args.http_port)):
+                if not 1024 <= port <= 65535 - args.nodes:
+                    raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
+            return server.cluster(args.nodes, Path(args.data_dir), args.peer_port,
+                                  args.http_port, fsync=not args.unsafe_no_fsync)
+        if _kv_commands is not None and args.command in _kv_commands.COMMANDS:
+            return _kv_commands.run(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except server.StartError as exc:
+        print(f"pnyx {args.command}: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, QuorumError) as exc:
         print(f"pnyx {args.command}: {exc}", file=sys.stderr)
         return 2
