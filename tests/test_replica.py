@@ -290,8 +290,6 @@ def test_a_quorum_read_waits_for_a_quorum_that_has_applied_the_highest_accepted_
     assert net.outcomes[3][5].ok and net.outcomes[3][5].result == b"2"
 
 
-@pytest.mark.xfail(strict=True, reason="_apply_chosen answers every held QuorumRead whenever it "
-                   "runs (on any Accept or Heartbeat), even before applied >= min_applied")
 def test_a_replica_holds_a_quorum_read_until_it_has_applied_min_applied() -> None:
     """Quorum read, the rinse: `QuorumRead(min_applied=n)` asks a replica to answer
     once it has applied slot n. A reply before that is useless to the reader (it cannot
@@ -312,8 +310,6 @@ def test_a_replica_holds_a_quorum_read_until_it_has_applied_min_applied() -> Non
     assert early == [], f"answered at applied=1 a read that asked for slot 2: {early}"
 
 
-@pytest.mark.xfail(strict=True, reason="Outcome.index is the command index for writes "
-                   "(applied_index) but the slot number for reads (applied)")
 def test_a_read_reports_an_index_comparable_with_the_writes_it_reflects() -> None:
     """`Outcome.index` is documented as "the log index it took effect at (or was read
     at)". A read that sees a write must not report an index below the index that write
@@ -565,8 +561,6 @@ def test_a_command_that_makes_apply_raise_gives_the_same_error_everywhere_and_li
     assert all(m.fragile.memo.data == {b"k": b"after"} for m in machines.values())
 
 
-@pytest.mark.xfail(strict=True, reason="SafeApply has no query(): a replica whose machine is "
-                   "SafeApply(KVMachine()) raises AttributeError on every read")
 def test_a_replica_running_a_safeapply_wrapped_machine_can_serve_reads() -> None:
     """`SafeApply` is how a faulty machine is kept from stopping a replica, but the
     replica also calls `machine.query` for reads outside the log; the wrapper must pass

@@ -175,6 +175,7 @@ class QuorumReadReply(_Msg, tag="quorum-read-reply"):
     applied: Index
     accepted: Index  # the highest slot this acceptor has accepted anything in
     result: bytes
+    index: Index  # commands applied: the log index the result reflects
 
 
 LogMessage = (

@@ -289,7 +289,8 @@ class Replica:
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
         self._last_now = now
         if mode == "stale":
-            self._outcome(request_id, Outcome(True, self.machine.query(query), self.applied))
+            self._outcome(request_id, Outcome(True, self.machine.query(query),
+                                              self.applied_index))
         elif mode == "linearizable":
             self._reads[request_id] = _LocalRead(query, now + self.config.read_timeout)
             if self.role is Role.LEADER:
@@ -656,8 +657,10 @@ class Replica:
     def _learn_commit(self, ballot: Ballot, commit: int, now: float) -> None:
         """The leader of `ballot` says slots up to `commit` are chosen. A slot we
         accepted in that very ballot holds the chosen value; others we fetch."""
-        missing = False
-        for slot in range(self.commit + 1, commit + 1):
+        # Only slots we accepted can be learned here (a huge `commit` must not mean a huge
+        # loop); anything beyond them is fetched.
+        missing = commit > self.max_accepted
+        for slot in range(self.commit + 1, min(commit, self.max_accepted) + 1):
             if slot in self.chosen:
                 continue
             entry = self.accepted.get(slot)
@@ -712,7 +715,10 @@ class Replica:
         if self._held_qreads:
             held, self._held_qreads = self._held_qreads, []
             for src, q in held:
-                self._answer_quorum_read(src, q)
+                if self.applied >= q.min_applied:
+                    self._answer_quorum_read(src, q)
+                else:
+                    self._held_qreads.append((src, q))
 
     # ========================================================== heartbeats
 
@@ -814,7 +820,8 @@ class Replica:
                 if r.index is not None and r.index <= self.applied]
         for rid in done:
             read = self._reads.pop(rid)
-            self._outcome(rid, Outcome(True, self.machine.query(read.query), self.applied))
+            self._outcome(rid, Outcome(True, self.machine.query(read.query),
+                                       self.applied_index))
 
     def _on_quorum_read(self, m: QuorumRead, now: float) -> None:
         if self.applied >= m.min_applied:
@@ -825,7 +832,7 @@ class Replica:
     def _answer_quorum_read(self, src: int, m: QuorumRead) -> None:
         result = self.machine.query(m.query)
         self._send(src, QuorumReadReply(self.node_id, m.id, self.applied, self.max_accepted,
-                                        result))
+                                        result, self.applied_index))
 
     def _on_quorum_read_reply(self, m: QuorumReadReply, now: float) -> None:
         read = self._qreads.get(m.id)
@@ -847,7 +854,7 @@ class Replica:
         for result, agreeing in votes.items():
             if len(agreeing) >= need:
                 del self._qreads[read_id]
-                index = min(r.applied for r in agreeing)
+                index = min(r.index for r in agreeing)
                 self._outcome(read_id, Outcome(True, result, index))
                 return
         # Rinse: ask again, to be answered once each replica has applied the read slot.

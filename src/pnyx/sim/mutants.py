@@ -115,7 +115,7 @@ class LinearizableReadFromLocalState(Replica):
 
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
         if mode == "linearizable" and self.role is Role.LEADER:
-            self._outcome(request_id, Outcome(True, self.machine.query(query), self.applied))
+            self._outcome(request_id, Outcome(True, self.machine.query(query), self.applied_index))
             return self._flush(now)
         return super().read(request_id, query, mode, now)
 
@@ -132,7 +132,7 @@ class QuorumReadTakesFreshest(Replica):
     def evaluate_quorum_read(self, read_id: int, read: Any) -> None:
         freshest = max(read.replies.values(), key=lambda r: r.applied)
         del self._qreads[read_id]
-        self._outcome(read_id, Outcome(True, freshest.result, freshest.applied))
+        self._outcome(read_id, Outcome(True, freshest.result, freshest.index))
 
 
 CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {

@@ -178,6 +178,21 @@ class SafeApply:
             )
         return result
 
+    def query(self, query: bytes) -> bytes:
+        """Reads outside the log, passed through, with the same protection as `apply`."""
+        answer = getattr(self.machine, "query", None)
+        if answer is None:
+            return error_result(TypeError("this state machine answers no queries"))
+        try:
+            result = answer(query)
+        except _ENVIRONMENTAL:
+            raise
+        except Exception as exc:
+            return error_result(exc)
+        if not isinstance(result, bytes):
+            return error_result(TypeError(f"query returned {type(result).__name__}, not bytes"))
+        return result
+
     def snapshot(self) -> bytes:
         return self.machine.snapshot()
 
