@@ -169,8 +169,13 @@ class Node:
             "role": r.role.value,
             "leader": r.leader,
             "ballot": str(r.ballot if r.is_leader else r.leader_ballot),
-            "commit_index": r.commit,
-            "applied_index": r.applied,
+            # Indexes count commands (as X-Pnyx-Index and a write's index do); the
+            # replica applies a slot as soon as it knows it chosen, so the two agree
+            # but for an instant. Slots are the log positions Paxos agrees on.
+            "commit_index": r.applied_index,
+            "applied_index": r.applied_index,
+            "commit_slot": r.commit,
+            "applied_slot": r.applied,
             "members": members,
         }
 
