@@ -1,0 +1,549 @@
+"""The replica's log store: what `ReplicaDurable.apply` says, durably, and nothing else.
+
+Every store must load exactly what applying its records in order gives; a
+promise never goes backwards; a store of another node or cluster, or a damaged
+file, is refused with a one-line error naming the file (never read as an empty
+state, which would break promises); and an append that returned survives the
+process being killed at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.log_messages import Batch, Command, Entry
+from pnyx.protocol.log_records import (
+    AcceptRecord,
+    ChosenRecord,
+    LogRecord,
+    PromiseRecord,
+    ReplicaDurable,
+    RoundRecord,
+)
+from pnyx.storage import (
+    CorruptStoreError,
+    LogStore,
+    MemoryLogStore,
+    SqliteLogStore,
+    StoreError,
+    StoreIdentityError,
+    StoreLockedError,
+)
+from pnyx.storage.log_store import _row_crc
+
+CLUSTER = "test-cluster"
+U64 = 2**64 - 1
+
+
+def batch(n: int, size: int = 100) -> Batch:
+    return Batch((Command(1, n, bytes([n % 251]) * size),))
+
+
+def applied(records: list[LogRecord]) -> ReplicaDurable:
+    state = ReplicaDurable()
+    for record in records:
+        state.apply(record)
+    return state
+
+
+def open_sqlite(path: Path, *, node_id: int = 1, cluster_id: str = CLUSTER,
+                fsync: bool = True) -> SqliteLogStore:
+    return SqliteLogStore.open(path, node_id=node_id, cluster_id=cluster_id, fsync=fsync)
+
+
+EVERY_KIND: list[LogRecord] = [
+    PromiseRecord(Ballot(3, 2)),
+    RoundRecord(7),
+    AcceptRecord(Entry(1, Ballot(3, 2), batch(1))),
+    AcceptRecord(Entry(2, Ballot(4, 1), Batch())),  # a no-op; raises the promise to 4.1
+    ChosenRecord(1, batch(1)),
+    ChosenRecord(5, Batch((Command(0, 0, b""), Command(U64, U64, b"\x00\xff" * 50)))),
+]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], LogStore]]:
+    """Opens the store of the test: reopening a SqliteLogStore reads the same file."""
+    opened: list[LogStore] = []
+
+    memory = MemoryLogStore(node_id=1, cluster_id=CLUSTER)
+
+    def make() -> LogStore:
+        if request.param == "memory":
+            return memory
+        for store in opened:
+            store.close()
+        store = open_sqlite(tmp_path / "log.db")
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+# ------------------------------------------------------------------ meaning
+
+
+def test_round_trip_of_every_record_kind_equals_applying_them(make_store) -> None:
+    store = make_store()
+    store.append(EVERY_KIND)
+    assert store.load() == applied(EVERY_KIND)
+    assert make_store().load() == applied(EVERY_KIND)  # and after reopening
+
+
+def test_each_record_kind_alone_round_trips(make_store) -> None:
+    store = make_store()
+    done: list[LogRecord] = []
+    for record in EVERY_KIND:
+        store.append([record])
+        done.append(record)
+        assert store.load() == applied(done)
+
+
+def test_promise_never_goes_backwards(make_store) -> None:
+    store = make_store()
+    store.append([PromiseRecord(Ballot(5, 2))])
+    store.append([PromiseRecord(Ballot(5, 1))])  # lower node id, same round
+    store.append([PromiseRecord(Ballot(9, 1)), PromiseRecord(Ballot(6, 3))])  # within a batch
+    store.append([AcceptRecord(Entry(1, Ballot(2, 2), batch(1)))])  # an older accept
+    assert store.load().promised == Ballot(9, 1)
+    assert make_store().load().promised == Ballot(9, 1)
+
+
+def test_an_accept_raises_the_promise_to_its_ballot(make_store) -> None:
+    store = make_store()
+    store.append([PromiseRecord(Ballot(2, 1)), AcceptRecord(Entry(3, Ballot(4, 2), batch(3)))])
+    assert make_store().load().promised == Ballot(4, 2)
+
+
+def test_last_round_never_goes_backwards(make_store) -> None:
+    store = make_store()
+    store.append([RoundRecord(8)])
+    store.append([RoundRecord(3), RoundRecord(7)])
+    assert make_store().load().last_round == 8
+
+
+def test_a_later_accept_replaces_the_slots_entry(make_store) -> None:
+    # As in ReplicaDurable.apply: the acceptor decides what to accept; the store
+    # keeps the last entry it was given for the slot, whatever its ballot.
+    store = make_store()
+    store.append([AcceptRecord(Entry(4, Ballot(6, 1), batch(1)))])
+    store.append([AcceptRecord(Entry(4, Ballot(7, 2), batch(2))),
+                  AcceptRecord(Entry(4, Ballot(5, 3), batch(3)))])
+    state = make_store().load()
+    assert state.accepted == {4: Entry(4, Ballot(5, 3), batch(3))}
+    assert state.promised == Ballot(7, 2)
+
+
+def test_node_ids_and_rounds_round_trip_at_their_limits(make_store) -> None:
+    records: list[LogRecord] = [
+        PromiseRecord(Ballot(MAX_ROUND, U64)),
+        RoundRecord(MAX_ROUND),
+        AcceptRecord(Entry(2**63 - 1, Ballot(MAX_ROUND, U64), batch(2))),
+        ChosenRecord(2**63 - 1, batch(2)),
+    ]
+    make_store().append(records)
+    assert make_store().load() == applied(records)
+
+
+def test_empty_append_writes_nothing(make_store) -> None:
+    store = make_store()
+    store.append([])
+    assert store.load() == ReplicaDurable()
+    assert store.stats.appends == 0
+
+
+def test_something_that_is_not_a_record_is_refused_before_anything_is_written(
+        make_store) -> None:
+    store = make_store()
+    with pytest.raises(TypeError):
+        store.append([RoundRecord(1), "not a record"])  # type: ignore[list-item]
+    assert store.load() == ReplicaDurable()
+
+
+def test_a_record_that_cannot_be_stored_fails_the_append_and_writes_nothing(
+        tmp_path: Path) -> None:
+    with open_sqlite(tmp_path / "log.db") as store:
+        with pytest.raises(ValueError, match="not storable"):
+            store.append([RoundRecord(3), ChosenRecord(2**64, batch(1))])
+        with pytest.raises(ValueError, match="not storable"):
+            store.append([PromiseRecord(Ballot(1, -1))])
+        assert store.load() == ReplicaDurable()
+        store.append([RoundRecord(4)])  # the store is still usable
+        assert store.load().last_round == 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_records_in_any_batch_split_load_as_applying_them_in_order(
+        data: st.DataObject) -> None:
+    ballots = st.builds(Ballot, st.integers(0, 4), st.one_of(st.integers(0, 3), st.just(U64)))
+    commands = st.builds(Command, st.integers(0, 3), st.integers(0, 9), st.binary(max_size=12))
+    batches = st.builds(Batch, st.lists(commands, max_size=3).map(tuple))
+    slots = st.integers(1, 6)
+    records = st.lists(st.one_of(
+        st.builds(PromiseRecord, ballots),
+        st.builds(RoundRecord, st.integers(0, 9)),
+        st.builds(AcceptRecord, st.builds(Entry, slots, ballots, batches)),
+        st.builds(ChosenRecord, slots, batches),
+    ), max_size=25)
+    sequence = data.draw(records, label="records")
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(sequence))), label="cuts"))
+    chunks = [sequence[a:b] for a, b in zip([0, *cuts], [*cuts, len(sequence)], strict=True)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "log.db"
+        memory = MemoryLogStore()
+        done: list[LogRecord] = []
+        with open_sqlite(path, fsync=False) as store:
+            for chunk in chunks:
+                store.append(chunk)
+                memory.append(chunk)
+                done.extend(chunk)
+                assert store.load() == applied(done)
+                assert memory.load() == applied(done)
+        with open_sqlite(path, fsync=False) as store:
+            assert store.load() == applied(sequence)
+
+
+def test_load_returns_a_copy_the_caller_may_change(make_store) -> None:
+    store = make_store()
+    store.append(EVERY_KIND)
+    state = store.load()
+    state.chosen.clear()
+    state.accepted.clear()
+    assert store.load() == applied(EVERY_KIND)
+
+
+# ------------------------------------------------------------------ interface
+
+
+def test_stats_count_appends_records_and_time_in_commit(make_store) -> None:
+    store = make_store()
+    store.append(EVERY_KIND[:2])
+    store.append(EVERY_KIND[2:])
+    stats = store.stats
+    assert (stats.appends, stats.records) == (2, len(EVERY_KIND))
+    if isinstance(store, SqliteLogStore):
+        assert stats.commit_seconds > 0
+        assert 0 < stats.last_commit_seconds <= stats.commit_seconds
+
+
+def test_appends_run_from_a_worker_thread(tmp_path: Path) -> None:
+    async def main(store: SqliteLogStore) -> None:
+        for n in range(1, 6):
+            await asyncio.to_thread(store.append, [ChosenRecord(n, batch(n))])
+
+    with open_sqlite(tmp_path / "log.db") as store:
+        asyncio.run(main(store))
+        assert list(store.load().chosen) == [1, 2, 3, 4, 5]
+
+
+def test_a_closed_store_refuses_appends_and_loads(make_store) -> None:
+    store = make_store()
+    with store:
+        store.append([RoundRecord(1)])
+    store.close()  # closing twice is fine
+    with pytest.raises(StoreError, match="closed"):
+        store.append([RoundRecord(2)])
+    with pytest.raises(StoreError, match="closed"):
+        store.load()
+
+
+def test_sqlite_store_commits_durably_in_wal_mode(tmp_path: Path) -> None:
+    with open_sqlite(tmp_path / "log.db") as store:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone() == (b"wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+def test_unsafe_mode_does_not_fsync(tmp_path: Path) -> None:
+    with open_sqlite(tmp_path / "log.db", fsync=False) as store:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA synchronous").fetchone() == (0,)  # OFF
+
+
+# ------------------------------------------------------------------ identity
+
+
+def test_first_open_creates_the_data_directory_and_records_the_identity(
+        tmp_path: Path) -> None:
+    path = tmp_path / "data" / "node-3" / "log.db"
+    open_sqlite(path, node_id=3, cluster_id="prod").close()
+    assert os.listdir(path.parent) == ["log.db"]  # no WAL or half-built file left behind
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT schema_version, node_id, cluster_id FROM identity"
+                            ).fetchall() == [(1, 3, "prod")]
+    finally:
+        conn.close()
+    open_sqlite(path, node_id=3, cluster_id="prod").close()  # the same identity reopens
+
+
+def assert_one_line_naming(error: BaseException, path: Path, *parts: str) -> None:
+    message = str(error)
+    assert "\n" not in message
+    assert str(path) in message
+    for part in parts:
+        assert part in message
+
+
+def test_a_store_of_another_node_is_refused_naming_the_file_and_both_identities(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    open_sqlite(path, node_id=1, cluster_id="prod").close()
+    with pytest.raises(StoreIdentityError) as info:
+        open_sqlite(path, node_id=2, cluster_id="prod")
+    assert_one_line_naming(info.value, path, "node 1", "node 2", "'prod'")
+
+
+def test_a_store_of_another_cluster_is_refused_naming_the_file_and_both_identities(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    open_sqlite(path, node_id=1, cluster_id="prod").close()
+    with pytest.raises(StoreIdentityError) as info:
+        open_sqlite(path, node_id=1, cluster_id="staging")
+    assert_one_line_naming(info.value, path, "'prod'", "'staging'")
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    open_sqlite(path).close()
+    tamper(path, "UPDATE identity SET schema_version = 99")
+    with pytest.raises(StoreIdentityError) as info:
+        open_sqlite(path)
+    assert_one_line_naming(info.value, path, "version 99")
+
+
+def test_a_store_already_open_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with open_sqlite(path), pytest.raises(StoreLockedError) as info:
+        open_sqlite(path)
+    assert_one_line_naming(info.value, path, "in use")
+    open_sqlite(path).close()  # free again once closed
+
+
+# ------------------------------------------------------------------ corruption
+
+
+def tamper(path: Path, sql: str, *params: object) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def written_store(path: Path, slots: int = 300) -> ReplicaDurable:
+    records: list[LogRecord] = [PromiseRecord(Ballot(2, 1)), RoundRecord(2)]
+    for n in range(1, slots + 1):
+        records += [AcceptRecord(Entry(n, Ballot(2, 1), batch(n))), ChosenRecord(n, batch(n))]
+    with open_sqlite(path) as store:
+        store.append(records)
+    return applied(records)
+
+
+def open_and_load(path: Path) -> ReplicaDurable:
+    with open_sqlite(path) as store:
+        return store.load()
+
+
+def assert_refused_as_corrupt(path: Path, *parts: str) -> None:
+    with pytest.raises(CorruptStoreError) as info:
+        open_and_load(path)
+    assert_one_line_naming(info.value, path, *parts)
+
+
+def test_random_bytes_are_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    path.write_bytes(random.Random(1).randbytes(64 * 1024))
+    assert_refused_as_corrupt(path, "not a database")
+
+
+@pytest.mark.parametrize("keep", ["nothing", "100 bytes", "one page", "half", "all but a page",
+                                  "all but a byte"])
+def test_a_truncated_file_is_refused_as_corrupt(tmp_path: Path, keep: str) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    size = path.stat().st_size
+    length = {"nothing": 0, "100 bytes": 100, "one page": 4096, "half": size // 2,
+              "all but a page": size - 4096, "all but a byte": size - 1}[keep]
+    os.truncate(path, length)
+    assert_refused_as_corrupt(path)
+
+
+def test_a_flipped_page_in_the_middle_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    original = path.read_bytes()
+    pages = len(original) // 4096
+    assert pages > 10
+    middle = pages // 2
+    # The middle page, and for good measure every other page too.
+    for page in [middle, *range(pages)]:
+        data = bytearray(original)
+        data[page * 4096:(page + 1) * 4096] = bytes(b ^ 0xFF for b in original[
+            page * 4096:(page + 1) * 4096])
+        path.write_bytes(data)
+        assert_refused_as_corrupt(path)
+
+
+def test_a_flipped_bit_anywhere_never_loads_a_different_state(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    expected = written_store(path, slots=60)
+    original = path.read_bytes()
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(200):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(data)
+        try:
+            state = open_and_load(path)
+        except CorruptStoreError:
+            refused += 1
+        else:
+            assert state == expected  # the bit was in unused space
+    assert refused > 0
+
+
+@pytest.mark.parametrize("table", ["accepted", "chosen"])
+def test_garbage_in_a_value_blob_is_refused_as_corrupt(tmp_path: Path, table: str) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    tamper(path, f"UPDATE {table} SET value = ? WHERE slot = 150", b"\xc1garbage")
+    assert_refused_as_corrupt(path, f"{table} slot 150", "checksum")
+
+
+@pytest.mark.parametrize("table", ["accepted", "chosen"])
+def test_a_value_that_does_not_decode_is_refused_even_when_its_checksum_matches(
+        tmp_path: Path, table: str) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    garbage = b"\x91\xc1"  # a one-element array holding the never-used MessagePack byte
+    if table == "accepted":
+        tamper(path, "UPDATE accepted SET value = ?, crc = ? WHERE slot = 150",
+               garbage, _row_crc(150, 2, 1, garbage))
+    else:
+        tamper(path, "UPDATE chosen SET value = ?, crc = ? WHERE slot = 150",
+               garbage, _row_crc(150, 0, 0, garbage))
+    assert_refused_as_corrupt(path, f"{table} slot 150", "does not decode")
+
+
+def test_a_damaged_promise_is_refused_not_read_as_a_lower_one(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    tamper(path, "UPDATE promise SET round = 1")
+    assert_refused_as_corrupt(path, "promise")
+
+
+def test_a_missing_table_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_store(path)
+    tamper(path, "DROP TABLE chosen")
+    assert_refused_as_corrupt(path, "chosen")
+
+
+def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    tamper(path, "CREATE TABLE t (x)")
+    assert_refused_as_corrupt(path, "not a pnyx log store")
+
+
+# ------------------------------------------------------------------ crashes
+
+# Shared by the child that writes and the test that checks: append number n
+# writes 4 slots of 1 KiB (so the WAL fills and checkpoints run while the child
+# may be killed), promises ballot n.1 and records round n.
+RECORDS_OF = r"""
+from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.log_messages import Batch, Command, Entry
+from pnyx.protocol.log_records import AcceptRecord, ChosenRecord, PromiseRecord, RoundRecord
+
+def records_of(n):
+    records = [PromiseRecord(Ballot(n, 1)), RoundRecord(n)]
+    for slot in range(4 * n - 3, 4 * n + 1):
+        value = Batch((Command(1, slot, bytes([slot % 251]) * 1024),))
+        records += [AcceptRecord(Entry(slot, Ballot(n, 1), value)), ChosenRecord(slot, value)]
+    return records
+"""
+
+CHILD = RECORDS_OF + r"""
+import sys
+from pnyx.storage import SqliteLogStore
+
+store = SqliteLogStore.open(sys.argv[1], node_id=1, cluster_id="crash")
+n = store.load().last_round
+while True:
+    n += 1
+    store.append(records_of(n))
+    print(n, flush=True)  # acknowledged: append returned, so it must survive
+"""
+
+
+def test_a_process_killed_at_a_random_moment_loses_no_acknowledged_append(
+        tmp_path: Path) -> None:
+    namespace: dict[str, object] = {}
+    exec(RECORDS_OF, namespace)
+    records_of: Callable[[int], list[LogRecord]] = namespace["records_of"]  # type: ignore[assignment]
+    path = tmp_path / "log.db"
+    rng = random.Random(2024)
+    deadline = time.monotonic() + 12
+    expected = ReplicaDurable()
+    kills = 0
+    for _ in range(20):
+        if time.monotonic() > deadline:
+            break
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 10)
+            assert ready, "the child acknowledged nothing within 10 s"
+            time.sleep(rng.uniform(0, 0.3))
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            output = child.stdout.read().decode()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            stderr = child.stderr.read().decode() if child.stderr else ""
+            for stream in (child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+        assert child.returncode == -signal.SIGKILL, stderr
+        lines = output.split("\n")[:-1]  # a line cut short by the kill is no acknowledgment
+        assert lines, stderr
+        acknowledged = int(lines[-1])
+        kills += 1
+
+        with SqliteLogStore.open(path, node_id=1, cluster_id="crash") as store:
+            state = store.load()
+        # Every acknowledged append survived; the one in flight may or may not
+        # have, but all of it or none of it (one append, one transaction).
+        assert state.last_round in (acknowledged, acknowledged + 1)
+        for n in range(expected.last_round + 1, state.last_round + 1):
+            for record in records_of(n):
+                expected.apply(record)
+        assert state == expected
+    assert kills >= 5
