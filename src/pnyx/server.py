@@ -51,14 +51,14 @@ async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
     from pnyx.api.metrics import Metrics
     from pnyx.node.runtime import Node
     from pnyx.statemachine.kv import KVMachine
-    from pnyx.storage.log_store import CorruptStoreError, SqliteLogStore, StoreIdentityError
+    from pnyx.storage.log_store import SqliteLogStore, StoreError
 
     _check_data_dir(config.data_dir)
     db = config.data_dir / "pnyx.db"
     try:
         store = SqliteLogStore.open(db, node_id=config.node_id, cluster_id=config.cluster_id,
                                     fsync=config.fsync)
-    except (StoreIdentityError, CorruptStoreError) as exc:
+    except StoreError as exc:
         raise StartError(str(exc)) from None
     metrics = Metrics()
     node = Node(config, store, KVMachine(max_clients=65536), metrics)
@@ -68,7 +68,7 @@ async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
         store.close()
         raise StartError(f"cannot listen for peers on {config.peer_listen}: "
                          f"{exc.strerror or exc}") from None
-    except (CorruptStoreError, StoreIdentityError) as exc:
+    except StoreError as exc:
         store.close()
         raise StartError(str(exc)) from None
     runner: web.AppRunner | None = None

@@ -72,6 +72,7 @@ class Node:
         # applied, and must not complete a new request that happens to share its id.
         self._next_id = random.getrandbits(62)
         self._last_leader: tuple[int | None, Any] = (None, None)
+        self._last_role = ""
         self.closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -111,9 +112,15 @@ class Node:
 
     async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
         """Get `command` chosen and applied; its result, or why not within `timeout`."""
-        return await self._until_done(
+        started = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.proposed(1)
+        outcome = await self._until_done(
             lambda rid, now: self._replica().submit(rid, command, now), timeout
         )
+        if outcome.ok and self.metrics is not None:
+            self.metrics.observe_commit_latency(time.perf_counter() - started)
+        return outcome
 
     async def read(self, query: bytes, mode: ReadMode, *,
                    timeout: float | None = None) -> Outcome:
@@ -146,8 +153,6 @@ class Node:
             if outcome.ok or not outcome.error or "too large" in outcome.error:
                 return outcome
             last = outcome
-            if self.metrics is not None:
-                self.metrics.retried()
             await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))
         if last.error.startswith("aborted") or last.unknown:
             return Outcome(False, error=f"unavailable: {last.error}", unknown=True)
@@ -230,17 +235,25 @@ class Node:
             fut = self._waiters.get(request_id)
             if fut is not None and not fut.done():
                 fut.set_result(outcome)
-        if self.metrics is not None and ready.applied:
-            self.metrics.chosen(len(ready.applied),
-                                sum(len(v.commands) for _, v in ready.applied))
-            self._note_leader()
+        if self.metrics is not None:
+            if ready.applied:
+                self.metrics.chosen(len(ready.applied),
+                                    sum(len(v.commands) for _, v in ready.applied))
+                for _, value in ready.applied:
+                    self.metrics.observe_batch(len(value.commands))
+            self._note_role()
         if ready.wake_at is not None:
             self._wake_at(ready.wake_at)
 
-    def _note_leader(self) -> None:
+    def _note_role(self) -> None:
         r = self._replica()
-        current = (r.leader, r.leader_ballot if not r.is_leader else r.ballot)
-        if current != self._last_leader:
+        if r.role.value != self._last_role:
+            self._last_role = r.role.value
+            self.metrics.set_role(r.role.value)
+            if r.role.value == "candidate":
+                self.metrics.election_started()
+        current = (r.leader, r.ballot if r.is_leader else r.leader_ballot)
+        if current != self._last_leader and r.leader is not None:
             self._last_leader = current
             self.metrics.leader_changed()
 
