@@ -1,0 +1,155 @@
+"""A real cluster for tests: `pnyx serve` processes on 127.0.0.1, killed for real.
+
+Each node is its own process with its own data directory. The harness finds
+free ports, starts the nodes, waits until they answer, and stops every process
+it started when the test ends — also when it fails. Requests go over HTTP with
+the standard library, so these tests depend on nothing but the node itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.body)
+
+
+def request(method: str, url: str, body: bytes | None = None, timeout: float = 5.0,
+            headers: dict[str, str] | None = None) -> Response:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, r.read(), dict(r.headers))
+    except urllib.error.HTTPError as e:
+        return Response(e.code, e.read(), dict(e.headers))
+
+
+class Cluster:
+    def __init__(self, root: Path, nodes: int = 3, election_ms: int = 300,
+                 heartbeat_ms: int = 50) -> None:
+        self.root = root
+        self.ids = list(range(1, nodes + 1))
+        ports = free_ports(2 * nodes)
+        self.peer_ports = dict(zip(self.ids, ports[:nodes], strict=True))
+        self.http_ports = dict(zip(self.ids, ports[nodes:], strict=True))
+        self.spec = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
+        self.election_ms = election_ms
+        self.heartbeat_ms = heartbeat_ms
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.everything: list[subprocess.Popen[bytes]] = []
+
+    def url(self, i: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_ports[i]}{path}"
+
+    def start(self, i: int, wait: bool = True) -> None:
+        log = open(self.root / f"node-{i}.log", "ab")  # noqa: SIM115 - closed with the process
+        cmd = [
+            sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", self.spec,
+            "--http", f"127.0.0.1:{self.http_ports[i]}", "--data-dir",
+            str(self.root / f"node-{i}"), "--election-timeout", str(self.election_ms),
+            "--heartbeat", str(self.heartbeat_ms),
+        ]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        self.procs[i] = proc
+        self.everything.append(proc)
+        if wait:
+            self.wait_ready(i)
+
+    def start_all(self) -> None:
+        for i in self.ids:
+            self.start(i, wait=False)
+        for i in self.ids:
+            self.wait_ready(i)
+
+    def wait_ready(self, i: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[i].poll() is not None:
+                raise RuntimeError(f"node {i} exited: {self.log(i)[-2000:]}")
+            with contextlib.suppress(OSError):
+                if request("GET", self.url(i, "/v1/status"), timeout=0.5).status == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"node {i} did not answer: {self.log(i)[-2000:]}")
+
+    def log(self, i: int) -> str:
+        return (self.root / f"node-{i}.log").read_text(errors="replace")
+
+    def signal(self, i: int, sig: int) -> None:
+        self.procs[i].send_signal(sig)
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def status(self, i: int) -> dict:  # type: ignore[type-arg]
+        return request("GET", self.url(i, "/v1/status"), timeout=2.0).json()
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """The node every live node agrees leads."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = set()
+            for i, proc in self.procs.items():
+                if proc.poll() is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        s = self.status(i)
+                        seen.add(s["leader"] if s["role"] != "leader" else i)
+            if len(seen) == 1 and None not in seen:
+                return int(seen.pop())
+            time.sleep(0.05)
+        raise TimeoutError("no leader agreed on")
+
+    def put(self, i: int, key: str, value: bytes, timeout: float = 5.0,
+            idempotency_key: str | None = None) -> Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return request("PUT", self.url(i, f"/v1/kv/{key}"), value, timeout, headers)
+
+    def get(self, i: int, key: str, consistency: str = "linearizable",
+            timeout: float = 5.0) -> Response:
+        return request("GET", self.url(i, f"/v1/kv/{key}?consistency={consistency}"),
+                       timeout=timeout)
+
+    def stop_everything(self) -> None:
+        for proc in self.everything:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+        for proc in self.everything:
+            with contextlib.suppress(Exception):
+                proc.wait(10)
