@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dev.sh — the two commands of README.md.
-#   ./dev.sh run  [args]   set everything up, then run the main job
+#   ./dev.sh run  [args]   set everything up, then run the main job (a local 3-node cluster)
 #   ./dev.sh test [args]   set everything up, then lint and run the whole test suite
 # Setting up means: a virtual environment in .venv with pnyx and its test tools installed.
 set -euo pipefail
@@ -26,7 +26,7 @@ case "$cmd" in
     run)
         setup
         if [ $# -eq 0 ]; then
-            set -- sim --seed 7 --nodes 5 --proposers 3 --drop 0.2 --dup 0.05 --partitions --crashes
+            set -- cluster --nodes 3
         fi
         exec "$venv/bin/pnyx" "$@"
         ;;
