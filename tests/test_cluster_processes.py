@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_harness import Cluster
+from pnyx.testing import Cluster
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""A real cluster for tests: `pnyx serve` processes on 127.0.0.1, killed for real.
+"""A real local cluster for tests and benchmarks: `pnyx serve` processes on 127.0.0.1.
 
-Each node is its own process with its own data directory. The harness finds
-free ports, starts the nodes, waits until they answer, and stops every process
-it started when the test ends — also when it fails. Requests go over HTTP with
-the standard library, so these tests depend on nothing but the node itself.
+Each node is its own process with its own data directory. `Cluster` finds
+free ports, starts the nodes, waits until they answer, kills them for real
+(SIGKILL, SIGSTOP), and stops every process it started in `stop_everything`
+— call it in a `finally`. Requests go over HTTP with the standard library, so
+what uses this depends on nothing but the node itself. pnyx's own tests use
+it; so can yours.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def request(method: str, url: str, body: bytes | None = None, timeout: float = 5
 
 class Cluster:
     def __init__(self, root: Path, nodes: int = 3, election_ms: int = 300,
-                 heartbeat_ms: int = 50) -> None:
+                 heartbeat_ms: int = 50, extra_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.ids = list(range(1, nodes + 1))
         ports = free_ports(2 * nodes)
@@ -66,6 +68,7 @@ class Cluster:
         self.spec = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
         self.election_ms = election_ms
         self.heartbeat_ms = heartbeat_ms
+        self.extra_args = extra_args
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.everything: list[subprocess.Popen[bytes]] = []
 
@@ -78,7 +81,7 @@ class Cluster:
             sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", self.spec,
             "--http", f"127.0.0.1:{self.http_ports[i]}", "--data-dir",
             str(self.root / f"node-{i}"), "--election-timeout", str(self.election_ms),
-            "--heartbeat", str(self.heartbeat_ms),
+            "--heartbeat", str(self.heartbeat_ms), *self.extra_args,
         ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
