@@ -7,3 +7,25 @@ a seeded, faulty virtual network.
 """
 
 __version__ = "0.1.0"
+
+from pnyx.client import AsyncClient, Client
+from pnyx.errors import (
+    BadRequest,
+    NotFound,
+    PnyxError,
+    PreconditionFailed,
+    Unavailable,
+    ValueTooLarge,
+)
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "NotFound",
+    "PnyxError",
+    "PreconditionFailed",
+    "Unavailable",
+    "ValueTooLarge",
+    "__version__",
+]

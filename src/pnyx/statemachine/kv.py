@@ -33,12 +33,20 @@ request that was already applied is answered with its original result (see
 larger than the configured limit, is answered with `Error` and changes nothing:
 the log is agreed on before anyone looks inside a command, so a bad one must
 become a result like any other, the same on every replica.
+
+**Queries** (answered by `KVMachine.query` from local state, never logged):
+a `Get` (see `encode_query`) or a `Keys(prefix, after, limit)` listing (see
+`encode_keys_query`), answered with `KeyList(items, more)`: up to `limit`
+`(key, mod_index)` pairs of the keys that start with `prefix` and sort after
+`after`, in key order, and whether more follow. Pass the last key of one page
+as `after` to get the next.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+from bisect import bisect_left, bisect_right
 from typing import Final
 
 import msgspec
@@ -57,6 +65,12 @@ DEFAULT_COMMAND_LIMIT: Final = 1 << 20
 
 DEFAULT_MAX_CLIENTS: Final = 4096
 """Default size of the de-duplication table (clients plus idempotency keys)."""
+
+MAX_KEYS_LIMIT: Final = 1000
+"""Most keys one `Keys` query may ask for: a listing is a read, and must stay cheap."""
+
+DEFAULT_KEYS_LIMIT: Final = 100
+"""Keys per `Keys` query when the caller does not say."""
 
 
 # --- commands ---------------------------------------------------------------
@@ -144,7 +158,14 @@ class Error(_Result, tag="error"):
     code: str = "error"
 
 
-Result = Ok | NotFound | PreconditionFailed | Error
+class KeyList(_Result, tag="keys"):
+    """The answer to `Keys`: `(key, mod_index)` pairs in key order; `more` if others follow."""
+
+    items: list[tuple[str, int]]
+    more: bool
+
+
+Result = Ok | NotFound | PreconditionFailed | Error | KeyList
 
 
 class ErrorCode(enum.StrEnum):
@@ -192,15 +213,44 @@ def decode_result(data: bytes) -> Result:
         raise MalformedResult(str(exc)) from None
 
 
-# --- checking ---------------------------------------------------------------
+# --- queries ----------------------------------------------------------------
 
 
-_query_decoder = msgspec.msgpack.Decoder(Get)
+class Keys(msgspec.Struct, frozen=True, array_like=True, tag_field="t", tag="keys"):
+    """List keys starting with `prefix` that sort after `after` (code point order), at most
+    `limit` (1..`MAX_KEYS_LIMIT`). A query only: it is never a command in the log."""
+
+    prefix: str = ""
+    after: str = ""
+    limit: int = DEFAULT_KEYS_LIMIT
+
+
+Query = Get | Keys
+
+_query_decoder = msgspec.msgpack.Decoder(Query)
 
 
 def encode_query(key: str) -> bytes:
     """The bytes `KVMachine.query` answers: a `Get` of `key`."""
     return _command_encoder.encode(Get(key))
+
+
+def encode_keys_query(prefix: str = "", after: str = "", limit: int = DEFAULT_KEYS_LIMIT) -> bytes:
+    """The bytes `KVMachine.query` answers with a `KeyList`: a `Keys` query."""
+    return _command_encoder.encode(Keys(prefix, after, limit))
+
+
+def _check_keys(query: Keys) -> str | None:
+    """The reason a `Keys` query breaks a rule, or None."""
+    if not 1 <= query.limit <= MAX_KEYS_LIMIT:
+        return f"limit must be between 1 and {MAX_KEYS_LIMIT}, not {query.limit}"
+    for what, text in (("prefix", query.prefix), ("after", query.after)):
+        if _utf8_len(text) > MAX_KEY_BYTES:
+            return f"{what} is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
+# --- checking ---------------------------------------------------------------
 
 
 _command_encoder = msgspec.msgpack.Encoder()
@@ -357,6 +407,14 @@ class KVMachine:
         self._dedup = DedupTable(max_clients)
         # Log indices start at 1; 0 means nothing has been applied.
         self._applied_index = 0
+        # The sorted key index for `Keys`, built on the first listing and then
+        # kept up lazily: writes only note which keys were created or removed
+        # (`_moved`), and the next listing folds them in. Overwrites don't
+        # touch it. So a store that never lists pays nothing, and one that
+        # lists pays for the keys that changed, not a full sort each time.
+        # It is derived from `_data` and not part of the replicated state.
+        self._sorted: list[str] | None = None
+        self._moved: set[str] = set()
 
     # -- reads that do not go through the log --
 
@@ -375,20 +433,82 @@ class KVMachine:
         return self._data.get(key)
 
     def query(self, query: bytes) -> bytes:
-        """Answer an encoded `Get` from local state, as `apply` would, changing nothing.
+        """Answer an encoded `Get` (as `apply` would) or `Keys` from local state, changing nothing.
 
         The replica calls this for reads outside the log (linearizable read-index,
         quorum and stale reads); which of those guarantees holds is the caller's.
+        Never raises: a bad query is answered with `Error`.
         """
         try:
-            command = _query_decoder.decode(query)
+            decoded = _query_decoder.decode(query)
         except (msgspec.MsgspecError, ValueError) as exc:
             return encode_result(Error(f"malformed query: {exc}", ErrorCode.MALFORMED))
-        reason = _check_command(command)
+        if isinstance(decoded, Keys):
+            reason = _check_keys(decoded)
+            if reason is not None:
+                return encode_result(Error(reason, ErrorCode.INVALID))
+            return encode_result(self._list(decoded))
+        reason = _check_command(decoded)
         if reason is not None:
             return encode_result(Error(reason, ErrorCode.INVALID))
-        item = self._data.get(command.key)
+        item = self._data.get(decoded.key)
         return encode_result(NotFound() if item is None else Ok(item[1], item[0]))
+
+    def _list(self, query: Keys) -> KeyList:
+        keys = self._sorted_keys()
+        start = bisect_left(keys, query.prefix)
+        if query.after:
+            start = max(start, bisect_right(keys, query.after))
+        stop = min(len(keys), start + query.limit)
+        items: list[tuple[str, int]] = []
+        for i in range(start, stop):
+            key = keys[i]
+            if not key.startswith(query.prefix):
+                # Keys with the prefix are contiguous in sorted order: past
+                # the first that lacks it, none has it.
+                return KeyList(items, more=False)
+            items.append((key, self._data[key][1]))
+        more = stop < len(keys) and keys[stop].startswith(query.prefix)
+        return KeyList(items, more)
+
+    def _key_moved(self, key: str) -> None:
+        """Note that `key` was created or removed, for the sorted index."""
+        if self._sorted is None:
+            return
+        self._moved.add(key)
+        # Many changes and no listing: forget the index rather than let the
+        # notes grow without bound; the next listing sorts from scratch.
+        if len(self._moved) > max(1024, len(self._sorted)):
+            self._sorted = None
+            self._moved.clear()
+
+    def _sorted_keys(self) -> list[str]:
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self._data)
+        elif len(self._moved) <= 16:
+            # A few changes: insert or delete in place (a memmove each).
+            for key in self._moved:
+                i = bisect_left(keys, key)
+                present = i < len(keys) and keys[i] == key
+                if key in self._data and not present:
+                    keys.insert(i, key)
+                elif key not in self._data and present:
+                    del keys[i]
+        else:
+            # Many: one linear pass drops removed keys; the new ones are
+            # sorted and merged (Timsort merges the two sorted runs in O(n)).
+            added = [
+                key for key in self._moved
+                if key in self._data
+                and not ((i := bisect_left(keys, key)) < len(keys) and keys[i] == key)
+            ]
+            kept = [key for key in keys if key in self._data]
+            kept.extend(added)
+            kept.sort()
+            keys = self._sorted = kept
+        self._moved.clear()
+        return keys
 
     @property
     def key_count(self) -> int:
@@ -449,11 +569,14 @@ class KVMachine:
         if failed is not None:
             return failed
         if isinstance(command, Put):
+            if item is None:
+                self._key_moved(command.key)
             self._data[command.key] = (command.value, index)
             return Ok(index)
         if item is None:
             return NotFound()
         del self._data[command.key]
+        self._key_moved(command.key)
         return Ok(index)
 
     def snapshot(self) -> bytes:
@@ -510,6 +633,8 @@ class KVMachine:
         self._data = new_data
         self._dedup = new_dedup
         self._applied_index = body.applied_index
+        self._sorted = None
+        self._moved.clear()
 
 
 def _precondition(command: Put | Delete, item: tuple[bytes, int] | None) -> Result | None:

@@ -1,0 +1,476 @@
+"""The HTTP API of a pnyx node: the key-value store's routes, status and metrics.
+
+This module owns the mapping between HTTP and the key-value machine: it parses
+and checks every path, query parameter, header and body; turns a request into
+an encoded `kv` command or query; hands it to the node through `NodeAPI`; and
+turns the `Outcome` back into a status code and body. It never redirects: any
+node accepts any request and forwards it internally.
+
+Routes (`make_app`)::
+
+    PUT    /v1/kv/{key}      body = value        ?prev_value=&prev_index=&prev_exist=
+    GET    /v1/kv/{key}      -> raw value         ?consistency=linearizable|quorum|stale
+    DELETE /v1/kv/{key}                           ?prev_value=&prev_index=&prev_exist=
+    GET    /v1/kv/           -> {"keys", "more", "next"}  ?prefix=&after=&limit=&consistency=
+    GET    /v1/status        -> node.status()
+    GET    /metrics          -> Prometheus text
+
+Keys are the path after `/v1/kv/`, percent-decoded to bytes and then read as
+strict UTF-8 (so `a%2Fb` and `a/b` are the same key, and `%FF` is a 400, never
+silently replaced). Query values are decoded the same way; `prev_value` is
+taken as raw bytes.
+
+Status codes: 200 success; 400 bad input (code `bad_key`, `bad_param`,
+`bad_header`, `invalid`); 404 no such key (`not_found`) or route
+(`no_route`); 405 wrong method; 409 an `Idempotency-Key` reused for a
+different command (`idempotency_key_reused`); 412 a precondition failed
+(`precondition_failed`, with the key's current `index`); 413 value too large
+(`value_too_large`); 503 with `Retry-After` when the node could not get a
+quorum or a leader within the request timeout (`unavailable`, with `unknown`
+saying whether a write may still take effect). Every error body is
+`{"error": {"code": ..., "message": ...}}`. A 500 (`internal`) means a bug in
+pnyx, never bad input.
+
+**Exactly once.** Every write is sent as a `kv.IdempotentRequest`: under the
+client's `Idempotency-Key` header if it gave one (so the client's own retries,
+to this node or another, are answered with the first result), else under a
+fresh random key made for this HTTP request. Within one request the same bytes
+are resubmitted while the outcome is unknown and time remains, so a write is
+never applied twice, only answered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, NoReturn
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from pnyx.api.node_api import NodeAPI
+from pnyx.protocol.replica import READ_MODES, Outcome, ReadMode
+from pnyx.statemachine import kv
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_VALUE: Final = 1 << 20
+DEFAULT_LIST_LIMIT: Final = kv.DEFAULT_KEYS_LIMIT
+MAX_LIST_LIMIT: Final = kv.MAX_KEYS_LIMIT
+MAX_INT: Final = (1 << 63) - 1  # MessagePack carries 64-bit integers; larger is bad input
+
+INDEX_HEADER: Final = "X-Pnyx-Index"
+APPLIED_INDEX_HEADER: Final = "X-Pnyx-Applied-Index"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+RETRY_AFTER_SECONDS: Final = 1
+
+# Idempotency keys are namespaced so that a key a client chose can never
+# collide with one this layer generated, nor with keys other callers of the
+# machine (embedded users) put in the log.
+_CLIENT_KEY_PREFIX: Final = "h:"
+_GENERATED_KEY_PREFIX: Final = "g:"
+MAX_IDEMPOTENCY_KEY: Final = kv.MAX_ID_BYTES - len(_CLIENT_KEY_PREFIX)
+
+# Metric labels must stay bounded: a method outside this set is counted as "other".
+_METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", "PATCH"})
+
+# Grace on top of the node's own deadline before the HTTP layer stops waiting:
+# the node is meant to answer by `timeout`, this only guards against one that hangs.
+_NODE_GRACE: Final = 1.0
+_RETRY_FIRST_DELAY: Final = 0.01
+_RETRY_MAX_DELAY: Final = 0.2
+
+_WRITE_PARAMS: Final = frozenset({"prev_value", "prev_index", "prev_exist"})
+_GET_PARAMS: Final = frozenset({"consistency"})
+_LIST_PARAMS: Final = frozenset({"prefix", "after", "limit", "consistency"})
+
+
+class ApiError(Exception):
+    """An HTTP error response, raised anywhere below a handler and rendered by the middleware."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message,
+                              headers=self.headers, extra=self.extra)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, **(extra or {})}}
+    return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+def _bad(code: str, message: str) -> NoReturn:
+    raise ApiError(400, code, message)
+
+
+# --- parsing ----------------------------------------------------------------
+
+
+def _unquote(raw: str, what: str, *, plus_is_space: bool) -> bytes:
+    if plus_is_space:
+        raw = raw.replace("+", " ")
+    try:
+        return unquote_to_bytes(raw)
+    except UnicodeError:
+        # The HTTP parser may hand over lone surrogates for raw non-UTF-8 bytes
+        # in the request line; unquote_to_bytes cannot encode them.
+        _bad("bad_param" if what != "key" else "bad_key", f"{what} is not valid UTF-8")
+
+
+def _utf8(data: bytes, what: str, code: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        _bad(code, f"{what} is not valid UTF-8")
+
+
+def parse_key(request: web.Request) -> str:
+    """The key named by the path, checked as the machine would check it."""
+    # Split the *raw* path: "/" separates segments there, while an encoded
+    # "%2F" is part of the key. Splitting the decoded path would conflate them,
+    # and yarl leaves undecodable escapes like %FF in place.
+    parts = request.rel_url.raw_path.split("/", 3)
+    raw = parts[3] if len(parts) == 4 else ""
+    key = _utf8(_unquote(raw, "key", plus_is_space=False), "key", "bad_key")
+    if not key:
+        _bad("bad_key", "key must not be empty")
+    size = len(key.encode("utf-8"))
+    if size > kv.MAX_KEY_BYTES:
+        _bad("bad_key", f"key is {size} bytes, longer than {kv.MAX_KEY_BYTES}")
+    return key
+
+
+def parse_params(request: web.Request, allowed: frozenset[str]) -> dict[str, bytes]:
+    """The query string as name -> raw bytes; unknown or repeated names are bad input."""
+    params: dict[str, bytes] = {}
+    raw_query = request.rel_url.raw_query_string
+    if not raw_query:
+        return params
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        name_bytes = _unquote(raw_name, "parameter name", plus_is_space=True)
+        name = name_bytes.decode("utf-8", "backslashreplace")
+        if name not in allowed:
+            expected = ", ".join(sorted(allowed)) or "none"
+            _bad("bad_param", f"unknown query parameter {name!r} (expected: {expected})")
+        if name in params:
+            _bad("bad_param", f"query parameter {name!r} given more than once")
+        params[name] = _unquote(raw_value, name, plus_is_space=True)
+    return params
+
+
+def _int_param(params: dict[str, bytes], name: str, default: int | None,
+               lo: int, hi: int) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    text = raw.decode("ascii", "replace")
+    # Digits only: int() would also take "+5", " 5", "5_000" and "٥".
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not lo <= int(text) <= hi:
+        _bad("bad_param", f"{name} must be an integer from {lo} to {hi}, not {text[:40]!r}")
+    return int(text)
+
+
+def _bool_param(params: dict[str, bytes], name: str) -> bool | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace").lower()
+    if text not in ("true", "false"):
+        _bad("bad_param", f"{name} must be true or false, not {text[:40]!r}")
+    return text == "true"
+
+
+def _text_param(params: dict[str, bytes], name: str) -> str:
+    text = _utf8(params.get(name, b""), name, "bad_param")
+    if len(text.encode("utf-8")) > kv.MAX_KEY_BYTES:
+        _bad("bad_param", f"{name} is longer than {kv.MAX_KEY_BYTES} bytes")
+    return text
+
+
+def parse_consistency(params: dict[str, bytes]) -> ReadMode:
+    raw = params.get("consistency", b"linearizable").decode("utf-8", "replace")
+    for mode in READ_MODES:
+        if raw == mode:
+            return mode
+    _bad("bad_param",
+         f"consistency must be one of {', '.join(READ_MODES)}, not {raw[:40]!r}")
+
+
+def parse_conditions(params: dict[str, bytes]) -> dict[str, Any]:
+    """`prev_value`, `prev_index`, `prev_exist` as keyword arguments of `Put`/`Delete`."""
+    return {
+        "prev_value": params.get("prev_value"),
+        "prev_index": _int_param(params, "prev_index", None, 0, MAX_INT),
+        "prev_exist": _bool_param(params, "prev_exist"),
+    }
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The request's identity in the machine's de-duplication table."""
+    given = request.headers.getall(IDEMPOTENCY_HEADER, [])
+    if not given:
+        return _GENERATED_KEY_PREFIX + uuid.uuid4().hex
+    if len(given) > 1:
+        raise ApiError(400, "bad_header", f"{IDEMPOTENCY_HEADER} given more than once")
+    key = given[0]
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise ApiError(
+            400, "bad_header",
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+        )
+    return _CLIENT_KEY_PREFIX + key
+
+
+# --- handlers ---------------------------------------------------------------
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+class _Handlers:
+    def __init__(self, node: NodeAPI, max_value: int, request_timeout: float) -> None:
+        self.node = node
+        self.max_value = max_value
+        self.request_timeout = request_timeout
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            # aiohttp's own answers (no route, wrong method), as JSON like ours.
+            code = {404: "no_route", 405: "method_not_allowed", 413: "value_too_large"}.get(
+                exc.status, f"http_{exc.status}")
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = error_response(exc.status, code, exc.reason, headers=headers)
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            response = error_response(500, "internal", "internal error; see the node's log")
+        method = request.method if request.method in _METHODS else "other"
+        self.node.metrics.request(_route_label(request), method, response.status,
+                                  time.perf_counter() - started)
+        return response
+
+    # -- talking to the node --
+
+    async def _ask(self, call: Callable[[float], Awaitable[Outcome]], remaining: float,
+                   ) -> Outcome:
+        try:
+            return await asyncio.wait_for(call(remaining), remaining + _NODE_GRACE)
+        except TimeoutError:
+            return Outcome(False, error="the node did not answer in time", unknown=True)
+
+    async def _until_done(self, call: Callable[[float], Awaitable[Outcome]],
+                          *, write: bool) -> tuple[kv.Result, Outcome]:
+        """Call the node until it succeeds, refuses, or the request's time is up.
+
+        A write is retried only while its outcome is unknown, and always with
+        the same bytes, so de-duplication answers a retry of a command that did
+        get chosen. A read is retried on any failure: it changes nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delay = _RETRY_FIRST_DELAY
+        while True:
+            outcome = await self._ask(call, max(deadline - loop.time(), 0.0))
+            if outcome.ok:
+                try:
+                    return kv.decode_result(outcome.result), outcome
+                except kv.MalformedResult as exc:
+                    raise ApiError(500, "internal", f"the node returned a bad result: {exc}",
+                                   ) from None
+            if write and not outcome.unknown:
+                if "too large" in outcome.error:
+                    # The node's own limit on commands (ReplicaConfig.max_command).
+                    raise ApiError(413, "value_too_large", outcome.error)
+                self._unavailable(outcome, write)
+            if loop.time() + delay >= deadline:
+                self._unavailable(outcome, write)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_DELAY)
+
+    def _unavailable(self, outcome: Outcome, write: bool) -> NoReturn:
+        extra = {"unknown": outcome.unknown} if write else {}
+        message = outcome.error or "no quorum or no leader in time"
+        if write and outcome.unknown:
+            message += " (the write may still take effect; retry with the same Idempotency-Key)"
+        raise ApiError(503, "unavailable", message,
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, extra=extra)
+
+    async def _write(self, request: web.Request, command: kv.Put | kv.Delete,
+                     ) -> web.Response:
+        envelope = kv.IdempotentRequest(idempotency_key(request), command)
+        encoded = kv.encode_request(envelope)
+        try:
+            # Rules only (empty key, contradictory conditions): the size was
+            # checked on the value, and the node enforces its own limit.
+            kv.validate(encoded, limit=len(encoded))
+        except kv.CommandError as exc:
+            raise ApiError(400, "invalid", exc.message) from None
+        result, _ = await self._until_done(
+            lambda t: self.node.submit(encoded, timeout=t), write=True)
+        if isinstance(result, kv.Ok):
+            return web.json_response({"index": result.index},
+                                     headers={INDEX_HEADER: str(result.index)})
+        raise self._result_error(result, request)
+
+    def _result_error(self, result: kv.Result, request: web.Request) -> ApiError:
+        if isinstance(result, kv.NotFound):
+            return ApiError(404, "not_found", f"key {parse_key(request)!r} does not exist")
+        if isinstance(result, kv.PreconditionFailed):
+            return ApiError(
+                412, "precondition_failed",
+                f"precondition failed: the key is at index {result.current_index}",
+                headers={INDEX_HEADER: str(result.current_index)},
+                extra={"index": result.current_index},
+            )
+        if isinstance(result, kv.Error):
+            if result.code == kv.ErrorCode.TOO_LARGE:
+                return ApiError(413, "value_too_large", result.message)
+            if result.code == kv.ErrorCode.REUSED:
+                return ApiError(409, "idempotency_key_reused", result.message)
+            return ApiError(400, "invalid", result.message)
+        return ApiError(500, "internal", f"unexpected result {type(result).__name__}")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        too_large = ApiError(413, "value_too_large",
+                             f"value is larger than {self.max_value} bytes")
+        if request.content_length is not None and request.content_length > self.max_value:
+            raise too_large
+        body = bytearray()
+        # Chunked bodies have no Content-Length: count as they arrive.
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > self.max_value:
+                raise too_large
+        return bytes(body)
+
+    async def _read(self, query: bytes, mode: ReadMode) -> tuple[kv.Result, Outcome]:
+        return await self._until_done(
+            lambda t: self.node.read(query, mode, timeout=t), write=False)
+
+    # -- routes --
+
+    async def put(self, request: web.Request) -> web.Response:
+        key = parse_key(request)
+        conditions = parse_conditions(parse_params(request, _WRITE_PARAMS))
+        value = await self._read_body(request)
+        return await self._write(request, kv.Put(key, value, **conditions))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        key = parse_key(request)
+        conditions = parse_conditions(parse_params(request, _WRITE_PARAMS))
+        return await self._write(request, kv.Delete(key, **conditions))
+
+    async def get(self, request: web.Request) -> web.Response:
+        raw = request.rel_url.raw_path.split("/", 3)
+        if len(raw) < 4 or raw[3] == "":
+            return await self.list_keys(request)
+        key = parse_key(request)
+        mode = parse_consistency(parse_params(request, _GET_PARAMS))
+        result, outcome = await self._read(kv.encode_query(key), mode)
+        headers = {APPLIED_INDEX_HEADER: str(outcome.index)} if mode == "stale" else {}
+        if isinstance(result, kv.Ok):
+            headers[INDEX_HEADER] = str(result.index)
+            return web.Response(body=result.value or b"", headers=headers,
+                                content_type="application/octet-stream")
+        error = self._result_error(result, request)
+        error.headers.update(headers)
+        raise error
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        params = parse_params(request, _LIST_PARAMS)
+        prefix = _text_param(params, "prefix")
+        after = _text_param(params, "after")
+        limit = _int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+        assert limit is not None
+        mode = parse_consistency(params)
+        result, outcome = await self._read(kv.encode_keys_query(prefix, after, limit), mode)
+        if not isinstance(result, kv.KeyList):
+            raise self._result_error(result, request)
+        headers = {APPLIED_INDEX_HEADER: str(outcome.index)} if mode == "stale" else {}
+        return web.json_response(
+            {
+                "keys": [{"key": key, "index": index} for key, index in result.items],
+                "more": result.more,
+                "next": result.items[-1][0] if result.more and result.items else None,
+            },
+            headers=headers,
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        parse_params(request, frozenset())
+        return web.json_response(self.node.status())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        parse_params(request, frozenset())
+        return web.Response(body=self.node.metrics.render(),
+                            headers={"Content-Type": self.node.metrics.content_type})
+
+
+def make_app(
+    node: NodeAPI,
+    *,
+    max_value: int = DEFAULT_MAX_VALUE,
+    request_timeout: float = 5.0,
+) -> web.Application:
+    """The aiohttp application serving `node`; run it with `aiohttp.web.AppRunner`.
+
+    `max_value` bounds a value in bytes (larger is a 413); make the node's own
+    command limit a little larger, since a command also carries the key, the
+    conditions and the idempotency key. `request_timeout` bounds how long a
+    request waits for a quorum or a leader before it is answered with 503.
+    """
+    if max_value < 0:
+        raise ValueError(f"max_value must not be negative, not {max_value}")
+    if not request_timeout > 0:
+        raise ValueError(f"request_timeout must be positive, not {request_timeout}")
+    h = _Handlers(node, max_value, request_timeout)
+    # client_max_size is aiohttp's limit for request.read(); bodies are read
+    # by _read_body, which applies max_value itself.
+    app = web.Application(middlewares=[h.middleware], client_max_size=max_value + 1)
+    kv_key = app.router.add_resource("/v1/kv/{key:.*}", name="kv")
+    kv_key.add_route("GET", h.get)
+    kv_key.add_route("PUT", h.put)
+    kv_key.add_route("DELETE", h.delete)
+    app.router.add_resource("/v1/kv", name="kv_list").add_route("GET", h.list_keys)
+    app.router.add_resource("/v1/status", name="status").add_route("GET", h.status)
+    app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
+    return app

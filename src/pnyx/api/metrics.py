@@ -1,0 +1,149 @@
+"""A node's Prometheus metrics: what is counted, and the calls that count it.
+
+`Metrics` owns one `prometheus_client.CollectorRegistry` per node (never the
+process-global default registry), so several nodes in one process, as in the
+tests or `pnyx cluster`, each report only their own numbers. The node runtime
+and the HTTP layer call the methods below; `render` gives the text that
+`GET /metrics` serves.
+
+Who calls what (call: caller; metric):
+
+- `proposed(n)`: the node, per client command submitted to it;
+  `pnyx_proposals_total`.
+- `observe_batch(n)`: the leader, per slot it proposes; `pnyx_batch_size`.
+- `chosen(slots, commands)`: the node, as it learns slots chosen;
+  `pnyx_chosen_slots_total`, `pnyx_chosen_commands_total`.
+- `observe_commit_latency(seconds)`: the node, per command, submit to applied;
+  `pnyx_commit_latency_seconds`.
+- `observe_commit(seconds, records)`: the node, per group commit (one fsync);
+  `pnyx_fsync_seconds`, `pnyx_fsync_records`.
+- `election_started()`: the node, when it runs phase 1; `pnyx_elections_total`.
+- `leader_changed()`: the node, when the leader it knows changes;
+  `pnyx_leader_changes_total`.
+- `set_role(role)`: the node, on every role change; `pnyx_role{role}` (1 for
+  the current role, 0 for the others).
+- `peer_state(peer_id, up)`: the node's transport, on connect and disconnect;
+  `pnyx_peer_up{peer}`.
+- `request(route, method, status, seconds)`: the HTTP layer, per request;
+  `pnyx_http_requests_total`, `pnyx_http_request_seconds`.
+
+This module imports nothing from pnyx, so the node can use it without
+depending on the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+ROLES: Final = ("follower", "candidate", "leader")
+
+# From one fsync on a fast disk (~100 µs) to a client giving up (10 s).
+_LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+# Powers of two up to the default max_batch (256) and beyond.
+_COUNT_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Metrics:
+    """Counters, histograms and gauges of one node, in a registry of their own."""
+
+    content_type: Final = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._proposals = Counter(
+            "pnyx_proposals", "Client commands submitted to this node.", registry=r)
+        self._chosen_slots = Counter(
+            "pnyx_chosen_slots", "Log slots this node learned chosen.", registry=r)
+        self._chosen_commands = Counter(
+            "pnyx_chosen_commands",
+            "Client commands in the slots this node learned chosen.", registry=r)
+        self._elections = Counter(
+            "pnyx_elections", "Elections (phase 1 runs) this node started.", registry=r)
+        self._leader_changes = Counter(
+            "pnyx_leader_changes", "Times the leader this node knows changed.", registry=r)
+        self._requests = Counter(
+            "pnyx_http_requests", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], registry=r)
+        self._request_seconds = Histogram(
+            "pnyx_http_request_seconds", "HTTP request handling time by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._commit_latency = Histogram(
+            "pnyx_commit_latency_seconds",
+            "Time from a command's submission to its being applied.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self._fsync = Histogram(
+            "pnyx_fsync_seconds", "Duration of one group commit (write and fsync).",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self._fsync_records = Histogram(
+            "pnyx_fsync_records", "Records made durable by one group commit.",
+            buckets=_COUNT_BUCKETS, registry=r)
+        self._batch = Histogram(
+            "pnyx_batch_size", "Client commands per slot the leader proposed.",
+            buckets=_COUNT_BUCKETS, registry=r)
+        self._peer_up = Gauge(
+            "pnyx_peer_up", "1 if the connection to a peer is up, else 0.",
+            ["peer"], registry=r)
+        self._role = Gauge(
+            "pnyx_role", "1 for this node's current role, 0 for the others.",
+            ["role"], registry=r)
+        self.set_role("follower")
+
+    # -- the node's calls --
+
+    def proposed(self, commands: int = 1) -> None:
+        self._proposals.inc(commands)
+
+    def observe_batch(self, commands: int) -> None:
+        self._batch.observe(commands)
+
+    def chosen(self, slots: int, commands: int) -> None:
+        self._chosen_slots.inc(slots)
+        self._chosen_commands.inc(commands)
+
+    def observe_commit_latency(self, seconds: float) -> None:
+        self._commit_latency.observe(seconds)
+
+    def observe_commit(self, seconds: float, records: int) -> None:
+        """One group commit: how long it took to make `records` records durable."""
+        self._fsync.observe(seconds)
+        self._fsync_records.observe(records)
+
+    def election_started(self) -> None:
+        self._elections.inc()
+
+    def leader_changed(self) -> None:
+        self._leader_changes.inc()
+
+    def set_role(self, role: str) -> None:
+        """`role` is one of `ROLES` (an enum's `.value` works); anything else is a bug."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        for name in ROLES:
+            self._role.labels(name).set(1 if name == role else 0)
+
+    def peer_state(self, peer_id: int, up: bool) -> None:
+        self._peer_up.labels(str(peer_id)).set(1 if up else 0)
+
+    # -- the HTTP layer's call --
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """`route` is the route's template (never the raw path: that would be unbounded)."""
+        self._requests.labels(route, method, str(status)).inc()
+        self._request_seconds.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        """Everything, in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,52 @@
+"""`NodeAPI`: the contract between the HTTP layer and a running node.
+
+The HTTP layer (`pnyx.api.http`) talks to a node only through this protocol,
+so it can be served by the real `pnyx.node.Node` or, in tests, by a fake that
+applies commands straight to a `KVMachine`. It is a structural
+`typing.Protocol`: a node implements it by having these members, without
+importing this module.
+
+Commands and queries are the key-value machine's bytes
+(`pnyx.statemachine.kv`): the HTTP layer encodes them, the node carries them
+through Paxos without looking inside, and the HTTP layer decodes the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pnyx.api.metrics import Metrics
+from pnyx.protocol.replica import Outcome, ReadMode
+
+
+@runtime_checkable
+class NodeAPI(Protocol):
+    """What the HTTP layer needs from a node. Any node accepts any request and
+    forwards internally to the leader; the HTTP layer never redirects."""
+
+    node_id: int
+    metrics: Metrics
+
+    async def submit(self, command: bytes, *, timeout: float) -> Outcome:
+        """Propose an encoded KV request (`kv.encode_request(Request | IdempotentRequest)`).
+
+        Returns `Outcome(ok=True, result=<encoded kv result>, index=<log index>)`
+        once the command is chosen and applied. Otherwise, by `timeout` seconds
+        at the latest, `Outcome(ok=False, error=...)`: `unknown=True` when the
+        command may still be chosen (no quorum or no leader in time, leader
+        lost its ballot), `unknown=False` when it was refused and will never be
+        applied. Resubmitting the same bytes is safe: the machine de-duplicates
+        by the request's identity.
+        """
+        ...
+
+    async def read(self, query: bytes, mode: ReadMode, *, timeout: float) -> Outcome:
+        """Answer an encoded query (`kv.encode_query`, `kv.encode_keys_query`) with `mode`'s
+        guarantee: `Outcome(ok=True, result=<encoded kv result>, index=<applied index>)`,
+        or `Outcome(ok=False, error=...)` if that guarantee could not be had in time."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able: `id, role, leader, ballot, commit_index, applied_index, members`,
+        where `members` is `{str(id): {"address": "host:port", "reachable": bool}}`."""
+        ...

@@ -1,0 +1,332 @@
+"""The key-value commands of `pnyx`: put, get, del, cas, keys and status against a cluster.
+
+`add_parsers(subparsers)` adds them to the `pnyx` command's subparsers and
+`run(args)` carries one out with `pnyx.Client`. Output is readable by default
+and JSON with `--json`. Every flag is checked in `run`, so a wrong one gives a
+one-line error on stderr and exit status 2; a failed operation (no such key,
+precondition failed, no node available) gives one line and status 1. `run`
+never raises for either.
+
+    pnyx put greeting hello --endpoints 127.0.0.1:8001,127.0.0.1:8002
+    pnyx get greeting --consistency stale
+    pnyx cas greeting hello hi
+    pnyx keys app/ --limit 10 --json
+
+`--endpoints` defaults to the `PNYX_ENDPOINTS` environment variable, then to
+127.0.0.1:8001.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Final
+
+from pnyx.client import CONSISTENCY, Client, parse_endpoints
+from pnyx.errors import PnyxError, PreconditionFailed, Unavailable
+
+DEFAULT_ENDPOINTS: Final = "127.0.0.1:8001"
+ENDPOINTS_ENV: Final = "PNYX_ENDPOINTS"
+COMMANDS: Final = ("put", "get", "del", "cas", "keys", "status")
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class _Usage(Exception):
+    """A bad flag: one line for stderr, exit status 2."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    # Everything is parsed as text here and checked in `run`, so that a bad
+    # value is the same one-line error whichever parser class the caller uses.
+    p.add_argument("--endpoints", metavar="HOST:PORT,...",
+                   help=f"nodes to talk to (default ${ENDPOINTS_ENV}, else {DEFAULT_ENDPOINTS})")
+    p.add_argument("--timeout", metavar="SECONDS", default="10",
+                   help="give up after this long, over all retries (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
+def _add_conditions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prev-value", metavar="VALUE", help="only if the key has this value")
+    p.add_argument("--prev-index", metavar="N", help="only if the key was last written at N")
+    p.add_argument("--prev-exist", metavar="true|false",
+                   help="only if the key exists (true) or does not (false)")
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add put, get, del, cas, keys and status to `subparsers` (from `add_subparsers`)."""
+    p = subparsers.add_parser("put", help="set a key", description="Set KEY to VALUE "
+                              "(\"-\" reads the value from standard input).")
+    p.add_argument("key")
+    p.add_argument("value")
+    _add_conditions(p)
+    _add_common(p)
+    p.set_defaults(kv_command="put")
+
+    p = subparsers.add_parser("get", help="read a key",
+                              description="Print the value of KEY.")
+    p.add_argument("key")
+    p.add_argument("--consistency", default="linearizable",
+                   help="linearizable (default), quorum or stale")
+    _add_common(p)
+    p.set_defaults(kv_command="get")
+
+    p = subparsers.add_parser("del", help="delete a key", description="Delete KEY.")
+    p.add_argument("key")
+    _add_conditions(p)
+    _add_common(p)
+    p.set_defaults(kv_command="del")
+
+    p = subparsers.add_parser("cas", help="compare-and-swap a key",
+                              description="Set KEY to NEW only if its value is EXPECTED.")
+    p.add_argument("key")
+    p.add_argument("expected")
+    p.add_argument("new")
+    _add_common(p)
+    p.set_defaults(kv_command="cas")
+
+    p = subparsers.add_parser("keys", help="list keys",
+                              description="List the keys that start with PREFIX, in order.")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--limit", default="100", metavar="N",
+                   help="at most N keys; 0 for all (default 100)")
+    p.add_argument("--consistency", default="linearizable",
+                   help="linearizable (default), quorum or stale")
+    _add_common(p)
+    p.set_defaults(kv_command="keys")
+
+    p = subparsers.add_parser("status", help="show a node's view of the cluster",
+                              description="Show the status of the first node that answers.")
+    _add_common(p)
+    p.set_defaults(kv_command="status")
+
+
+# --- checking flags -----------------------------------------------------------
+
+
+def _endpoints(args: argparse.Namespace) -> list[str]:
+    text = args.endpoints
+    if text is None:
+        text = os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS
+    try:
+        parsed = parse_endpoints(text)
+    except ValueError as exc:
+        raise _Usage(f"--endpoints: {exc}") from None
+    return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed]
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    try:
+        value = float(args.timeout)
+    except (TypeError, ValueError):
+        raise _Usage(f"--timeout: {args.timeout!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise _Usage(f"--timeout: {args.timeout} must be more than 0 and at most 3600")
+    return value
+
+
+def _non_negative(flag: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise _Usage(f"{flag}: {text!r} is not a non-negative integer")
+    return int(text)
+
+
+def _bool(flag: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    lowered = text.lower()
+    if lowered not in ("true", "false"):
+        raise _Usage(f"{flag}: {text!r} must be true or false")
+    return lowered == "true"
+
+
+def _consistency(text: str) -> str:
+    if text not in CONSISTENCY:
+        raise _Usage(f"--consistency: {text!r} must be one of {', '.join(CONSISTENCY)}")
+    return text
+
+
+def _key(text: str, what: str = "key") -> str:
+    if not text:
+        raise _Usage(f"{what} must not be empty")
+    if "\x00" in text:
+        raise _Usage(f"{what} must not contain NUL")
+    # argparse hands over undecodable command-line bytes as lone surrogates.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Usage(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def _value(text: str, stdin: IO[bytes]) -> bytes:
+    if text == "-":
+        return stdin.read()
+    # surrogateescape: bytes the terminal gave that are not UTF-8 go through as they were.
+    return os.fsencode(text)
+
+
+# --- output -------------------------------------------------------------------
+
+
+def _value_json(value: bytes) -> dict[str, Any]:
+    try:
+        text: str | None = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"value": text, "value_base64": base64.b64encode(value).decode("ascii")}
+
+
+def _print_json(out: IO[str], data: Any) -> None:
+    out.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def _print_index(out: IO[str], as_json: bool, key: str, index: int) -> None:
+    if as_json:
+        _print_json(out, {"key": key, "index": index})
+    else:
+        out.write(f"OK index={index}\n")
+
+
+def _describe_status(status: dict[str, Any]) -> list[str]:
+    lines = [
+        f"node {status.get('id')}: {status.get('role')}, leader {status.get('leader')}, "
+        f"ballot {status.get('ballot')}",
+        f"commit index {status.get('commit_index')}, applied index {status.get('applied_index')}",
+    ]
+    members = status.get("members")
+    if isinstance(members, dict):
+        for member_id, info in sorted(members.items(), key=lambda kv: str(kv[0])):
+            if isinstance(info, dict):
+                state = "reachable" if info.get("reachable") else "unreachable"
+                lines.append(f"  member {member_id} at {info.get('address')}: {state}")
+    return lines
+
+
+# --- running ------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
+         stdin: IO[bytes], make_client: Callable[..., Client]) -> int:
+    command = getattr(args, "kv_command", None)
+    if command not in COMMANDS:
+        raise _Usage(f"unknown key-value command {command!r}")
+    endpoints = _endpoints(args)
+    timeout = _timeout(args)
+    as_json = bool(args.json)
+    if command in ("put", "get", "del", "cas"):
+        _key(args.key)
+    conditions: dict[str, Any] = {}
+    if command in ("put", "del"):
+        conditions = {
+            "prev_value": None if args.prev_value is None else os.fsencode(args.prev_value),
+            "prev_index": _non_negative("--prev-index", args.prev_index),
+            "prev_exist": _bool("--prev-exist", args.prev_exist),
+        }
+    consistency = _consistency(args.consistency) if command in ("get", "keys") else ""
+    limit = _non_negative("--limit", args.limit) if command == "keys" else None
+    if command == "keys" and args.prefix:
+        _key(args.prefix, "prefix")
+    value = _value(args.value, stdin) if command == "put" else b""
+
+    # Per attempt, a little less than the whole budget; the whole is retry_timeout.
+    with make_client(endpoints, timeout=timeout, connect_timeout=min(2.0, timeout),
+                     retry_timeout=timeout) as client:
+        if command == "put":
+            _print_index(out, as_json, args.key, client.put(args.key, value, **conditions))
+        elif command == "del":
+            _print_index(out, as_json, args.key, client.delete(args.key, **conditions))
+        elif command == "cas":
+            index = client.cas(args.key, os.fsencode(args.expected), os.fsencode(args.new))
+            _print_index(out, as_json, args.key, index)
+        elif command == "get":
+            data, index = client.get(args.key, consistency=consistency)
+            if as_json:
+                _print_json(out, {"key": args.key, "index": index, **_value_json(data)})
+            else:
+                # The value exactly as stored: scripts can pipe it.
+                out.flush()
+                out_bytes.write(data)
+                out_bytes.flush()
+        elif command == "keys":
+            items = client.keys(args.prefix, None if limit == 0 else limit,
+                                consistency=consistency)
+            if as_json:
+                _print_json(out, [{"key": k, "index": i} for k, i in items])
+            else:
+                for key, index in items:
+                    out.write(f"{key}\t{index}\n")
+        else:
+            status = client.status()
+            if as_json:
+                _print_json(out, status)
+            else:
+                out.write("\n".join(_describe_status(status)) + "\n")
+    return EXIT_OK
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run(args: argparse.Namespace, *, stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None, stdin: IO[bytes] | None = None,
+        stdout_bytes: IO[bytes] | None = None,
+        make_client: Callable[..., Client] = Client) -> int:
+    """Carry out one command; returns the exit status (0 done, 1 failed, 2 bad flags)."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    out_bytes = stdout_bytes if stdout_bytes is not None else getattr(out, "buffer", None)
+    if out_bytes is None:
+        raise TypeError("stdout has no binary buffer: pass stdout_bytes")
+    inp = stdin if stdin is not None else sys.stdin.buffer
+    prog = f"pnyx {getattr(args, 'kv_command', '') or ''}".strip()
+    try:
+        return _run(args, out, out_bytes, inp, make_client)
+    except _Usage as exc:
+        err.write(f"{prog}: {_one_line(str(exc))}\n")
+        return EXIT_USAGE
+    except PreconditionFailed as exc:
+        err.write(f"{prog}: precondition failed: the key is at index {exc.index}\n")
+        return EXIT_FAILED
+    except Unavailable as exc:
+        err.write(f"{prog}: unavailable: {_one_line(exc.message)}\n")
+        return EXIT_FAILED
+    except PnyxError as exc:
+        what = exc.code.replace("_", " ") if exc.code else "error"
+        err.write(f"{prog}: {what}: {_one_line(exc.message)}\n")
+        return EXIT_FAILED
+    except (ValueError, TypeError) as exc:
+        # Arguments the client refuses that the checks above let through.
+        err.write(f"{prog}: {_one_line(str(exc))}\n")
+        return EXIT_USAGE
+    except OSError as exc:
+        # Reading the value from stdin, or writing the output, failed.
+        err.write(f"{prog}: {_one_line(str(exc))}\n")
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run these commands alone (for tests and scripts); `pnyx` itself wires them in."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:
+            raise _Usage(f"{self.prog}: {message}")
+
+    parser = Parser(prog="pnyx")
+    add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser,
+                                      required=True))
+    try:
+        args = parser.parse_args(argv)
+    except _Usage as exc:
+        sys.stderr.write(_one_line(str(exc)) + "\n")
+        return EXIT_USAGE
+    return run(args)
