@@ -84,8 +84,11 @@ async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
             except OSError as exc:
                 raise StartError(f"cannot serve HTTP on {config.http}: "
                                  f"{exc.strerror or exc}") from None
-        log.info("node %s serving: peers on %s, HTTP on %s, data in %s", config.node_id,
-                 config.peer_listen, config.http, config.data_dir)
+        replica = node.replica
+        assert replica is not None
+        log.info("node %s serving: peers on %s, HTTP on %s, data in %s, %d slots chosen",
+                 config.node_id, config.peer_listen, config.http, config.data_dir,
+                 replica.commit)
         await stop.wait()
     finally:
         if runner is not None:

@@ -91,7 +91,7 @@ class Node:
         )
         await self.transport.start()
         self._handle(self.replica.tick(loop.time()))
-        log.info("node %s started: %d slots chosen, applied to %d", self.node_id,
+        log.debug("node %s started: %d slots chosen, applied to %d", self.node_id,
                  self.replica.commit, self.replica.applied)
 
     async def stop(self) -> None:

@@ -1,0 +1,140 @@
+"""The node's peer port under bad input: it closes the offending connection, logs why,
+and keeps serving. Also: a node on real TCP with a real store survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pnyx.node import Address, Node, NodeConfig
+from pnyx.node.transport import Hello
+from pnyx.statemachine import kv
+from pnyx.storage import SqliteLogStore
+from pnyx.testing import free_ports
+
+
+def make_nodes(tmp_path: Path, ports: list[int]) -> list[Node]:
+    members = {i: Address("127.0.0.1", ports[i - 1]) for i in (1, 2, 3)}
+    nodes = []
+    for i in members:
+        config = NodeConfig(i, members, tmp_path / f"n{i}", heartbeat_interval=0.02,
+                            election_timeout=0.15)
+        store = SqliteLogStore.open(config.data_dir / "log.db", node_id=i,
+                                    cluster_id=config.cluster_id)
+        nodes.append(Node(config, store, kv.KVMachine()))
+    return nodes
+
+
+def put(key: str, value: bytes, seq: int) -> bytes:
+    return kv.encode_request(kv.Request("test", seq, kv.Put(key, value)))
+
+
+async def send_raw(port: int, data: bytes) -> bool:
+    """Send bytes to a peer port; True if the node closed the connection on us."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        closed = await asyncio.wait_for(reader.read(1), 6.0) == b""
+    except TimeoutError:
+        closed = False
+    writer.close()
+    return closed
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+HELLO_FROM_1 = frame(msgspec.msgpack.encode(Hello("pnyx", 1)))
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "over the limit"),
+        (frame(b"\xc1garbage"), "not a pnyx hello"),
+        (frame(msgspec.msgpack.encode(Hello("other-cluster", 1))), "not ours"),
+        (frame(msgspec.msgpack.encode(Hello("pnyx", 9))), "not a peer"),
+        (HELLO_FROM_1 + struct.pack(">I", 1 << 31), "over the limit"),
+    ],
+)
+def test_bad_bytes_on_the_peer_port_close_that_connection_and_nothing_else(
+    tmp_path: Path, attack: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        nodes = make_nodes(tmp_path, free_ports(3))
+        for n in nodes:
+            await n.start()
+        try:
+            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            with caplog.at_level(logging.WARNING, logger="pnyx.transport"):
+                assert await send_raw(nodes[1].config.peer_listen.port, attack)
+            assert any(reason in r.getMessage() for r in caplog.records), caplog.text
+            assert (await nodes[1].submit(put("k", b"2", 2), timeout=5)).ok
+            read = await nodes[2].read(kv.encode_query("k"), "linearizable", timeout=5)
+            assert kv.decode_result(read.result) == kv.Ok(2, b"2")
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_malformed_message_inside_a_good_connection_is_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        nodes = make_nodes(tmp_path, free_ports(3))
+        for n in nodes:
+            await n.start()
+        try:
+            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            port = nodes[1].config.peer_listen.port
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HELLO_FROM_1 + frame(b"\x93\xa7nonsense\x01") + frame(b"\xff" * 10))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            assert nodes[1].replica is not None and nodes[1].replica.dropped >= 2
+            writer.close()
+            assert (await nodes[1].submit(put("k", b"2", 2), timeout=5)).ok
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_node_restarted_from_its_store_keeps_the_log(tmp_path: Path) -> None:
+    ports = free_ports(3)
+
+    async def first() -> None:
+        nodes = make_nodes(tmp_path, ports)
+        for n in nodes:
+            await n.start()
+        for seq in range(1, 11):
+            assert (await nodes[seq % 3].submit(put(f"k{seq}", b"v", seq), timeout=5)).ok
+        for n in nodes:
+            await n.stop()
+
+    async def second() -> None:
+        nodes = make_nodes(tmp_path, ports)
+        for n in nodes:
+            await n.start()
+        try:
+            for seq in range(1, 11):
+                read = await nodes[0].read(kv.encode_query(f"k{seq}"), "linearizable",
+                                           timeout=5)
+                assert isinstance(kv.decode_result(read.result), kv.Ok), seq
+            assert (await nodes[2].submit(put("after", b"x", 11), timeout=5)).ok
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(first())
+    asyncio.run(second())

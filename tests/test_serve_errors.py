@@ -1,0 +1,164 @@
+"""`pnyx serve` and `pnyx cluster` refuse to start with one line and a non-zero exit,
+and `pnyx cluster` stops every node it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pnyx.storage import SqliteLogStore
+from pnyx.testing import free_ports, request
+
+
+def serve(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pnyx.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_a_peer_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{port}", "--data-dir", str(tmp_path))
+    one_line_error(r, "cannot listen for peers")
+
+
+def test_an_http_port_in_use_is_one_line(tmp_path: Path) -> None:
+    (peer,) = free_ports(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{peer}", "--http",
+                  f"127.0.0.1:{port}", "--data-dir", str(tmp_path))
+    one_line_error(r, "cannot serve HTTP")
+
+
+def test_an_unresolvable_peer_is_one_line(tmp_path: Path) -> None:
+    r = serve("--id", "1", "--cluster", "1=127.0.0.1:7001,2=no-such-host.invalid:7002",
+              "--data-dir", str(tmp_path))
+    one_line_error(r, "cannot resolve")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_data_dir_is_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    r = serve("--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", str(locked / "d"))
+    one_line_error(r, "cannot be written")
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (peer,) = free_ports(1)
+    target = tmp_path / "file"
+    target.write_text("not a directory")
+    r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{peer}", "--data-dir", str(target))
+    one_line_error(r, "cannot be written")
+
+
+def test_a_data_dir_of_another_node_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    (peer,) = free_ports(1)
+    SqliteLogStore.open(tmp_path / "pnyx.db", node_id=2, cluster_id="pnyx").close()
+    r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{peer}", "--data-dir", str(tmp_path))
+    one_line_error(r, "pnyx.db")
+
+
+def test_a_corrupt_store_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    (peer,) = free_ports(1)
+    (tmp_path / "pnyx.db").write_bytes(b"this is not a database" * 100)
+    r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{peer}", "--data-dir", str(tmp_path))
+    one_line_error(r, "pnyx.db")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--id", "x"],
+        ["--id", "1", "--cluster", "1=localhost"],
+        ["--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d", "--http", "nope"],
+        ["--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d",
+         "--election-timeout", "10", "--heartbeat", "50"],
+        ["--config", "/nonexistent.toml"],
+    ],
+)
+def test_bad_flags_are_one_line(args: list[str]) -> None:
+    r = serve(*args)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_serve_reads_a_toml_config(tmp_path: Path) -> None:
+    peer, http = free_ports(2)
+    config = tmp_path / "node.toml"
+    config.write_text(f'id = 1\ncluster = "1=127.0.0.1:{peer}"\n'
+                      f'data_dir = "{tmp_path / "data"}"\nhttp = "127.0.0.1:{http}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "pnyx.cli", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if request("PUT", f"http://127.0.0.1:{http}/v1/kv/a", b"1").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the node from the TOML file never answered")
+        assert request("GET", f"http://127.0.0.1:{http}/v1/kv/a").body == b"1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_cluster_starts_nodes_and_stops_them_all_on_ctrl_c(tmp_path: Path) -> None:
+    peer, http = 20000 + os.getpid() % 5000, 30000 + os.getpid() % 5000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "cluster", "--nodes", "3", "--data-dir",
+         str(tmp_path / "data"), "--peer-port", str(peer), "--http-port", str(http)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        banner = ""
+        deadline = time.monotonic() + 30
+        assert proc.stdout is not None
+        while "Ctrl-C" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert "3 nodes running" in banner, banner + (proc.stderr.read() if proc.stderr else "")
+        assert request("PUT", f"http://127.0.0.1:{http}/v1/kv/x", b"y").status == 200
+        assert request("GET", f"http://127.0.0.1:{http + 2}/v1/kv/x").body == b"y"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    for port in (http, http + 1, http + 2):
+        with pytest.raises(OSError):
+            request("GET", f"http://127.0.0.1:{port}/v1/status", timeout=1)
+
+
+def test_cluster_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "pnyx.cli", "cluster", "--peer-port",
+                            str(port), "--data-dir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=30)
+    one_line_error(r, "in use")
