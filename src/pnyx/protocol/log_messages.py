@@ -20,7 +20,8 @@ from typing import Annotated
 import msgspec
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.messages import MalformedMessage
+from pnyx.protocol.messages import MalformedMessage as MalformedMessage  # re-exported
+from pnyx.protocol.messages import decode_with
 
 Slot = Annotated[int, msgspec.Meta(ge=1)]
 Index = Annotated[int, msgspec.Meta(ge=0)]  # a slot number, or 0 for "none yet"
@@ -199,8 +200,4 @@ def encode(message: LogMessage) -> bytes:
 
 def decode(data: bytes) -> LogMessage:
     """Decode one message; anything else raises `MalformedMessage` with the reason."""
-    try:
-        return _decoder.decode(data)
-    except (msgspec.MsgspecError, ValueError, TypeError) as exc:
-        # msgspec raises UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
-        raise MalformedMessage(str(exc)) from None
+    return decode_with(_decoder, data)

@@ -15,7 +15,7 @@ malformed, truncated or unknown into `MalformedMessage` and nothing else.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -92,6 +92,9 @@ MESSAGE_TYPES: tuple[type, ...] = (
 )
 
 
+T = TypeVar("T")
+
+
 class MalformedMessage(ValueError):
     """Bytes that are not a well-formed pnyx message."""
 
@@ -104,10 +107,15 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(data: bytes) -> Message:
-    """Decode one message; anything else raises `MalformedMessage` with the reason."""
+def decode_with(decoder: msgspec.msgpack.Decoder[T], data: bytes) -> T:
+    """Decode with `decoder`; anything malformed raises `MalformedMessage` with the reason."""
     try:
-        return _decoder.decode(data)
+        return decoder.decode(data)
     except (msgspec.MsgspecError, ValueError, TypeError) as exc:
         # msgspec raises UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
         raise MalformedMessage(str(exc)) from None
+
+
+def decode(data: bytes) -> Message:
+    """Decode one message; anything else raises `MalformedMessage` with the reason."""
+    return decode_with(_decoder, data)
