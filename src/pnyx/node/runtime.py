@@ -148,6 +148,9 @@ class Node:
             except TimeoutError:
                 self._replica().cancel(rid)
                 break
+            except asyncio.CancelledError:
+                self._replica().cancel(rid)  # the caller gave up: forget the request
+                raise
             finally:
                 self._waiters.pop(rid, None)
             if outcome.ok or not outcome.error or "too large" in outcome.error:
