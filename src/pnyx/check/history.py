@@ -340,11 +340,13 @@ class Recorder:
     def _close(self, handle: int, status: Status, result: Value, stamp: bool) -> None:
         with self._lock:
             try:
-                client, call, invoke = self._open.pop(handle)
+                client, call, invoke = self._open[handle]
             except KeyError:
                 raise ValueError(f"handle {handle} is not open") from None
             complete = self._clock() if stamp else None
+            # Validates the result before the op is closed.
             self._closed[handle] = Op(handle, client, call, invoke, complete, result, status)
+            del self._open[handle]
 
     def complete(self, handle: int, result: Value = None) -> None:
         """The op completed now and the client was told `result`."""

@@ -118,6 +118,14 @@ def is_blind_write(code: Code) -> bool:
     return code.kind == PUT or (code.kind == DELETE and code.r == UNCHECKED)
 
 
+def is_read_only(code: Code) -> bool:
+    """Whether the op leaves the state unchanged in every state it fits."""
+    kind, a, b, r = code
+    return (
+        kind == GET or (kind == CAS and (r == FALSE or a == b)) or (kind == DELETE and r == FALSE)
+    )
+
+
 def apply(call: Call, store: dict[object, Value]) -> Value:
     """Run `call` against `store` (a dict; absent keys are missing) and return its result.
 
