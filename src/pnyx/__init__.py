@@ -17,11 +17,14 @@ from pnyx.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from pnyx.fastclient import AsyncFastClient, FastClient
 
 __all__ = [
     "AsyncClient",
+    "AsyncFastClient",
     "BadRequest",
     "Client",
+    "FastClient",
     "NotFound",
     "PnyxError",
     "PreconditionFailed",
