@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from pnyx import server
+from pnyx import benchmark, server
 from pnyx.node.config import Address, ConfigError, NodeConfig, parse_cluster
 from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumError
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster", metavar="ID=HOST:PORT,...",
                        help="every member and the address its peers reach it at")
     serve.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API here")
+    serve.add_argument("--client", metavar="HOST:PORT",
+                       help="serve the binary client protocol here (the fast path)")
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="listen for peers here instead of at our --cluster address "
                        "(for NAT and containers)")
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--unsafe-no-fsync", action="store_true",
                        help="do not fsync: fast, and loses acknowledged writes on power loss "
                        "(benchmarks only)")
+    serve.add_argument("--no-consensus", action="store_true",
+                       help="apply commands directly, with no log, no peers and no fsync: "
+                       "the cost floor of the stack (benchmarks only; one member)")
 
     cl = sub.add_parser(
         "cluster",
@@ -183,20 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not fsync (benchmarks only)")
     if _kv_commands is not None:
         _kv_commands.add_parsers(sub)
+    benchmark.add_parsers(sub)
     return parser
 
 
 def node_config_from(args: argparse.Namespace) -> NodeConfig:
     members = parse_cluster(args.cluster) if args.cluster else None
     http = Address.parse(args.http, "--http") if args.http else None
+    client = Address.parse(args.client, "--client") if args.client else None
     listen = Address.parse(args.listen, "--listen") if args.listen else None
     values = dict(
-        node_id=args.node_id, members=members, http=http, listen=listen,
+        node_id=args.node_id, members=members, http=http, client=client, listen=listen,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cluster_id=args.cluster_id,
         election_timeout=args.election_timeout, heartbeat_interval=args.heartbeat,
         request_timeout=args.request_timeout,
         fsync=False if args.unsafe_no_fsync else None,
+        consensus=False if args.no_consensus else None,
     )
     if args.config:
         return NodeConfig.from_toml(args.config, **values)
@@ -321,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
             return server.cluster(args.nodes, Path(args.data_dir), args.peer_port,
                                   args.http_port, fsync=not args.unsafe_no_fsync)
+        if args.command == "bench":
+            return benchmark.run(args)
         if _kv_commands is not None and args.command in _kv_commands.COMMANDS:
             return _kv_commands.run(args)
     except UsageError as exc:

@@ -47,31 +47,37 @@ def _check_data_dir(path: Path) -> None:
 async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
     from aiohttp import web
 
+    from pnyx.api.binary import close_server, serve_clients
     from pnyx.api.http import make_app
     from pnyx.api.metrics import Metrics
+    from pnyx.node.direct import DirectNode
     from pnyx.node.runtime import Node
     from pnyx.statemachine.kv import KVMachine
     from pnyx.storage.log_store import SqliteLogStore, StoreError
 
-    _check_data_dir(config.data_dir)
-    db = config.data_dir / "pnyx.db"
-    try:
-        store = SqliteLogStore.open(db, node_id=config.node_id, cluster_id=config.cluster_id,
-                                    fsync=config.fsync)
-    except StoreError as exc:
-        raise StartError(str(exc)) from None
     metrics = Metrics()
-    node = Node(config, store, KVMachine(max_clients=65536), metrics)
-    try:
-        await node.start()
-    except OSError as exc:
-        store.close()
-        raise StartError(f"cannot listen for peers on {config.peer_listen}: "
-                         f"{exc.strerror or exc}") from None
-    except StoreError as exc:
-        store.close()
-        raise StartError(str(exc)) from None
+    node: Node | DirectNode
+    if config.consensus:
+        _check_data_dir(config.data_dir)
+        db = config.data_dir / "pnyx.db"
+        try:
+            store = SqliteLogStore.open(db, node_id=config.node_id,
+                                        cluster_id=config.cluster_id, fsync=config.fsync)
+        except StoreError as exc:
+            raise StartError(str(exc)) from None
+        node = Node(config, store, KVMachine(max_clients=65536), metrics)
+        try:
+            await node.start()
+        except OSError as exc:
+            store.close()
+            raise StartError(f"cannot listen for peers on {config.peer_listen}: "
+                             f"{exc.strerror or exc}") from None
+        chosen = node.replica.commit if node.replica is not None else 0
+    else:
+        node = DirectNode(config.node_id, metrics=metrics, max_command=config.max_command)
+        chosen = 0
     runner: web.AppRunner | None = None
+    clients: asyncio.Server | None = None
     try:
         if config.http is not None:
             app = make_app(node, max_value=config.max_command - 4096,
@@ -84,16 +90,25 @@ async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
             except OSError as exc:
                 raise StartError(f"cannot serve HTTP on {config.http}: "
                                  f"{exc.strerror or exc}") from None
-        replica = node.replica
-        assert replica is not None
-        log.info("node %s serving: peers on %s, HTTP on %s, data in %s, %d slots chosen",
-                 config.node_id, config.peer_listen, config.http, config.data_dir,
-                 replica.commit)
+        if config.client is not None:
+            try:
+                clients = await serve_clients(node, config.client.host, config.client.port,
+                                              max_command=config.max_command)
+            except OSError as exc:
+                raise StartError(f"cannot serve clients on {config.client}: "
+                                 f"{exc.strerror or exc}") from None
+        log.info("node %s serving: peers on %s, HTTP on %s, clients on %s, data in %s, "
+                 "%d slots chosen%s", config.node_id, config.peer_listen, config.http,
+                 config.client, config.data_dir, chosen,
+                 "" if config.consensus else " (NO CONSENSUS: benchmark mode)")
         await stop.wait()
     finally:
+        if clients is not None:
+            await close_server(clients)
         if runner is not None:
             await runner.cleanup()
-        await node.stop()
+        if isinstance(node, Node):
+            await node.stop()
 
 
 def serve(config: NodeConfig) -> int:

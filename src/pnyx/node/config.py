@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,14 @@ class NodeConfig:
     data_dir: Path
     listen: Address | None = None  # where to listen for peers; default: our member address
     http: Address | None = None
+    client: Address | None = None  # the binary client protocol (pnyx.api.wire)
     cluster_id: str = "pnyx"
     fsync: bool = True
     heartbeat_interval: float = 0.05
     election_timeout: float = 0.3
     request_timeout: float = 5.0
     max_command: int = 1 << 20
-    extra: dict[str, Any] = field(default_factory=dict)
+    consensus: bool = True  # False: apply commands directly, one node (benchmarks only)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -91,6 +92,8 @@ class NodeConfig:
             raise ConfigError("need 0 < heartbeat interval < election timeout")
         if self.request_timeout <= 0:
             raise ConfigError("the request timeout must be positive")
+        if not self.consensus and len(self.members) != 1:
+            raise ConfigError("without consensus a node cannot have peers: use one member")
 
     @property
     def peer_listen(self) -> Address:
@@ -103,6 +106,8 @@ class NodeConfig:
         self.peer_listen.resolve("listen address")
         if self.http is not None:
             self.http.resolve("HTTP address")
+        if self.client is not None:
+            self.client.resolve("client address")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> NodeConfig:
@@ -112,6 +117,7 @@ class NodeConfig:
             cluster = "1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001"
             data_dir = "/var/lib/pnyx"
             http = "0.0.0.0:8001"
+            client = "0.0.0.0:9001"        # optional: the binary client protocol
             listen = "0.0.0.0:7001"        # optional
             cluster_id = "prod"            # optional
         """
@@ -121,7 +127,7 @@ class NodeConfig:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        known = {"id", "cluster", "data_dir", "http", "listen", "cluster_id", "fsync",
+        known = {"id", "cluster", "data_dir", "http", "client", "listen", "cluster_id", "fsync",
                  "heartbeat_interval", "election_timeout", "request_timeout"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -134,7 +140,7 @@ class NodeConfig:
                 values["members"] = parse_cluster(str(data["cluster"]))
             if "data_dir" in data:
                 values["data_dir"] = Path(str(data["data_dir"]))
-            for key in ("http", "listen"):
+            for key in ("http", "client", "listen"):
                 if key in data:
                     values[key] = Address.parse(str(data[key]), f"{key} address")
             for key in ("cluster_id",):
