@@ -1412,7 +1412,7 @@ def run_benchmark(cfg: Config, procs: Processes, progress_stream: Any = None) ->
     report["ratios"] = ratios(summaries)
     report["targets"] = targets(summaries, report["fsync_ms"])
     if cfg.keep:
-        report["data_dir"] = str(root)
+        report["data_dir"] = str(root)  # logs and data of every node, for a post-mortem
     return report
 
 
@@ -1601,7 +1601,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"disk: 4 KiB append + fdatasync p50 {f['p50']:.3f} ms, "
                      f"p90 {f['p90']:.3f} ms ({f['samples']} samples, same run)")
     lines.append("")
-    width = max([len("system")] + [len(_row_name(x)) + 1 for x in report["summaries"]])
+    width = max([len("system")] + [len(_row_name(x)) for x in report["summaries"]]) + 1
     header = (f"{'system':<{width}}{'nodes':>5}{'clients':>8}{'value':>8}{'reads':>6}"
               f"{'ops/s':>11}{'±':>5}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}"
               f"{'err':>5}{'CPU lead/all':>14}{'gen CPU':>8}{'RSS MiB':>9}")
@@ -1626,6 +1626,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("  probe: one client for a few seconds, for the latency target below.")
     lines.append("  ± is the spread of throughput between rounds; CPU is the share of one core "
                  "(leader / all nodes) while measuring; RSS is the largest node's at the end.")
+    if any(x["kind"] == "etcd" for x in report["summaries"]):
+        lines.append("  etcd is driven through its JSON gateway (HTTP + JSON), the others over "
+                     "pnyx's binary protocol.")
+    if report.get("data_dir"):
+        lines.append(f"  logs and data kept in {report['data_dir']}")
     errors = [x for x in report["summaries"] if x["first_error"]]
     for x in errors:
         lines.append(f"  {x['system']}: first error: {x['first_error'][:200]}")
@@ -1683,6 +1688,9 @@ def plot(report: dict[str, Any], path: str) -> None:
         if xkey in ("clients", "value_size"):
             ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
+    # Log scales: the systems differ by orders of magnitude, and a linear axis would
+    # flatten every replicated system against zero next to the trivial server.
+    ax1.set_yscale("log")
     ax2.set_yscale("log")
     ax1.legend(fontsize="small")
     machine = report["machine"]
