@@ -8,16 +8,44 @@ a seeded, faulty virtual network.
 
 __version__ = "0.1.0"
 
-from pnyx.client import AsyncClient, Client
-from pnyx.errors import (
-    BadRequest,
-    NotFound,
-    PnyxError,
-    PreconditionFailed,
-    Unavailable,
-    ValueTooLarge,
-)
-from pnyx.fastclient import AsyncFastClient, FastClient
+from typing import TYPE_CHECKING, Any
+
+# The clients pull in aiohttp; load them on first use, so that importing the pure
+# core (`pnyx.protocol`) or the simulator stays light.
+_LAZY = {
+    "AsyncClient": "pnyx.client",
+    "Client": "pnyx.client",
+    "AsyncFastClient": "pnyx.fastclient",
+    "FastClient": "pnyx.fastclient",
+    "BadRequest": "pnyx.errors",
+    "NotFound": "pnyx.errors",
+    "PnyxError": "pnyx.errors",
+    "PreconditionFailed": "pnyx.errors",
+    "Unavailable": "pnyx.errors",
+    "ValueTooLarge": "pnyx.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pnyx' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from pnyx.client import AsyncClient, Client
+    from pnyx.errors import (
+        BadRequest,
+        NotFound,
+        PnyxError,
+        PreconditionFailed,
+        Unavailable,
+        ValueTooLarge,
+    )
+    from pnyx.fastclient import AsyncFastClient, FastClient
 
 __all__ = [
     "AsyncClient",

@@ -5,8 +5,23 @@
 - `pnyx.api.metrics`: `Metrics`, a node's Prometheus registry and the calls that feed it.
 """
 
-from pnyx.api.http import make_app
-from pnyx.api.metrics import Metrics
-from pnyx.api.node_api import NodeAPI
+from typing import Any
 
 __all__ = ["Metrics", "NodeAPI", "make_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `pnyx.api.wire` (used by light clients) does not load aiohttp.
+    if name == "make_app":
+        from pnyx.api.http import make_app
+
+        return make_app
+    if name == "Metrics":
+        from pnyx.api.metrics import Metrics
+
+        return Metrics
+    if name == "NodeAPI":
+        from pnyx.api.node_api import NodeAPI
+
+        return NodeAPI
+    raise AttributeError(f"module 'pnyx.api' has no attribute {name!r}")
