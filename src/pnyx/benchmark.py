@@ -1346,11 +1346,12 @@ def run_benchmark(cfg: Config, procs: Processes, progress_stream: Any = None) ->
                        if needs_probe and s.kind in probe_kinds else 0)
                     for s in systems)
     progress = Progress(per_round * cfg.rounds, progress_stream)
+    # Before the scratch directory exists, so that a refusal leaves nothing behind.
+    _check_before_starting(cfg, systems)
     root = (Path(tempfile.mkdtemp(prefix="pnyx-bench-", dir=cfg.data_dir))
             if cfg.data_dir is None or cfg.data_dir.exists()
             else _mkdir(cfg.data_dir))
     ports = Ports(cfg.port_base)
-    _check_before_starting(cfg, systems)
     token = f"b{os.getpid()}-{random.getrandbits(32):08x}"
     measurements: list[Measurement] = []
     memory: dict[str, dict[str, float]] = {}
