@@ -1,0 +1,362 @@
+"""Bugs found by an adversarial review of the replica, runtime and transport.
+
+Each test demonstrates one finding and is a strict xfail: it fails today and
+must start passing (and lose its marker) when the bug is fixed. Scenarios
+drive `Replica`s by hand through `Net` from test_seed_multipaxos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from pnyx.node.config import Address
+from pnyx.node.transport import DEFAULT_MAX_FRAME, PeerTransport
+from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.log_messages import (
+    Accept,
+    Accepted,
+    Batch,
+    CatchUp,
+    Chosen,
+    Command,
+    Forward,
+    MalformedMessage,
+    Prepare,
+    QuorumRead,
+    QuorumReadReply,
+    decode,
+    encode,
+)
+from pnyx.protocol.log_records import ReplicaDurable
+from pnyx.protocol.replica import LogReady, Outcome, Replica, ReplicaConfig
+from test_seed_multipaxos import Memo, Net, but_not, either, of_type, touching
+
+FIVE = (1, 2, 3, 4, 5)
+
+
+# ------------------------------------------------------------------ safety
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SAFETY: a leader learns a slot from a catch-up `Chosen` (chosen by a newer leader) "
+    "and then advertises it in `commit`; a follower that accepted the deposed leader's "
+    "own, never-chosen proposal for that slot in the same ballot learns THAT value"))
+def test_a_follower_never_learns_from_commit_a_value_that_was_not_chosen() -> None:
+    """Five replicas. Node 1 is elected while it still has a catch-up pending
+    (`_catchup_at` survives the election, so as leader it keeps sending CatchUp to
+    random peers every heartbeat). It proposes slot 2 = x=w (a client's write at
+    node 2); only nodes 1 and 2 accept it: not chosen. A partition {1,2} | {3,4,5}
+    elects node 4, which chooses slot 2 = x=v. Before node 1 notices it is deposed
+    (it steps down only after 2 x election_timeout), one of its CatchUp requests
+    reaches the majority side: the `Chosen` reply teaches node 1 that slot 2 is
+    chosen (as x=v), so its next Heartbeat carries commit=2 in its old ballot. Node 2
+    accepted (2, that ballot, x=w), and `_learn_commit` takes an entry of the same
+    ballot as the chosen value: node 2 applies x=w in slot 2 and tells its client the
+    write succeeded, while every other replica applies x=v there."""
+    net = Net(FIVE)
+    hb = net.cfg.heartbeat_interval
+    catching_up = of_type(CatchUp, Chosen)
+
+    # Node 3 leads; slot 1 is chosen without node 1, whose catch-up request is lost.
+    net.elect(3)
+    net.submit(3, 1, b"x=0")
+    net.drop(of_type(Accept, dst=1))
+    net.deliver(but_not(catching_up))
+    net.drop(catching_up)
+    assert net.nodes[1].commit == 0 and net.nodes[1]._catchup_at is not None
+
+    # Node 3 is cut off; node 1 is elected by 1, 2, 4, 5 (and recovers slot 1).
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    cut3 = touching(3)
+    net.drop(cut3)
+    net.deliver(but_not(either(cut3, catching_up)))
+    net.drop(either(cut3, catching_up))
+    assert 1 in net.leaders() and net.nodes[1].commit == 1
+    old_ballot = net.nodes[1].ballot
+
+    # A client at node 2 writes x=w: slot 2, accepted by nodes 1 and 2 only (not chosen).
+    across = lambda d, m: (d in (1, 2)) != (m.src in (1, 2))  # noqa: E731
+    net.submit(2, 7, b"x=w")
+    net.deliver(of_type(Forward))
+    net.drop(across)
+    net.deliver(of_type(Accept))
+    net.deliver(of_type(Accepted))
+    net.drop(across)
+    assert net.nodes[2].accepted[2].ballot == old_ballot
+    assert 2 not in net.nodes[1].chosen
+
+    # The partition {1,2} | {3,4,5}: node 4 is elected there and chooses x=v in slot 2.
+    net.now = max(net.nodes[4]._election_at, net.now + net.cfg.election_timeout)
+    assert net.now - net.nodes[1]._quorum_seen_at < 2 * net.cfg.election_timeout
+    majority = lambda d, m: d in (3, 4, 5) and m.src in (3, 4, 5)  # noqa: E731
+    net.tick([3, 4, 5])
+    net.drop(but_not(majority))
+    net.deliver(majority)
+    assert 4 in net.leaders()
+    net.submit(4, 1, b"x=v")
+    net.deliver(majority)
+    net.drop(but_not(majority))
+    assert all(net.values[i][2].commands[0].payload == b"x=v" for i in (3, 4, 5))
+
+    # Node 1, still leader in its own eyes, gets one catch-up answer across the cut.
+    for _ in range(10):
+        net.tick([1], dt=0.005)
+        net.deliver(catching_up)
+        net.drop(lambda d, m: d not in (1, 2))
+        if net.nodes[1].commit >= 2:
+            break
+    assert net.nodes[1].is_leader and net.nodes[1].commit == 2
+    net.tick([1], dt=hb)
+    net.deliver(lambda d, m: d in (1, 2) and m.src in (1, 2))
+
+    # Log agreement: node 2 must not hold anything but x=v in slot 2 ...
+    assert net.values[2].get(2, net.values[4][2]) == net.values[4][2], (
+        f"slot 2: node 2 applied {net.values[2].get(2)}, node 4 applied {net.values[4][2]}")
+    # ... and the client at node 2 must not be told that x=w took effect.
+    outcome = net.outcomes[2].get(7)
+    assert outcome is None or not outcome.ok, outcome
+
+
+# ---------------------------------------------------------- unbounded state
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "LEAK: in a one-member cluster every heartbeat round adds an `_acks` entry that "
+    "nothing ever removes (no HeartbeatAck ever arrives): ~50 sets a second, forever"))
+def test_a_single_member_leader_does_not_accumulate_heartbeat_rounds() -> None:
+    net = Net((1,))
+    net.elect(1)
+    for _ in range(1000):  # 20 s of heartbeats
+        net.tick([1], dt=net.cfg.heartbeat_interval)
+        net.deliver()
+    assert net.nodes[1].is_leader
+    assert len(net.nodes[1]._acks) <= 2, f"{len(net.nodes[1]._acks)} rounds kept"
+
+
+# ----------------------------------------------------------- quorum reads
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "LIVENESS: the rinse recomputes the read slot from every new reply; with the commit "
+    "piggybacked on the next Accept, each held reply reports accepted = applied + 1, so "
+    "under steady writes the read slot keeps moving and the read fails although a "
+    "quorum applied its original read slot and agreed"))
+def test_a_quorum_read_completes_under_a_steady_stream_of_writes() -> None:
+    """Three replicas, leader 1, `window=1` and a client queue that never runs dry:
+    each time a slot is chosen the next one is proposed at once, its Accept carrying
+    the commit (no Heartbeat is needed). A quorum read at node 3 first finds read
+    slot 2 (accepted, not yet chosen) and rinses. From the next round on every reply
+    comes from a replica that has applied slot 2, and all agree (x is never written);
+    Paxos Quorum Reads would answer now. Here the read slot is re-taken as the
+    highest `accepted` among the rinse replies, which is always one more than what
+    they have applied (they accept k+1 in the same step as they learn k), so the
+    read burns all its attempts and fails."""
+    net = Net(window=1)
+    net.elect(1)
+    net.submit(1, 1, b"y=0")
+    net.settle()
+    net.submit(1, 2, b"y=1")  # slot 2 is proposed
+    net.submit(1, 3, b"y=2")  # queued: the window is full
+    net.read(3, 99, b"x", "quorum")
+    rounds = []
+    for k in range(4, 40):
+        net.deliver(of_type(Accept))
+        before = {m.src: m for _, m in net.pending(of_type(QuorumReadReply))}
+        net.deliver(of_type(QuorumRead, QuorumReadReply))
+        rounds.append({i: (r.applied, r.accepted, r.result) for i, r in before.items()})
+        if 99 in net.outcomes[3]:
+            break
+        net.submit(1, k, b"y=%d" % k)  # queued
+        net.deliver(of_type(Accepted))  # slot chosen; the next is proposed at once
+    assert all(net.applied[i][-1] >= 3 for i in (1, 2, 3))
+    outcome = net.outcomes[3].get(99)
+    assert outcome is not None and outcome.ok, (outcome, rounds[:4])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "LIVENESS: a slot accepted only by a replica outside the new leader's phase-1 quorum "
+    "is never chosen while no one writes; a quorum reply carrying that slot as "
+    "`accepted` makes every replica hold the rinse for ever, so reads fail in a healthy "
+    "idle cluster"))
+def test_an_orphaned_accepted_slot_does_not_block_quorum_reads_in_an_idle_cluster() -> None:
+    """Leader 1 proposes slot 2 and only accepts it itself before it is cut off; node 2
+    is elected by {2, 3}, whose promises report nothing in slot 2, so its next slot is
+    2 again. Node 1 rejoins as a follower (its client gave up: no retry fills the
+    slot). The cluster is healthy and idle. A quorum read at node 3 that hears node 1
+    first takes read slot 2 (node 1's `max_accepted`), which nobody will apply until
+    someone writes: every replica holds the rinse and the read times out. A
+    linearizable read would succeed at once."""
+    net = Net()
+    net.elect(1)
+    net.submit(1, 1, b"x=1")
+    net.settle()
+    # Leader 1 proposes slot 2; only its own acceptance happens; then it is cut off.
+    net.submit(1, 2, b"x=2")
+    net.deliver(of_type(Accept, dst=1))
+    net.drop(touching(1))
+    assert net.nodes[1].max_accepted == 2
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([2])
+    net.deliver(but_not(touching(1)))
+    net.drop(touching(1))
+    assert 2 in net.leaders() and net.nodes[2].next_slot == 2
+    # Node 1 comes back as a follower; the cluster is healthy and idle.
+    net.settle(rounds=3)
+    assert net.leaders() == [2] and all(n.applied == 1 for n in net.nodes.values())
+
+    net.read(3, 99, b"x", "quorum")
+    net.deliver(of_type(QuorumRead, dst=3))
+    net.deliver(of_type(QuorumRead, dst=1))
+    net.deliver(of_type(QuorumReadReply))
+    for _ in range(30):  # 0.6 s: well past read_timeout
+        net.tick(dt=net.cfg.heartbeat_interval)
+        net.deliver()
+    outcome = net.outcomes[3].get(99)
+    assert outcome is not None and outcome.ok, outcome
+
+
+# --------------------------------------------------------- message sizes
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "LIVENESS: a catch-up reply packs catchup_chunk=64 slots of up to max_batch_bytes "
+    "(1 MiB) each into one message, past the transport's 32 MiB frame limit: the "
+    "receiver closes the connection and the lagging replica can never catch up"))
+def test_a_catch_up_reply_fits_in_one_transport_frame() -> None:
+    big = b"v" * ((1 << 20) - 64)  # one command just under max_command
+    chosen = {s: Batch((Command(9, s, big),)) for s in range(1, 65)}
+    cfg = ReplicaConfig.majority((1, 2, 3))
+    source = Replica(1, cfg, random.Random(0), Memo(),  # type: ignore[arg-type]
+                     ReplicaDurable(chosen=chosen))
+    ready = source.step(CatchUp(2, 1), 0.0)
+    replies = [m for _, m in ready.send if isinstance(m, Chosen)]
+    assert replies
+    sizes = [len(encode(m)) for m in replies]
+    assert max(sizes) <= DEFAULT_MAX_FRAME, f"{max(sizes)} bytes > {DEFAULT_MAX_FRAME}"
+
+
+# -------------------------------------------------------------- transport
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MEMORY: the per-peer outbound queue is bounded by frame COUNT (100,000), not bytes; "
+    "to a down peer a leader queues every Accept, so with large values the queue can "
+    "hold ~100 GB"))
+def test_the_outbound_queue_to_a_dead_peer_is_bounded_in_bytes() -> None:
+    async def scenario() -> int:
+        transport = PeerTransport(1, "c", {1: Address("127.0.0.1", 1),
+                                           2: Address("127.0.0.1", 2)},
+                                  Address("127.0.0.1", 0), lambda src, data: None)
+        payload = b"a" * (1 << 20)  # one Accept of a 1 MiB batch
+        for _ in range(96):  # never started: peer 2 is unreachable
+            transport.send(2, payload)
+        return sum(len(f) for f in transport.peers[2].queue)
+
+    queued = asyncio.run(scenario())
+    assert queued <= 64 << 20, f"{queued >> 20} MiB queued for a dead peer, and growing"
+
+
+# ------------------------------------------------------------------ ballots
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "WEDGE: a ballot with round == MAX_ROUND is accepted from the wire, but its successor "
+    "(MAX_ROUND + 1) is refused as malformed by every peer: no replica can ever get a "
+    "Prepare through again (the limit is off by one)"))
+def test_after_promising_the_highest_wire_ballot_a_replica_can_still_run_phase_1() -> None:
+    cfg = ReplicaConfig.majority((1, 2, 3), prevote=False)
+    node = Replica(1, cfg, random.Random(0), Memo())  # type: ignore[arg-type]
+    wire = encode(Prepare(2, Ballot(MAX_ROUND, 2), 1))
+    r = node.receive(wire, 0.0)
+    assert node.dropped == 0 and node.promised == Ballot(MAX_ROUND, 2)
+    node.persisted(r.persist_seq)
+    r = node.tick(10.0)  # election timeout: phase 1 with the next ballot
+    sent = r.send + node.persisted(r.persist_seq).send
+    prepares = [m for _, m in sent if isinstance(m, Prepare)]
+    assert prepares
+    for m in prepares:
+        try:
+            decode(encode(m))
+        except MalformedMessage as exc:
+            pytest.fail(f"peers refuse our only possible Prepare {m}: {exc}")
+
+
+# ------------------------------------------------------------------ runtime
+
+
+class _AbortOnceReplica:
+    """Stands in for `Replica` to show what `Node.submit` does with an outcome that is
+    `unknown` (the command may still be chosen, which is what `Aborted` means)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[int, bytes]] = []
+
+    def submit(self, request_id: int, payload: bytes, now: float) -> LogReady:
+        self.submitted.append((request_id, payload))
+        if len(self.submitted) == 1:
+            outcome = Outcome(False, error="aborted: the leader changed before it was chosen",
+                              unknown=True)
+        else:
+            outcome = Outcome(True, b"ok", 1)
+        return LogReady(outcomes=[(request_id, outcome)])
+
+    def cancel(self, request_id: int) -> None:
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "EXACTLY-ONCE: Node.submit re-submits a command whose outcome is unknown under a NEW "
+    "request id (the docstring says 'the same request identity'); the first copy may "
+    "still be chosen, so a machine without its own de-duplication (the shipped "
+    "counter example) applies one successful submit twice"))
+def test_node_submit_does_not_turn_one_request_into_two_log_commands() -> None:
+    from pnyx.node.config import NodeConfig
+    from pnyx.node.runtime import Node
+
+    class _Transport:
+        def send(self, dst: int, data: bytes) -> None:
+            pass
+
+    async def scenario() -> tuple[Outcome, list[tuple[int, bytes]]]:
+        members = {1: Address("127.0.0.1", 1)}
+        node = Node(NodeConfig(1, members, Path("/nonexistent")), store=None, machine=Memo())
+        fake = _AbortOnceReplica()
+        node.replica = fake  # type: ignore[assignment]
+        node.transport = _Transport()  # type: ignore[assignment]
+        node._loop = asyncio.get_running_loop()
+        outcome = await node.submit(b"inc", timeout=1.0)
+        return outcome, fake.submitted
+
+    outcome, submitted = asyncio.run(scenario())
+    assert outcome.ok
+    ids = {rid for rid, _ in submitted}
+    assert len(ids) == 1, (
+        f"one submit became {len(submitted)} distinct commands {sorted(ids)}; the first "
+        "may still be chosen (that is what 'unknown' means), so both can be applied")
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "LEAK: `cancel` forgets a request in _waiting/_forwarded/_reads/_qreads but not in "
+    "_unrouted: on a replica with no leader (a minority partition) every abandoned "
+    "submit stays queued, payload and all, and is forwarded in one giant Forward later"))
+def test_cancelled_commands_do_not_pile_up_on_a_replica_without_a_leader() -> None:
+    net = Net()
+    net.elect(1)
+    net.settle(rounds=2)
+    cut = touching(3)
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([3])  # node 3 loses its leader; it cannot elect anyone alone
+    net.drop(cut)
+    assert net.nodes[3].leader is None
+    for rid in range(1, 2001):  # clients time out and retry, again and again
+        net.submit(3, rid, b"k=" + b"v" * 1000)
+        net.nodes[3].cancel(rid)
+        net.drop(cut)
+    pending = len(net.nodes[3]._unrouted)
+    assert pending == 0, f"{pending} abandoned commands still queued on node 3"
