@@ -11,10 +11,10 @@ loop:
 - **messages** go to peers over TCP (`transport`), or straight back in for
   ourselves;
 - **timers**: one timer, at the earliest moment the replica asked to wake;
-- **requests**: `submit` and `read` wait for their outcome; a command whose
-  leader lost its ballot (outcome unknown) is retried with the same request
-  identity until the request's deadline, which the state machine's
-  de-duplication makes safe.
+- **requests**: `submit` and `read` wait for their outcome. A read that fails
+  is retried until the deadline; a command whose outcome is unknown (its
+  leader lost its ballot) is reported as such, for the caller to retry under
+  its own request identity — only the caller's de-duplication makes that safe.
 """
 
 from __future__ import annotations
@@ -115,8 +115,13 @@ class Node:
         started = time.perf_counter()
         if self.metrics is not None:
             self.metrics.proposed(1)
+        # A command whose outcome is unknown is NOT resubmitted here: it may still be
+        # chosen, and a second copy would apply twice on a machine without
+        # de-duplication. The caller retries with its own request identity (the HTTP
+        # and binary APIs do, with the key-value machine's idempotency keys).
         outcome = await self._until_done(
-            lambda rid, now: self._replica().submit(rid, command, now), timeout
+            lambda rid, now: self._replica().submit(rid, command, now), timeout,
+            retry_unknown=False,
         )
         if outcome.ok and self.metrics is not None:
             self.metrics.observe_commit_latency(time.perf_counter() - started)
@@ -128,7 +133,8 @@ class Node:
             lambda rid, now: self._replica().read(rid, query, mode, now), timeout
         )
 
-    async def _until_done(self, start: Any, timeout: float | None) -> Outcome:
+    async def _until_done(self, start: Any, timeout: float | None, *,
+                          retry_unknown: bool = True) -> Outcome:
         loop = self._loop
         assert loop is not None
         deadline = loop.time() + (timeout or self.config.request_timeout)
@@ -154,6 +160,8 @@ class Node:
             finally:
                 self._waiters.pop(rid, None)
             if outcome.ok or not outcome.error or "too large" in outcome.error:
+                return outcome
+            if outcome.unknown and not retry_unknown:
                 return outcome
             last = outcome
             await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))

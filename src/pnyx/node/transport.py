@@ -59,10 +59,14 @@ def frame(payload: bytes) -> bytes:
 class _Peer:
     """The outbound side of one peer: a queue and the task that drains it."""
 
-    def __init__(self, node_id: int, address: Address, max_queue: int) -> None:
+    def __init__(self, node_id: int, address: Address, max_queue: int,
+                 max_queue_bytes: int) -> None:
         self.node_id = node_id
         self.address = address
-        self.queue: deque[bytes] = deque(maxlen=max_queue)
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.wakeup = asyncio.Event()
         self.connected = False
         self.dropped = 0
@@ -79,6 +83,7 @@ class PeerTransport:
         on_message: Callable[[int, bytes], None],
         *,
         max_queue: int = 100_000,
+        max_queue_bytes: int = 64 << 20,
         max_frame: int = DEFAULT_MAX_FRAME,
         on_peer_state: Callable[[int, bool], None] | None = None,
     ) -> None:
@@ -89,7 +94,9 @@ class PeerTransport:
         self.on_peer_state = on_peer_state
         self.max_frame = max_frame
         self.peers = {
-            pid: _Peer(pid, addr, max_queue) for pid, addr in peers.items() if pid != node_id
+            pid: _Peer(pid, addr, max_queue, max_queue_bytes)
+            for pid, addr in peers.items()
+            if pid != node_id
         }
         self.refused = 0  # inbound connections closed for a bad Hello or bad frames
         self._server: asyncio.Server | None = None
@@ -122,9 +129,15 @@ class PeerTransport:
         peer = self.peers.get(dst)
         if peer is None:
             return
-        if len(peer.queue) == peer.queue.maxlen:
-            peer.dropped += 1  # the deque drops the oldest
-        peer.queue.append(frame(payload))
+        data = frame(payload)
+        peer.queue.append(data)
+        peer.queued_bytes += len(data)
+        # Bounded in count and bytes: the oldest messages go first (Paxos copes with loss).
+        while len(peer.queue) > 1 and (
+            len(peer.queue) > peer.max_queue or peer.queued_bytes > peer.max_queue_bytes
+        ):
+            peer.queued_bytes -= len(peer.queue.popleft())
+            peer.dropped += 1
         peer.wakeup.set()
 
     def reachable(self, peer_id: int) -> bool:
@@ -166,6 +179,7 @@ class PeerTransport:
             # Write everything queued in one go: small frames are coalesced per syscall.
             chunk = b"".join(peer.queue)
             peer.queue.clear()
+            peer.queued_bytes = 0
             writer.write(chunk)
             await writer.drain()
             if writer.is_closing():

@@ -113,6 +113,7 @@ class Heartbeat(_Msg, tag="heartbeat"):
 class HeartbeatAck(_Msg, tag="heartbeat-ack"):
     ballot: Ballot
     round: Index
+    accepted: Index = 0  # the highest slot the acker has accepted anything in
 
 
 class PreVote(_Msg, tag="prevote"):

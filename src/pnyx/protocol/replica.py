@@ -116,6 +116,7 @@ class ReplicaConfig:
     max_batch_bytes: int = 1 << 20
     max_command: int = 1 << 20
     catchup_chunk: int = 64
+    catchup_bytes: int = 4 << 20
     read_timeout: float = 0.5
     quorum_read_attempts: int = 20
 
@@ -190,6 +191,7 @@ class _QuorumRead:
     deadline: float
     replies: dict[int, QuorumReadReply] = field(default_factory=dict)
     attempts: int = 1
+    read_slot: int | None = None
 
 
 class Replica:
@@ -308,6 +310,12 @@ class Replica:
 
     def cancel(self, request_id: int) -> None:
         """The client gave up: forget the request (a command may still be applied)."""
+        command = self._waiting.get(request_id)
+        if command is not None:
+            # Not proposed anywhere yet: it need never be.
+            for queue in (self._unrouted, self._queue):
+                if command in queue:
+                    queue.remove(command)
         self._waiting.pop(request_id, None)
         self._forwarded.pop(request_id, None)
         self._reads.pop(request_id, None)
@@ -484,6 +492,7 @@ class Replica:
 
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER
+        self._catchup_at = None
         self.leader = self.node_id
         self.leader_ballot = self.ballot
         self._quorum_seen_at = now
@@ -673,6 +682,8 @@ class Replica:
             self._catch_up(now)
 
     def _catch_up(self, now: float) -> None:
+        if self.role is Role.LEADER:
+            return  # phase 1 recovered every slot a leader does not know: it never catches up
         source = self.leader if self.leader not in (None, self.node_id) else None
         if source is None and self.others:
             source = self.rng.choice(self.others)
@@ -682,14 +693,26 @@ class Replica:
 
     def _on_catch_up(self, m: CatchUp, now: float) -> None:
         entries = []
+        size = 0
         slot = m.first
+        # Bounded in slots and in bytes, so a reply always fits in a transport frame.
         while slot in self.chosen and len(entries) < self.config.catchup_chunk:
-            entries.append(Decided(slot, self.chosen[slot]))
+            value = self.chosen[slot]
+            size += sum(len(c.payload) + 32 for c in value.commands) + 16
+            if entries and size > self.config.catchup_bytes:
+                break
+            entries.append(Decided(slot, value))
             slot += 1
         if entries:
             self._send(m.src, Chosen(self.node_id, tuple(entries), self.commit))
 
     def _on_chosen(self, m: Chosen, now: float) -> None:
+        if self.role is Role.LEADER:
+            # A leader tells followers `commit`, and they take a slot they accepted in its
+            # ballot as chosen: so a leader may only learn slots through its own phase 2.
+            # (A deposed leader that learned a newer leader's value here would vouch for
+            # its own, unchosen proposal in that slot.)
+            return
         for d in m.entries:
             self._learn(d.slot, d.value)
         self._apply_chosen()
@@ -725,10 +748,11 @@ class Replica:
     def _heartbeat(self, now: float) -> None:
         self._hb_round += 1
         self._hb_at = now + self.config.heartbeat_interval
-        self._acks[self._hb_round] = {self.node_id}
         if self.quorums.is_phase2_quorum({self.node_id}):
             self._confirmed_round = self._hb_round  # a cluster of one confirms itself
             self._quorum_seen_at = now
+        else:
+            self._acks[self._hb_round] = {self.node_id}
         if self._reads_unsent:
             self._read_round[self._hb_round] = [
                 (src, rid, self.commit) for src, rid in self._reads_unsent
@@ -753,12 +777,19 @@ class Replica:
             self._emit(m.src, Rejected(self.node_id, m.ballot, self.promised))
             return
         self._follow(m.src, m.ballot, now)
-        self._send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round))
+        self._send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round, self.max_accepted))
         self._learn_commit(m.ballot, m.commit, now)
 
     def _on_heartbeat_ack(self, m: HeartbeatAck, now: float) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
+        if m.accepted >= self.next_slot and m.accepted < self.next_slot + self.config.window:
+            # A slot beyond ours was accepted in an older ballot by someone outside our
+            # phase-1 quorum, so it cannot have been chosen: close it with no-ops rather
+            # than leave quorum reads waiting for it until the next write.
+            for slot in range(self.next_slot, m.accepted + 1):
+                self._propose(slot, NOOP)
+            self.next_slot = m.accepted + 1
         acks = self._acks.get(m.round)
         if acks is None:
             return
@@ -846,7 +877,11 @@ class Replica:
         """Paxos Quorum Read: the read slot is the highest slot any replier accepted;
         answer with a result that a quorum of replicas applied past it agree on."""
         need = self.config.read_quorum
-        read_slot = max(r.accepted for r in read.replies.values())
+        if read.read_slot is None:
+            # Fixed by the first quorum of replies (as in Paxos Quorum Reads): later
+            # replies only show later writes, which the read need not wait for.
+            read.read_slot = max(r.accepted for r in read.replies.values())
+        read_slot = read.read_slot
         votes: dict[bytes, list[QuorumReadReply]] = {}
         for r in read.replies.values():
             if r.applied >= read_slot:
