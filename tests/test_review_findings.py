@@ -281,6 +281,12 @@ class _AbortOnceReplica:
             outcome = Outcome(True, b"ok", 1)
         return LogReady(outcomes=[(request_id, outcome)])
 
+    def submit_many(self, requests: list[tuple[int, bytes]], now: float) -> LogReady:
+        ready = LogReady()
+        for request_id, payload in requests:
+            ready.outcomes += self.submit(request_id, payload, now).outcomes
+        return ready
+
     def cancel(self, request_id: int) -> None:
         pass
 

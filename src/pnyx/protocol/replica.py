@@ -277,15 +277,25 @@ class Replica:
     def submit(self, request_id: int, payload: bytes, now: float) -> LogReady:
         """A client's command reached this member. Its outcome comes back under
         `request_id`, which must not be reused while it is pending."""
+        return self.submit_many([(request_id, payload)], now)
+
+    def submit_many(self, requests: list[tuple[int, bytes]], now: float) -> LogReady:
+        """Several commands at once: they are routed together, so they can share a
+        slot (a driver that gathers what arrives in one loop iteration batches
+        even while the pipelining window has room)."""
         self._last_now = now
-        if len(payload) > self.config.max_command:
-            self._outcome(request_id, Outcome(
-                False, error=f"command too large: {len(payload)} bytes, "
-                f"limit {self.config.max_command}"))
-            return self._flush(now)
-        command = Command(self.node_id, request_id, payload)
-        self._waiting[request_id] = command
-        self._route([command], now)
+        commands = []
+        for request_id, payload in requests:
+            if len(payload) > self.config.max_command:
+                self._outcome(request_id, Outcome(
+                    False, error=f"command too large: {len(payload)} bytes, "
+                    f"limit {self.config.max_command}"))
+                continue
+            command = Command(self.node_id, request_id, payload)
+            self._waiting[request_id] = command
+            commands.append(command)
+        if commands:
+            self._route(commands, now)
         return self._flush(now)
 
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
