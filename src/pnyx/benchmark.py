@@ -80,6 +80,7 @@ from typing import Any, Final
 
 from pnyx.api import wire
 from pnyx.statemachine import kv
+from pnyx.testing import free_ports
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -487,16 +488,7 @@ class Ports:
 
     def take(self, count: int) -> list[int]:
         if self.next is None:
-            socks = []
-            try:
-                for _ in range(count):
-                    s = socket.socket()
-                    s.bind(("127.0.0.1", 0))
-                    socks.append(s)
-                return [s.getsockname()[1] for s in socks]
-            finally:
-                for s in socks:
-                    s.close()
+            return free_ports(count)
         ports = list(range(self.next, self.next + count))
         self.next += count
         for port in ports:
