@@ -4,6 +4,7 @@ and `pnyx cluster` stops every node it started."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -126,8 +127,29 @@ def test_serve_reads_a_toml_config(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+def consecutive_free_ports(count: int) -> int:
+    """A base port below the ephemeral range with `count` free ports from it."""
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
 def test_cluster_starts_nodes_and_stops_them_all_on_ctrl_c(tmp_path: Path) -> None:
-    peer, http = 20000 + os.getpid() % 5000, 30000 + os.getpid() % 5000
+    peer = consecutive_free_ports(6)
+    http = peer + 3
     proc = subprocess.Popen(
         [sys.executable, "-m", "pnyx.cli", "cluster", "--nodes", "3", "--data-dir",
          str(tmp_path / "data"), "--peer-port", str(peer), "--http-port", str(http)],
