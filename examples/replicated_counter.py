@@ -31,8 +31,8 @@ class QueryableCounter(CounterMachine):
         return str(self.value).encode()
 
 
-async def main(base_port: int = 17400) -> list[int]:
-    members = {i: Address("127.0.0.1", base_port + i) for i in (1, 2, 3)}
+async def main(ports: tuple[int, int, int] = (17401, 17402, 17403)) -> list[int]:
+    members = {i: Address("127.0.0.1", port) for i, port in enumerate(ports, 1)}
     with tempfile.TemporaryDirectory() as data:
         nodes = []
         for i in members:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from pnyx.testing import free_ports
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -15,8 +21,18 @@ def run(name: str) -> str:
     return out.stdout
 
 
-def test_replicated_counter_applies_every_increment_once_on_every_node() -> None:
-    out = run("replicated_counter.py")
+def test_replicated_counter_applies_every_increment_once_on_every_node(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        example = importlib.import_module("replicated_counter")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    a, b, c = free_ports(3)
+    values = asyncio.run(example.main((a, b, c)))
+    out = capsys.readouterr().out
+    assert values == [10, 10, 10]
     assert "each increment saw: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in out
     for i in (1, 2, 3):
         assert f"node {i} reads 10" in out
