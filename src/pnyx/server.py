@@ -223,10 +223,12 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}   "
                   f"log {logs / f'node-{i}.log'}")
         first = https[1]
+        # Show the command as the user can type it (./dev.sh runs .venv/bin/pnyx).
+        pnyx = sys.argv[0] if Path(sys.argv[0]).name == "pnyx" else "pnyx"
         print(f"""
 Talk to it (any node accepts any request):
-  pnyx put greeting hello --endpoints {endpoints}
-  pnyx get greeting --endpoints {endpoints}
+  {pnyx} put greeting hello --endpoints {endpoints}
+  {pnyx} get greeting --endpoints {endpoints}
   curl -X PUT --data-binary hello http://{first}/v1/kv/greeting
   curl http://{https[nodes]}/v1/kv/greeting
   curl http://{first}/v1/status
