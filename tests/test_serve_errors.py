@@ -148,11 +148,12 @@ def consecutive_free_ports(count: int) -> int:
 
 
 def test_cluster_starts_nodes_and_stops_them_all_on_ctrl_c(tmp_path: Path) -> None:
-    peer = consecutive_free_ports(6)
-    http = peer + 3
+    peer = consecutive_free_ports(9)
+    http, fast = peer + 3, peer + 6
     proc = subprocess.Popen(
         [sys.executable, "-m", "pnyx.cli", "cluster", "--nodes", "3", "--data-dir",
-         str(tmp_path / "data"), "--peer-port", str(peer), "--http-port", str(http)],
+         str(tmp_path / "data"), "--peer-port", str(peer), "--http-port", str(http),
+         "--client-port", str(fast)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -167,6 +168,11 @@ def test_cluster_starts_nodes_and_stops_them_all_on_ctrl_c(tmp_path: Path) -> No
         assert "3 nodes running" in banner, banner + (proc.stderr.read() if proc.stderr else "")
         assert request("PUT", f"http://127.0.0.1:{http}/v1/kv/x", b"y").status == 200
         assert request("GET", f"http://127.0.0.1:{http + 2}/v1/kv/x").body == b"y"
+        from pnyx import FastClient
+
+        with FastClient([f"127.0.0.1:{fast + 1}"]) as client:  # the binary protocol too
+            client.put("z", b"fast")
+            assert client.get("z")[0] == b"fast"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)

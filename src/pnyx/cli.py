@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first peer port (default 7001)")
     cl.add_argument("--http-port", type=int, default=8001,
                     help="first HTTP port (default 8001)")
+    cl.add_argument("--client-port", type=int, default=9001,
+                    help="first port of the binary client protocol, for pnyx.FastClient "
+                    "(default 9001; 0 to serve none)")
     cl.add_argument("--unsafe-no-fsync", action="store_true",
                     help="do not fsync (benchmarks only)")
     if _kv_commands is not None:
@@ -324,11 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cluster":
             if not 1 <= args.nodes <= 15:
                 raise UsageError(f"pnyx cluster: --nodes must be in 1..15, got {args.nodes}")
-            for flag, port in (("--peer-port", args.peer_port), ("--http-port", args.http_port)):
+            ports = [("--peer-port", args.peer_port), ("--http-port", args.http_port)]
+            if args.client_port:
+                ports.append(("--client-port", args.client_port))
+            for flag, port in ports:
                 if not 1024 <= port <= 65535 - args.nodes:
                     raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
             return server.cluster(args.nodes, Path(args.data_dir), args.peer_port,
-                                  args.http_port, fsync=not args.unsafe_no_fsync)
+                                  args.http_port, fsync=not args.unsafe_no_fsync,
+                                  client_port=args.client_port or None)
         if args.command == "bench":
             return benchmark.run(args)
         if _kv_commands is not None and args.command in _kv_commands.COMMANDS:

@@ -157,15 +157,18 @@ def _answers(http: Address) -> bool:
 
 
 def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
-            fsync: bool = True, ready_timeout: float = 20.0) -> int:
+            fsync: bool = True, ready_timeout: float = 20.0,
+            client_port: int | None = None) -> int:
     """Start a local cluster of `nodes` processes and wait for Ctrl-C."""
     ids = range(1, nodes + 1)
     peers = {i: Address("127.0.0.1", peer_port + i - 1) for i in ids}
     https = {i: Address("127.0.0.1", http_port + i - 1) for i in ids}
-    for addr in [*peers.values(), *https.values()]:
+    fast = ({i: Address("127.0.0.1", client_port + i - 1) for i in ids}
+            if client_port is not None else {})
+    for addr in [*peers.values(), *https.values(), *fast.values()]:
         if not _port_free(addr.port):
             raise StartError(f"port {addr.port} on 127.0.0.1 is in use "
-                             "(choose others with --peer-port / --http-port)")
+                             "(choose others with --peer-port / --http-port / --client-port)")
     _check_data_dir(data_dir)
     spec = ",".join(f"{i}={addr}" for i, addr in peers.items())
     procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -198,6 +201,8 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
                    "--http", str(https[i]), "--data-dir", str(data_dir / f"node-{i}")]
             if not fsync:
                 cmd.append("--unsafe-no-fsync")
+            if fast:
+                cmd += ["--client", str(fast[i])]
             with open(logs / f"node-{i}.log", "ab") as out:
                 procs[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -220,7 +225,8 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
         endpoints = ",".join(str(a) for a in https.values())
         print(f"pnyx cluster: {nodes} nodes running, data in {data_dir}/\n")
         for i in ids:
-            print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}   "
+            binary = f"   binary {fast[i]}" if fast else ""
+            print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}{binary}   "
                   f"log {logs / f'node-{i}.log'}")
         first = https[1]
         # Show the command as the user can type it (./dev.sh runs .venv/bin/pnyx).
