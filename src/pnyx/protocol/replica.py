@@ -47,6 +47,7 @@ from typing import ClassVar, Literal, Protocol
 
 from pnyx.protocol.acceptor import may_accept, may_promise
 from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.durability import DurabilityGate
 from pnyx.protocol.log_messages import (
     LOG_MESSAGE_TYPES,
     NOOP,
@@ -267,9 +268,7 @@ class Replica:
 
         # Persist-before-send.
         self._lazy: list[ChosenRecord] = []  # records that may wait for the next write
-        self._seq = 0
-        self._durable = 0
-        self._held: list[tuple[int, int, LogMessage]] = []
+        self._gate: DurabilityGate[LogMessage] = DurabilityGate()
         self._ready = LogReady()
         self._apply_chosen()
         self._ready.outcomes.clear()
@@ -366,16 +365,7 @@ class Replica:
 
     def persisted(self, seq: int) -> LogReady:
         """Every record up to `seq` is durable: release the messages that waited for it."""
-        seq = min(seq, self._seq)  # a record never issued cannot be durable
-        if seq > self._durable:
-            self._durable = seq
-            keep = []
-            for held_seq, dst, message in self._held:
-                if held_seq <= seq:
-                    self._ready.send.append((dst, message))
-                else:
-                    keep.append((held_seq, dst, message))
-            self._held = keep
+        self._gate.persisted(seq, self._ready.send)
         return self._flush(None)
 
     # ======================================================== inspection
@@ -931,13 +921,13 @@ class Replica:
         self._ready.outcomes.append((request_id, outcome))
 
     def _save(self, record: LogRecord) -> None:
-        if not self._ready.persist or self._ready.persist_seq != self._seq:
-            self._seq += 1
+        if not self._ready.persist or self._ready.persist_seq != self._gate.issued:
+            self._gate.issue()  # one number for all the records of one step
         if self._lazy:
             self._ready.persist.extend(self._lazy)
             self._lazy.clear()
         self._ready.persist.append(record)
-        self._ready.persist_seq = self._seq
+        self._ready.persist_seq = self._gate.issued
 
     def _save_lazily(self, record: ChosenRecord) -> None:
         """A chosen value needs no fsync of its own: losing it in a crash breaks no
@@ -950,10 +940,7 @@ class Replica:
 
     def _emit(self, dst: int, message: LogMessage) -> None:
         """A message that reports acceptor state: held until that state is durable."""
-        if self._durable >= self._seq:
-            self._ready.send.append((dst, message))
-        else:
-            self._held.append((self._seq, dst, message))
+        self._gate.send(dst, message, self._ready.send)
 
     def _send(self, dst: int, message: LogMessage) -> None:
         """A message that reports nothing durable: it may leave at once."""

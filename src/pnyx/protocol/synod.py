@@ -7,9 +7,10 @@ This is the pure core's outer surface. It is fed events and returns effects:
     effects out: a `Ready` — a durable record to write, messages that may be
                  sent now, the value if it was just learned, when to tick next
 
-The rule that makes Paxos safe across crashes lives here, in `_emit`: a
-message created while a record is not yet durable is held back, and
-released by `persisted(seq)` once the runtime has made that record durable.
+The rule that makes Paxos safe across crashes is `pnyx.protocol.durability`,
+applied in `_emit`: a message created while a record is not yet durable is
+held back, and released by `persisted(seq)` once the runtime has made that
+record durable.
 So a promise, an acceptance or a ballot is never reported before it would
 survive a crash. The core reads no clock (`now` is passed in) and draws no
 random number except from the `rng` it is given.
@@ -24,6 +25,7 @@ import msgspec
 
 from pnyx.protocol.acceptor import Acceptor, AcceptorState
 from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.durability import DurabilityGate
 from pnyx.protocol.learner import Learner
 from pnyx.protocol.messages import (
     MESSAGE_TYPES,
@@ -116,9 +118,7 @@ class SynodNode:
         )
         self.learner = self.learner_class(config.quorums, state.chosen)
         self.dropped = 0  # malformed or foreign messages, counted and ignored
-        self._seq = 0
-        self._durable = 0
-        self._held: list[tuple[int, int, Message]] = []
+        self._gate: DurabilityGate[Message] = DurabilityGate()
         self._ready = Ready()
         self._informed: set[int] = {node_id}
         # A process that restarts knowing the value tells whoever may not know it yet.
@@ -210,16 +210,7 @@ class SynodNode:
 
     def persisted(self, seq: int) -> Ready:
         """The runtime made every record up to `seq` durable: release what waited for it."""
-        seq = min(seq, self._seq)  # a record never issued cannot be durable
-        if seq > self._durable:
-            self._durable = seq
-            still_held = []
-            for held_seq, dst, message in self._held:
-                if held_seq <= seq:
-                    self._ready.send.append((dst, message))
-                else:
-                    still_held.append((held_seq, dst, message))
-            self._held = still_held
+        self._gate.persisted(seq, self._ready.send)
         return self._flush()
 
     # ------------------------------------------------------------ inspection
@@ -266,16 +257,12 @@ class SynodNode:
         return self.learner.chosen
 
     def _save(self) -> None:
-        self._seq += 1
         self._ready.persist = self.durable_state()
-        self._ready.persist_seq = self._seq
+        self._ready.persist_seq = self._gate.issue()
 
     def _emit(self, dst: int, message: Message) -> None:
         """Send now if everything this process has recorded is durable; else hold."""
-        if self._durable >= self._seq:
-            self._ready.send.append((dst, message))
-        else:
-            self._held.append((self._seq, dst, message))
+        self._gate.send(dst, message, self._ready.send)
 
     def _flush(self) -> Ready:
         ready = self._ready
