@@ -24,12 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
+from pnyx.sim.report import percentile
 from pnyx.testing import Cluster, request
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def load(urls: list[str], clients: int, seconds: float, warmup: float,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from pnyx.sim.cluster import CLUSTER_RULES, ClusterConfig, ClusterResult
 from pnyx.sim.faults import Fault
-from pnyx.sim.invariants import RULES, show
+from pnyx.sim.invariants import RULES, Violation, show
 from pnyx.sim.simulation import SimConfig, SimResult
 
 
@@ -75,12 +75,23 @@ def summary(r: SimResult) -> str:
     out.append(f"  faults    {len(seen) or 'none'}")
     out.extend("  " + line for line in seen)
     out.append("")
-    broken = {v.rule for v in r.violations}
-    for rule in RULES:
-        out.append(f"  {'FAIL' if rule in broken else 'ok  '}  {rule}")
-    for v in r.violations:
-        out.append(f"        {v}")
+    out.extend(_checks(RULES, r.violations))
     return "\n".join(out)
+
+
+def _checks(rules: Sequence[str], violations: Sequence[Violation]) -> list[str]:
+    """One line per rule, ok or FAIL, then the violations themselves."""
+    broken = {v.rule for v in violations}
+    lines = [f"  {'FAIL' if rule in broken else 'ok  '}  {rule}" for rule in rules]
+    lines.extend(f"        {v}" for v in violations)
+    return lines
+
+
+def _seeds(results: Sequence[SimResult] | Sequence[ClusterResult]) -> str:
+    """The first seeds of a list of runs, to replay them."""
+    if not results:
+        return ""
+    return f"  seeds: {', '.join(str(r.config.seed) for r in results[:20])}"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -99,10 +110,9 @@ def sweep_summary(results: Sequence[SimResult], wall: float) -> str:
         f"({results[0].config.seed}..{results[-1].config.seed}) in {wall:.1f} s, "
         f"{delivered / wall if wall else 0:,.0f} deliveries/s",
         f"  violations  {len(unsafe)}"
-        + (f"  seeds: {', '.join(str(r.config.seed) for r in unsafe[:20])}" if unsafe else ""),
+        + _seeds(unsafe),
         f"  undecided   {len(undecided)}"
-        + (f"  seeds: {', '.join(str(r.config.seed) for r in undecided[:20])}"
-           if undecided else ""),
+        + _seeds(undecided),
     ]
     if decisions:
         out.append(
@@ -155,11 +165,7 @@ def cluster_summary(r: ClusterResult) -> str:
     out.append(f"  faults    {len(seen) or 'none'}")
     out.append(f"  checker   linearizability: {r.verdict}")
     out.append("")
-    broken = {v.rule for v in r.violations}
-    for rule in CLUSTER_RULES:
-        out.append(f"  {'FAIL' if rule in broken else 'ok  '}  {rule}")
-    for v in r.violations:
-        out.append(f"        {v}")
+    out.extend(_checks(CLUSTER_RULES, r.violations))
     return "\n".join(out)
 
 
@@ -172,9 +178,9 @@ def cluster_sweep_summary(results: Sequence[ClusterResult], wall: float) -> str:
         f"({results[0].config.seed}..{results[-1].config.seed}) in {wall:.1f} s, "
         f"{sum(r.completed for r in results):,} client ops completed",
         f"  violations  {len(unsafe)}"
-        + (f"  seeds: {', '.join(str(r.config.seed) for r in unsafe[:20])}" if unsafe else ""),
+        + _seeds(unsafe),
         f"  unfinished  {len(stuck)}"
-        + (f"  seeds: {', '.join(str(r.config.seed) for r in stuck[:20])}" if stuck else ""),
+        + _seeds(stuck),
         f"  unknown     {sum(r.unknown for r in results)} writes never acknowledged",
     ]
     if failovers:
