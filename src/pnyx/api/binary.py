@@ -41,12 +41,13 @@ answers, the server stops reading from it (TCP backpressure).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import types
 import weakref
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import msgspec
 
@@ -78,6 +79,12 @@ _FLUSH_AT: Final = 256 << 10
 
 # How long a connection closed for bad input may take to send the answers queued before it.
 _CLOSE_GRACE: Final = 5.0
+
+
+class Cancellable(Protocol):
+    """A request at the node: its task, or the node's handle for it."""
+
+    def cancel(self) -> Any: ...
 
 _query_decoder = msgspec.msgpack.Decoder(kv.Query)
 _json = msgspec.json.Encoder()
@@ -186,8 +193,8 @@ class FramedProtocol(asyncio.Protocol):
     # -- reading --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self._inbuf
@@ -291,8 +298,11 @@ class _ClientConnection(FramedProtocol):
         self.max_inflight = max_inflight
         self.resume_at = max(1, max_inflight * 3 // 4)
         self.peer = "?"
-        # id -> (the time to give up on the node, its task or None until it has one)
-        self.inflight: dict[int, tuple[float, asyncio.Task[None] | None]] = {}
+        # id -> (the time to give up on the node, its task or handle, None until it has one)
+        self.inflight: dict[int, tuple[float, Cancellable | None]] = {}
+        # A node with the callback API (`submit_nowait`, `read_nowait`) is driven without
+        # a task per request; any other `NodeAPI` through its coroutines.
+        self._fast = hasattr(node, "submit_nowait") and hasattr(node, "read_nowait")
         self._sweeper: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
@@ -387,11 +397,23 @@ class _ClientConnection(FramedProtocol):
             self._status(rid)
             return True
         self.inflight[rid] = (self.loop.time() + request.timeout + NODE_GRACE, None)
-        task = start_eagerly(self.loop, self._run(rid, request))
-        if task is not None:
+        pending: Cancellable | None
+        if self._fast:
+            # No task, future or timer per request: the node calls back.
+            done = functools.partial(self._finished, rid)
+            node: Any = self.node
+            if op == "submit":
+                handle = node.submit_nowait(request.payload, done, timeout=request.timeout)
+            else:
+                handle = node.read_nowait(request.payload, request.mode, done,
+                                          timeout=request.timeout)
+            pending = handle if rid in self.inflight else None
+        else:
+            pending = start_eagerly(self.loop, self._run(rid, request))
+        if pending is not None:
             entry = self.inflight.get(rid)
             if entry is not None:
-                self.inflight[rid] = (entry[0], task)
+                self.inflight[rid] = (entry[0], pending)
             if self._sweeper is None:
                 self._sweeper = self.loop.call_later(NODE_GRACE / 2, self._sweep)
             if len(self.inflight) >= self.max_inflight:
@@ -414,6 +436,9 @@ class _ClientConnection(FramedProtocol):
             log.exception("binary client %s: request %d failed", self.peer, rid)
             outcome = Outcome(False, error=f"{INTERNAL}: {type(exc).__name__}; see the "
                                             "node's log")
+        self._finished(rid, outcome)
+
+    def _finished(self, rid: int, outcome: Outcome) -> None:
         if self.inflight.pop(rid, None) is None:
             return  # `_sweep` gave up on it and answered
         self._answer(rid, outcome)

@@ -21,6 +21,13 @@ from pnyx.protocol.replica import Outcome, ReadMode
 
 @runtime_checkable
 class NodeAPI(Protocol):
+    # A node may also offer the same two calls without a coroutine per request:
+    # `submit_nowait(command, done, *, timeout)` and `read_nowait(query, mode, done, *,
+    # timeout)` start the request, call `done(outcome)` exactly once (possibly before
+    # returning), and return a handle whose `cancel()` forgets it. The binary client
+    # protocol uses them when present (`pnyx.node.Node` and `DirectNode` have them);
+    # they are optional, so a node for tests needs only the coroutines.
+
     """What the HTTP layer needs from a node. Any node accepts any request and
     forwards internally to the leader; the HTTP layer never redirects."""
 

@@ -17,12 +17,23 @@ end on the event loop before the next one starts).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pnyx.api.metrics import Metrics
 from pnyx.protocol.replica import Outcome, ReadMode
 from pnyx.statemachine.base import SafeApply, StateMachine
 from pnyx.statemachine.kv import KVMachine
+
+
+class Applied:
+    """The handle of a request a `DirectNode` has already answered: nothing to cancel."""
+
+    def cancel(self) -> None:
+        return None
+
+
+APPLIED = Applied()
 
 DEFAULT_MAX_COMMAND = 1 << 20
 """The replica's default command size limit; a DirectNode refuses the same commands."""
@@ -68,8 +79,28 @@ class DirectNode:
 
     # ------------------------------------------------------------- NodeAPI
 
+    def submit_nowait(self, command: bytes, done: Callable[[Outcome], None], *,
+                      timeout: float | None = None) -> Applied:
+        """Apply `command` now and call `done` with its outcome before returning."""
+        done(self._apply(command))
+        return APPLIED
+
+    def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
+                    timeout: float | None = None) -> Applied:
+        """Answer `query` now, calling `done` before returning; every `mode` is the same."""
+        done(self._query(query))
+        return APPLIED
+
     async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
         """Apply `command` now; `timeout` is accepted for the interface and never needed."""
+        return self._apply(command)
+
+    async def read(self, query: bytes, mode: ReadMode, *,
+                   timeout: float | None = None) -> Outcome:
+        """Answer from the one copy there is; every `mode` gives the same, freshest answer."""
+        return self._query(query)
+
+    def _apply(self, command: bytes) -> Outcome:
         started = time.perf_counter()
         self.metrics.proposed(1)
         if self.closed:
@@ -86,9 +117,7 @@ class DirectNode:
         self.metrics.observe_commit_latency(time.perf_counter() - started)
         return Outcome(True, result, self.index)
 
-    async def read(self, query: bytes, mode: ReadMode, *,
-                   timeout: float | None = None) -> Outcome:
-        """Answer from the one copy there is; every `mode` gives the same, freshest answer."""
+    def _query(self, query: bytes) -> Outcome:
         if self.closed:
             return Outcome(False, error="the node is shutting down")
         return Outcome(True, self.machine.query(query), self.index)

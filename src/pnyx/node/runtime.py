@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pnyx.node.config import NodeConfig
@@ -36,6 +38,55 @@ from pnyx.protocol.replica import LogReady, Machine, Outcome, ReadMode, Replica,
 log = logging.getLogger("pnyx.node")
 
 RETRY_PAUSE = 0.02  # between attempts of one request, seconds
+DEADLINE_TICK = 0.05  # how late, at most, a request gives up after its deadline, seconds
+SHUTTING_DOWN = Outcome(False, error="the node is shutting down", unknown=True)
+
+
+class Request:
+    """One client request at the node: its attempts so far and its one deadline.
+
+    A read is attempted again (after `RETRY_PAUSE`) whenever an attempt fails,
+    until the deadline; a command only when the failure says it was refused
+    (never when its outcome is unknown). `done` hears the outcome exactly once.
+    """
+
+    __slots__ = ("attempt", "bucket", "deadline", "done", "finished", "last", "node",
+                 "retry_handle", "retry_unknown", "rid", "started")
+
+    def __init__(self, node: Node, attempt: Callable[[int], LogReady | None],
+                 done: Callable[[Outcome], None], deadline: float,
+                 retry_unknown: bool) -> None:
+        self.node = node
+        self.attempt = attempt
+        self.done = done
+        self.deadline = deadline
+        self.retry_unknown = retry_unknown
+        self.rid: int | None = None  # the id of the attempt at the replica, if any
+        self.retry_handle: asyncio.TimerHandle | None = None
+        self.last = Outcome(False, error="no quorum or no leader within the request timeout",
+                            unknown=True)
+        self.finished = False
+        self.started = 0.0
+        self.bucket = 0
+
+    def cancel(self) -> None:
+        """The caller gave up: forget the request; `done` is not called."""
+        if not self.finished:
+            self.finished = True
+            self.node._forget(self)
+            self.node._drop_deadline(self)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.finished:
+            self.finished = True
+            self.node._drop_deadline(self)
+            self.done(outcome)
+
+    def gave_up(self) -> Outcome:
+        """The outcome of a request whose deadline passed, from its last failure."""
+        last = self.last
+        unknown = last.unknown or last.error.startswith("aborted")
+        return Outcome(False, error=f"unavailable: {last.error}", unknown=unknown)
 
 
 class Node:
@@ -67,7 +118,11 @@ class Node:
         self._records: list[LogRecord] = []
         self._records_seq = 0
         self._writer: asyncio.Task[None] | None = None
-        self._waiters: dict[int, asyncio.Future[Outcome]] = {}
+        self._waiters: dict[int, Request] = {}  # by the id of their current attempt
+        # Every request not finished, by the DEADLINE_TICK its deadline falls in.
+        self._deadlines: dict[int, set[Request]] = {}
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0
         # Request ids must never repeat across restarts: an old command could still be
         # applied, and must not complete a new request that happens to share its id.
         self._next_id = random.getrandbits(62)
@@ -104,70 +159,163 @@ class Node:
         if self._writer is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_result(Outcome(False, error="the node is shutting down", unknown=True))
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        requests = [r for members in self._deadlines.values() for r in members]
+        self._deadlines.clear()
+        for request in requests:
+            self._forget(request)
+            request.finish(SHUTTING_DOWN)
         self.store.close()
 
     # ------------------------------------------------------------- requests
 
-    async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
-        """Get `command` chosen and applied; its result, or why not within `timeout`."""
-        started = time.perf_counter()
+    def submit_nowait(self, command: bytes, done: Callable[[Outcome], None], *,
+                      timeout: float | None = None) -> Request:
+        """Start getting `command` chosen and applied; `done(outcome)` is called once,
+        with its result or why not within `timeout`. No task or future per request:
+        the fast path of the client protocols. Cancel with the returned handle."""
         if self.metrics is not None:
             self.metrics.proposed(1)
         # A command whose outcome is unknown is NOT resubmitted here: it may still be
         # chosen, and a second copy would apply twice on a machine without
         # de-duplication. The caller retries with its own request identity (the HTTP
         # and binary APIs do, with the key-value machine's idempotency keys).
-        outcome = await self._until_done(
-            lambda rid, now: self._gather(rid, command), timeout, retry_unknown=False,
+        return self._start(lambda rid: self._gather(rid, command), done, timeout,
+                           retry_unknown=False, timed=True)
+
+    def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
+                    timeout: float | None = None) -> Request:
+        """Like `submit_nowait`, for a read with `mode`'s guarantee."""
+        return self._start(
+            lambda rid: self._replica().read(rid, query, mode, self._now()), done, timeout,
+            retry_unknown=True, timed=False,
         )
-        if outcome.ok and self.metrics is not None:
-            self.metrics.observe_commit_latency(time.perf_counter() - started)
-        return outcome
+
+    async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
+        """Get `command` chosen and applied; its result, or why not within `timeout`."""
+        return await self._wait(lambda done: self.submit_nowait(command, done, timeout=timeout))
 
     async def read(self, query: bytes, mode: ReadMode, *,
                    timeout: float | None = None) -> Outcome:
-        return await self._until_done(
-            lambda rid, now: self._replica().read(rid, query, mode, now), timeout
-        )
+        return await self._wait(lambda done: self.read_nowait(query, mode, done,
+                                                              timeout=timeout))
 
-    async def _until_done(self, start: Any, timeout: float | None, *,
-                          retry_unknown: bool = True) -> Outcome:
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + (timeout or self.config.request_timeout)
-        last = Outcome(False, error="no quorum or no leader within the request timeout",
-                       unknown=True)
-        while not self.closed:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._next_id += 1
-            rid = self._next_id
-            fut: asyncio.Future[Outcome] = loop.create_future()
-            self._waiters[rid] = fut
-            self._handle(start(rid, loop.time()))
-            try:
-                outcome = await asyncio.wait_for(asyncio.shield(fut), remaining)
-            except TimeoutError:
-                self._replica().cancel(rid)
-                break
-            except asyncio.CancelledError:
-                self._replica().cancel(rid)  # the caller gave up: forget the request
-                raise
-            finally:
-                self._waiters.pop(rid, None)
-            if outcome.ok or not outcome.error or "too large" in outcome.error:
-                return outcome
-            if outcome.unknown and not retry_unknown:
-                return outcome
-            last = outcome
-            await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))
-        if last.error.startswith("aborted") or last.unknown:
-            return Outcome(False, error=f"unavailable: {last.error}", unknown=True)
-        return Outcome(False, error=f"unavailable: {last.error}", unknown=last.unknown)
+    async def _wait(self, start: Callable[[Callable[[Outcome], None]], Request]) -> Outcome:
+        fut: asyncio.Future[Outcome] = self._running_loop().create_future()
+
+        def resolve(outcome: Outcome) -> None:
+            if not fut.done():  # cancelled by the caller, between its cancel and ours
+                fut.set_result(outcome)
+
+        request = start(resolve)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            request.cancel()  # the caller gave up: forget the request
+            raise
+
+    # The request machinery: attempts, the retry pause between them, one deadline.
+
+    def _start(self, attempt: Callable[[int], LogReady | None],
+               done: Callable[[Outcome], None], timeout: float | None, *,
+               retry_unknown: bool, timed: bool) -> Request:
+        loop = self._running_loop()
+        request = Request(self, attempt, done, loop.time()
+                          + (timeout or self.config.request_timeout), retry_unknown)
+        if self.closed:
+            request.finish(SHUTTING_DOWN)
+            return request
+        if timed:
+            request.started = time.perf_counter()
+        # Deadlines are kept in buckets of DEADLINE_TICK: adding and removing a request
+        # is O(1), and one timer serves them all (a request gives up at most a tick late).
+        request.bucket = bucket = math.ceil(request.deadline / DEADLINE_TICK)
+        members = self._deadlines.get(bucket)
+        if members is None:
+            members = self._deadlines[bucket] = set()
+            if self._deadline_timer is None or bucket < self._deadline_at:
+                self._arm_deadlines(bucket)
+        members.add(request)
+        self._attempt(request)
+        return request
+
+    def _attempt(self, request: Request) -> None:
+        if request.finished:
+            return
+        if self.closed:
+            request.finish(SHUTTING_DOWN)
+            return
+        request.retry_handle = None
+        self._next_id += 1
+        request.rid = rid = self._next_id
+        self._waiters[rid] = request
+        ready = request.attempt(rid)
+        if ready is not None:
+            self._handle(ready)
+
+    def _attempt_done(self, request: Request, outcome: Outcome) -> None:
+        """An attempt's outcome: the request's, or another attempt after a pause."""
+        request.rid = None
+        if outcome.ok or not outcome.error or "too large" in outcome.error:
+            if outcome.ok and request.started and self.metrics is not None:
+                self.metrics.observe_commit_latency(time.perf_counter() - request.started)
+            request.finish(outcome)
+            return
+        if outcome.unknown and not request.retry_unknown:
+            request.finish(outcome)
+            return
+        request.last = outcome
+        assert self._loop is not None
+        remaining = request.deadline - self._loop.time()
+        if remaining <= 0:
+            request.finish(request.gave_up())
+        else:
+            request.retry_handle = self._loop.call_later(min(RETRY_PAUSE, remaining),
+                                                         self._attempt, request)
+
+    def _forget(self, request: Request) -> None:
+        """Stop `request` at the replica (a command may still be applied)."""
+        if request.rid is not None:
+            self._waiters.pop(request.rid, None)
+            if self.replica is not None:
+                self.replica.cancel(request.rid)
+            request.rid = None
+        if request.retry_handle is not None:
+            request.retry_handle.cancel()
+            request.retry_handle = None
+
+    def _drop_deadline(self, request: Request) -> None:
+        """`request` is finished: it no longer has a deadline to keep."""
+        members = self._deadlines.get(request.bucket)
+        if members is not None:
+            members.discard(request)
+
+    def _arm_deadlines(self, bucket: int) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = bucket
+        self._deadline_timer = self._running_loop().call_at(bucket * DEADLINE_TICK,
+                                                            self._expire)
+
+    def _expire(self) -> None:
+        """Give up on the requests whose deadline passed; re-arm for the next ones."""
+        self._deadline_timer = None
+        now = math.floor(self._running_loop().time() / DEADLINE_TICK)
+        for bucket in [b for b in self._deadlines if b <= now]:
+            for request in self._deadlines.pop(bucket):
+                self._forget(request)
+                request.finish(request.gave_up())
+        if self._deadlines:
+            self._arm_deadlines(min(self._deadlines))
+
+    def _now(self) -> float:
+        return self._running_loop().time()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the node has not started")
+        return self._loop
 
     def status(self) -> dict[str, Any]:
         r = self._replica()
@@ -197,7 +345,7 @@ class Node:
 
     # ------------------------------------------------------------- plumbing
 
-    def _gather(self, rid: int, command: bytes) -> LogReady:
+    def _gather(self, rid: int, command: bytes) -> None:
         """Hold the command until the end of this loop iteration, and submit everything
         gathered by then at once: commands that arrive together share a slot, one
         Accept round and one group commit."""
@@ -205,7 +353,6 @@ class Node:
         if len(self._gathered) == 1:
             assert self._loop is not None
             self._loop.call_soon(self._submit_gathered)
-        return LogReady()
 
     def _submit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
@@ -258,9 +405,9 @@ class Node:
             else:
                 self.transport.send(dst, encode(message))
         for request_id, outcome in ready.outcomes:
-            fut = self._waiters.get(request_id)
-            if fut is not None and not fut.done():
-                fut.set_result(outcome)
+            request = self._waiters.pop(request_id, None)
+            if request is not None:
+                self._attempt_done(request, outcome)
         if self.metrics is not None:
             if ready.applied:
                 self.metrics.chosen(len(ready.applied),
