@@ -39,6 +39,8 @@ log = logging.getLogger("pnyx.node")
 
 RETRY_PAUSE = 0.02  # between attempts of one request, seconds
 DEADLINE_TICK = 0.05  # how late, at most, a request gives up after its deadline, seconds
+NO_QUORUM = Outcome(False, error="no quorum or no leader within the request timeout",
+                    unknown=True)
 SHUTTING_DOWN = Outcome(False, error="the node is shutting down", unknown=True)
 
 
@@ -63,8 +65,7 @@ class Request:
         self.retry_unknown = retry_unknown
         self.rid: int | None = None  # the id of the attempt at the replica, if any
         self.retry_handle: asyncio.TimerHandle | None = None
-        self.last = Outcome(False, error="no quorum or no leader within the request timeout",
-                            unknown=True)
+        self.last: Outcome | None = None  # the last attempt's failure
         self.finished = False
         self.started = 0.0
         self.bucket = 0
@@ -84,7 +85,7 @@ class Request:
 
     def gave_up(self) -> Outcome:
         """The outcome of a request whose deadline passed, from its last failure."""
-        last = self.last
+        last = self.last or NO_QUORUM
         unknown = last.unknown or last.error.startswith("aborted")
         return Outcome(False, error=f"unavailable: {last.error}", unknown=unknown)
 
@@ -399,11 +400,15 @@ class Node:
             self._records_seq = ready.persist_seq
             if self._writer is None or self._writer.done():
                 self._writer = loop.create_task(self._group_commit())
+        last: Any = None
+        data = b""
         for dst, message in ready.send:
             if dst == self.node_id:
                 loop.call_soon(self._on_local, message)
             else:
-                self.transport.send(dst, encode(message))
+                if message is not last:  # a broadcast: one message, encoded once
+                    last, data = message, encode(message)
+                self.transport.send(dst, data)
         for request_id, outcome in ready.outcomes:
             request = self._waiters.pop(request_id, None)
             if request is not None:

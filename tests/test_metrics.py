@@ -1,0 +1,52 @@
+"""The node's metrics: the per-command ones, counted without a lock, render exactly as
+prometheus-client's own counter and histogram would."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from pnyx.api.metrics import _LATENCY_BUCKETS, Metrics
+
+OBSERVATIONS = [0.00005, 0.0001, 0.00010001, 0.003, 0.005, 0.7, 10.0, 20.0, 0.0]
+
+
+def _series(text: bytes, name: str) -> dict[str, float]:
+    """`{series (name and labels): value}` for one metric family, `_created` left out."""
+    found = {}
+    for line in text.decode().splitlines():
+        if line.startswith(name) and "_created" not in line:
+            series, value = line.rsplit(" ", 1)
+            found[series] = float(value)
+    return found
+
+
+def test_commit_latency_histogram_renders_as_prometheus_client_histogram_would() -> None:
+    reference = CollectorRegistry()
+    histogram = Histogram("pnyx_commit_latency_seconds", "x", buckets=_LATENCY_BUCKETS,
+                          registry=reference)
+    metrics = Metrics()
+    for seconds in OBSERVATIONS:
+        histogram.observe(seconds)
+        metrics.observe_commit_latency(seconds)
+    ours = _series(metrics.render(), "pnyx_commit_latency_seconds")
+    theirs = _series(generate_latest(reference), "pnyx_commit_latency_seconds")
+    assert ours == theirs
+    # A value on a bucket's bound counts in that bucket (le = "less or equal").
+    assert ours['pnyx_commit_latency_seconds_bucket{le="0.0001"}'] == 3
+    assert ours['pnyx_commit_latency_seconds_bucket{le="+Inf"}'] == len(OBSERVATIONS)
+
+
+def test_proposals_counter_renders_as_prometheus_client_counter_would() -> None:
+    reference = CollectorRegistry()
+    counter = Counter("pnyx_proposals", "x", registry=reference)
+    metrics = Metrics()
+    for n in (1, 1, 5):
+        counter.inc(n)
+        metrics.proposed(n)
+    text = metrics.render()
+    assert _series(text, "pnyx_proposals") == _series(generate_latest(reference),
+                                                      "pnyx_proposals")
+    assert re.search(rb"^# TYPE pnyx_proposals_total counter$", text, re.M)
+    assert _series(text, "pnyx_proposals") == {"pnyx_proposals_total": 7.0}
