@@ -39,11 +39,12 @@ acceptor state until the records behind it are durable (`persisted`).
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, TypeVar
 
 from pnyx.protocol.acceptor import may_accept, may_promise
 from pnyx.protocol.ballot import ZERO, Ballot
@@ -187,6 +188,9 @@ class _LocalRead:
     index: int | None = None  # the read is served once applied reaches this slot
 
 
+_R = TypeVar("_R")
+
+
 @dataclass(slots=True)
 class _QuorumRead:
     query: bytes
@@ -263,6 +267,12 @@ class Replica:
         self._read_round: dict[int, list[tuple[int, int, int]]] = {}  # round -> (src, id, index)
         self._reads_unsent: list[tuple[int, int]] = []  # (src, id) awaiting a heartbeat round
         self._qreads: dict[int, _QuorumRead] = {}
+        # The same reads in the order of their deadlines (which is the order they came in:
+        # one read_timeout for all), and the local reads that know their read index, by
+        # it: so the next deadline and the reads to serve are found without a scan.
+        self._reads_by_deadline: deque[tuple[float, int, _LocalRead]] = deque()
+        self._qreads_by_deadline: deque[tuple[float, int, _QuorumRead]] = deque()
+        self._reads_by_index: list[tuple[int, int, _LocalRead]] = []  # a heap
         self._held_qreads: list[tuple[int, QuorumRead]] = []
         self._catchup_at: float | None = None
 
@@ -305,7 +315,8 @@ class Replica:
             self._outcome(request_id, Outcome(True, self.machine.query(query),
                                               self.applied_index))
         elif mode == "linearizable":
-            self._reads[request_id] = _LocalRead(query, now + self.config.read_timeout)
+            read = self._reads[request_id] = _LocalRead(query, now + self.config.read_timeout)
+            self._reads_by_deadline.append((read.deadline, request_id, read))
             if self.role is Role.LEADER:
                 self._reads_unsent.append((self.node_id, request_id))
             elif self.leader is not None:
@@ -313,7 +324,8 @@ class Replica:
             else:
                 self._want_leader(now)
         elif mode == "quorum":
-            self._qreads[request_id] = _QuorumRead(query, now + self.config.read_timeout)
+            qread = self._qreads[request_id] = _QuorumRead(query, now + self.config.read_timeout)
+            self._qreads_by_deadline.append((qread.deadline, request_id, qread))
             self._broadcast(QuorumRead(self.node_id, request_id, query, 0), include_self=True)
         else:
             self._outcome(request_id, Outcome(False, error=f"unknown read mode {mode!r}"))
@@ -735,7 +747,7 @@ class Replica:
                     self._outcome(c.id, Outcome(True, result, self.applied_index))
             self.applied = slot
             self._ready.applied.append((slot, value))
-        if self._reads:
+        if self._reads_by_index:
             self._serve_reads()
         if self._held_qreads:
             held, self._held_qreads = self._held_qreads, []
@@ -834,8 +846,7 @@ class Replica:
             del self._reads[read_id]
             self._outcome(read_id, Outcome(False, error="not the leader any more"))
         else:
-            read.index = index
-            self._serve_reads()
+            self._set_read_index(read_id, read, index)
 
     def _on_read_index_reply(self, m: ReadIndexReply, now: float) -> None:
         read = self._reads.get(m.id)
@@ -845,16 +856,22 @@ class Replica:
             del self._reads[m.id]
             self._outcome(m.id, Outcome(False, error="asked a replica that is not the leader"))
             return
-        read.index = m.index
+        self._set_read_index(m.id, read, m.index)
+
+    def _set_read_index(self, read_id: int, read: _LocalRead, index: int) -> None:
+        read.index = index
+        heapq.heappush(self._reads_by_index, (index, read_id, read))
         self._serve_reads()
 
     def _serve_reads(self) -> None:
-        done = [rid for rid, r in self._reads.items()
-                if r.index is not None and r.index <= self.applied]
-        for rid in done:
-            read = self._reads.pop(rid)
-            self._outcome(rid, Outcome(True, self.machine.query(read.query),
-                                       self.applied_index))
+        """Answer the reads whose read index this replica has applied."""
+        heap = self._reads_by_index
+        while heap and heap[0][0] <= self.applied:
+            _, rid, read = heapq.heappop(heap)
+            if self._reads.get(rid) is read:  # else it expired or was cancelled
+                del self._reads[rid]
+                self._outcome(rid, Outcome(True, self.machine.query(read.query),
+                                           self.applied_index))
 
     def _on_quorum_read(self, m: QuorumRead, now: float) -> None:
         if self.applied >= m.min_applied:
@@ -905,12 +922,14 @@ class Replica:
                         include_self=True)
 
     def _expire_reads(self, now: float) -> None:
-        for rid in [rid for rid, r in self._reads.items() if now >= r.deadline]:
-            del self._reads[rid]
-            self._outcome(rid, Outcome(False, error="linearizable read timed out"))
-        for rid in [rid for rid, r in self._qreads.items() if now >= r.deadline]:
-            del self._qreads[rid]
-            self._outcome(rid, Outcome(False, error="quorum read: no quorum answered in time"))
+        for pending, order, error in (
+            (self._reads, self._reads_by_deadline, "linearizable read timed out"),
+            (self._qreads, self._qreads_by_deadline, "quorum read: no quorum answered in time"),
+        ):
+            while _next_deadline(pending, order) is not None and order[0][0] <= now:
+                _, rid, _ = order.popleft()
+                del pending[rid]
+                self._outcome(rid, Outcome(False, error=error))
 
     # ============================================================ plumbing
 
@@ -966,13 +985,24 @@ class Replica:
             deadlines.append(self._hb_at)
         if self._catchup_at is not None:
             deadlines.append(self._catchup_at)
-        deadlines.extend(r.deadline for r in self._reads.values())
-        deadlines.extend(r.deadline for r in self._qreads.values())
+        for pending, order in ((self._reads, self._reads_by_deadline),
+                               (self._qreads, self._qreads_by_deadline)):
+            deadline = _next_deadline(pending, order)
+            if deadline is not None:
+                deadlines.append(deadline)
         if self._reads_unsent and self.role is Role.LEADER:
             deadlines.append(self._last_now)  # a read waits for a heartbeat round: send it now
         ready.wake_at = min(deadlines) if deadlines else None
         self._ready = LogReady()
         return ready
+
+
+def _next_deadline(pending: dict[int, _R], order: deque[tuple[float, int, _R]]) -> float | None:
+    """The earliest deadline of the reads still `pending`; `order` is by deadline, and
+    forgets (lazily, here) the reads that were answered, expired or cancelled."""
+    while order and pending.get(order[0][1]) is not order[0][2]:
+        order.popleft()
+    return order[0][0] if order else None
 
 
 Replica._handlers = {
