@@ -19,6 +19,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Callable
+from typing import Any, cast
 
 import msgspec
 
@@ -29,6 +30,7 @@ log = logging.getLogger("pnyx.transport")
 _LEN = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 32 << 20
 HELLO_TIMEOUT = 5.0
+HELLO_LIMIT = 4096  # bytes: a Hello is tiny; anything longer is not one
 
 
 class Hello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
@@ -44,20 +46,12 @@ class FrameError(Exception):
     """The bytes on a connection are not frames we accept."""
 
 
-async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes:
-    header = await reader.readexactly(_LEN.size)
-    (length,) = _LEN.unpack(header)
-    if length > max_frame:
-        raise FrameError(f"frame of {length} bytes is over the limit of {max_frame}")
-    return await reader.readexactly(length)
-
-
 def frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
 class _Peer:
-    """The outbound side of one peer: a queue and the task that drains it."""
+    """The outbound side of one peer: its queue, and its connection when there is one."""
 
     def __init__(self, node_id: int, address: Address, max_queue: int,
                  max_queue_bytes: int) -> None:
@@ -67,10 +61,115 @@ class _Peer:
         self.queued_bytes = 0
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
-        self.wakeup = asyncio.Event()
         self.connected = False
         self.dropped = 0
         self.task: asyncio.Task[None] | None = None
+        self.link: _Outbound | None = None
+        self.flush_scheduled = False
+
+
+class _Outbound(asyncio.Protocol):
+    """Our connection to a peer: we only write on it. Writes pause while the kernel's
+    buffer is full (`pause_writing`); what is sent meanwhile waits in the peer's queue."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_resume: Callable[[], None] = lambda: None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # peers never answer on our connection; they open their own
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.on_resume()
+
+    def writable(self) -> bool:
+        return self.transport is not None and not self.paused and not self.transport.is_closing()
+
+
+class _Inbound(asyncio.Protocol):
+    """A connection a peer opened to us: a Hello, then frames, each handed to the node as
+    it completes, in the callback that received its last byte (no task, no extra wait)."""
+
+    def __init__(self, owner: PeerTransport) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.src: int | None = None  # known once the Hello is read
+        self.buf = bytearray()  # the start of a frame not complete yet
+        self.need = 0  # bytes `buf` must hold before a frame can complete
+        self.peer: Any = "?"
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.owner._inbound.add(self)
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_TIMEOUT, self.refuse, "no hello within the time allowed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._inbound.discard(self)
+        self.transport = None
+        self.buf.clear()
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        if buf:
+            buf += data
+            if len(buf) < self.need:
+                return  # most of a large frame: wait for the rest rather than copy it again
+            data = bytes(buf)
+            buf.clear()
+        pos, size = 0, len(data)
+        need = 0
+        try:
+            while size - pos >= _LEN.size and self.transport is not None:
+                (length,) = _LEN.unpack_from(data, pos)
+                limit = self.owner.max_frame if self.src is not None else HELLO_LIMIT
+                if length > limit:
+                    raise FrameError(f"frame of {length} bytes is over the limit of {limit}")
+                end = pos + _LEN.size + length
+                if end > size:
+                    need = _LEN.size + length
+                    break
+                payload = data[pos + _LEN.size:end]
+                pos = end
+                if self.src is None:
+                    self.src = self.owner._hello(payload)
+                    if self.hello_timer is not None:
+                        self.hello_timer.cancel()
+                        self.hello_timer = None
+                else:
+                    self.owner.on_message(self.src, payload)
+        except FrameError as exc:
+            self.refuse(str(exc))
+            return
+        if pos < size and self.transport is not None:
+            buf += data[pos:]
+            self.need = need
+
+    def refuse(self, reason: str) -> None:
+        if self.transport is None:
+            return
+        self.owner.refused += 1
+        log.warning("closing connection from %s: %s", self.peer, reason)
+        self.transport.abort()
+        self.transport = None
 
 
 class PeerTransport:
@@ -100,13 +199,14 @@ class PeerTransport:
         }
         self.refused = 0  # inbound connections closed for a bad Hello or bad frames
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: set[_Inbound] = set()
         self._closing = False
 
     async def start(self) -> None:
         """Listen for peers (raises OSError if the address cannot be bound) and connect out."""
-        self._server = await asyncio.start_server(
-            self._accept, self.listen.host, self.listen.port, limit=1 << 20
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), self.listen.host, self.listen.port
         )
         for peer in self.peers.values():
             peer.task = asyncio.create_task(self._run_outbound(peer))
@@ -115,7 +215,10 @@ class PeerTransport:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        tasks = [p.task for p in self.peers.values() if p.task] + list(self._inbound)
+        for conn in list(self._inbound):
+            if conn.transport is not None:
+                conn.transport.abort()
+        tasks = [p.task for p in self.peers.values() if p.task]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -138,7 +241,10 @@ class PeerTransport:
         ):
             peer.queued_bytes -= len(peer.queue.popleft())
             peer.dropped += 1
-        peer.wakeup.set()
+        if not peer.flush_scheduled and peer.link is not None:
+            # Everything sent to this peer in this loop iteration goes in one write.
+            peer.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, peer)
 
     def reachable(self, peer_id: int) -> bool:
         peer = self.peers.get(peer_id)
@@ -146,44 +252,46 @@ class PeerTransport:
 
     # -------------------------------------------------------------- outbound
 
+    def _flush(self, peer: _Peer) -> None:
+        peer.flush_scheduled = False
+        link = peer.link
+        if not peer.queue or link is None or not link.writable():
+            return  # kept until the connection is up and writable again
+        assert link.transport is not None
+        chunk = b"".join(peer.queue)
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        link.transport.write(chunk)
+
     async def _run_outbound(self, peer: _Peer) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.05
         while not self._closing:
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(peer.address.host, peer.address.port), 2.0
+                _, link = await asyncio.wait_for(
+                    loop.create_connection(_Outbound, peer.address.host, peer.address.port),
+                    2.0,
                 )
             except (TimeoutError, OSError):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
+            assert link.transport is not None
             try:
-                writer.write(frame(_encoder.encode(Hello(self.cluster_id, self.node_id))))
+                link.transport.write(frame(_encoder.encode(Hello(self.cluster_id,
+                                                                 self.node_id))))
+                link.on_resume = lambda peer=peer: self._flush(peer)
+                peer.link = link
                 self._set_state(peer, True)
-                await self._drain_queue(peer, writer)
-            except (OSError, ConnectionError):
-                pass
+                self._flush(peer)
+                await link.lost
             finally:
+                peer.link = None
                 self._set_state(peer, False)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                if link.transport is not None:
+                    link.transport.abort()
             await asyncio.sleep(backoff)
-
-    async def _drain_queue(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
-        while not self._closing:
-            if not peer.queue:
-                peer.wakeup.clear()
-                await peer.wakeup.wait()
-            # Write everything queued in one go: small frames are coalesced per syscall.
-            chunk = b"".join(peer.queue)
-            peer.queue.clear()
-            peer.queued_bytes = 0
-            writer.write(chunk)
-            await writer.drain()
-            if writer.is_closing():
-                raise ConnectionError("closed")
 
     def _set_state(self, peer: _Peer, up: bool) -> None:
         if peer.connected != up:
@@ -193,31 +301,8 @@ class PeerTransport:
 
     # --------------------------------------------------------------- inbound
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._inbound.add(task)
-        peer = writer.get_extra_info("peername")
-        try:
-            src = await self._hello(reader)
-            while True:
-                self.on_message(src, await read_frame(reader, self.max_frame))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the peer went away
-        except asyncio.CancelledError:
-            pass  # we are closing
-        except FrameError as exc:
-            self.refused += 1
-            log.warning("closing connection from %s: %s", peer, exc)
-        finally:
-            self._inbound.discard(task)
-            writer.close()
-
-    async def _hello(self, reader: asyncio.StreamReader) -> int:
-        try:
-            data = await asyncio.wait_for(read_frame(reader, 4096), HELLO_TIMEOUT)
-        except TimeoutError:
-            raise FrameError("no hello within the time allowed") from None
+    def _hello(self, data: bytes) -> int:
+        """The sender a Hello names, if it is one of our peers; else `FrameError`."""
         try:
             hello = _hello_decoder.decode(data)
         except (msgspec.MsgspecError, ValueError):
