@@ -130,6 +130,7 @@ class Node:
         self._last_leader: tuple[int | None, Any] = (None, None)
         self._last_role = ""
         self._gathered: list[tuple[int, bytes]] = []
+        self._gathered_stale = False  # a request was forgotten while commands were gathered
         self.closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -279,6 +280,8 @@ class Node:
         """Stop `request` at the replica (a command may still be applied)."""
         if request.rid is not None:
             self._waiters.pop(request.rid, None)
+            if self._gathered:  # its command may not have reached the replica yet
+                self._gathered_stale = True
             if self.replica is not None:
                 self.replica.cancel(request.rid)
             request.rid = None
@@ -357,6 +360,9 @@ class Node:
 
     def _submit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
+        if self._gathered_stale:  # not proposed yet, and no longer wanted: need never be
+            self._gathered_stale = False
+            gathered = [g for g in gathered if g[0] in self._waiters]
         if gathered and not self.closed and self._loop is not None:
             self._handle(self._replica().submit_many(gathered, self._loop.time()))
 

@@ -1,0 +1,486 @@
+"""Specs of the node's request machinery (`Node.submit_nowait`/`read_nowait` and the
+coroutines over them): one deadline per request, retries of reads, cancellation,
+shutdown, and the binary protocol on top of it.
+
+Real `Node`s on 127.0.0.1 with in-memory stores, all in one event loop. "No quorum"
+is a 3-member cluster with only one member running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pnyx.api import wire
+from pnyx.api.binary import NODE_GRACE, close_server, serve_clients
+from pnyx.node import Address, Node, NodeConfig
+from pnyx.node.direct import DirectNode
+from pnyx.node.runtime import SHUTTING_DOWN
+from pnyx.protocol.replica import Outcome
+from pnyx.statemachine import kv
+from pnyx.storage import MemoryLogStore
+from pnyx.testing import free_ports
+
+SLACK = 0.2  # how late past its timeout a request may finish (the deadline tick is 50 ms)
+EARLY = 1e-3  # float rounding of the deadline buckets; a request never ends sooner
+
+
+def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 15))
+
+    return wrapper
+
+
+def make_node(tmp_path: Path, node_id: int, ports: list[int], **replica: Any) -> Node:
+    """Member `node_id` of a 3-member cluster on `ports`; `replica` overrides ReplicaConfig."""
+    members = {i: Address("127.0.0.1", ports[i - 1]) for i in (1, 2, 3)}
+    config = NodeConfig(node_id, members, tmp_path / f"n{node_id}", heartbeat_interval=0.02,
+                        election_timeout=0.15)
+    node = Node(config, MemoryLogStore(node_id=node_id, cluster_id=config.cluster_id),
+                kv.KVMachine())
+    if replica:
+        node.replica_config = dataclasses.replace(node.replica_config, **replica)
+    return node
+
+
+def put(key: str, value: bytes, seq: int, client: str = "test") -> bytes:
+    return kv.encode_request(kv.Request(client, seq, kv.Put(key, value)))
+
+
+async def submit_until_ok(node: Node, command: bytes) -> Outcome:
+    """Submit `command` until it succeeds: a cluster just formed may still change its
+    leader, aborting a command with an unknown outcome (the KV machine de-duplicates)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 5
+    while True:
+        outcome = await node.submit(command, timeout=2)
+        if outcome.ok or not outcome.unknown or loop.time() > give_up:
+            return outcome
+        await asyncio.sleep(0.05)
+
+
+class Done:
+    """A `done` callback that records every call and when it came."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.outcomes: list[Outcome] = []
+        self.times: list[float] = []
+        self.called = asyncio.Event()
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.times.append(self.loop.time())
+        self.called.set()
+
+
+def live_requests(node: Node) -> int:
+    """Requests the node still keeps a deadline for."""
+    return sum(len(members) for members in node._deadlines.values())
+
+
+def assert_no_request_state(node: Node) -> None:
+    assert node._waiters == {}
+    assert live_requests(node) == 0
+    assert node._gathered == []
+    replica = node.replica
+    assert replica is not None
+    assert not replica._waiting and not replica._unrouted and not replica._queue
+    assert not replica._reads and not replica._qreads
+
+
+# ------------------------------------------------------------------ deadlines
+
+
+@async_test
+async def test_submit_times_out_with_unknown_outcome_when_no_quorum(tmp_path: Path) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        loop = asyncio.get_running_loop()
+        done = Done()
+        started = loop.time()
+        node.submit_nowait(put("k", b"v", 1), done, timeout=0.5)
+        await asyncio.wait_for(done.called.wait(), 0.5 + 1.0)
+        assert 0.5 - EARLY <= done.times[0] - started <= 0.5 + SLACK
+        (outcome,) = done.outcomes
+        assert not outcome.ok
+        assert outcome.unknown
+        assert outcome.error.startswith("unavailable"), outcome.error
+        await asyncio.sleep(0.2)  # long past the deadline tick
+        assert len(done.outcomes) == 1
+        assert_no_request_state(node)
+        assert node._deadlines == {}
+        assert node._deadline_timer is None
+    finally:
+        await node.stop()
+
+
+@async_test
+async def test_awaited_submit_without_quorum_returns_unavailable_by_its_timeout(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = await asyncio.wait_for(node.submit(put("k", b"v", 1), timeout=0.3), 1.5)
+        assert 0.3 - EARLY <= loop.time() - started <= 0.3 + SLACK
+        assert (outcome.ok, outcome.unknown) == (False, True)
+        assert outcome.error.startswith("unavailable"), outcome.error
+        assert_no_request_state(node)
+    finally:
+        await node.stop()
+
+
+@async_test
+async def test_requests_with_different_timeouts_each_end_by_their_own(tmp_path: Path) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        loop = asyncio.get_running_loop()
+        timeouts = [0.6, 0.2, 0.4, 0.2]  # the later deadline first: the timer is re-armed
+        dones = [Done() for _ in timeouts]
+        started = loop.time()
+        for seq, (timeout, done) in enumerate(zip(timeouts, dones, strict=True), 1):
+            node.submit_nowait(put(f"k{seq}", b"v", seq), done, timeout=timeout)
+        await asyncio.wait_for(asyncio.gather(*(d.called.wait() for d in dones)), 2)
+        for timeout, done in zip(timeouts, dones, strict=True):
+            assert len(done.outcomes) == 1
+            assert timeout - EARLY <= done.times[0] - started <= timeout + SLACK
+            assert done.outcomes[0].error.startswith("unavailable")
+        assert node._deadlines == {}
+    finally:
+        await node.stop()
+
+
+@async_test
+async def test_read_without_quorum_is_retried_until_its_deadline_then_unavailable(
+    tmp_path: Path,
+) -> None:
+    # The replica gives up on one linearizable read after read_timeout; the node tries again.
+    node = make_node(tmp_path, 1, free_ports(3), read_timeout=0.1)
+    await node.start()
+    try:
+        assert node.replica is not None
+        loop = asyncio.get_running_loop()
+        attempts: list[float] = []
+        replica_read = node.replica.read
+
+        def counting_read(*args: Any) -> Any:
+            attempts.append(loop.time())
+            return replica_read(*args)
+
+        node.replica.read = counting_read  # type: ignore[method-assign]
+        done = Done()
+        started = loop.time()
+        node.read_nowait(kv.encode_query("k"), "linearizable", done, timeout=0.8)
+        await asyncio.wait_for(done.called.wait(), 2)
+        assert 0.8 - EARLY <= done.times[0] - started <= 0.8 + SLACK
+        # ~0.12 s per attempt (read_timeout + RETRY_PAUSE) within 0.8 s.
+        assert len(attempts) >= 4, attempts
+        assert attempts[-1] - started <= 0.8
+        (outcome,) = done.outcomes
+        assert not outcome.ok
+        assert outcome.error.startswith("unavailable"), outcome.error
+        assert "linearizable read timed out" in outcome.error  # the last attempt's failure
+        count = len(attempts)
+        await asyncio.sleep(0.2)
+        assert len(done.outcomes) == 1
+        assert len(attempts) == count  # no attempt after the request finished
+        assert_no_request_state(node)
+    finally:
+        await node.stop()
+
+
+@async_test
+async def test_submit_with_unknown_outcome_is_reported_at_once_and_never_resubmitted(
+    tmp_path: Path,
+) -> None:
+    # A command whose leader lost its ballot may still be chosen: proposing it again
+    # could apply it twice. The node reports it; the caller retries under its own identity.
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        replica = node.replica
+        assert replica is not None
+        loop = asyncio.get_running_loop()
+        proposed: list[int] = []
+
+        def aborting_submit_many(requests: list[tuple[int, bytes]], now: float) -> Any:
+            for rid, _ in requests:
+                proposed.append(rid)
+                replica._outcome(rid, Outcome(False, error="aborted: ballot lost",
+                                              unknown=True))
+            return replica._flush(now)
+
+        replica.submit_many = aborting_submit_many  # type: ignore[method-assign]
+        done = Done()
+        started = loop.time()
+        node.submit_nowait(put("k", b"v", 1), done, timeout=0.5)
+        await asyncio.wait_for(done.called.wait(), 1.5)
+        assert done.times[0] - started < 0.1
+        assert done.outcomes == [Outcome(False, error="aborted: ballot lost", unknown=True)]
+        await asyncio.sleep(0.6)  # past the deadline: nothing more happens
+        assert len(proposed) == 1
+        assert len(done.outcomes) == 1
+        assert node._waiters == {} and live_requests(node) == 0
+    finally:
+        await node.stop()
+
+
+# ---------------------------------------------------------------- cancelling
+
+
+@pytest.mark.parametrize("when", ["at_once", "after_it_reached_the_replica"])
+@async_test
+async def test_cancelled_submit_is_forgotten_never_answered_and_never_proposed(
+    tmp_path: Path, when: str,
+) -> None:
+    ports = free_ports(3)
+    nodes = [make_node(tmp_path, i, ports) for i in (1, 2, 3)]
+    node = nodes[0]
+    await node.start()
+    try:
+        replica = node.replica
+        assert replica is not None
+        done = Done()
+        request = node.submit_nowait(put("cancelled", b"v", 1), done, timeout=0.4)
+        rid = request.rid
+        assert rid is not None and node._waiters[rid] is request
+        if when != "at_once":
+            await asyncio.sleep(0.05)
+            assert rid in replica._waiting
+        request.cancel()
+        assert rid not in node._waiters
+        assert rid not in replica._waiting
+        assert live_requests(node) == 0
+        await asyncio.sleep(0.4 + SLACK)  # past its deadline
+        assert done.outcomes == []
+        assert_no_request_state(node)
+        # Once a quorum is up, the cancelled command, never proposed, is not applied.
+        for n in nodes[1:]:
+            await n.start()
+        assert (await submit_until_ok(node, put("after", b"x", 2))).ok
+        read = await node.read(kv.encode_query("cancelled"), "linearizable", timeout=5)
+        assert kv.decode_result(read.result) == kv.NotFound()
+        assert done.outcomes == []
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+@async_test
+async def test_cancelling_an_awaited_submit_raises_cancelled_and_the_node_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    ports = free_ports(3)
+    nodes = [make_node(tmp_path, i, ports) for i in (1, 2, 3)]
+    node = nodes[0]
+    await node.start()
+    try:
+        task = asyncio.create_task(node.submit(put("k", b"v", 1), timeout=5))
+        await asyncio.sleep(0.05)
+        assert len(node._waiters) == 1 and live_requests(node) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_no_request_state(node)
+        for n in nodes[1:]:
+            await n.start()
+        outcome = await submit_until_ok(node, put("k", b"w", 2))
+        assert outcome.ok
+        assert kv.decode_result(outcome.result) == kv.Ok(outcome.index)
+        assert_no_request_state(node)
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+@async_test
+async def test_cancel_after_the_outcome_is_harmless(tmp_path: Path) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        done = Done()
+        request = node.read_nowait(kv.encode_query("k"), "stale", done, timeout=1)
+        assert len(done.outcomes) == 1 and done.outcomes[0].ok
+        request.cancel()
+        request.cancel()
+        assert len(done.outcomes) == 1
+        assert_no_request_state(node)
+    finally:
+        await node.stop()
+
+
+# ------------------------------------------------------------------- shutdown
+
+
+@async_test
+async def test_stop_finishes_every_pending_request_once_with_shutting_down(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, 1, free_ports(3), read_timeout=0.03)
+    await node.start()
+    submits = [Done() for _ in range(5)]
+    reads = [Done() for _ in range(5)]
+    for seq, done in enumerate(submits, 1):
+        node.submit_nowait(put(f"k{seq}", b"v", seq), done, timeout=5)
+    for done in reads:  # retried every ~50 ms: some wait in their retry pause at stop
+        node.read_nowait(kv.encode_query("k"), "linearizable", done, timeout=5)
+    awaited = asyncio.create_task(node.submit(put("k", b"v", 99), timeout=5))
+    await asyncio.sleep(0.2)
+    assert all(not d.outcomes for d in submits + reads) and not awaited.done()
+    await node.stop()
+    for done in submits + reads:
+        assert done.outcomes == [SHUTTING_DOWN]
+    assert await asyncio.wait_for(awaited, 1) == SHUTTING_DOWN
+    assert SHUTTING_DOWN.unknown and not SHUTTING_DOWN.ok
+    assert node._waiters == {} and live_requests(node) == 0
+    await asyncio.sleep(0.2)  # no retry or deadline fires after the stop
+    for done in submits + reads:
+        assert len(done.outcomes) == 1
+    # A request to a stopped node is answered at once, before the call returns.
+    late = Done()
+    node.submit_nowait(put("late", b"v", 100), late, timeout=5)
+    assert late.outcomes == [SHUTTING_DOWN]
+    assert node._deadlines == {}  # and nothing armed for it
+    assert node._deadline_timer is None or node._deadline_timer.cancelled()
+
+
+# ---------------------------------------------------------------- a healthy cluster
+
+
+@async_test
+async def test_many_concurrent_submits_all_succeed_in_order_and_leave_no_state(
+    tmp_path: Path,
+) -> None:
+    ports = free_ports(3)
+    nodes = [make_node(tmp_path, i, ports) for i in (1, 2, 3)]
+    for n in nodes:
+        await n.start()
+    try:
+        first = await submit_until_ok(nodes[0], put("warm", b"up", 1))
+        assert first.ok
+        # At the leader: no forwarding hop for a leader change to abort.
+        node = next((n for n in nodes if n.replica is not None and n.replica.is_leader),
+                    nodes[0])
+        count = 500
+        outcomes: dict[int, list[Outcome]] = {i: [] for i in range(count)}
+        order: list[int] = []
+        all_done = asyncio.Event()
+
+        def done(i: int, outcome: Outcome) -> None:
+            outcomes[i].append(outcome)
+            order.append(i)
+            if len(order) == count:
+                all_done.set()
+
+        for i in range(count):
+            node.submit_nowait(put(f"k{i}", b"v", i + 2), functools.partial(done, i),
+                               timeout=5)
+        assert live_requests(node) == count
+        await asyncio.wait_for(all_done.wait(), 10)
+        assert all(len(o) == 1 and o[0].ok for o in outcomes.values())
+        indexes = [outcomes[i][0].index for i in order]
+        assert indexes == sorted(indexes) and len(set(indexes)) == count
+        assert indexes[0] > first.index
+        # Each command applied exactly once, at the index its outcome reports.
+        for i in range(count):
+            assert kv.decode_result(outcomes[i][0].result) == kv.Ok(outcomes[i][0].index)
+        assert node._waiters == {}
+        assert live_requests(node) == 0
+        # What is left is at most a few empty buckets, not one entry per request.
+        assert len(node._deadlines) <= 3
+        await asyncio.sleep(0.1)
+        assert all(len(o) == 1 for o in outcomes.values())
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+# ----------------------------------------------------------------- DirectNode
+
+
+@async_test
+async def test_direct_node_submit_nowait_answers_before_returning_as_submit_does() -> None:
+    commands = [put("k", b"v1", 1), put("k", b"v2", 2), put("k", b"v1", 1),
+                put("big", b"x" * 100, 3)]
+    by_callback, by_await = DirectNode(max_command=64), DirectNode(max_command=64)
+    for command in commands:
+        done = Done()
+        handle = by_callback.submit_nowait(command, done, timeout=1)
+        assert len(done.outcomes) == 1  # already answered
+        handle.cancel()  # nothing left to cancel
+        assert done.outcomes == [await by_await.submit(command, timeout=1)]
+    assert by_callback.index == by_await.index == 3  # a retry takes an index, as a slot would
+    query = kv.encode_query("k")
+    done = Done()
+    by_callback.read_nowait(query, "linearizable", done, timeout=1)
+    assert done.outcomes == [await by_await.read(query, "linearizable", timeout=1)]
+    assert kv.decode_result(done.outcomes[0].result) == kv.Ok(2, b"v2")
+
+
+# ------------------------------------------------------------ binary protocol
+
+
+async def send_frames(address: tuple[str, int], *requests: wire.ClientRequest
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"".join(wire.frame(r) for r in requests))
+    await writer.drain()
+    return reader, writer
+
+
+async def read_response(reader: asyncio.StreamReader) -> wire.ClientResponse:
+    (length,) = wire.LENGTH.unpack(await reader.readexactly(4))
+    return wire.response_decoder.decode(await reader.readexactly(length))
+
+
+@async_test
+async def test_binary_client_gets_unavailable_by_its_timeout_not_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    server = await serve_clients(node, "127.0.0.1", 0)
+    writer = None
+    try:
+        loop = asyncio.get_running_loop()
+        timeout = 0.4
+        started = loop.time()
+        reader, writer = await send_frames(
+            server.sockets[0].getsockname()[:2],
+            wire.ClientRequest(1, "submit", put("k", b"v", 1), timeout=timeout),
+            wire.ClientRequest(2, "read", kv.encode_query("k"), "quorum", timeout=timeout),
+        )
+        answers: dict[int, tuple[wire.ClientResponse, float]] = {}
+        for _ in range(2):
+            response = await asyncio.wait_for(read_response(reader), timeout + NODE_GRACE + 1)
+            answers[response.id] = (response, loop.time() - started)
+        submitted, submit_after = answers[1]
+        assert not submitted.ok
+        assert submitted.unknown
+        assert submitted.error.startswith("unavailable: "), submitted.error
+        assert "did not answer in time" not in submitted.error  # the node's answer
+        assert timeout - EARLY <= submit_after <= timeout + SLACK
+        read, read_after = answers[2]
+        assert not read.ok
+        assert read.error.startswith("unavailable: "), read.error
+        assert "did not answer in time" not in read.error
+        assert timeout - EARLY <= read_after <= timeout + SLACK
+        assert_no_request_state(node)
+    finally:
+        if writer is not None:
+            writer.close()
+        await close_server(server)
+        await node.stop()
