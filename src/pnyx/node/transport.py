@@ -30,6 +30,7 @@ log = logging.getLogger("pnyx.transport")
 _LEN = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 32 << 20
 HELLO_TIMEOUT = 5.0
+WRITE_NOW_BYTES = 8192  # queued for a peer: written at once rather than at the iteration's end
 HELLO_LIMIT = 4096  # bytes: a Hello is tiny; anything longer is not one
 
 
@@ -241,8 +242,14 @@ class PeerTransport:
         ):
             peer.queued_bytes -= len(peer.queue.popleft())
             peer.dropped += 1
-        if not peer.flush_scheduled and peer.link is not None:
-            # Everything sent to this peer in this loop iteration goes in one write.
+        if peer.link is None:
+            return  # kept for when the connection is up
+        if peer.queued_bytes >= WRITE_NOW_BYTES:
+            # Enough for a write of its own: send it now, not after the rest of this loop
+            # iteration (which may hold milliseconds of client requests).
+            self._flush(peer)
+        elif not peer.flush_scheduled:
+            # Small messages sent in this loop iteration go together, in one write.
             peer.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, peer)
 
@@ -253,7 +260,7 @@ class PeerTransport:
     # -------------------------------------------------------------- outbound
 
     def _flush(self, peer: _Peer) -> None:
-        peer.flush_scheduled = False
+        peer.flush_scheduled = False  # a scheduled call finding the queue empty does nothing
         link = peer.link
         if not peer.queue or link is None or not link.writable():
             return  # kept until the connection is up and writable again
