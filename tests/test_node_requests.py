@@ -125,6 +125,29 @@ async def test_submit_times_out_with_unknown_outcome_when_no_quorum(tmp_path: Pa
 
 
 @async_test
+async def test_a_failing_done_callback_costs_no_other_request_its_answer(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    try:
+        def broken(outcome: Outcome) -> None:
+            raise RuntimeError("a caller's bug")
+
+        node.submit_nowait(put("a", b"v", 1), broken, timeout=0.3)
+        done = Done()
+        node.submit_nowait(put("b", b"v", 2), done, timeout=0.3)  # same deadline bucket
+        later = Done()
+        node.submit_nowait(put("c", b"v", 3), later, timeout=0.6)  # the timer is re-armed
+        await asyncio.wait_for(later.called.wait(), 2.0)
+        assert len(done.outcomes) == 1 and done.outcomes[0].error.startswith("unavailable")
+        assert len(later.outcomes) == 1 and later.outcomes[0].unknown
+        assert live_requests(node) == 0
+    finally:
+        await node.stop()
+
+
+@async_test
 async def test_awaited_submit_without_quorum_returns_unavailable_by_its_timeout(
     tmp_path: Path,
 ) -> None:
