@@ -45,7 +45,7 @@ from pnyx.storage import (
     StoreIdentityError,
     StoreLockedError,
 )
-from pnyx.storage.log_store import _row_crc
+from pnyx.storage.log_store import SCHEMA_VERSION, _row_crc
 
 CLUSTER = "test-cluster"
 U64 = 2**64 - 1
@@ -293,7 +293,7 @@ def test_first_open_creates_the_data_directory_and_records_the_identity(
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT schema_version, node_id, cluster_id FROM identity"
-                            ).fetchall() == [(1, 3, "prod")]
+                            ).fetchall() == [(SCHEMA_VERSION, 3, "prod")]
     finally:
         conn.close()
     open_sqlite(path, node_id=3, cluster_id="prod").close()  # the same identity reopens
@@ -371,6 +371,50 @@ def assert_refused_as_corrupt(path: Path, *parts: str) -> None:
     with pytest.raises(CorruptStoreError) as info:
         open_and_load(path)
     assert_one_line_naming(info.value, path, *parts)
+
+
+def test_a_chosen_value_that_is_the_accepted_one_is_stored_once_and_loads_as_it(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    value, other = batch(7, size=4000), batch(8, size=4000)
+    records: list[LogRecord] = [
+        AcceptRecord(Entry(7, Ballot(2, 1), value)), ChosenRecord(7, value, accepted=True),
+        AcceptRecord(Entry(8, Ballot(2, 1), other)), ChosenRecord(8, other),  # no claim
+    ]
+    with open_sqlite(path) as store:
+        store.append(records)
+    conn = sqlite3.connect(path)
+    try:
+        sizes = dict(conn.execute("SELECT slot, length(value) FROM chosen").fetchall())
+    finally:
+        conn.close()
+    assert sizes[7] == 0 and sizes[8] > 4000  # a reference, and a copy
+    loaded = open_and_load(path)
+    assert loaded == applied(records)
+    assert loaded.chosen[7] is loaded.accepted[7].value  # one object in memory, too
+
+
+def test_a_chosen_reference_without_its_accepted_row_is_refused_as_corrupt(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with open_sqlite(path) as store:
+        store.append([AcceptRecord(Entry(7, Ballot(2, 1), batch(7))),
+                      ChosenRecord(7, batch(7), accepted=True)])
+    tamper(path, "DELETE FROM accepted WHERE slot = 7")
+    assert_refused_as_corrupt(path, "chosen slot 7", "no accepted entry")
+
+
+def test_a_version_1_store_is_read_and_marked_as_the_current_version(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    expected = written_store(path, slots=5)
+    tamper(path, "UPDATE identity SET schema_version = 1")
+    assert open_and_load(path) == expected
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT schema_version FROM identity").fetchone() == (
+            SCHEMA_VERSION,)
+    finally:
+        conn.close()
 
 
 def test_random_bytes_are_refused_as_corrupt(tmp_path: Path) -> None:

@@ -696,3 +696,49 @@ def test_prevote_keeps_a_flapping_replica_from_deposing_the_leader_in_the_simula
         assert runs[True] == 1, f"seed {seed}: pre-vote let the flapping replica in"
         assert runs[False] >= 6, f"seed {seed}: {runs}"
 
+
+
+# ------------------------------------------- the chosen record, stored once
+
+
+def test_a_chosen_record_says_when_its_value_is_the_replicas_own_accepted_one() -> None:
+    """A store may keep a chosen slot's value once, as a reference to the accepted entry
+    (`ChosenRecord.accepted`); the replica claims so only when that entry, recorded
+    before, holds the very value chosen. A replica that learns a slot it never
+    accepted (here by catch-up) records the value itself."""
+    from pnyx.protocol.log_records import ChosenRecord
+
+    recorded: dict[int, list[LogRecord]] = {i: [] for i in MEMBERS}
+
+    class RecordingNet(Net):
+        def obey(self, i: int, ready: LogReady) -> LogReady:
+            recorded[i] += ready.persist
+            return super().obey(i, ready)
+
+    net = RecordingNet()
+    net.elect(1)
+    for n in range(1, 4):
+        net.submit(1, n, b"k%d=1" % n)
+        net.deliver(but_not(touching(3)))  # replica 3 hears none of it
+    net.drop(touching(3))
+    net.settle()  # now 3 is back, and catches up
+    for n in range(4, 6):
+        net.submit(1, n, b"k%d=1" % n)
+        net.settle()
+
+    def chosen(i: int) -> dict[int, ChosenRecord]:
+        return {r.slot: r for r in recorded[i] if isinstance(r, ChosenRecord)}
+
+    for i in (1, 2):
+        assert chosen(i), f"replica {i} recorded nothing chosen"
+        assert all(r.accepted for r in chosen(i).values()), i
+    caught_up = chosen(3)
+    later = {s for s, r in caught_up.items() if r.accepted}
+    earlier = {s for s, r in caught_up.items() if not r.accepted}
+    assert earlier and later, caught_up  # learned by catch-up / accepted itself
+    assert max(earlier) < min(later)
+    for i in MEMBERS:
+        for slot, r in chosen(i).items():
+            entry = net.disks[i].accepted.get(slot)
+            if r.accepted:
+                assert entry is not None and entry.value == r.value, (i, slot)

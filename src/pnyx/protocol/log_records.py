@@ -39,10 +39,18 @@ class AcceptRecord(_Record, tag="accept"):
 
 
 class ChosenRecord(_Record, tag="chosen"):
-    """`value` is chosen in `slot`."""
+    """`value` is chosen in `slot`.
+
+    `accepted` says `value` is also the value of this replica's own accepted entry
+    for `slot`, recorded before: a store may then keep a reference to that entry
+    instead of a second copy of the value. The reference stays good: once a slot's
+    value is chosen, every proposal for the slot in any higher ballot carries the
+    same value, so whatever later replaces the accepted entry holds it too.
+    """
 
     slot: int
     value: Batch
+    accepted: bool = False
 
 
 LogRecord = PromiseRecord | RoundRecord | AcceptRecord | ChosenRecord

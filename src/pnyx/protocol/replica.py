@@ -670,7 +670,8 @@ class Replica:
         if slot in self.chosen:
             return
         self.chosen[slot] = value
-        self._save_lazily(ChosenRecord(slot, value))
+        entry = self.accepted.get(slot)  # recorded when accepted, so before this record
+        self._save_lazily(ChosenRecord(slot, value, entry is not None and entry.value is value))
         self._advance_commit()
 
     def _advance_commit(self) -> None:

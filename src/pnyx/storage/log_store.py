@@ -22,14 +22,15 @@ is `ReplicaDurable.apply`; both stores here implement exactly that meaning.
 
 `MemoryLogStore` is the in-memory twin for tests and the simulator.
 
-Schema (version 1); `slot INTEGER PRIMARY KEY` makes the slot the rowid, so a
+Schema (version 2; version 1 is read too); `slot INTEGER PRIMARY KEY` makes the slot the rowid, so a
 table is one b-tree in slot order and `load()` is a sequential scan:
 
     identity   (one row)  schema_version, node_id, cluster_id
     promise    (one row)  round, node_id, crc          -- the highest promise
     last_round (one row)  round, crc                   -- highest ballot round used
     accepted   slot PK, round, node_id, value, crc     -- value: MessagePack `Batch`
-    chosen     slot PK, value, crc
+    chosen     slot PK, value, crc                    -- value: MessagePack `Batch`, or
+                                                      --   b"": the accepted row's value
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ from pnyx.protocol.log_records import (
     RoundRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 never holds SAME_AS_ACCEPTED: it is upgraded on open
+# A chosen row's value when it is the value of the accepted row of the same slot. An
+# encoded `Batch` is never empty, so the two cannot be confused.
+SAME_AS_ACCEPTED = b""
 # Written into the SQLite header, so a pnyx log store is recognisable as one
 # (and any other SQLite database as not one) before a table is read.
 APPLICATION_ID = 0x504E5958  # "PNYX"
@@ -184,7 +189,7 @@ class _Net:
     promised: Ballot | None = None
     last_round: int | None = None
     accepted: dict[int, Entry] = dataclasses.field(default_factory=dict)
-    chosen: dict[int, Batch] = dataclasses.field(default_factory=dict)
+    chosen: dict[int, ChosenRecord] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Sequence[LogRecord]) -> _Net:
@@ -201,7 +206,7 @@ class _Net:
                 net.accepted[record.entry.slot] = record.entry
                 net._promise(record.entry.ballot)
             elif isinstance(record, ChosenRecord):
-                net.chosen[record.slot] = record.value
+                net.chosen[record.slot] = record
             else:
                 raise TypeError(f"not a log record: {record!r}")
         return net
@@ -477,10 +482,10 @@ class SqliteLogStore:
             raise CorruptStoreError(self.path, f"cluster id is not UTF-8: {stored_cluster!r}"
                                     ) from None
         stored_node = _node_from_sql(stored_node)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreIdentityError(
-                self.path, f"log store schema version {version}; this pnyx reads version "
-                f"{SCHEMA_VERSION}"
+                self.path, f"log store schema version {version}; this pnyx reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         if (stored_node, stored_cluster) != (self.node_id, self.cluster_id):
             raise StoreIdentityError(
@@ -488,6 +493,12 @@ class SqliteLogStore:
                 f"{stored_cluster!r}, not to node {self.node_id} of cluster "
                 f"{self.cluster_id!r}"
             )
+        if version < SCHEMA_VERSION:
+            try:  # the only difference is a new kind of chosen row; mark the file as one
+                conn.execute("UPDATE identity SET schema_version = ? WHERE only = 1",
+                             (SCHEMA_VERSION,))
+            except sqlite3.Error as exc:
+                raise _sql_error(self.path, exc, "cannot upgrade the store") from None
         self._promised, self._last_round = self._read_singletons()
 
     # -------------------------------------------------------------- interface
@@ -531,8 +542,9 @@ class SqliteLogStore:
                     crc = _row_crc(slot, entry.ballot.round, node, value)
                     accepted_rows.append((slot, entry.ballot.round, node, value, crc))
                 chosen_rows = []
-                for slot, batch in net.chosen.items():
-                    value = _encoder.encode(batch)
+                for slot, chosen in net.chosen.items():
+                    # The value once, not twice, when it is the accepted entry's.
+                    value = SAME_AS_ACCEPTED if chosen.accepted else _encoder.encode(chosen.value)
                     chosen_rows.append((slot, value, _row_crc(slot, 0, 0, value)))
             except (struct.error, OverflowError) as exc:
                 raise ValueError(f"{self.path}: record not storable: {exc}") from None
@@ -586,7 +598,7 @@ class SqliteLogStore:
             try:
                 promised, last_round = self._read_singletons()
                 accepted = self._load_accepted(conn)
-                chosen = self._load_chosen(conn)
+                chosen = self._load_chosen(conn, accepted)
             except sqlite3.Error as exc:
                 raise _sql_error(self.path, exc, "cannot read the log") from None
             return ReplicaDurable(promised, last_round, accepted, chosen)
@@ -663,7 +675,8 @@ class SqliteLogStore:
                 ) from None
         return accepted
 
-    def _load_chosen(self, conn: sqlite3.Connection) -> dict[int, Batch]:
+    def _load_chosen(self, conn: sqlite3.Connection,
+                     accepted: dict[int, Entry]) -> dict[int, Batch]:
         chosen: dict[int, Batch] = {}
         decode = _batch_decoder.decode
         row_crc = _row_crc
@@ -674,6 +687,14 @@ class SqliteLogStore:
                 ok = False
             if not ok:
                 raise CorruptStoreError(self.path, f"chosen slot {slot}: checksum mismatch")
+            if value == SAME_AS_ACCEPTED:
+                entry = accepted.get(slot)
+                if entry is None:
+                    raise CorruptStoreError(
+                        self.path, f"chosen slot {slot}: its value is the accepted entry's, "
+                        "and there is no accepted entry for the slot")
+                chosen[slot] = entry.value
+                continue
             try:
                 chosen[slot] = decode(value)
             except (msgspec.MsgspecError, ValueError) as exc:
