@@ -18,7 +18,7 @@ MAX_ROUND = 2**62
 Round = Annotated[int, msgspec.Meta(ge=0, le=MAX_ROUND)]
 
 
-class Ballot(msgspec.Struct, frozen=True, order=True, array_like=True):
+class Ballot(msgspec.Struct, frozen=True, order=True, array_like=True, gc=False):
     """A proposal number. Real ballots have `round >= 1`; `ZERO` is below them all."""
 
     round: Round

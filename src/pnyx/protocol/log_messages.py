@@ -28,7 +28,13 @@ Index = Annotated[int, msgspec.Meta(ge=0)]  # a slot number, or 0 for "none yet"
 NodeId = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class Command(msgspec.Struct, frozen=True, array_like=True):
+# The log keeps every command, batch and entry it ever chose (until snapshots): millions
+# of objects. None of them can be part of a reference cycle (their fields are numbers,
+# bytes and each other), so they stay out of the cyclic garbage collector's sight
+# (`gc=False`), which would otherwise walk them all in every full collection.
+
+
+class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A client command, named by the member that received it (`origin`) and its `id` there."""
 
     origin: NodeId
@@ -36,7 +42,7 @@ class Command(msgspec.Struct, frozen=True, array_like=True):
     payload: bytes
 
 
-class Batch(msgspec.Struct, frozen=True, array_like=True):
+class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The value of one slot: commands applied in order. Empty means no-op."""
 
     commands: tuple[Command, ...] = ()
@@ -45,7 +51,7 @@ class Batch(msgspec.Struct, frozen=True, array_like=True):
 NOOP = Batch()
 
 
-class Entry(msgspec.Struct, frozen=True, array_like=True):
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A proposal accepted for a slot."""
 
     slot: Slot
