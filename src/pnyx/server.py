@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -119,6 +120,11 @@ def serve(config: NodeConfig) -> int:
         raise StartError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s node {config.node_id} %(levelname)s %(message)s")
+    # A node holds its whole log in dicts of millions of entries, which every full
+    # collection of the cyclic GC walks (tens of milliseconds each, a tail on every
+    # request). pnyx makes little cyclic garbage, so collect the old generations
+    # far less often: the 256-client p99 drops ~2x in `pnyx bench`.
+    gc.set_threshold(700, 50, 100)
     with contextlib.suppress(ImportError):
         import uvloop
 
