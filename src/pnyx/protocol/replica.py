@@ -46,6 +46,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, TypeVar
 
+import msgspec
+
 from pnyx.protocol.acceptor import may_accept, may_promise
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.durability import DurabilityGate
@@ -142,8 +144,7 @@ class ReplicaConfig:
         return len(self.members) - self.quorums.phase2 + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """What became of a client's command or read.
 
     `ok` with `result` and the log `index` it took effect at (or was read at).
