@@ -43,9 +43,10 @@ class ChosenRecord(_Record, tag="chosen"):
 
     `accepted` says `value` is also the value of this replica's own accepted entry
     for `slot`, recorded before: a store may then keep a reference to that entry
-    instead of a second copy of the value. The reference stays good: once a slot's
-    value is chosen, every proposal for the slot in any higher ballot carries the
-    same value, so whatever later replaces the accepted entry holds it too.
+    instead of a second copy of the value. The replica says so only once it has
+    promised the ballot `value` was chosen in, and so the reference stays good:
+    every proposal for the slot in that ballot or a higher one carries the same
+    value, so whatever later replaces the accepted entry holds it too.
     """
 
     slot: int

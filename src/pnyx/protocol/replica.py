@@ -652,7 +652,7 @@ class Replica:
         proposal.votes.add(m.src)
         if self.quorums.is_phase2_quorum(proposal.votes):
             del self._inflight[m.slot]
-            self._learn(m.slot, proposal.value)
+            self._learn(m.slot, proposal.value, self.ballot)
             self._apply_chosen()
             self._fill_window()
             if self.commit > self._told_commit:
@@ -667,12 +667,20 @@ class Replica:
 
     # ============================================================ learning
 
-    def _learn(self, slot: int, value: Batch) -> None:
+    def _learn(self, slot: int, value: Batch, ballot: Ballot | None = None) -> None:
+        """`value` is chosen in `slot`: in `ballot`, when the caller knows it."""
         if slot in self.chosen:
             return
         self.chosen[slot] = value
         entry = self.accepted.get(slot)  # recorded when accepted, so before this record
-        self._save_lazily(ChosenRecord(slot, value, entry is not None and entry.value is value))
+        # The store may keep a reference to the accepted entry only if no entry this
+        # replica may still accept for the slot holds another value: so only once it has
+        # promised the ballot the value was chosen in (every proposal in that ballot or a
+        # higher one carries the value). Not for a value learned by catch-up: its ballot
+        # is unknown, and a late Accept of an older ballot may still replace the entry.
+        same = (entry is not None and entry.value is value and ballot is not None
+                and self.promised >= ballot)
+        self._save_lazily(ChosenRecord(slot, value, same))
         self._advance_commit()
 
     def _advance_commit(self) -> None:
@@ -690,7 +698,7 @@ class Replica:
                 continue
             entry = self.accepted.get(slot)
             if entry is not None and entry.ballot == ballot:
-                self._learn(slot, entry.value)
+                self._learn(slot, entry.value, ballot)
             else:
                 missing = True
         self._apply_chosen()
