@@ -5,14 +5,21 @@ Each test states the behaviour that must hold; each failed before its fix.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from pnyx.node import Address
+from pnyx.node.transport import PeerTransport
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.log_messages import NOOP, Accept, Batch, Chosen, Command, Decided
 from pnyx.protocol.replica import LogReady, Replica, ReplicaConfig
 from pnyx.statemachine import kv
 from pnyx.storage import SqliteLogStore
+from pnyx.testing import free_ports
 
 # ------------------------------------------------- chosen values stored by reference
 
@@ -51,3 +58,59 @@ def test_a_caught_up_chosen_value_still_loads_after_a_late_accept_of_an_older_ba
     store.close()
     with SqliteLogStore.open(tmp_path / "log.db", node_id=2, cluster_id="c") as reopened:
         assert reopened.load().chosen[1] == v
+
+
+# ----------------------------------------------------------------- peer transport
+
+
+@pytest.fixture
+def uvloop_runner() -> Any:
+    uvloop = pytest.importorskip("uvloop")
+    return lambda main: asyncio.Runner(loop_factory=uvloop.new_event_loop).run(main)
+
+
+class _HangUp(asyncio.Protocol):
+    """A listener that closes every connection as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def test_an_outbound_link_the_peer_closes_while_it_is_set_up_is_retried_until_it_works(
+        uvloop_runner: Any) -> None:
+    """A peer that closes the connection before `create_connection` has returned (a peer
+    shutting down or restarting does; under uvloop, `pnyx serve`'s loop, it shows at
+    once) costs that attempt only: the transport keeps reconnecting, and the messages
+    queued meanwhile reach the peer once it listens again. (The outbound task died of an
+    AssertionError, and the node never again reached that peer.)"""
+
+    async def main() -> None:
+        p1, p2 = free_ports(2)
+        members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+        loop = asyncio.get_running_loop()
+        hang_up = await loop.create_server(_HangUp, "127.0.0.1", p2)
+        sender = PeerTransport(1, "c", members, members[1], lambda src, data: None)
+        await sender.start()
+        try:
+            await asyncio.sleep(0.5)  # several attempts, each closed at once
+            task = sender.peers[2].task
+            assert task is not None and not task.done(), task
+            hang_up.close()
+            await hang_up.wait_closed()
+            got: list[bytes] = []
+            receiver = PeerTransport(2, "c", members, members[2],
+                                     lambda src, data: got.append(data))
+            await receiver.start()
+            try:
+                sender.send(2, b"hello after all")
+                for _ in range(60):
+                    if got:
+                        break
+                    await asyncio.sleep(0.05)
+                assert got == [b"hello after all"]
+            finally:
+                await receiver.close()
+        finally:
+            await sender.close()
+
+    uvloop_runner(main())

@@ -284,15 +284,18 @@ class PeerTransport:
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            assert link.transport is not None
             try:
-                link.transport.write(frame(_encoder.encode(Hello(self.cluster_id,
-                                                                 self.node_id))))
-                link.on_resume = lambda peer=peer: self._flush(peer)
-                peer.link = link
-                self._set_state(peer, True)
-                self._flush(peer)
-                await link.lost
+                # The peer may have closed it already, before create_connection returned:
+                # then this attempt is over (the next one comes after the backoff).
+                transport = link.transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(frame(_encoder.encode(Hello(self.cluster_id,
+                                                                self.node_id))))
+                    link.on_resume = lambda peer=peer: self._flush(peer)
+                    peer.link = link
+                    self._set_state(peer, True)
+                    self._flush(peer)
+                    await link.lost
             finally:
                 peer.link = None
                 self._set_state(peer, False)
