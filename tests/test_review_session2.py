@@ -6,19 +6,21 @@ Each test states the behaviour that must hold; each failed before its fix.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pnyx.node import Address
+from pnyx.node import Address, Node, NodeConfig
+from pnyx.node.runtime import DEADLINE_TICK
 from pnyx.node.transport import PeerTransport
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.log_messages import NOOP, Accept, Batch, Chosen, Command, Decided
-from pnyx.protocol.replica import LogReady, Replica, ReplicaConfig
+from pnyx.protocol.replica import LogReady, Outcome, Replica, ReplicaConfig
 from pnyx.statemachine import kv
-from pnyx.storage import SqliteLogStore
+from pnyx.storage import MemoryLogStore, SqliteLogStore
 from pnyx.testing import free_ports
 
 # ------------------------------------------------- chosen values stored by reference
@@ -114,3 +116,58 @@ def test_an_outbound_link_the_peer_closes_while_it_is_set_up_is_retried_until_it
             await sender.close()
 
     uvloop_runner(main())
+
+
+# ------------------------------------------------------------ request deadlines
+
+
+class _WholeMillisecondLoop:
+    """The parts of a loop the request machinery uses, with a clock that reads whole
+    milliseconds, as uvloop's does (`loop.time()` is libuv's millisecond clock)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.timers: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        self.timers.append((when, callback))
+        return asyncio.TimerHandle(when, callback, args, self)  # type: ignore[arg-type]
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        pass  # the gathered command is never submitted: there is no replica here
+
+    def _timer_handle_cancelled(self, handle: Any) -> None:
+        pass
+
+    def get_debug(self) -> bool:
+        return False
+
+
+def test_a_request_is_given_up_when_the_deadline_timer_fires_at_its_tick() -> None:
+    """The deadline timer of a tick fires when `loop.time()` reaches the tick; the
+    requests of that tick are then given up at once. (At a time of whole milliseconds,
+    `floor(time / DEADLINE_TICK)` is one tick short for about a third of the ticks, so
+    the bucket was kept and the timer re-armed for a moment already past: under uvloop
+    the loop spun, ~140 wake-ups per tick, for each tick with a request pending.)"""
+    # A tick whose time in whole milliseconds divides one short in floating point.
+    ms = next(m for m in range(2000, 1_000_000, 50)
+              if math.floor((m / 1000) / DEADLINE_TICK) != m // 50
+              and math.ceil((m / 1000) / DEADLINE_TICK) == m // 50
+              and (m / 1000 - 1.0) + 1.0 == m / 1000)
+    tick_time = ms / 1000
+    members = {1: Address("127.0.0.1", 1), 2: Address("127.0.0.1", 2),
+               3: Address("127.0.0.1", 3)}
+    node = Node(NodeConfig(1, members, Path("unused")), MemoryLogStore(node_id=1),
+                kv.KVMachine())
+    loop = _WholeMillisecondLoop(tick_time - 1.0)
+    node._loop = loop  # type: ignore[assignment]
+    outcomes: list[Outcome] = []
+    node.submit_nowait(b"command", outcomes.append, timeout=1.0)  # deadline: tick_time
+    assert [when for when, _ in loop.timers] == [pytest.approx(tick_time)]
+    loop.now = tick_time  # the timer's moment, as the loop reports it
+    node._expire()
+    assert len(outcomes) == 1 and outcomes[0].error.startswith("unavailable")
+    assert node._deadlines == {}

@@ -312,8 +312,13 @@ class Node:
     def _expire(self) -> None:
         """Give up on the requests whose deadline passed; re-arm for the next ones."""
         self._deadline_timer = None
-        now = math.floor(self._running_loop().time() / DEADLINE_TICK)
-        for bucket in [b for b in self._deadlines if b <= now]:
+        # When the timer of a bucket fires, the loop's clock may read a hair before
+        # `bucket * DEADLINE_TICK` (floating point: uvloop's clock reads whole
+        # milliseconds, 2.05 where the bucket's time is 2.0500000000000003). Without the
+        # microsecond of slack the bucket was kept and its timer re-armed for a moment
+        # already past: the loop spun until the clock moved on.
+        now = self._running_loop().time() + 1e-6
+        for bucket in [b for b in self._deadlines if b * DEADLINE_TICK <= now]:
             for request in self._deadlines.pop(bucket):
                 self._forget(request)
                 request.finish(request.gave_up())
