@@ -273,7 +273,8 @@ class Replica:
         # it: so the next deadline and the reads to serve are found without a scan.
         self._reads_by_deadline: deque[tuple[float, int, _LocalRead]] = deque()
         self._qreads_by_deadline: deque[tuple[float, int, _QuorumRead]] = deque()
-        self._reads_by_index: list[tuple[int, int, _LocalRead]] = []  # a heap
+        self._reads_by_index: list[tuple[int, int, int, _LocalRead]] = []  # a heap
+        self._read_seq = 0
         self._held_qreads: list[tuple[int, QuorumRead]] = []
         self._catchup_at: float | None = None
 
@@ -870,14 +871,17 @@ class Replica:
 
     def _set_read_index(self, read_id: int, read: _LocalRead, index: int) -> None:
         read.index = index
-        heapq.heappush(self._reads_by_index, (index, read_id, read))
+        # The counter keeps equal (index, id) pairs (an id used again after its read
+        # expired) from comparing the reads themselves.
+        self._read_seq += 1
+        heapq.heappush(self._reads_by_index, (index, self._read_seq, read_id, read))
         self._serve_reads()
 
     def _serve_reads(self) -> None:
         """Answer the reads whose read index this replica has applied."""
         heap = self._reads_by_index
         while heap and heap[0][0] <= self.applied:
-            _, rid, read = heapq.heappop(heap)
+            _, _, rid, read = heapq.heappop(heap)
             if self._reads.get(rid) is read:  # else it expired or was cancelled
                 del self._reads[rid]
                 self._outcome(rid, Outcome(True, self.machine.query(read.query),
