@@ -245,6 +245,48 @@ def test_a_deposed_leader_cut_off_from_the_quorum_never_answers_a_linearizable_r
     assert not net.nodes[1].is_leader
 
 
+def _read_at_a_deposed_leader_after_a_newer_write(leader_class: type[Replica]) -> Outcome:
+    """Node 1 (behaving as `leader_class`) leads with x=1 and is cut off; nodes 2 and 3
+    elect node 2, which writes x=2 and acknowledges it; only then does a client read x,
+    linearizably, at node 1, which does not yet know it was deposed."""
+    net = _store_with_x()
+    net.nodes[1].__class__ = leader_class  # a mutant overrides behaviour only, adds no state
+    cut = touching(1)
+    net.now += 2 * net.cfg.election_timeout
+    net.tick([2])
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    net.submit(2, 1, b"x=2")
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    assert net.outcomes[2][1].ok  # x=2 is acknowledged before the read begins
+    assert net.leaders() == [1, 2]  # node 1 does not know yet
+    net.read(1, 5, b"x", "linearizable")
+    for _ in range(20):
+        net.tick([1], dt=net.cfg.heartbeat_interval)
+        net.drop(cut)
+    return net.outcomes[1][5]
+
+
+def test_a_deposed_leader_never_answers_a_read_that_began_after_a_newer_write() -> None:
+    """Linearizability: a read that begins after x=2 was acknowledged must not see
+    x=1. The deposed leader cannot get a heartbeat round acked, so it fails the read."""
+    outcome = _read_at_a_deposed_leader_after_a_newer_write(Replica)
+    assert not outcome.ok and outcome.result != b"1", outcome
+
+
+def test_the_newer_write_scenario_catches_a_leader_reading_its_local_state() -> None:
+    """Mutation guard for the test above: a leader that answers linearizable reads from
+    its own state without confirming it still leads (the simulator's mutant
+    `linearizable-read-from-local-state`) answers x=1 here, after x=2 was acknowledged;
+    the scenario catches it every time, where random fault sweeps catch it in a few
+    seeds of a hundred."""
+    from pnyx.sim.mutants import LinearizableReadFromLocalState
+
+    outcome = _read_at_a_deposed_leader_after_a_newer_write(LinearizableReadFromLocalState)
+    assert outcome.ok and outcome.result == b"1", outcome  # the stale answer
+
+
 def test_a_follower_linearizable_read_asks_the_leader_and_waits_until_it_has_applied() -> None:
     """Linearizable read at a follower: it asks the leader for a read index
     (ReadIndex); the leader confirms its leadership with a heartbeat round and replies
