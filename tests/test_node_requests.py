@@ -9,9 +9,10 @@ is a 3-member cluster with only one member running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,16 @@ def make_node(tmp_path: Path, node_id: int, ports: list[int], **replica: Any) ->
     if replica:
         node.replica_config = dataclasses.replace(node.replica_config, **replica)
     return node
+
+
+@contextlib.asynccontextmanager
+async def running(node: Node) -> AsyncIterator[Node]:
+    """`node`, started, and stopped when the block ends."""
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 def put(key: str, value: bytes, seq: int, client: str = "test") -> bytes:
@@ -102,9 +113,7 @@ def assert_no_request_state(node: Node) -> None:
 
 @async_test
 async def test_submit_times_out_with_unknown_outcome_when_no_quorum(tmp_path: Path) -> None:
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         loop = asyncio.get_running_loop()
         done = Done()
         started = loop.time()
@@ -120,17 +129,13 @@ async def test_submit_times_out_with_unknown_outcome_when_no_quorum(tmp_path: Pa
         assert_no_request_state(node)
         assert node._deadlines == {}
         assert node._deadline_timer is None
-    finally:
-        await node.stop()
 
 
 @async_test
 async def test_a_failing_done_callback_costs_no_other_request_its_answer(
     tmp_path: Path,
 ) -> None:
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         def broken(outcome: Outcome) -> None:
             raise RuntimeError("a caller's bug")
 
@@ -143,17 +148,13 @@ async def test_a_failing_done_callback_costs_no_other_request_its_answer(
         assert len(done.outcomes) == 1 and done.outcomes[0].error.startswith("unavailable")
         assert len(later.outcomes) == 1 and later.outcomes[0].unknown
         assert live_requests(node) == 0
-    finally:
-        await node.stop()
 
 
 @async_test
 async def test_awaited_submit_without_quorum_returns_unavailable_by_its_timeout(
     tmp_path: Path,
 ) -> None:
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         loop = asyncio.get_running_loop()
         started = loop.time()
         outcome = await asyncio.wait_for(node.submit(put("k", b"v", 1), timeout=0.3), 1.5)
@@ -161,15 +162,11 @@ async def test_awaited_submit_without_quorum_returns_unavailable_by_its_timeout(
         assert (outcome.ok, outcome.unknown) == (False, True)
         assert outcome.error.startswith("unavailable"), outcome.error
         assert_no_request_state(node)
-    finally:
-        await node.stop()
 
 
 @async_test
 async def test_requests_with_different_timeouts_each_end_by_their_own(tmp_path: Path) -> None:
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         loop = asyncio.get_running_loop()
         timeouts = [0.6, 0.2, 0.4, 0.2]  # the later deadline first: the timer is re-armed
         dones = [Done() for _ in timeouts]
@@ -182,8 +179,6 @@ async def test_requests_with_different_timeouts_each_end_by_their_own(tmp_path: 
             assert timeout - EARLY <= done.times[0] - started <= timeout + SLACK
             assert done.outcomes[0].error.startswith("unavailable")
         assert node._deadlines == {}
-    finally:
-        await node.stop()
 
 
 @async_test
@@ -191,9 +186,7 @@ async def test_read_without_quorum_is_retried_until_its_deadline_then_unavailabl
     tmp_path: Path,
 ) -> None:
     # The replica gives up on one linearizable read after read_timeout; the node tries again.
-    node = make_node(tmp_path, 1, free_ports(3), read_timeout=0.1)
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3), read_timeout=0.1)) as node:
         assert node.replica is not None
         loop = asyncio.get_running_loop()
         attempts: list[float] = []
@@ -221,8 +214,6 @@ async def test_read_without_quorum_is_retried_until_its_deadline_then_unavailabl
         assert len(done.outcomes) == 1
         assert len(attempts) == count  # no attempt after the request finished
         assert_no_request_state(node)
-    finally:
-        await node.stop()
 
 
 @async_test
@@ -231,9 +222,7 @@ async def test_submit_with_unknown_outcome_is_reported_at_once_and_never_resubmi
 ) -> None:
     # A command whose leader lost its ballot may still be chosen: proposing it again
     # could apply it twice. The node reports it; the caller retries under its own identity.
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         replica = node.replica
         assert replica is not None
         loop = asyncio.get_running_loop()
@@ -257,8 +246,6 @@ async def test_submit_with_unknown_outcome_is_reported_at_once_and_never_resubmi
         assert len(proposed) == 1
         assert len(done.outcomes) == 1
         assert node._waiters == {} and live_requests(node) == 0
-    finally:
-        await node.stop()
 
 
 # ---------------------------------------------------------------- cancelling
@@ -331,9 +318,7 @@ async def test_cancelling_an_awaited_submit_raises_cancelled_and_the_node_keeps_
 
 @async_test
 async def test_cancel_after_the_outcome_is_harmless(tmp_path: Path) -> None:
-    node = make_node(tmp_path, 1, free_ports(3))
-    await node.start()
-    try:
+    async with running(make_node(tmp_path, 1, free_ports(3))) as node:
         done = Done()
         request = node.read_nowait(kv.encode_query("k"), "stale", done, timeout=1)
         assert len(done.outcomes) == 1 and done.outcomes[0].ok
@@ -341,8 +326,6 @@ async def test_cancel_after_the_outcome_is_harmless(tmp_path: Path) -> None:
         request.cancel()
         assert len(done.outcomes) == 1
         assert_no_request_state(node)
-    finally:
-        await node.stop()
 
 
 # ------------------------------------------------------------------- shutdown
