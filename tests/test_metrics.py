@@ -50,3 +50,18 @@ def test_proposals_counter_renders_as_prometheus_client_counter_would() -> None:
                                                       "pnyx_proposals")
     assert re.search(rb"^# TYPE pnyx_proposals_total counter$", text, re.M)
     assert _series(text, "pnyx_proposals") == {"pnyx_proposals_total": 7.0}
+
+
+def test_chosen_counters_render_as_prometheus_client_counters_would() -> None:
+    reference = CollectorRegistry()
+    slots = Counter("pnyx_chosen_slots", "x", registry=reference)
+    commands = Counter("pnyx_chosen_commands", "x", registry=reference)
+    metrics = Metrics()
+    for n_slots, n_commands in ((1, 3), (2, 40)):
+        slots.inc(n_slots)
+        commands.inc(n_commands)
+        metrics.chosen(n_slots, n_commands)
+    text, theirs = metrics.render(), generate_latest(reference)
+    for name in ("pnyx_chosen_slots", "pnyx_chosen_commands"):
+        assert _series(text, name) == _series(theirs, name)
+    assert _series(text, "pnyx_chosen_commands") == {"pnyx_chosen_commands_total": 43.0}
