@@ -9,6 +9,11 @@ each has a bounded queue (a slow or dead peer drops the oldest messages
 rather than exhausting memory — Paxos copes with loss). A frame over the size
 limit, a bad Hello, a sender outside the configuration, or garbage closes
 that connection with a logged reason; the node keeps running.
+
+Both sides are asyncio Protocols, with no task per connection or message: an
+inbound frame reaches the node in the callback that received its last byte;
+outbound messages are written together at the end of the loop iteration that
+sent them, or at once when 8 KiB or more are waiting (an Accept with a batch).
 """
 
 from __future__ import annotations
