@@ -231,6 +231,7 @@ class Replica:
 
         # Learner: the chosen log, and how far it is known and applied.
         self.chosen: dict[int, Batch] = dict(d.chosen)
+        self.max_chosen = max(self.chosen, default=0)
         self.commit = 0  # every slot up to here is known chosen
         self.applied = 0  # every slot up to here is applied
         self.applied_index = 0  # commands applied, the index a state machine sees
@@ -479,7 +480,7 @@ class Replica:
         self._save(RoundRecord(self.last_round))  # a ballot is never used twice
         self._promises = {}
         self._first = self.commit + 1
-        known = tuple(s for s in sorted(self.chosen) if s > self.commit)
+        known = self._chosen_beyond_commit()
         self._election_at = now + self._election_wait()
         self._broadcast(Prepare(self.node_id, self.ballot, self._first, known),
                         include_self=True, gated=True)
@@ -492,8 +493,12 @@ class Replica:
         self.promised = m.ballot
         self._save(PromiseRecord(m.ballot))
         known = set(m.known)
+        # Walk the prepared range, not the whole log (which only grows): an election
+        # costs what is in flight, not what was ever accepted.
+        accepted = self.accepted
         entries = tuple(
-            e for s, e in sorted(self.accepted.items()) if s >= m.first and s not in known
+            e for s in range(m.first, self.max_accepted + 1)
+            if (e := accepted.get(s)) is not None and s not in known
         )
         self._emit(m.src, Promise(self.node_id, m.ballot, entries))
         if m.src != self.node_id and self.leader is not None:
@@ -517,7 +522,7 @@ class Replica:
             for e in promise.entries:
                 reported.setdefault(e.slot, []).append(e)
         self._promises = {}
-        last = max([self.commit, *reported, *(s for s in self.chosen if s > self.commit)])
+        last = max([self.commit, *reported, *self._chosen_beyond_commit()])
         for slot in range(self._first, last + 1):
             if slot in self.chosen:
                 continue
@@ -673,6 +678,7 @@ class Replica:
         if slot in self.chosen:
             return
         self.chosen[slot] = value
+        self.max_chosen = max(self.max_chosen, slot)
         entry = self.accepted.get(slot)  # recorded when accepted, so before this record
         # The store may keep a reference to the accepted entry only if no entry this
         # replica may still accept for the slot holds another value: so only once it has
@@ -683,6 +689,11 @@ class Replica:
                 and self.promised >= ballot)
         self._save_lazily(ChosenRecord(slot, value, same))
         self._advance_commit()
+
+    def _chosen_beyond_commit(self) -> tuple[int, ...]:
+        """The slots known chosen past the gap after `commit`, in order (a walk of the
+        few slots past it, not of the whole log)."""
+        return tuple(s for s in range(self.commit + 2, self.max_chosen + 1) if s in self.chosen)
 
     def _advance_commit(self) -> None:
         while self.commit + 1 in self.chosen:
