@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from pnyx.protocol.log_messages import Promise
+from pnyx.protocol.replica import Replica
 from pnyx.sim.cluster import L1, L3, L4, ClusterConfig, simulate_cluster
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.mutants import CLUSTER_MUTANTS
@@ -38,6 +40,27 @@ def test_store_stays_linearizable_and_loses_nothing_under_all_faults(
         assert result.workload_end is not None, f"seed {seed}: the workload never finished"
         assert result.completed + result.unknown + result.failed_reads == 200
         assert result.slots > 0 and result.commands > 0
+
+
+def test_promises_in_many_parts_keep_the_store_linearizable_under_all_faults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for one entry per Promise message, an election with a backlog gathers
+    its promises from many parts, some lost or duplicated by the network."""
+    parts_seen = []
+    on_promise = Replica._on_promise
+
+    def counting(self: Replica, m: Promise, now: float) -> None:
+        parts_seen.append(m.parts)
+        on_promise(self, m, now)
+
+    monkeypatch.setattr(Replica, "_on_promise", counting)
+    for seed in range(25):
+        result = simulate_cluster(config(seed, 5, drop=0.2, promise_bytes=1))
+        assert result.safe, (seed, [str(v) for v in result.violations])
+        assert result.verdict == "ok", (seed, result.verdict)
+        assert result.workload_end is not None, f"seed {seed}: the workload never finished"
+    assert sum(1 for n in parts_seen if n > 1) > 100, parts_seen[:50]
 
 
 def test_faults_really_happen_during_the_workload() -> None:

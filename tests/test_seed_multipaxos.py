@@ -742,3 +742,52 @@ def test_a_chosen_record_says_when_its_value_is_the_replicas_own_accepted_one() 
             entry = net.disks[i].accepted.get(slot)
             if r.accepted:
                 assert entry is not None and entry.value == r.value, (i, slot)
+
+
+# --------------------------------------- phase 1 with more than a message holds
+
+
+def _big_backlog_net() -> Net:
+    """Replica 2 accepted slots 1..12 (a 400-byte value each) in ballot 1.3; promises may
+    carry 1,000 bytes of values per message, so its promise to a new leader takes parts."""
+    old = Ballot(1, 3)
+    backlog = {s: Entry(s, old, batch(b"k%d=" % s + b"v" * 400)) for s in range(1, 13)}
+    return Net(durable={1: ReplicaDurable(promised=old),
+                        2: ReplicaDurable(promised=old, accepted=backlog)},
+               promise_bytes=1000)
+
+
+def test_an_acceptor_with_more_accepted_than_one_message_holds_promises_in_parts() -> None:
+    """Phase 1b must report every entry accepted in the prepared range; when they do
+    not fit in one message (a transport frame is bounded), the promise comes in parts,
+    and the new leader re-proposes the values from all of them."""
+    net = _big_backlog_net()
+    net.now = 1.0
+    net.tick([1])
+    net.deliver(of_type(PreVote, PreVoteReply))
+    net.drop(touching(3))
+    net.deliver(but_not(touching(3)))
+    parts = [m for _, m in net.sent_by(Promise, src=2)]
+    assert len(parts) > 1 and {m.parts for m in parts} == {len(parts)}
+    assert sorted(e.slot for m in parts for e in m.entries) == list(range(1, 13))
+    assert net.nodes[1].is_leader
+    net.settle(cut=touching(3))
+    for s in range(1, 13):
+        assert net.values[1][s] == batch(b"k%d=" % s + b"v" * 400), s
+
+
+def test_a_promise_missing_a_part_does_not_count() -> None:
+    """A candidate that lost one part of a promise does not know every entry that
+    acceptor accepted, so it must not count that acceptor towards its quorum."""
+    net = _big_backlog_net()
+    net.now = 1.0
+    net.tick([1])
+    net.deliver(of_type(PreVote, PreVoteReply))
+    net.drop(touching(3))
+    net.deliver(of_type(Prepare))
+    net.drop(touching(3))
+    lost = next(e for e in net.pending(of_type(Promise, src=2)) if e[1].part == 1)
+    net.in_flight.remove(lost)
+    net.deliver(but_not(touching(3)))
+    assert not net.nodes[1].is_leader
+    assert not net.outcomes[1]

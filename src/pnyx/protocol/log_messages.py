@@ -79,10 +79,16 @@ class Prepare(_Msg, tag="prepare"):
 
 
 class Promise(_Msg, tag="promise"):
-    """Phase 1b: the promise, with every entry accepted in the prepared range."""
+    """Phase 1b: the promise, with every entry accepted in the prepared range.
+
+    Many entries do not fit in one message: they come in `parts` messages, this
+    one being number `part` (from 0), and the promise counts only once all are in.
+    """
 
     ballot: Ballot
     entries: tuple[Entry, ...]
+    part: Index = 0
+    parts: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class Accept(_Msg, tag="accept"):

@@ -122,6 +122,7 @@ class ReplicaConfig:
     max_command: int = 1 << 20
     catchup_chunk: int = 64
     catchup_bytes: int = 4 << 20
+    promise_bytes: int = 4 << 20  # entries per Promise message; more go in more parts
     read_timeout: float = 0.5
     quorum_read_attempts: int = 20
 
@@ -246,7 +247,8 @@ class Replica:
         self._election_at = now + self._election_wait()
         self._prevote_ballot: Ballot | None = None
         self._prevotes: set[int] = set()
-        self._promises: dict[int, Promise] = {}
+        self._promises: dict[int, Promise] = {}  # complete promises, by acceptor
+        self._promise_parts: dict[int, dict[int, Promise]] = {}  # acceptor -> part -> it
         self._first = 1  # first slot of our phase 1
 
         # Leader's proposals.
@@ -479,6 +481,7 @@ class Replica:
         self.last_round = self.ballot.round
         self._save(RoundRecord(self.last_round))  # a ballot is never used twice
         self._promises = {}
+        self._promise_parts = {}
         self._first = self.commit + 1
         known = self._chosen_beyond_commit()
         self._election_at = now + self._election_wait()
@@ -500,14 +503,27 @@ class Replica:
             e for s in range(m.first, self.max_accepted + 1)
             if (e := accepted.get(s)) is not None and s not in known
         )
-        self._emit(m.src, Promise(self.node_id, m.ballot, entries))
+        # In parts that each fit in a message: an acceptor may hold more accepted entries
+        # than a transport frame carries.
+        parts = _in_parts(entries, self.config.promise_bytes)
+        for i, part in enumerate(parts):
+            self._emit(m.src, Promise(self.node_id, m.ballot, part, i, len(parts)))
         if m.src != self.node_id and self.leader is not None:
             self._lose_leader(now)  # a new leader is being elected
 
     def _on_promise(self, m: Promise, now: float) -> None:
         if self.role is not Role.CANDIDATE or m.ballot != self.ballot:
             return
-        self._promises[m.src] = m
+        if m.part >= m.parts:
+            self.dropped += 1  # not a part of anything: a faulty sender
+            return
+        parts = self._promise_parts.setdefault(m.src, {})
+        parts[m.part] = m
+        if len(parts) < m.parts or any(p.parts != m.parts for p in parts.values()):
+            return
+        # Every part is in: the promise counts, with all the entries it reports.
+        self._promises[m.src] = Promise(
+            m.src, m.ballot, tuple(e for i in range(m.parts) for e in parts[i].entries))
         if self.quorums.is_phase1_quorum(self._promises):
             self._become_leader(now)
 
@@ -522,6 +538,7 @@ class Replica:
             for e in promise.entries:
                 reported.setdefault(e.slot, []).append(e)
         self._promises = {}
+        self._promise_parts = {}
         last = max([self.commit, *reported, *self._chosen_beyond_commit()])
         for slot in range(self._first, last + 1):
             if slot in self.chosen:
@@ -734,7 +751,7 @@ class Replica:
         # Bounded in slots and in bytes, so a reply always fits in a transport frame.
         while slot in self.chosen and len(entries) < self.config.catchup_chunk:
             value = self.chosen[slot]
-            size += sum(len(c.payload) + 32 for c in value.commands) + 16
+            size += _size(value)
             if entries and size > self.config.catchup_bytes:
                 break
             entries.append(Decided(slot, value))
@@ -1020,6 +1037,26 @@ class Replica:
         ready.wake_at = min(deadlines) if deadlines else None
         self._ready = LogReady()
         return ready
+
+
+def _size(value: Batch) -> int:
+    """Roughly the bytes `value` takes in a message: what budgets of bytes count."""
+    return sum(len(c.payload) + 32 for c in value.commands) + 16
+
+
+def _in_parts(entries: tuple[Entry, ...], budget: int) -> list[tuple[Entry, ...]]:
+    """`entries` in order, cut into parts of about `budget` bytes (at least one entry
+    each, and at least one part, empty if there are no entries)."""
+    parts: list[tuple[Entry, ...]] = []
+    start, size = 0, 0
+    for i, e in enumerate(entries):
+        grown = size + _size(e.value)
+        if i > start and grown > budget:
+            parts.append(entries[start:i])
+            start, grown = i, _size(e.value)
+        size = grown
+    parts.append(entries[start:])
+    return parts
 
 
 def _next_deadline(pending: dict[int, _R], order: deque[tuple[float, int, _R]]) -> float | None:

@@ -68,6 +68,7 @@ class ClusterConfig:
     prevote: bool = True
     window: int = 32
     max_batch: int = 256
+    promise_bytes: int = 4 << 20  # small: every promise comes in many parts
     reads: tuple[ReadMode, ...] = ("linearizable", "quorum")
     op_timeout: float = 0.4  # a client gives up on one attempt after this
     attempts: int = 12  # attempts per operation before the client gives up
@@ -95,6 +96,7 @@ class ClusterConfig:
             ids, QuorumSystem.majority(ids),
             heartbeat_interval=self.heartbeat, election_timeout=self.election_timeout,
             prevote=self.prevote, window=self.window, max_batch=self.max_batch,
+            promise_bytes=self.promise_bytes,
         )
 
 
