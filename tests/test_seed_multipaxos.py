@@ -513,6 +513,21 @@ def test_a_follower_forwards_a_command_to_the_leader_and_answers_once_it_applies
     assert 7 not in net.outcomes[1]
 
 
+def test_commands_forwarded_together_go_in_messages_of_at_most_a_slots_bytes() -> None:
+    """Many commands reaching a follower at once are forwarded in several messages, each
+    within `max_batch_bytes` (so each fits in a transport frame), and all are applied."""
+    net = Net(max_batch_bytes=100)
+    net.elect(1)
+    payloads = [b"k%d=" % n + b"v" * 56 for n in range(5)]  # 60 bytes each
+    net.obey(2, net.nodes[2].submit_many(list(enumerate(payloads, 10)), net.now))
+    forwards = [m for _, m in net.pending(of_type(Forward, src=2))]
+    assert len(forwards) == 5  # no two fit in 100 bytes
+    assert [c.payload for m in forwards for c in m.commands] == payloads
+    net.settle()
+    assert sorted(net.outcomes[2]) == list(range(10, 15))
+    assert all(o.ok for o in net.outcomes[2].values())
+
+
 def test_with_no_leader_known_a_follower_given_a_command_starts_the_election_itself() -> None:
     """Seed, 'Write (as a proposer)': the member the client contacted sends the
     prepare itself. With no leader known, a replica given a command does not wait for

@@ -406,7 +406,14 @@ class Replica:
             for c in commands:
                 if c.origin == self.node_id:
                     self._forwarded[c.id] = c
-            self._send(self.leader, Forward(self.node_id, tuple(commands)))
+            # In messages of at most a slot's worth of bytes, so each fits in a frame.
+            start, size = 0, 0
+            for i, c in enumerate(commands):
+                if i > start and size + len(c.payload) > self.config.max_batch_bytes:
+                    self._send(self.leader, Forward(self.node_id, tuple(commands[start:i])))
+                    start, size = i, 0
+                size += len(c.payload)
+            self._send(self.leader, Forward(self.node_id, tuple(commands[start:])))
         else:
             self._unrouted.extend(commands)
             self._want_leader(now)
