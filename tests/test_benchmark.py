@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pnyx import benchmark
-from pnyx.benchmark import parse_size, parse_system, percentile
+from pnyx.benchmark import Summary, parse_size, parse_system, percentile, ratios
 
 TINY = ["--clients", "2", "--duration", "1", "--warmup", "0.2", "--rounds", "1"]
 
@@ -183,3 +183,26 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert "interrupted" in err.strip().splitlines()[-1]
     assert not [pid for pid in seen if alive(pid)]
+
+
+def _at(system: str, kind: str, throughput: float, nodes: int = 3) -> Summary:
+    return Summary(system, kind, nodes, 32, 100, 0.0, False, 1, throughput, [throughput],
+                   1.0, 1.0, 1.0, 1.0, 1.0, 0, "", 0, 0.1, None, None)
+
+
+def test_ratios_hold_pnyx_to_the_issue_targets_and_compare_like_for_like() -> None:
+    """The 3x target is against PySyncObj as it comes (its defaults); its no-batching
+    setting is shown without a target, and pnyx without fsync is compared with it, as
+    neither fsyncs."""
+    rows = {r["ratio"]: r for r in ratios([
+        _at("pnyx3", "pnyx", 30_000), _at("pnyx3-nofsync", "pnyx-nofsync", 40_000),
+        _at("pnyx1-direct", "pnyx-direct", 100_000, nodes=1),
+        _at("pysyncobj3", "pysyncobj", 2_000),
+        _at("pysyncobj3-nobatch", "pysyncobj-nobatch", 8_000),
+    ])}
+    assert rows["pnyx3 / pysyncobj3"]["value"] == 15.0
+    assert rows["pnyx3 / pysyncobj3"]["target"] == 3.0 and rows["pnyx3 / pysyncobj3"]["met"]
+    assert rows["pnyx3 / pysyncobj3-nobatch"]["target"] is None
+    assert rows["pnyx3 / pnyx1-direct"]["met"] is False  # 0.3 < 0.5
+    assert rows["pnyx3-nofsync / pysyncobj3-nobatch"]["value"] == 5.0
+    assert rows["pnyx3-nofsync / pysyncobj3-nobatch"]["target"] is None
