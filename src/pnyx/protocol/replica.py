@@ -42,7 +42,7 @@ import enum
 import heapq
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, TypeVar
 
@@ -191,6 +191,7 @@ class _LocalRead:
 
 
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -407,13 +408,9 @@ class Replica:
                 if c.origin == self.node_id:
                     self._forwarded[c.id] = c
             # In messages of at most a slot's worth of bytes, so each fits in a frame.
-            start, size = 0, 0
-            for i, c in enumerate(commands):
-                if i > start and size + len(c.payload) > self.config.max_batch_bytes:
-                    self._send(self.leader, Forward(self.node_id, tuple(commands[start:i])))
-                    start, size = i, 0
-                size += len(c.payload)
-            self._send(self.leader, Forward(self.node_id, tuple(commands[start:])))
+            for part in _in_parts(tuple(commands), _payload_size,
+                                  self.config.max_batch_bytes):
+                self._send(self.leader, Forward(self.node_id, part))
         else:
             self._unrouted.extend(commands)
             self._want_leader(now)
@@ -512,7 +509,7 @@ class Replica:
         )
         # In parts that each fit in a message: an acceptor may hold more accepted entries
         # than a transport frame carries.
-        parts = _in_parts(entries, self.config.promise_bytes)
+        parts = _in_parts(entries, _entry_size, self.config.promise_bytes)
         for i, part in enumerate(parts):
             self._emit(m.src, Promise(self.node_id, m.ballot, part, i, len(parts)))
         if m.src != self.node_id and self.leader is not None:
@@ -1051,18 +1048,27 @@ def _size(value: Batch) -> int:
     return sum(len(c.payload) + 32 for c in value.commands) + 16
 
 
-def _in_parts(entries: tuple[Entry, ...], budget: int) -> list[tuple[Entry, ...]]:
-    """`entries` in order, cut into parts of about `budget` bytes (at least one entry
-    each, and at least one part, empty if there are no entries)."""
-    parts: list[tuple[Entry, ...]] = []
-    start, size = 0, 0
-    for i, e in enumerate(entries):
-        grown = size + _size(e.value)
-        if i > start and grown > budget:
-            parts.append(entries[start:i])
-            start, grown = i, _size(e.value)
-        size = grown
-    parts.append(entries[start:])
+def _entry_size(entry: Entry) -> int:
+    return _size(entry.value)
+
+
+def _payload_size(command: Command) -> int:
+    return len(command.payload)
+
+
+def _in_parts(items: tuple[_T, ...], size: Callable[[_T], int],
+              budget: int) -> list[tuple[_T, ...]]:
+    """`items` in order, cut into parts of at most `budget` bytes by `size` (a part
+    holds at least one item; there is at least one part, empty if `items` is)."""
+    parts: list[tuple[_T, ...]] = []
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        n = size(item)
+        if i > start and total + n > budget:
+            parts.append(items[start:i])
+            start, total = i, 0
+        total += n
+    parts.append(items[start:])
     return parts
 
 
