@@ -86,6 +86,7 @@ class Cancellable(Protocol):
 
     def cancel(self) -> Any: ...
 
+
 _query_decoder = msgspec.msgpack.Decoder(kv.Query)
 _json = msgspec.json.Encoder()
 

@@ -22,8 +22,9 @@ is `ReplicaDurable.apply`; both stores here implement exactly that meaning.
 
 `MemoryLogStore` is the in-memory twin for tests and the simulator.
 
-Schema (version 2; version 1 is read too); `slot INTEGER PRIMARY KEY` makes the slot the rowid, so a
-table is one b-tree in slot order and `load()` is a sequential scan:
+Schema (version 2; version 1 is read too); `slot INTEGER PRIMARY KEY` makes the
+slot the rowid, so a table is one b-tree in slot order and `load()` is a
+sequential scan:
 
     identity   (one row)  schema_version, node_id, cluster_id
     promise    (one row)  round, node_id, crc          -- the highest promise
