@@ -558,43 +558,49 @@ class Running:
         return text.splitlines()[-1][:300] if text else "no output"
 
 
-def _start_pnyx(s: System, root: Path, ports: Ports, procs: Processes) -> Running:
+def _start_members(s: System, root: Path, ports: Ports, procs: Processes,
+                   command: Callable[[int, str, int], list[str]]) -> Running:
+    """Start `s.nodes` members on 127.0.0.1: `command(id, cluster spec, client port)`
+    is each one's command line; each gets a peer port and a client port of its own."""
     n = s.nodes
     peer, client = ports.take(n), ports.take(n)
     ids = range(1, n + 1)
     spec = ",".join(f"{i}=127.0.0.1:{peer[i - 1]}" for i in ids)
-    serve = (os.environ[SERVE_ENV].split() if os.environ.get(SERVE_ENV)
-             else [sys.executable, "-m", "pnyx.cli"])
     running = Running(s, {}, {}, {})
     for i in ids:
+        running.logs[i] = root / f"node-{i}.log"
+        running.clients[i] = ("127.0.0.1", client[i - 1])
+        running.procs[i] = procs.start(command(i, spec, client[i - 1]), running.logs[i])
+    return running
+
+
+def _start_pnyx(s: System, root: Path, ports: Ports, procs: Processes) -> Running:
+    serve = (os.environ[SERVE_ENV].split() if os.environ.get(SERVE_ENV)
+             else [sys.executable, "-m", "pnyx.cli"])
+
+    def command(i: int, spec: str, client: int) -> list[str]:
         cmd = [*serve, "serve", "--id", str(i), "--cluster", spec,
-               "--data-dir", str(root / f"node-{i}"), "--client", f"127.0.0.1:{client[i - 1]}"]
+               "--data-dir", str(root / f"node-{i}"), "--client", f"127.0.0.1:{client}"]
         if s.kind == "pnyx-nofsync":
             cmd.append("--unsafe-no-fsync")
         if s.kind == "pnyx-direct":
             cmd.append("--no-consensus")
-        running.logs[i] = root / f"node-{i}.log"
-        running.clients[i] = ("127.0.0.1", client[i - 1])
-        running.procs[i] = procs.start(cmd, running.logs[i])
-    return running
+        return cmd
+
+    return _start_members(s, root, ports, procs, command)
 
 
 def _start_pysyncobj(s: System, root: Path, ports: Ports, procs: Processes) -> Running:
-    n = s.nodes
-    raft, client = ports.take(n), ports.take(n)
-    ids = range(1, n + 1)
-    spec = ",".join(f"{i}=127.0.0.1:{raft[i - 1]}" for i in ids)
     script = str(_script("pysyncobj_server.py", s.name))
-    running = Running(s, {}, {}, {})
-    for i in ids:
+
+    def command(i: int, spec: str, client: int) -> list[str]:
         cmd = [sys.executable, script, "--id", str(i), "--cluster", spec,
-               "--client", f"127.0.0.1:{client[i - 1]}"]
+               "--client", f"127.0.0.1:{client}"]
         if s.kind == "pysyncobj-nobatch":
             cmd.append("--no-batch")
-        running.logs[i] = root / f"node-{i}.log"
-        running.clients[i] = ("127.0.0.1", client[i - 1])
-        running.procs[i] = procs.start(cmd, running.logs[i])
-    return running
+        return cmd
+
+    return _start_members(s, root, ports, procs, command)
 
 
 def _start_trivial(s: System, root: Path, ports: Ports, procs: Processes) -> Running:
