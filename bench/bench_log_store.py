@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.log_messages import Batch, Command, Entry
-from pnyx.protocol.log_records import AcceptRecord, ChosenRecord, LogRecord
+from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
+from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, LogRecord
 from pnyx.storage import SqliteLogStore
 
 BALLOT = Ballot(1, 1)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pnyx.api.http import make_app
 from pnyx.api.metrics import Metrics
-from pnyx.protocol.replica import Outcome, ReadMode
+from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
 from pnyx.statemachine import KVMachine, validate
 
 
@@ -33,7 +33,7 @@ class FakeNode:
         self.unavailable = False
         self.hang = False
         self.lose_replies = 0  # how many of the next submits apply but report unknown
-        self.refuse: str | None = None
+        self.refuse: Outcome | None = None  # the answer to every command
         self.fail_reads = 0
         self.submitted: list[bytes] = []  # every command, including retries
         self.reads: list[tuple[bytes, ReadMode]] = []
@@ -43,7 +43,8 @@ class FakeNode:
             await asyncio.Event().wait()
         if self.unavailable:
             await asyncio.sleep(timeout)
-            return Outcome(False, error="no quorum within the timeout", unknown=True)
+            return Outcome.failed(Code.NO_LEADER, "no quorum within the timeout",
+                                  unknown=True)
         return None
 
     async def submit(self, command: bytes, *, timeout: float) -> Outcome:
@@ -52,7 +53,7 @@ class FakeNode:
         if bad is not None:
             return bad
         if self.refuse is not None:
-            return Outcome(False, error=self.refuse, unknown=False)
+            return self.refuse
         validate(command)  # what the real node does first; the HTTP layer must pass it
         self.index += 1
         result = self.machine.apply(command, self.index)
@@ -60,7 +61,8 @@ class FakeNode:
         self.metrics.chosen(1, 1)
         if self.lose_replies:
             self.lose_replies -= 1
-            return Outcome(False, error="aborted: the leader lost its ballot", unknown=True)
+            return Outcome.failed(Code.ABORTED, "aborted: the leader lost its ballot",
+                                  unknown=True)
         return Outcome(True, result, self.index)
 
     async def read(self, query: bytes, mode: ReadMode, *, timeout: float) -> Outcome:
@@ -70,7 +72,7 @@ class FakeNode:
             return bad
         if self.fail_reads:
             self.fail_reads -= 1
-            return Outcome(False, error="not the leader any more")
+            return Outcome.failed(Code.NOT_LEADER, "not the leader any more")
         return Outcome(True, self.machine.query(query), self.machine.applied_index)
 
     def status(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from yarl import URL
 from fake_node import FakeNode, ServerThread
 from pnyx.api import NodeAPI, make_app
 from pnyx.api import http as api_http
+from pnyx.protocol.multipaxos.outcome import Code, Outcome
 from pnyx.statemachine import MAX_KEY_BYTES, IdempotentRequest, Put, decode_result, kv
 
 # --- harness ------------------------------------------------------------------
@@ -285,7 +286,8 @@ async def test_value_too_large_is_413() -> None:
 @aio
 async def test_the_nodes_own_size_limit_is_413() -> None:
     node = FakeNode()
-    node.refuse = "command too large: 2000000 bytes, limit 1048576"
+    node.refuse = Outcome.failed(Code.TOO_LARGE,
+                                 "command too large: 2000000 bytes, limit 1048576")
     async with serve(node) as (c, _):
         await error_of(await c.put("/v1/kv/k", data=b"v"), 413, "value_too_large")
 
@@ -436,7 +438,7 @@ async def test_no_quorum_is_503_with_retry_after() -> None:
 @aio
 async def test_refused_command_is_503_and_not_retried() -> None:
     async with serve(request_timeout=1.0) as (c, node):
-        node.refuse = "this node is shutting down"
+        node.refuse = Outcome.failed(Code.SHUTTING_DOWN, "this node is shutting down")
         err = await error_of(await c.put("/v1/kv/k", data=b"v"), 503, "unavailable")
         assert err["unknown"] is False and "shutting down" in err["message"]
         assert len(node.submitted) == 1

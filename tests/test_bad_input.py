@@ -12,11 +12,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pnyx.protocol import (
+from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.synod import (
     Accept,
     Accepted,
     AcceptorState,
-    Ballot,
     Chosen,
     DurableState,
     Forward,
@@ -34,8 +34,7 @@ from pnyx.protocol import (
     decode,
     encode,
 )
-from pnyx.protocol.ballot import MAX_ROUND
-from pnyx.protocol.messages import MESSAGE_TYPES
+from pnyx.protocol.synod.messages import MESSAGE_TYPES
 
 U64 = 2**64 - 1
 MEMBERS = (1, 2, 3)

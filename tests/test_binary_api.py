@@ -24,7 +24,7 @@ import pnyx
 from fake_node import FakeNode, dead_address
 from pnyx.api import binary, wire
 from pnyx.api.binary import close_server, serve_clients
-from pnyx.protocol.replica import Outcome, ReadMode
+from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -598,10 +598,11 @@ async def test_typed_errors() -> None:
 async def test_refusals_by_the_node() -> None:
     node = FakeNode()
     async with serving(node) as (_, address), client(address, retry_timeout=0.2) as c:
-        node.refuse = "command is 5000 bytes, too large for this node"
+        node.refuse = Outcome.failed(Code.TOO_LARGE,
+                                     "command is 5000 bytes, too large for this node")
         with pytest.raises(pnyx.ValueTooLarge):
             await c.put("k", b"v")
-        node.refuse = "not today"
+        node.refuse = Outcome.failed(Code.SHUTTING_DOWN, "not today")
         with pytest.raises(pnyx.Unavailable) as caught:
             await c.put("k", b"v")
         assert not caught.value.unknown and "not today" in caught.value.message

@@ -12,7 +12,9 @@ import io
 import json
 import statistics
 
-from pnyx.protocol import RetryPolicy
+from pnyx.protocol.synod import (
+    RetryPolicy,
+)
 from pnyx.sim import SimConfig, SimResult, simulate
 from pnyx.sim.network import NetworkConfig
 

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
-from pnyx.protocol.log_messages import Batch, Command, Entry
-from pnyx.protocol.log_records import (
+from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
+from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
     ChosenRecord,
     LogRecord,
@@ -520,8 +520,8 @@ def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
 # may be killed), promises ballot n.1 and records round n.
 RECORDS_OF = r"""
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.log_messages import Batch, Command, Entry
-from pnyx.protocol.log_records import AcceptRecord, ChosenRecord, PromiseRecord, RoundRecord
+from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
+from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, PromiseRecord, RoundRecord
 
 def records_of(n):
     records = [PromiseRecord(Ballot(n, 1)), RoundRecord(n)]

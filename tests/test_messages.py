@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pnyx.protocol import (
+from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.synod import (
     Accept,
     Accepted,
-    Ballot,
     Chosen,
     Forward,
     Learned,
@@ -22,8 +22,7 @@ from pnyx.protocol import (
     decode,
     encode,
 )
-from pnyx.protocol.ballot import MAX_ROUND
-from pnyx.protocol.messages import MESSAGE_TYPES
+from pnyx.protocol.synod.messages import MESSAGE_TYPES
 
 U64 = 2**64 - 1  # the largest integer MessagePack carries (node ids may use it)
 

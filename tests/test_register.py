@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.messages import Proposal
-from pnyx.protocol.synod import DurableState
+from pnyx.protocol.synod.messages import Proposal
+from pnyx.protocol.synod.node import DurableState
 from pnyx.register import LocalRegister
 from pnyx.storage.record import CorruptRecord, FileRecord
 

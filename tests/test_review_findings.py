@@ -16,7 +16,7 @@ import pytest
 from pnyx.node.config import Address
 from pnyx.node.transport import DEFAULT_MAX_FRAME, PeerTransport
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
-from pnyx.protocol.log_messages import (
+from pnyx.protocol.multipaxos.messages import (
     Accept,
     Accepted,
     Batch,
@@ -31,8 +31,9 @@ from pnyx.protocol.log_messages import (
     decode,
     encode,
 )
-from pnyx.protocol.log_records import ReplicaDurable
-from pnyx.protocol.replica import LogReady, Outcome, Replica, ReplicaConfig
+from pnyx.protocol.multipaxos.outcome import Outcome
+from pnyx.protocol.multipaxos.records import ReplicaDurable
+from pnyx.protocol.multipaxos.replica import LogReady, Replica, ReplicaConfig
 from test_seed_multipaxos import Memo, Net, but_not, either, of_type, touching
 
 FIVE = (1, 2, 3, 4, 5)

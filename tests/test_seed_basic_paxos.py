@@ -15,13 +15,13 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pnyx.protocol import (
-    ZERO,
+from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod import (
     Accept,
     Accepted,
     Acceptor,
     AcceptorState,
-    Ballot,
     Chosen,
     DurableState,
     Forward,
@@ -33,7 +33,6 @@ from pnyx.protocol import (
     Promise,
     Proposal,
     Proposer,
-    QuorumSystem,
     Ready,
     Rejected,
     RetryPolicy,

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.log_messages import (
+from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Accept,
     Accepted,
@@ -34,8 +34,14 @@ from pnyx.protocol.log_messages import (
     Promise,
     Rejected,
 )
-from pnyx.protocol.log_records import LogRecord, ReplicaDurable, RoundRecord
-from pnyx.protocol.replica import LogReady, Outcome, ReadMode, Replica, ReplicaConfig, Role
+from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable, RoundRecord
+from pnyx.protocol.multipaxos.replica import (
+    LogReady,
+    Replica,
+    ReplicaConfig,
+    Role,
+)
 from pnyx.sim.cluster import ClusterConfig, simulate_cluster
 from pnyx.sim.faults import Fault, FaultConfig
 
@@ -721,7 +727,7 @@ def test_a_chosen_record_says_when_its_value_is_the_replicas_own_accepted_one() 
     (`ChosenRecord.accepted`); the replica claims so only when that entry, recorded
     before, holds the very value chosen. A replica that learns a slot it never
     accepted (here by catch-up) records the value itself."""
-    from pnyx.protocol.log_records import ChosenRecord
+    from pnyx.protocol.multipaxos.records import ChosenRecord
 
     recorded: dict[int, list[LogRecord]] = {i: [] for i in MEMBERS}
 

@@ -17,8 +17,8 @@ from typing import IO, Any, NoReturn
 
 from pnyx import benchmark, server
 from pnyx.node.config import Address, ConfigError, NodeConfig, parse_cluster
-from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumError
+from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.cluster import ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS

@@ -2,7 +2,7 @@
 
 Every process of the cluster may be asked to set the register; exactly one
 value is ever chosen, and every process learns the same one. This module
-runs single-decree Paxos (`pnyx.protocol.synod`) on an asyncio event loop:
+runs single-decree Paxos (`pnyx.protocol.synod.node`) on an asyncio event loop:
 `SynodDriver` carries out what the pure core asks for (durable writes before
 the messages that report them, timers, sending), and `LocalRegister` wires
 several drivers together in one process over an in-memory network that still
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from pnyx.protocol.messages import Value, encode
-from pnyx.protocol.synod import DurableState, Ready, SynodConfig, SynodNode
+from pnyx.protocol.synod.messages import Value, encode
+from pnyx.protocol.synod.node import DurableState, Ready, SynodConfig, SynodNode
 from pnyx.storage.record import FileRecord, MemoryRecord, Record
 
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 import msgspec
 
 from pnyx.api import wire
-from pnyx.protocol.replica import Outcome
+from pnyx.protocol.multipaxos.outcome import Code, Outcome
 from pnyx.statemachine import kv
 
 if TYPE_CHECKING:
@@ -454,7 +454,7 @@ class _ClientConnection(FramedProtocol):
         code, _ = error_code(error)
         if code not in (UNAVAILABLE, INTERNAL):
             # The node's own words; classify them as the HTTP layer does.
-            if not outcome.unknown and "too large" in error:
+            if not outcome.unknown and outcome.code is Code.TOO_LARGE:
                 error = f"{TOO_LARGE}: {error}"
             else:
                 error = f"{UNAVAILABLE}: {error or 'no quorum or no leader in time'}"

@@ -52,7 +52,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from pnyx.api.node_api import NodeAPI
-from pnyx.protocol.replica import READ_MODES, Outcome, ReadMode
+from pnyx.protocol.multipaxos.outcome import READ_MODES, Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class _Handlers:
         try:
             return await asyncio.wait_for(call(remaining), remaining + _NODE_GRACE)
         except TimeoutError:
-            return Outcome(False, error="the node did not answer in time", unknown=True)
+            return Outcome.failed(Code.NO_LEADER, "the node did not answer in time", unknown=True)
 
     async def _until_done(self, call: Callable[[float], Awaitable[Outcome]],
                           *, write: bool) -> tuple[kv.Result, Outcome]:
@@ -317,7 +317,7 @@ class _Handlers:
                     raise ApiError(500, "internal", f"the node returned a bad result: {exc}",
                                    ) from None
             if write and not outcome.unknown:
-                if "too large" in outcome.error:
+                if outcome.code is Code.TOO_LARGE:
                     # The node's own limit on commands (ReplicaConfig.max_command).
                     raise ApiError(413, "value_too_large", outcome.error)
                 self._unavailable(outcome, write)

@@ -33,18 +33,24 @@ from typing import Any
 
 from pnyx.node.config import NodeConfig
 from pnyx.node.transport import PeerTransport
-from pnyx.protocol.log_messages import MalformedMessage, decode, encode
-from pnyx.protocol.log_records import LogRecord, ReplicaDurable
+from pnyx.protocol.multipaxos.messages import MalformedMessage, decode, encode
+from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
+from pnyx.protocol.multipaxos.replica import (
+    LogReady,
+    Machine,
+    Replica,
+    ReplicaConfig,
+)
 from pnyx.protocol.quorum import QuorumSystem
-from pnyx.protocol.replica import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
 
 log = logging.getLogger("pnyx.node")
 
 RETRY_PAUSE = 0.02  # between attempts of one request, seconds
 DEADLINE_TICK = 0.05  # how late, at most, a request gives up after its deadline, seconds
-NO_QUORUM = Outcome(False, error="no quorum or no leader within the request timeout",
-                    unknown=True)
-SHUTTING_DOWN = Outcome(False, error="the node is shutting down", unknown=True)
+NO_QUORUM = Outcome.failed(Code.NO_LEADER, "no quorum or no leader within the request timeout",
+                           unknown=True)
+SHUTTING_DOWN = Outcome.failed(Code.SHUTTING_DOWN, "the node is shutting down", unknown=True)
 
 
 class Request:
@@ -93,8 +99,8 @@ class Request:
     def gave_up(self) -> Outcome:
         """The outcome of a request whose deadline passed, from its last failure."""
         last = self.last or NO_QUORUM
-        unknown = last.unknown or last.error.startswith("aborted")
-        return Outcome(False, error=f"unavailable: {last.error}", unknown=unknown)
+        unknown = last.unknown or last.code is Code.ABORTED
+        return Outcome.failed(last.code, f"unavailable: {last.error}", unknown=unknown)
 
 
 class Node:
@@ -266,7 +272,7 @@ class Node:
     def _attempt_done(self, request: Request, outcome: Outcome) -> None:
         """An attempt's outcome: the request's, or another attempt after a pause."""
         request.rid = None
-        if outcome.ok or not outcome.error or "too large" in outcome.error:
+        if outcome.ok or not outcome.code.retryable:
             if outcome.ok and request.started and self.metrics is not None:
                 self.metrics.observe_commit_latency(time.perf_counter() - request.started)
             request.finish(outcome)

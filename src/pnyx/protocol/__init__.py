@@ -1,33 +1,15 @@
-"""The pure protocol core: Basic Paxos (the Synod) and the rules Multi-Paxos reuses.
+"""The pure protocol core: no module here does I/O, reads a clock or draws
+randomness of its own; every input, `now` included, is passed in.
 
-No module here does I/O, reads a clock or draws randomness of its own.
+- `ballot`, `quorum`, `durability`, `codec`: the rules both families share
+  (ballot order, quorum intersection, persist-before-send, decoding untrusted
+  bytes);
+- `synod/`: single-decree Paxos, the seed's Basic Paxos, role by role;
+- `multipaxos/`: the replicated log, one Synod instance per slot, as a
+  replica facade over small units (start with its cheat-sheet).
 """
 
-from pnyx.protocol.acceptor import Acceptor, AcceptorState
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.learner import Learner
-from pnyx.protocol.messages import (
-    Accept,
-    Accepted,
-    Chosen,
-    Forward,
-    Learned,
-    MalformedMessage,
-    Message,
-    Prepare,
-    Promise,
-    Proposal,
-    Rejected,
-    decode,
-    encode,
-)
-from pnyx.protocol.proposer import Phase, Proposer, RetryPolicy, choose_value
 from pnyx.protocol.quorum import QuorumError, QuorumSystem
-from pnyx.protocol.synod import DurableState, Ready, SynodConfig, SynodNode
 
-__all__ = [
-    "ZERO", "Accept", "Accepted", "Acceptor", "AcceptorState", "Ballot", "Chosen",
-    "DurableState", "Forward", "Learned", "Learner", "MalformedMessage", "Message", "Phase",
-    "Prepare", "Promise", "Proposal", "Proposer", "QuorumError", "QuorumSystem", "Ready",
-    "Rejected", "RetryPolicy", "SynodConfig", "SynodNode", "choose_value", "decode", "encode",
-]
+__all__ = ["ZERO", "Ballot", "QuorumError", "QuorumSystem"]

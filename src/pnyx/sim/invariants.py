@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.messages import Accepted, Message, Promise, Rejected, Value
 from pnyx.protocol.quorum import QuorumSystem
-from pnyx.protocol.synod import DurableState
+from pnyx.protocol.synod.messages import Accepted, Message, Promise, Rejected, Value
+from pnyx.protocol.synod.node import DurableState
 
 S1 = "S1 only one value is chosen"
 S2 = "S2 the chosen value was proposed"

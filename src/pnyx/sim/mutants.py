@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pnyx.protocol.acceptor import Acceptor
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.learner import Learner
-from pnyx.protocol.log_messages import NOOP, Accept, Batch, Entry, ReadIndex, ReadIndexReply
-from pnyx.protocol.messages import Message, Proposal, Value
-from pnyx.protocol.proposer import Proposer
-from pnyx.protocol.replica import LogReady, Outcome, ReadMode, Replica, Role
-from pnyx.protocol.synod import SynodNode
+from pnyx.protocol.multipaxos.messages import NOOP, Accept, Batch, Entry, ReadIndex, ReadIndexReply
+from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
+from pnyx.protocol.multipaxos.replica import LogReady, Replica, Role
+from pnyx.protocol.synod.acceptor import Acceptor
+from pnyx.protocol.synod.learner import Learner
+from pnyx.protocol.synod.messages import Message, Proposal, Value
+from pnyx.protocol.synod.node import SynodNode
+from pnyx.protocol.synod.proposer import Proposer
 from pnyx.statemachine.dedup import Verdict
 from pnyx.statemachine.kv import KVMachine
 

@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import IO
 
-from pnyx.protocol.messages import Message, Value
-from pnyx.protocol.proposer import RetryPolicy
 from pnyx.protocol.quorum import QuorumSystem
-from pnyx.protocol.synod import DurableState, Ready, SynodConfig, SynodNode
+from pnyx.protocol.synod.messages import Message, Value
+from pnyx.protocol.synod.node import DurableState, Ready, SynodConfig, SynodNode
+from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.engine import CALL, Engine
 from pnyx.sim.faults import Fault, FaultConfig
 from pnyx.sim.invariants import Observer, Violation

@@ -13,7 +13,7 @@ from typing import IO, Any
 import msgspec
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.messages import Message, Proposal
+from pnyx.protocol.synod.messages import Message, Proposal
 
 
 def _plain(value: Any) -> Any:

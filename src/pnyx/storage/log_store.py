@@ -53,8 +53,8 @@ from typing import Protocol, Self
 import msgspec
 
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.log_messages import Batch, Entry
-from pnyx.protocol.log_records import (
+from pnyx.protocol.multipaxos.messages import Batch, Entry
+from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
     ChosenRecord,
     LogRecord,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from pnyx.protocol.synod import DurableState
+from pnyx.protocol.synod.node import DurableState
 
 MAGIC = b"PNYXSYN1"
 _HEADER = struct.Struct(">8sI")  # magic, crc32 of payload

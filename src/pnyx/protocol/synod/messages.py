@@ -15,13 +15,12 @@ malformed, truncated or unknown into `MalformedMessage` and nothing else.
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
-
 import msgspec
 
 from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.codec import MalformedMessage as MalformedMessage  # re-exported
+from pnyx.protocol.codec import NodeId, decode_with
 
-NodeId = Annotated[int, msgspec.Meta(ge=0)]
 Value = bytes
 
 
@@ -92,28 +91,12 @@ MESSAGE_TYPES: tuple[type, ...] = (
 )
 
 
-T = TypeVar("T")
-
-
-class MalformedMessage(ValueError):
-    """Bytes that are not a well-formed pnyx message."""
-
-
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
 def encode(message: Message) -> bytes:
     return _encoder.encode(message)
-
-
-def decode_with(decoder: msgspec.msgpack.Decoder[T], data: bytes) -> T:
-    """Decode with `decoder`; anything malformed raises `MalformedMessage` with the reason."""
-    try:
-        return decoder.decode(data)
-    except (msgspec.MsgspecError, ValueError, TypeError) as exc:
-        # msgspec raises UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
-        raise MalformedMessage(str(exc)) from None
 
 
 def decode(data: bytes) -> Message:

@@ -5,8 +5,8 @@ acceptor has promised; the promise carries the highest-numbered proposal it
 has accepted. An Accept is accepted unless the acceptor has promised a higher
 ballot. Every change of state is returned to the caller to be made durable;
 the reply reports that state and so may only leave once it is durable (the
-ordering is enforced by `pnyx.protocol.synod`). The two rules are functions,
-`may_promise` and `may_accept`, which Multi-Paxos (`pnyx.protocol.replica`)
+ordering is enforced by `pnyx.protocol.synod.node`). The two rules are functions,
+`may_promise` and `may_accept`, which Multi-Paxos (`pnyx.protocol.multipaxos.replica`)
 applies with one promise for every slot.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.messages import Accept, Accepted, Prepare, Promise, Proposal, Rejected
+from pnyx.protocol.synod.messages import Accept, Accepted, Prepare, Promise, Proposal, Rejected
 
 
 def may_promise(promised: Ballot, ballot: Ballot) -> bool:

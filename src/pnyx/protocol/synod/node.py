@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pnyx.protocol.acceptor import Acceptor, AcceptorState
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.durability import DurabilityGate
-from pnyx.protocol.learner import Learner
-from pnyx.protocol.messages import (
+from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod.acceptor import Acceptor, AcceptorState
+from pnyx.protocol.synod.learner import Learner
+from pnyx.protocol.synod.messages import (
     MESSAGE_TYPES,
     Accept,
     Accepted,
@@ -43,8 +44,7 @@ from pnyx.protocol.messages import (
     Value,
     decode,
 )
-from pnyx.protocol.proposer import Proposer, RetryPolicy
-from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod.proposer import Proposer, RetryPolicy
 
 
 class DurableState(msgspec.Struct, frozen=True, array_like=True):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.messages import Accept, Prepare, Promise, Proposal, Rejected, Value
 from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod.messages import Accept, Prepare, Promise, Proposal, Rejected, Value
 
 
 class _HasBallot(Protocol):

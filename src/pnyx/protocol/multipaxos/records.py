@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.log_messages import Batch, Entry
+from pnyx.protocol.multipaxos.messages import Batch, Entry
 
 
 class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="r"):

@@ -20,12 +20,11 @@ from typing import Annotated
 import msgspec
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.messages import MalformedMessage as MalformedMessage  # re-exported
-from pnyx.protocol.messages import decode_with
+from pnyx.protocol.codec import MalformedMessage as MalformedMessage  # re-exported
+from pnyx.protocol.codec import NodeId, decode_with
 
 Slot = Annotated[int, msgspec.Meta(ge=1)]
 Index = Annotated[int, msgspec.Meta(ge=0)]  # a slot number, or 0 for "none yet"
-NodeId = Annotated[int, msgspec.Meta(ge=0)]
 
 
 # The log keeps every command, batch and entry it ever chose (until snapshots): millions

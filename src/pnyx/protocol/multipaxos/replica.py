@@ -44,14 +44,12 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
-import msgspec
-
-from pnyx.protocol.acceptor import may_accept, may_promise
 from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.codec import MalformedMessage
 from pnyx.protocol.durability import DurabilityGate
-from pnyx.protocol.log_messages import (
+from pnyx.protocol.multipaxos.messages import (
     LOG_MESSAGE_TYPES,
     NOOP,
     Aborted,
@@ -78,7 +76,8 @@ from pnyx.protocol.log_messages import (
     Rejected,
     decode,
 )
-from pnyx.protocol.log_records import (
+from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
     ChosenRecord,
     LogRecord,
@@ -86,13 +85,11 @@ from pnyx.protocol.log_records import (
     ReplicaDurable,
     RoundRecord,
 )
-from pnyx.protocol.messages import MalformedMessage
-from pnyx.protocol.proposer import highest_numbered
 from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod.acceptor import may_accept, may_promise
+from pnyx.protocol.synod.proposer import highest_numbered
 
-ReadMode = Literal["linearizable", "quorum", "stale"]
 LAZY_RECORDS = 64  # chosen records held back for the next write, at most
-READ_MODES: tuple[ReadMode, ...] = ("linearizable", "quorum", "stale")
 
 
 class Machine(Protocol):
@@ -143,22 +140,6 @@ class ReplicaConfig:
     def read_quorum(self) -> int:
         """Replies a quorum read needs: enough to meet every phase-2 quorum."""
         return len(self.members) - self.quorums.phase2 + 1
-
-
-class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """What became of a client's command or read.
-
-    `ok` with `result` and the log `index` it took effect at (or was read at).
-    Otherwise `error` says why; `unknown` means a command may still take effect
-    later (retry it with the same request identity, which de-duplication makes
-    safe), while a refused command never reached the log.
-    """
-
-    ok: bool
-    result: bytes = b""
-    index: int = 0
-    error: str = ""
-    unknown: bool = False
 
 
 @dataclass(slots=True)
@@ -304,8 +285,8 @@ class Replica:
         commands = []
         for request_id, payload in requests:
             if len(payload) > self.config.max_command:
-                self._outcome(request_id, Outcome(
-                    False, error=f"command too large: {len(payload)} bytes, "
+                self._outcome(request_id, Outcome.failed(
+                    Code.TOO_LARGE, f"command too large: {len(payload)} bytes, "
                     f"limit {self.config.max_command}"))
                 continue
             command = Command(self.node_id, request_id, payload)
@@ -334,7 +315,8 @@ class Replica:
             self._qreads_by_deadline.append((qread.deadline, request_id, qread))
             self._broadcast(QuorumRead(self.node_id, request_id, query, 0), include_self=True)
         else:
-            self._outcome(request_id, Outcome(False, error=f"unknown read mode {mode!r}"))
+            self._outcome(request_id,
+                          Outcome.failed(Code.BAD_REQUEST, f"unknown read mode {mode!r}"))
         return self._flush(now)
 
     def cancel(self, request_id: int) -> None:
@@ -434,7 +416,7 @@ class Replica:
     def _abort_waiter(self, request_id: int, why: str) -> None:
         if self._waiting.pop(request_id, None) is not None:
             self._forwarded.pop(request_id, None)
-            self._outcome(request_id, Outcome(False, error=f"aborted: {why}", unknown=True))
+            self._outcome(request_id, Outcome.failed(Code.ABORTED, f"aborted: {why}", unknown=True))
 
     # ============================================================ election
 
@@ -887,7 +869,7 @@ class Replica:
             return
         if index is None:
             del self._reads[read_id]
-            self._outcome(read_id, Outcome(False, error="not the leader any more"))
+            self._outcome(read_id, Outcome.failed(Code.NOT_LEADER, "not the leader any more"))
         else:
             self._set_read_index(read_id, read, index)
 
@@ -897,7 +879,8 @@ class Replica:
             return
         if not m.ok:
             del self._reads[m.id]
-            self._outcome(m.id, Outcome(False, error="asked a replica that is not the leader"))
+            self._outcome(m.id, Outcome.failed(Code.NOT_LEADER,
+                                                      "asked a replica that is not the leader"))
             return
         self._set_read_index(m.id, read, m.index)
 
@@ -960,7 +943,8 @@ class Replica:
         # Rinse: ask again, to be answered once each replica has applied the read slot.
         if read.attempts >= self.config.quorum_read_attempts:
             del self._qreads[read_id]
-            self._outcome(read_id, Outcome(False, error="quorum read: replicas did not agree"))
+            self._outcome(read_id, Outcome.failed(Code.READ_DISAGREED,
+                                                         "quorum read: replicas did not agree"))
             return
         read.attempts += 1
         read.replies = {s: r for s, r in read.replies.items() if r.applied >= read_slot}
@@ -975,7 +959,7 @@ class Replica:
             while _next_deadline(pending, order) is not None and order[0][0] <= now:
                 _, rid, _ = order.popleft()
                 del pending[rid]
-                self._outcome(rid, Outcome(False, error=error))
+                self._outcome(rid, Outcome.failed(Code.TIMEOUT, error))
 
     # ============================================================ plumbing
 

@@ -3,14 +3,14 @@
 A value is chosen once a phase-2 quorum of acceptors has accepted it in the
 same ballot. A learner that counts such a quorum of `Accepted` messages is
 one of the seed's distinguished learners; it then informs the others with
-`Chosen` (see `pnyx.protocol.synod`), which they take on trust.
+`Chosen` (see `pnyx.protocol.synod.node`), which they take on trust.
 """
 
 from __future__ import annotations
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.messages import Accepted, Value
 from pnyx.protocol.quorum import QuorumSystem
+from pnyx.protocol.synod.messages import Accepted, Value
 
 
 class Learner:
