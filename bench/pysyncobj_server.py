@@ -43,7 +43,7 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
 
 from pnyx.api import wire
-from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
+from pnyx.protocol.multipaxos import Outcome, ReadMode
 from pnyx.statemachine import kv
 
 # PySyncObj's numeric Raft states, as pnyx's role names.

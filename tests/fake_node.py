@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pnyx.api.http import make_app
 from pnyx.api.metrics import Metrics
-from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import KVMachine, validate
 
 

@@ -19,7 +19,7 @@ from yarl import URL
 from fake_node import FakeNode, ServerThread
 from pnyx.api import NodeAPI, make_app
 from pnyx.api import http as api_http
-from pnyx.protocol.multipaxos.outcome import Code, Outcome
+from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import MAX_KEY_BYTES, IdempotentRequest, Put, decode_result, kv
 
 # --- harness ------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pnyx
 from fake_node import FakeNode, dead_address
 from pnyx.api import binary, wire
 from pnyx.api.binary import close_server, serve_clients
-from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
 ROOT = Path(__file__).resolve().parent.parent

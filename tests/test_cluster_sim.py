@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from pnyx.protocol.multipaxos import Replica
 from pnyx.protocol.multipaxos.messages import Promise
-from pnyx.protocol.multipaxos.replica import Replica
 from pnyx.sim.cluster import L1, L3, L4, ClusterConfig, simulate_cluster
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.mutants import CLUSTER_MUTANTS

@@ -23,7 +23,7 @@ from pnyx.api.binary import NODE_GRACE, close_server, serve_clients
 from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.direct import DirectNode
 from pnyx.node.runtime import SHUTTING_DOWN
-from pnyx.protocol.multipaxos.outcome import Outcome
+from pnyx.protocol.multipaxos import Outcome
 from pnyx.statemachine import kv
 from pnyx.storage import MemoryLogStore
 from pnyx.testing import free_ports

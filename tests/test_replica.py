@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.multipaxos import Outcome, Replica
 from pnyx.protocol.multipaxos.messages import (
     Aborted,
     Accept,
@@ -29,14 +30,12 @@ from pnyx.protocol.multipaxos.messages import (
     Rejected,
     encode,
 )
-from pnyx.protocol.multipaxos.outcome import Outcome
 from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
     PromiseRecord,
     ReplicaDurable,
     RoundRecord,
 )
-from pnyx.protocol.multipaxos.replica import Replica
 from pnyx.statemachine.base import SafeApply
 from pnyx.statemachine.kv import KVMachine, Ok, Put, Request, decode_result, encode_query
 from pnyx.statemachine.kv import encode_request as kv_request

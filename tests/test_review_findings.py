@@ -16,6 +16,7 @@ import pytest
 from pnyx.node.config import Address
 from pnyx.node.transport import DEFAULT_MAX_FRAME, PeerTransport
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
+from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import (
     Accept,
     Accepted,
@@ -31,9 +32,7 @@ from pnyx.protocol.multipaxos.messages import (
     decode,
     encode,
 )
-from pnyx.protocol.multipaxos.outcome import Outcome
 from pnyx.protocol.multipaxos.records import ReplicaDurable
-from pnyx.protocol.multipaxos.replica import LogReady, Replica, ReplicaConfig
 from test_seed_multipaxos import Memo, Net, but_not, either, of_type, touching
 
 FIVE = (1, 2, 3, 4, 5)

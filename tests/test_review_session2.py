@@ -17,6 +17,7 @@ from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.runtime import DEADLINE_TICK
 from pnyx.node.transport import PeerTransport
 from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Accept,
@@ -26,8 +27,6 @@ from pnyx.protocol.multipaxos.messages import (
     Decided,
     ReadIndexReply,
 )
-from pnyx.protocol.multipaxos.outcome import Outcome
-from pnyx.protocol.multipaxos.replica import LogReady, Replica, ReplicaConfig
 from pnyx.statemachine import kv
 from pnyx.storage import MemoryLogStore, SqliteLogStore
 from pnyx.testing import free_ports

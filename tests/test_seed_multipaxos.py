@@ -16,6 +16,14 @@ import random
 from collections.abc import Callable, Iterable
 
 from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.multipaxos import (
+    LogReady,
+    Outcome,
+    ReadMode,
+    Replica,
+    ReplicaConfig,
+    Role,
+)
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Accept,
@@ -34,14 +42,7 @@ from pnyx.protocol.multipaxos.messages import (
     Promise,
     Rejected,
 )
-from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable, RoundRecord
-from pnyx.protocol.multipaxos.replica import (
-    LogReady,
-    Replica,
-    ReplicaConfig,
-    Role,
-)
 from pnyx.sim.cluster import ClusterConfig, simulate_cluster
 from pnyx.sim.faults import Fault, FaultConfig
 

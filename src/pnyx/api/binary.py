@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 import msgspec
 
 from pnyx.api import wire
-from pnyx.protocol.multipaxos.outcome import Code, Outcome
+from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
 
 if TYPE_CHECKING:

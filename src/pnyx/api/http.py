@@ -52,7 +52,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from pnyx.api.node_api import NodeAPI
-from pnyx.protocol.multipaxos.outcome import READ_MODES, Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos import READ_MODES, Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from pnyx.api.metrics import Metrics
-from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
+from pnyx.protocol.multipaxos import Outcome, ReadMode
 
 
 @runtime_checkable

@@ -33,15 +33,17 @@ from typing import Any
 
 from pnyx.node.config import NodeConfig
 from pnyx.node.transport import PeerTransport
-from pnyx.protocol.multipaxos.messages import MalformedMessage, decode, encode
-from pnyx.protocol.multipaxos.outcome import Code, Outcome, ReadMode
-from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
-from pnyx.protocol.multipaxos.replica import (
+from pnyx.protocol.multipaxos import (
+    Code,
     LogReady,
     Machine,
+    Outcome,
+    ReadMode,
     Replica,
     ReplicaConfig,
 )
+from pnyx.protocol.multipaxos.messages import MalformedMessage, decode, encode
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.protocol.quorum import QuorumSystem
 
 log = logging.getLogger("pnyx.node")

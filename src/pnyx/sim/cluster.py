@@ -28,10 +28,9 @@ import msgspec
 
 from pnyx import check
 from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import Accepted, Batch, Promise, Rejected
-from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
 from pnyx.protocol.multipaxos.records import ReplicaDurable
-from pnyx.protocol.multipaxos.replica import LogReady, Replica, ReplicaConfig
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.sim.engine import CALL, Engine
 from pnyx.sim.faults import Fault, FaultConfig

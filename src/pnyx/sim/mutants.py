@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, Role
 from pnyx.protocol.multipaxos.messages import NOOP, Accept, Batch, Entry, ReadIndex, ReadIndexReply
-from pnyx.protocol.multipaxos.outcome import Outcome, ReadMode
-from pnyx.protocol.multipaxos.replica import LogReady, Replica, Role
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
 from pnyx.protocol.synod.messages import Message, Proposal, Value
