@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from pnyx.api.http import make_app
-from pnyx.api.metrics import Metrics
+from pnyx.node.metrics import Metrics
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import KVMachine, validate
 

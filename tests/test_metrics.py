@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from pnyx.api.metrics import _LATENCY_BUCKETS, Metrics
+from pnyx.node.metrics import _LATENCY_BUCKETS, Metrics
 
 OBSERVATIONS = [0.00005, 0.0001, 0.00010001, 0.003, 0.005, 0.7, 10.0, 20.0, 0.0]
 

@@ -50,7 +50,7 @@ async def _serve(config: NodeConfig, stop: asyncio.Event) -> None:
 
     from pnyx.api.binary import close_server, serve_clients
     from pnyx.api.http import make_app
-    from pnyx.api.metrics import Metrics
+    from pnyx.node.metrics import Metrics
     from pnyx.node.direct import DirectNode
     from pnyx.node.runtime import Node
     from pnyx.statemachine.kv import KVMachine

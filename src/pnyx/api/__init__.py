@@ -2,7 +2,7 @@
 
 - `pnyx.api.node_api`: `NodeAPI`, what the HTTP layer needs from a node.
 - `pnyx.api.http`: `make_app(node)`, the aiohttp application (routes, status codes).
-- `pnyx.api.metrics`: `Metrics`, a node's Prometheus registry and the calls that feed it.
+- `Metrics` (re-exported): a node's Prometheus registry, which lives in `pnyx.node.metrics`.
 """
 
 from typing import Any
@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return make_app
     if name == "Metrics":
-        from pnyx.api.metrics import Metrics
+        from pnyx.node.metrics import Metrics
 
         return Metrics
     if name == "NodeAPI":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from pnyx.api.metrics import Metrics
+from pnyx.node.metrics import Metrics
 from pnyx.protocol.multipaxos import Outcome, ReadMode
 
 

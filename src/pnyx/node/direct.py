@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pnyx.api.metrics import Metrics
+from pnyx.node.metrics import Metrics
 from pnyx.protocol.multipaxos import Outcome, ReadMode
 from pnyx.statemachine.base import SafeApply, StateMachine
 from pnyx.statemachine.kv import KVMachine
