@@ -1,10 +1,22 @@
-"""What one node of a cluster must know, from command-line values or a TOML file.
+"""What one node of a cluster must know: the one path from flags or TOML to a `ReplicaConfig`.
 
 A cluster is a fixed set of members, each with an id and the address other
 nodes reach it at. A node also has its own addresses: where it listens for
 peers (`listen`, which may differ from the address it is known by, for NAT
-and containers), where it serves HTTP, and its data directory. Everything is
-validated here, once, with one-line errors (`ConfigError`).
+and containers), where it serves HTTP and the binary client protocol, and its
+data directory.
+
+`SETTINGS` defines every setting once — its TOML key, its `pnyx serve` flag,
+how it is read, its default and its help — and the flag parser, the TOML
+loader and the README's table are all made from it. `NodeConfig` validates
+the values together, with one-line errors (`ConfigError`), and
+`NodeConfig.replica_config()` is the one place a node's `ReplicaConfig` is
+built.
+
+Defaults: every protocol setting defaults to `ReplicaConfig`'s own default,
+read from that class (no copies here), except the timing of `DEPLOYMENT_TIMING`
+below — the one deliberate difference between a node on real machines and a
+replica in the simulator.
 """
 
 from __future__ import annotations
@@ -12,9 +24,13 @@ from __future__ import annotations
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
+
+from pnyx.protocol.multipaxos import ReplicaConfig
+from pnyx.protocol.quorum import QuorumSystem
 
 
 class ConfigError(ValueError):
@@ -64,6 +80,186 @@ def parse_cluster(text: str) -> dict[int, Address]:
     return members
 
 
+# ReplicaConfig's timing (20 ms heartbeats, elections after 100-200 ms of silence)
+# suits the simulator, whose network delivers in a few milliseconds and whose
+# disks never stall. A node on real machines also sees fsync stalls, GC pauses and
+# network jitter of tens of milliseconds; an election timeout that short would
+# depose healthy leaders. So a node waits longer, and everything else is the same.
+DEPLOYMENT_TIMING: Final[Mapping[str, float]] = {"heartbeat_interval": 0.05,
+                                                 "election_timeout": 0.3}
+
+# A value written through the API travels in a command that also holds its key
+# (at most 1024 bytes), the client's id and the encoding: this much room is kept.
+VALUE_HEADROOM: Final = 4096
+
+# One message (a batch, a catch-up, a part of a promise) must fit in a peer frame
+# (node/transport.py's DEFAULT_MAX_FRAME, 32 MiB) with room for its encoding.
+MAX_MESSAGE_BYTES: Final = 16 << 20
+
+
+def _replica_default(name: str) -> Any:
+    return ReplicaConfig.__dataclass_fields__[name].default
+
+
+def _default(name: str) -> Any:
+    return DEPLOYMENT_TIMING[name] if name in DEPLOYMENT_TIMING else _replica_default(name)
+
+
+Kind = Literal["id", "cluster", "path", "address", "name", "seconds", "count", "bytes", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: TOML key `key`, flag `flag`, NodeConfig field `field`.
+
+    A "seconds" setting is seconds in TOML and milliseconds on its flag; an
+    "off" setting is a boolean whose flag turns it off (`--no-prevote`)."""
+
+    key: str
+    flag: str
+    kind: Kind
+    help: str
+    field: str = ""
+    replica: bool = False  # passed on to ReplicaConfig
+    metavar: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.field or self.key
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("id", "--id", "id", "this node's id in the cluster", field="node_id"),
+    Setting("cluster", "--cluster", "cluster",
+            "every member and the address its peers reach it at",
+            field="members", metavar="ID=HOST:PORT,..."),
+    Setting("data_dir", "--data-dir", "path", "where the node keeps its log"),
+    Setting("http", "--http", "address", "serve the HTTP API here"),
+    Setting("client", "--client", "address",
+            "serve the binary client protocol here (the fast path)"),
+    Setting("listen", "--listen", "address",
+            "listen for peers here instead of at our cluster address (NAT, containers)"),
+    Setting("cluster_id", "--cluster-id", "name",
+            "the cluster's name; a store of another cluster is refused"),
+    Setting("fsync", "--unsafe-no-fsync", "off",
+            "fsync the log before answering; off loses acknowledged writes on power loss "
+            "(benchmarks only)"),
+    Setting("consensus", "--no-consensus", "off",
+            "off: apply commands directly, no log, peers or fsync: the cost floor of the "
+            "stack (benchmarks only; one member)"),
+    Setting("heartbeat_interval", "--heartbeat", "seconds",
+            "how often the leader tells followers it is alive", replica=True),
+    Setting("election_timeout", "--election-timeout", "seconds",
+            "silence before a follower stands for election (each wait is drawn from "
+            "[this, 2 x this))", replica=True),
+    Setting("prevote", "--no-prevote", "off",
+            "ask whether a majority also misses the leader before starting an election",
+            replica=True),
+    Setting("request_timeout", "--request-timeout", "seconds",
+            "how long a client request may wait for its outcome"),
+    Setting("read_timeout", "--read-timeout", "seconds",
+            "how long a linearizable or quorum read may take before it fails",
+            replica=True),
+    Setting("window", "--window", "count", "slots in flight at once", replica=True),
+    Setting("max_batch", "--max-batch", "count",
+            "commands per slot; 1 turns batching off", replica=True),
+    Setting("max_batch_bytes", "--max-batch-bytes", "bytes",
+            "bytes of commands per slot, and per message of forwarded commands", replica=True),
+    Setting("max_command", "--max-command", "bytes",
+            f"the largest command; a value may be this less {VALUE_HEADROOM} bytes",
+            replica=True),
+    Setting("catchup_chunk", "--catchup-chunk", "count",
+            "chosen slots per catch-up message", replica=True),
+    Setting("catchup_bytes", "--catchup-bytes", "bytes",
+            "bytes of chosen values per catch-up message", replica=True),
+)
+_BY_KEY: Final = {s.key: s for s in SETTINGS}
+REQUIRED: Final = ("node_id", "members", "data_dir")
+
+
+def _default_text(s: Setting) -> str:
+    if s.name in REQUIRED:
+        return "required"
+    if s.kind == "off":
+        return "on"
+    if s.name == "listen":
+        return "the member address"
+    if s.name in ("http", "client"):
+        return "none"
+    value = _default(s.name) if (s.replica or s.name in DEPLOYMENT_TIMING) else (
+        NodeConfig.__dataclass_fields__[s.name].default)
+    if s.kind == "seconds":
+        return f"{value * 1000:g} ms"
+    if s.kind == "bytes" and value % 1024 == 0:
+        return f"{value // 1024} KiB" if value < 1 << 20 else f"{value / (1 << 20):g} MiB"
+    return str(value)
+
+
+def settings_table() -> str:
+    """The README's table of every setting, made from `SETTINGS`."""
+    rows = ["| TOML key | `pnyx serve` flag | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        flag = s.flag if s.kind == "off" else f"{s.flag} {s.metavar or _METAVAR[s.kind]}"
+        key = f"`{s.key}`" + (" (seconds)" if s.kind == "seconds" else "")
+        rows.append(f"| {key} | `{flag}` | {_default_text(s)} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+_METAVAR: Final[Mapping[Kind, str]] = {
+    "id": "N", "cluster": "ID=HOST:PORT,...", "path": "DIR", "address": "HOST:PORT",
+    "name": "NAME", "seconds": "MS", "count": "N", "bytes": "BYTES", "off": "",
+}
+
+
+def flag_help(s: Setting) -> str:
+    return f"{s.help} (default {_default_text(s)})"
+
+
+def metavar(s: Setting) -> str:
+    return s.metavar or _METAVAR[s.kind]
+
+
+def _integer(text: object, what: str) -> int:
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise ConfigError(f"{what}: {text!r} is not an integer")
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not an integer") from None
+
+
+def read_setting(s: Setting, raw: object, source: Literal["flag", "toml"]) -> Any:
+    """One value as a flag (text) or TOML (typed) gives it; ConfigError if it is not one."""
+    what = s.flag if source == "flag" else s.key
+    if s.kind == "off":
+        if source == "flag":
+            return False
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{what}: {raw!r} is not true or false")
+        return raw
+    if s.kind in ("id", "count", "bytes"):
+        return _integer(raw, what)
+    if s.kind == "seconds":
+        if source == "flag":
+            try:
+                return float(str(raw)) / 1000.0
+            except ValueError:
+                raise ConfigError(f"{what}: {raw!r} is not a number of milliseconds") from None
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(f"{what}: {raw!r} is not a number of seconds")
+        return float(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{what}: {raw!r} is not a string")
+    if s.kind == "cluster":
+        return parse_cluster(raw)
+    if s.kind == "address":
+        return Address.parse(raw, what)
+    if s.kind == "path":
+        return Path(raw)
+    return raw
+
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: int
@@ -71,14 +267,22 @@ class NodeConfig:
     data_dir: Path
     listen: Address | None = None  # where to listen for peers; default: our member address
     http: Address | None = None
-    client: Address | None = None  # the binary client protocol (pnyx.api.wire)
+    client: Address | None = None  # the binary client protocol
     cluster_id: str = "pnyx"
     fsync: bool = True
-    heartbeat_interval: float = 0.05
-    election_timeout: float = 0.3
-    request_timeout: float = 5.0
-    max_command: int = 1 << 20
     consensus: bool = True  # False: apply commands directly, one node (benchmarks only)
+    request_timeout: float = 5.0
+    # Passed on to ReplicaConfig by replica_config(); defaults as described above.
+    heartbeat_interval: float = _default("heartbeat_interval")
+    election_timeout: float = _default("election_timeout")
+    prevote: bool = _default("prevote")
+    read_timeout: float = _default("read_timeout")
+    window: int = _default("window")
+    max_batch: int = _default("max_batch")
+    max_batch_bytes: int = _default("max_batch_bytes")
+    max_command: int = _default("max_command")
+    catchup_chunk: int = _default("catchup_chunk")
+    catchup_bytes: int = _default("catchup_bytes")
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -89,11 +293,42 @@ class NodeConfig:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.cluster_id):
             raise ConfigError(f"cluster id {self.cluster_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
         if not 0 < self.heartbeat_interval < self.election_timeout:
-            raise ConfigError("need 0 < heartbeat interval < election timeout")
-        if self.request_timeout <= 0:
-            raise ConfigError("the request timeout must be positive")
+            raise ConfigError("the heartbeat interval must be more than 0 and less than the "
+                              f"election timeout ({self.heartbeat_interval * 1000:g} ms, "
+                              f"{self.election_timeout * 1000:g} ms)")
+        for name in ("request_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive")
+        for name in ("window", "max_batch", "catchup_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_batch_bytes", "max_command", "catchup_bytes"):
+            if not 1 <= getattr(self, name) <= MAX_MESSAGE_BYTES:
+                raise ConfigError(f"{name} must be 1..{MAX_MESSAGE_BYTES} bytes "
+                                  f"(one message must fit a peer frame), not {getattr(self, name)}")
+        if self.max_command <= VALUE_HEADROOM:
+            raise ConfigError(f"max_command {self.max_command} leaves no room for a value: "
+                              f"it must be more than {VALUE_HEADROOM} bytes")
+        if self.max_command > self.max_batch_bytes:
+            raise ConfigError(f"max_command ({self.max_command}) must not exceed "
+                              f"max_batch_bytes ({self.max_batch_bytes}): a slot holds a command")
         if not self.consensus and len(self.members) != 1:
             raise ConfigError("without consensus a node cannot have peers: use one member")
+        try:
+            self.replica_config()
+        except ValueError as exc:  # a rule of ReplicaConfig's that the checks above missed
+            raise ConfigError(str(exc)) from None
+
+    def replica_config(self) -> ReplicaConfig:
+        """The node's replica settings: the one place a node builds its `ReplicaConfig`."""
+        members = tuple(sorted(self.members))
+        tuning = {s.name: getattr(self, s.name) for s in SETTINGS if s.replica}
+        return ReplicaConfig(members, QuorumSystem.majority(members), **tuning)
+
+    @property
+    def max_value(self) -> int:
+        """The largest value a client may write (`max_command` less the command's headroom)."""
+        return self.max_command - VALUE_HEADROOM
 
     @property
     def peer_listen(self) -> Address:
@@ -110,6 +345,20 @@ class NodeConfig:
             self.client.resolve("client address")
 
     @classmethod
+    def load(cls, path: str | Path | None, overrides: Mapping[str, Any]) -> NodeConfig:
+        """A configuration from a TOML file (or none) and `overrides` (by field; None = unset),
+        which win over the file. Every problem is one `ConfigError` line."""
+        values = cls.read_toml(path) if path is not None else {}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        flags = {s.name: s.flag for s in SETTINGS}
+        for required in REQUIRED:
+            if required not in values:
+                where = f"{path}: missing {_key_of(required)!r}" if path is not None else (
+                    f"{flags[required]} is required (or give --config)")
+                raise ConfigError(where)
+        return cls(**values)
+
+    @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> NodeConfig:
         """Read a node's configuration from TOML; keyword overrides win over the file.
 
@@ -118,45 +367,27 @@ class NodeConfig:
             data_dir = "/var/lib/pnyx"
             http = "0.0.0.0:8001"
             client = "0.0.0.0:9001"        # optional: the binary client protocol
-            listen = "0.0.0.0:7001"        # optional
-            cluster_id = "prod"            # optional
+            election_timeout = 0.5         # optional: any key of SETTINGS
         """
+        return cls.load(path, overrides)
+
+    @staticmethod
+    def read_toml(path: str | Path) -> dict[str, Any]:
+        """The settings a TOML file gives, by NodeConfig field."""
         try:
             data = tomllib.loads(Path(path).read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        known = {"id", "cluster", "data_dir", "http", "client", "listen", "cluster_id", "fsync",
-                 "heartbeat_interval", "election_timeout", "request_timeout"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(_BY_KEY))
         if unknown:
             raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
-        values: dict[str, Any] = {}
         try:
-            if "id" in data:
-                values["node_id"] = int(data["id"])
-            if "cluster" in data:
-                values["members"] = parse_cluster(str(data["cluster"]))
-            if "data_dir" in data:
-                values["data_dir"] = Path(str(data["data_dir"]))
-            for key in ("http", "client", "listen"):
-                if key in data:
-                    values[key] = Address.parse(str(data[key]), f"{key} address")
-            for key in ("cluster_id",):
-                if key in data:
-                    values[key] = str(data[key])
-            if "fsync" in data:
-                values["fsync"] = bool(data["fsync"])
-            for key in ("heartbeat_interval", "election_timeout", "request_timeout"):
-                if key in data:
-                    values[key] = float(data[key])
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
+            return {_BY_KEY[k].name: read_setting(_BY_KEY[k], v, "toml") for k, v in data.items()}
+        except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        for required in ("node_id", "members", "data_dir"):
-            if required not in values:
-                raise ConfigError(f"{path}: missing {required.replace('node_id', 'id')!r}")
-        return cls(**values)
+
+
+def _key_of(name: str) -> str:
+    return next(s.key for s in SETTINGS if s.name == name)
