@@ -334,6 +334,38 @@ def validate(command: bytes, limit: int = DEFAULT_COMMAND_LIMIT) -> AnyRequest:
     return parsed
 
 
+def _parse_query(data: bytes, limit: int | None) -> Query | Error:
+    """Decode and check one query: the query, or the `Error` that answers it.
+
+    The single source of truth for `validate_query` (before a read is started)
+    and `KVMachine.query` (which answers it), as `_parse` is for commands.
+    """
+    if limit is not None and len(data) > limit:
+        return Error(f"query is {len(data)} bytes, over the limit of {limit}",
+                     ErrorCode.TOO_LARGE)
+    try:
+        query = _query_decoder.decode(data)
+    except (msgspec.MsgspecError, ValueError) as exc:
+        return Error(f"malformed query: {exc}", ErrorCode.MALFORMED)
+    reason = _check_keys(query) if isinstance(query, Keys) else _check_command(query)
+    if reason is not None:
+        return Error(reason, ErrorCode.INVALID)
+    return query
+
+
+def validate_query(query: bytes, limit: int | None = None) -> Query:
+    """Check a query *before* reading; return it decoded or raise `CommandError`.
+
+    The rules `KVMachine.query` answers by, so a read that could only be
+    answered with an error is refused before it costs a read-index round.
+    `limit` bounds the encoded query (`ErrorCode.TOO_LARGE`); None: no bound.
+    """
+    parsed = _parse_query(query, limit)
+    if isinstance(parsed, Error):
+        raise CommandError(ErrorCode(parsed.code), parsed.message)
+    return parsed
+
+
 def _digest(command: Command) -> bytes:
     # Fingerprint of the decoded command, re-encoded: msgspec encodes a struct
     # the same way every time, so equal commands give equal digests on every
@@ -439,18 +471,11 @@ class KVMachine:
         quorum and stale reads); which of those guarantees holds is the caller's.
         Never raises: a bad query is answered with `Error`.
         """
-        try:
-            decoded = _query_decoder.decode(query)
-        except (msgspec.MsgspecError, ValueError) as exc:
-            return encode_result(Error(f"malformed query: {exc}", ErrorCode.MALFORMED))
+        decoded = _parse_query(query, None)
+        if isinstance(decoded, Error):
+            return encode_result(decoded)
         if isinstance(decoded, Keys):
-            reason = _check_keys(decoded)
-            if reason is not None:
-                return encode_result(Error(reason, ErrorCode.INVALID))
             return encode_result(self._list(decoded))
-        reason = _check_command(decoded)
-        if reason is not None:
-            return encode_result(Error(reason, ErrorCode.INVALID))
         item = self._data.get(decoded.key)
         return encode_result(NotFound() if item is None else Ok(item[1], item[0]))
 
