@@ -233,6 +233,19 @@ class Engine(Generic[P, D]):
             self.nodes[i] = self.make_process(i, self._rng(i))
             self.on_restart(i)
 
+    def leader(self) -> int | None:
+        """The process a leader-aimed fault hits now, if the run has a leader."""
+        return None
+
+    def reboot(self, i: int) -> None:
+        """Crash the leader (else `i`) and restart it at once from its disk, mid-ballot.
+        The base crash and restart: a subclass's redirection of crashes does not apply."""
+        target = self.leader()
+        i = target if target is not None else i
+        if self.nodes[i] is not None:
+            Engine.crash(self, i)
+            Engine.restart(self, i)
+
     def _fault(self, fault: Fault) -> None:
         if self.trace:
             self.trace.emit(self.now, fault.kind, nodes=list(fault.nodes))
@@ -244,3 +257,5 @@ class Engine(Generic[P, D]):
             self.crash(fault.nodes[0])
         elif fault.kind == "restart":
             self.restart(fault.nodes[0])
+        elif fault.kind == "reboot":
+            self.reboot(fault.nodes[0])
