@@ -22,8 +22,8 @@ from pnyx.api import wire
 from pnyx.api.binary import NODE_GRACE, close_server, serve_clients
 from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.direct import DirectNode
-from pnyx.node.runtime import SHUTTING_DOWN
-from pnyx.protocol.multipaxos import Outcome
+from pnyx.node.requests import SHUTTING_DOWN, SHUTTING_DOWN_UNKNOWN
+from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
 from pnyx.storage import MemoryLogStore
 from pnyx.testing import free_ports
@@ -347,10 +347,16 @@ async def test_stop_finishes_every_pending_request_once_with_shutting_down(
     await asyncio.sleep(0.2)
     assert all(not d.outcomes for d in submits + reads) and not awaited.done()
     await node.stop()
-    for done in submits + reads:
+    # The commands had reached the replica, and may yet be chosen by the others; the
+    # reads change nothing, so they failed for certain.
+    for done in submits:
+        assert done.outcomes == [SHUTTING_DOWN_UNKNOWN]
+    for done in reads:
         assert done.outcomes == [SHUTTING_DOWN]
-    assert await asyncio.wait_for(awaited, 1) == SHUTTING_DOWN
-    assert SHUTTING_DOWN.unknown and not SHUTTING_DOWN.ok
+    assert await asyncio.wait_for(awaited, 1) == SHUTTING_DOWN_UNKNOWN
+    assert SHUTTING_DOWN_UNKNOWN.unknown and not SHUTTING_DOWN_UNKNOWN.ok
+    assert not SHUTTING_DOWN.unknown and not SHUTTING_DOWN.ok
+    assert SHUTTING_DOWN.code == SHUTTING_DOWN_UNKNOWN.code == Code.SHUTTING_DOWN
     assert node._waiters == {} and live_requests(node) == 0
     await asyncio.sleep(0.2)  # no retry or deadline fires after the stop
     for done in submits + reads:
@@ -358,7 +364,7 @@ async def test_stop_finishes_every_pending_request_once_with_shutting_down(
     # A request to a stopped node is answered at once, before the call returns.
     late = Done()
     node.submit_nowait(put("late", b"v", 100), late, timeout=5)
-    assert late.outcomes == [SHUTTING_DOWN]
+    assert late.outcomes == [SHUTTING_DOWN]  # it never reached the log: not unknown
     assert node._deadlines == {}  # and nothing armed for it
     assert node._deadline_timer is None or node._deadline_timer.cancelled()
 
@@ -434,6 +440,27 @@ async def test_direct_node_submit_nowait_answers_before_returning_as_submit_does
     by_callback.read_nowait(query, "linearizable", done, timeout=1)
     assert done.outcomes == [await by_await.read(query, "linearizable", timeout=1)]
     assert kv.decode_result(done.outcomes[0].result) == kv.Ok(2, b"v2")
+
+
+@async_test
+async def test_a_stopped_node_and_a_stopped_direct_node_refuse_alike_and_definitely(
+    tmp_path: Path,
+) -> None:
+    """One meaning of "shutting down": a request a stopped node never took reached no
+    log, so it failed for certain (not unknown), whichever kind of node refused it."""
+    node = make_node(tmp_path, 1, free_ports(3))
+    await node.start()
+    await node.stop()
+    direct = DirectNode()
+    await direct.start()
+    await direct.stop()
+    for stopped in (node, direct):
+        write, read = Done(), Done()
+        stopped.submit_nowait(put("k", b"v", 1), write, timeout=1)
+        stopped.read_nowait(kv.encode_query("k"), "linearizable", read, timeout=1)
+        assert write.outcomes == read.outcomes == [SHUTTING_DOWN], type(stopped).__name__
+        assert await stopped.submit(put("k", b"v", 2), timeout=1) == SHUTTING_DOWN
+    assert SHUTTING_DOWN.code == Code.SHUTTING_DOWN and not SHUTTING_DOWN.unknown
 
 
 # ------------------------------------------------------------ binary protocol

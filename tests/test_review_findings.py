@@ -305,7 +305,7 @@ def test_node_submit_does_not_turn_one_request_into_two_log_commands() -> None:
         fake = _AbortOnceReplica()
         node.replica = fake  # type: ignore[assignment]
         node.transport = _Transport()  # type: ignore[assignment]
-        node._loop = asyncio.get_running_loop()
+        node.clock = asyncio.get_running_loop()
         outcome = await node.submit(b"inc", timeout=1.0)
         return outcome, fake.submitted
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pnyx.node import Address, Node, NodeConfig
-from pnyx.node.runtime import DEADLINE_TICK
+from pnyx.node.requests import DEADLINE_TICK
 from pnyx.node.transport import PeerTransport
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
@@ -171,7 +171,7 @@ def test_a_request_is_given_up_when_the_deadline_timer_fires_at_its_tick() -> No
     node = Node(NodeConfig(1, members, Path("unused")), MemoryLogStore(node_id=1),
                 kv.KVMachine())
     loop = _WholeMillisecondLoop(tick_time - 1.0)
-    node._loop = loop  # type: ignore[assignment]
+    node.clock = loop  # type: ignore[assignment]
     outcomes: list[Outcome] = []
     node.submit_nowait(b"command", outcomes.append, timeout=1.0)  # deadline: tick_time
     assert [when for when, _ in loop.timers] == [pytest.approx(tick_time)]

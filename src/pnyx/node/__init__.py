@@ -2,9 +2,12 @@
 
 `config` holds what one node must know (its id, the cluster, addresses,
 timeouts) and parses it from flags or TOML; `transport` carries framed
-messages between nodes over TCP; `runtime` runs a `Replica`: timers, group
-commit to durable storage, sending, and completing the requests that wait
-for their commands to be chosen and applied.
+messages between nodes over TCP; `ports` names what a driver needs (clock,
+disk, network); `driver` runs a `Replica` against them — group commit,
+persist-before-send, timers, and the requests waiting for their commands
+(`requests`) — for the node and the simulator alike; `runtime` is that driver
+over asyncio, TCP and SQLite; `direct` is the same API with no consensus;
+`metrics` is what a node counts.
 """
 
 from pnyx.node.config import Address, ConfigError, NodeConfig

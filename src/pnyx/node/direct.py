@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pnyx.node.driver import safe_machine
 from pnyx.node.metrics import Metrics
-from pnyx.protocol.multipaxos import Outcome, ReadMode
-from pnyx.statemachine.base import SafeApply, StateMachine
+from pnyx.node.requests import SHUTTING_DOWN
+from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
+from pnyx.statemachine.base import StateMachine
 from pnyx.statemachine.kv import KVMachine
 
 
@@ -44,8 +46,10 @@ class DirectNode:
 
     `machine` defaults to a `KVMachine` with room for as many clients as
     `pnyx serve` gives its nodes, so the same workload de-duplicates the same
-    way. It is wrapped in `SafeApply`, as in the replica, so a machine that
-    raises answers with an error result instead of stopping the node.
+    way. It is wrapped as the driver wraps a replica's (`safe_machine`), so a
+    machine that raises answers with an error result instead of stopping the
+    node. A stopped node answers `SHUTTING_DOWN`, a definite failure, as `Node`
+    does for a request that never reached its log (here, none ever does).
     """
 
     def __init__(
@@ -59,7 +63,8 @@ class DirectNode:
     ) -> None:
         self.node_id = node_id
         self.metrics = metrics if metrics is not None else Metrics()
-        self.machine = SafeApply(machine if machine is not None else KVMachine(max_clients=65536))
+        self.machine = safe_machine(
+            machine if machine is not None else KVMachine(max_clients=65536))
         self.max_command = max_command
         self.address = address
         # The log index of the last command applied; every command takes the
@@ -104,11 +109,10 @@ class DirectNode:
         started = time.perf_counter()
         self.metrics.proposed(1)
         if self.closed:
-            return Outcome(False, error="the node is shutting down", unknown=False)
+            return SHUTTING_DOWN
         if len(command) > self.max_command:
-            # The replica's own words, so callers that look for "too large" see it here too.
-            return Outcome(False, error=f"command too large: {len(command)} bytes, "
-                           f"limit {self.max_command}")
+            return Outcome.failed(Code.TOO_LARGE, f"command too large: {len(command)} "
+                                  f"bytes, limit {self.max_command}")
         self.index += 1
         result = self.machine.apply(command, self.index)
         # What the runtime counts per chosen slot, so /metrics reads the same.
@@ -119,7 +123,7 @@ class DirectNode:
 
     def _query(self, query: bytes) -> Outcome:
         if self.closed:
-            return Outcome(False, error="the node is shutting down")
+            return SHUTTING_DOWN
         return Outcome(True, self.machine.query(query), self.index)
 
     def status(self) -> dict[str, Any]:

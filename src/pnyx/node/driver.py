@@ -1,0 +1,411 @@
+"""The driver: runs a pure `Replica` by obeying every `LogReady` against three ports.
+
+One class for the node and the simulator. `pnyx.node.runtime.Node` is this
+driver over asyncio, TCP and SQLite; `pnyx.sim.cluster` runs the same class
+over virtual time, a simulated network and simulated disks. It owns:
+
+- **persist, then durable, then persisted**: records go to the `Disk` by
+  **group commit**: while one write is in flight, the records the replica
+  produces meanwhile wait, and go together in the next. Only when a write
+  returns does the replica hear `persisted(seq)` — and only then may the
+  promises and acceptances that depend on it leave (the replica holds them
+  until then; the simulator checks, independently, that none leaves early);
+- **messages**: to peers through the `Network`, to ourselves on the next turn
+  of the `Clock`;
+- **wake-ups**: one timer, at the earliest moment the replica asked to wake;
+- **requests**: `submit_nowait` and `read_nowait` call back with their outcome,
+  with no task, future or timer of their own: deadlines are kept in buckets,
+  one timer for all; the commands that arrive in one turn of the clock are
+  gathered and submitted together (one slot, one Accept round, one group
+  commit). A read that fails is retried until the deadline; a command whose
+  outcome is unknown (its leader lost its ballot) is reported as such, for the
+  caller to retry under its own request identity — only the caller's
+  de-duplication makes that safe;
+- **the state machine's contract**: the machine is wrapped in `SafeApply`, so
+  a command whose `apply` raises gets a deterministic error result on every
+  replica, instead of stopping one mid-slot (where a retry would apply the
+  slot's earlier commands twice);
+- **metrics**, when given one: slots and commands learned chosen since start
+  (not the log replayed from disk), roles, leaders, group commits.
+
+Request ids come from the caller (`first_request_id`), never from a global
+random source: the node draws a random start so ids never repeat across
+restarts, and the simulator draws it from the run's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pnyx.node.metrics import Metrics
+from pnyx.node.ports import Clock, Disk, Network, Timer
+from pnyx.node.requests import DEADLINE_TICK, RETRY_PAUSE, SHUTTING_DOWN, Request
+from pnyx.protocol.multipaxos import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
+from pnyx.protocol.multipaxos.messages import LogMessage
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
+from pnyx.statemachine.base import SafeApply
+
+log = logging.getLogger("pnyx.node")
+
+
+def safe_machine(machine: Machine) -> Machine:
+    """`machine` as every replica must apply it: an exception in `apply` is a result."""
+    return machine if isinstance(machine, SafeApply) else SafeApply(machine)  # type: ignore[arg-type,return-value]
+
+
+class Driver:
+    """A `Replica` and the client requests waiting on it, driven through ports.
+
+    Build it, then `open` it with the ports and what the disk holds; `close` it
+    to stop (every request still held hears that the node is shutting down).
+    """
+
+    def __init__(self, node_id: int, replica_config: ReplicaConfig, machine: Machine, *,
+                 request_timeout: float, metrics: Metrics | None = None,
+                 replica_class: type[Replica] = Replica) -> None:
+        self.node_id = node_id
+        self.replica_config = replica_config
+        self.machine = safe_machine(machine)
+        self.request_timeout = request_timeout
+        self.metrics = metrics
+        self.replica_class = replica_class
+        self.replica: Replica | None = None
+        self.clock: Clock | None = None
+        self.disk: Disk | None = None
+        self.network: Network | None = None
+        # Called with every LogReady the replica returns, before the driver obeys it
+        # (the simulator's checks); None on the node.
+        self.observe: Callable[[LogReady], None] | None = None
+        self._timer: Timer | None = None
+        self._timer_at: float | None = None
+        self._records: list[LogRecord] = []  # waiting for the next group commit
+        self._records_seq = 0
+        self._writing = False  # a write is in flight: new records wait for it
+        self._flush_soon = False
+        self._waiters: dict[int, Request] = {}  # by the id of their current attempt
+        # Every request not finished, by the DEADLINE_TICK its deadline falls in.
+        self._deadlines: dict[int, set[Request]] = {}
+        self._deadline_timer: Timer | None = None
+        self._deadline_at = 0
+        self._next_id = 0
+        self._replayed = 0  # slots applied from the disk at open: not news to count
+        self._last_leader: tuple[int | None, Any] = (None, None)
+        self._last_role = ""
+        self._gathered: list[tuple[int, bytes]] = []
+        self._gathered_stale = False  # a request was forgotten while commands were gathered
+        self.closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self, clock: Clock, disk: Disk, network: Network, durable: ReplicaDurable,
+             rng: random.Random, first_request_id: int) -> Replica:
+        """Build the replica from `durable` (what the disk holds); nothing runs until
+        `begin`. Request ids count up from `first_request_id`: they must never repeat
+        across restarts, or an old command still applied could complete a new request."""
+        self.clock, self.disk, self.network = clock, disk, network
+        self._next_id = first_request_id
+        self.replica = self.replica_class(self.node_id, self.replica_config, rng, self.machine,
+                                          durable, now=clock.time())
+        self._replayed = self.replica.applied
+        return self.replica
+
+    def begin(self) -> None:
+        """Let the replica act (start its timers, send what it must)."""
+        assert self.clock is not None
+        self._handle(self._replica().tick(self.clock.time()))
+
+    def close(self) -> None:
+        """Stop: no more events reach the replica; every request held hears it."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        gathered = {rid for rid, _ in self._gathered}
+        self._gathered = []
+        requests = [r for members in self._deadlines.values() for r in members]
+        self._deadlines.clear()
+        for request in requests:
+            handed = request.rid is not None and request.rid not in gathered
+            self._forget(request)
+            request.finish(request.shut_down(handed))
+
+    # ------------------------------------------------------------- requests
+
+    def submit_nowait(self, command: bytes, done: Callable[[Outcome], None], *,
+                      timeout: float | None = None) -> Request:
+        """Start getting `command` chosen and applied; `done(outcome)` is called once,
+        with its result or why not within `timeout`. No task or future per request:
+        the fast path of the client protocols. Cancel with the returned handle."""
+        if self.metrics is not None:
+            self.metrics.proposed(1)
+        # A command whose outcome is unknown is NOT resubmitted here: it may still be
+        # chosen, and a second copy would apply twice on a machine without
+        # de-duplication. The caller retries with its own request identity (the HTTP
+        # and binary APIs do, with the key-value machine's idempotency keys).
+        return self._start(lambda rid: self._gather(rid, command), done, timeout,
+                           retry_unknown=False, timed=True)
+
+    def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
+                    timeout: float | None = None) -> Request:
+        """Like `submit_nowait`, for a read with `mode`'s guarantee."""
+        return self._start(
+            lambda rid: self._replica().read(rid, query, mode, self._now()), done, timeout,
+            retry_unknown=True, timed=False,
+        )
+
+    # The request machinery: attempts, the retry pause between them, one deadline.
+
+    def _start(self, attempt: Callable[[int], LogReady | None],
+               done: Callable[[Outcome], None], timeout: float | None, *,
+               retry_unknown: bool, timed: bool) -> Request:
+        clock = self._clock()
+        request = Request(self, attempt, done, clock.time()
+                          + (timeout or self.request_timeout), retry_unknown)
+        if self.closed:
+            request.finish(SHUTTING_DOWN)
+            return request
+        if timed and self.metrics is not None:
+            # Wall time, for the latency histogram only (the simulator has no metrics).
+            request.started = time.perf_counter()
+        # Deadlines are kept in buckets of DEADLINE_TICK: adding and removing a request
+        # is O(1), and one timer serves them all (a request gives up at most a tick late).
+        request.bucket = bucket = math.ceil(request.deadline / DEADLINE_TICK)
+        members = self._deadlines.get(bucket)
+        if members is None:
+            members = self._deadlines[bucket] = set()
+            if self._deadline_timer is None or bucket < self._deadline_at:
+                self._arm_deadlines(bucket)
+        members.add(request)
+        self._attempt(request)
+        return request
+
+    def _attempt(self, request: Request) -> None:
+        if request.finished:
+            return
+        if self.closed:
+            request.finish(SHUTTING_DOWN)
+            return
+        request.retry_handle = None
+        self._next_id += 1
+        request.rid = rid = self._next_id
+        self._waiters[rid] = request
+        ready = request.attempt(rid)
+        if ready is not None:
+            self._handle(ready)
+
+    def _attempt_done(self, request: Request, outcome: Outcome) -> None:
+        """An attempt's outcome: the request's, or another attempt after a pause."""
+        request.rid = None
+        if outcome.ok or not outcome.code.retryable:
+            if outcome.ok and request.started and self.metrics is not None:
+                self.metrics.observe_commit_latency(time.perf_counter() - request.started)
+            request.finish(outcome)
+            return
+        if outcome.unknown and not request.retry_unknown:
+            request.finish(outcome)
+            return
+        request.last = outcome
+        clock = self._clock()
+        remaining = request.deadline - clock.time()
+        if remaining <= 0:
+            request.finish(request.gave_up())
+        else:
+            request.retry_handle = clock.call_later(min(RETRY_PAUSE, remaining),
+                                                    self._attempt, request)
+
+    def _forget(self, request: Request) -> None:
+        """Stop `request` at the replica (a command may still be applied)."""
+        if request.rid is not None:
+            self._waiters.pop(request.rid, None)
+            if self._gathered:  # its command may not have reached the replica yet
+                self._gathered_stale = True
+            if self.replica is not None:
+                self.replica.cancel(request.rid)
+            request.rid = None
+        if request.retry_handle is not None:
+            request.retry_handle.cancel()
+            request.retry_handle = None
+
+    def _drop_deadline(self, request: Request) -> None:
+        """`request` is finished: it no longer has a deadline to keep."""
+        members = self._deadlines.get(request.bucket)
+        if members is not None:
+            members.discard(request)
+
+    def _arm_deadlines(self, bucket: int) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = bucket
+        self._deadline_timer = self._clock().call_at(bucket * DEADLINE_TICK, self._expire)
+
+    def _expire(self) -> None:
+        """Give up on the requests whose deadline passed; re-arm for the next ones."""
+        self._deadline_timer = None
+        # When the timer of a bucket fires, the loop's clock may read a hair before
+        # `bucket * DEADLINE_TICK` (floating point: uvloop's clock reads whole
+        # milliseconds, 2.05 where the bucket's time is 2.0500000000000003). Without the
+        # microsecond of slack the bucket was kept and its timer re-armed for a moment
+        # already past: the loop spun until the clock moved on.
+        now = self._clock().time() + 1e-6
+        for bucket in [b for b in self._deadlines if b * DEADLINE_TICK <= now]:
+            for request in self._deadlines.pop(bucket):
+                self._forget(request)
+                request.finish(request.gave_up())
+        if self._deadlines:
+            self._arm_deadlines(min(self._deadlines))
+
+    def _gather(self, rid: int, command: bytes) -> None:
+        """Hold the command until the end of this turn of the clock, and submit
+        everything gathered by then at once: commands that arrive together share a
+        slot, one Accept round and one group commit."""
+        self._gathered.append((rid, command))
+        if len(self._gathered) == 1:
+            self._clock().call_soon(self._submit_gathered)
+
+    def _submit_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        if self._gathered_stale:  # not proposed yet, and no longer wanted: need never be
+            self._gathered_stale = False
+            gathered = [g for g in gathered if g[0] in self._waiters]
+        if gathered and not self.closed:
+            self._handle(self._replica().submit_many(gathered, self._now()))
+
+    # ------------------------------------------------------------- events in
+
+    def deliver(self, message: LogMessage) -> None:
+        """A message from a peer (already checked to come from who it says)."""
+        if not self.closed:
+            self._handle(self._replica().step(message, self._now()))
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self.closed:
+            self._handle(self._replica().tick(self._now()))
+
+    # ----------------------------------------------------------- effects out
+
+    def _handle(self, ready: LogReady) -> None:
+        if self.closed:
+            return
+        if self.observe is not None:
+            self.observe(ready)
+        if ready.persist:
+            self._persist(ready.persist, ready.persist_seq)
+        if ready.send:
+            self._send(ready.send)
+        for request_id, outcome in ready.outcomes:
+            request = self._waiters.pop(request_id, None)
+            if request is not None:
+                self._attempt_done(request, outcome)
+        if self.metrics is not None:
+            self._count(ready)
+        if ready.wake_at is not None:
+            self._wake_at(ready.wake_at)
+
+    def _persist(self, records: list[LogRecord], seq: int) -> None:
+        """Queue `records` for the next group commit (see `_flush`)."""
+        self._records.extend(records)
+        self._records_seq = seq
+        if not self._writing and not self._flush_soon:
+            # Not at once: the records of the rest of this turn go in the same write.
+            self._flush_soon = True
+            self._clock().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self._writing or not self._records or self.closed:
+            return
+        records, seq = self._records, self._records_seq
+        self._records = []
+        self._writing = True
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        assert self.disk is not None
+        self.disk.write(records, lambda error: self._written(error, seq, len(records), started))
+
+    def _written(self, error: BaseException | None, seq: int, count: int,
+                 started: float) -> None:
+        self._writing = False
+        if error is not None:
+            # A disk that cannot be written cannot keep promises: stop rather than lie.
+            log.error("node %s: cannot write its log; stopping", self.node_id,
+                      exc_info=error)
+            self.close()
+            return
+        if self.closed:
+            return
+        if self.metrics is not None:
+            self.metrics.observe_commit(time.perf_counter() - started, count)
+        self._handle(self._replica().persisted(seq))
+        if self._records:
+            self._flush()
+
+    def _send(self, send: list[tuple[int, LogMessage]]) -> None:
+        network = self.network
+        assert network is not None
+        me = self.node_id
+        for dst, message in send:
+            if dst == me:
+                self._clock().call_soon(self.deliver, message)
+            else:
+                network.send(dst, message)
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer_at is not None and self._timer_at <= when and self._timer is not None:
+            return  # an earlier wake-up is already set; the replica re-asks after it
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock().call_at(when, self._tick)
+
+    def _count(self, ready: LogReady) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        applied = ready.applied
+        if applied:
+            if applied[0][0] <= self._replayed:  # the log replayed at open is not news
+                applied = [(slot, value) for slot, value in applied if slot > self._replayed]
+            if applied:
+                metrics.chosen(len(applied), sum(len(v.commands) for _, v in applied))
+                for _, value in applied:
+                    metrics.observe_batch(len(value.commands))
+        r = self._replica()
+        if r.role.value != self._last_role:
+            self._last_role = r.role.value
+            metrics.set_role(r.role.value)
+            if r.role.value == "candidate":
+                metrics.election_started()
+        current = (r.leader, r.ballot if r.is_leader else r.leader_ballot)
+        if current != self._last_leader and r.leader is not None:
+            self._last_leader = current
+            metrics.leader_changed()
+
+    # ------------------------------------------------------------- queries
+
+    def commit_index(self) -> int:
+        """Commands in the slots known chosen (1..commit): the index a write reaches
+        once chosen, which may run ahead of the index applied so far."""
+        r = self._replica()
+        index = r.applied_index
+        for slot in range(r.applied + 1, r.commit + 1):
+            index += len(r.chosen[slot].commands)
+        return index
+
+    def _now(self) -> float:
+        return self._clock().time()
+
+    def _clock(self) -> Clock:
+        if self.clock is None:
+            raise RuntimeError("the node has not started")
+        return self.clock
+
+    def _replica(self) -> Replica:
+        if self.replica is None:
+            raise RuntimeError("the node has not started")
+        return self.replica
