@@ -4,6 +4,12 @@ A schedule is drawn from its own seeded RNG before the run starts, so the
 faults of a seed do not depend on how the protocol behaves. Every fault ends
 by `until`: after that the network is whole and every process is up, which
 is when liveness can be expected of the protocol.
+
+A "reboot" crashes a process and brings it straight back from its durable
+state, mid-ballot. Its node is only a fallback: the engine aims a reboot at
+whoever leads the run at that moment (`Engine.leader`), and a simulation may
+hold it until that process next sends (see `pnyx.sim.simulation`), so what
+it loses is exactly what was not yet durable when its ballot went out.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Fault:
     time: float
-    kind: str  # "partition", "heal", "crash", "restart"
+    kind: str  # "partition", "heal", "crash", "restart", "reboot"
     nodes: tuple[int, ...]
 
 
@@ -28,6 +34,8 @@ class FaultConfig:
     partition_rate: float = 15.0  # partitions per second, on average
     crash_rate: float = 30.0  # crashes per second, on average
     max_outage: float = 0.1  # longest partition or downtime, seconds
+    reboots: bool = False  # crash-and-restart at once, aimed at the leader
+    reboot_rate: float = 20.0  # reboots per second, on average
     script: tuple[Fault, ...] = ()  # faults at set times, added to the random ones
 
 
@@ -48,5 +56,11 @@ def schedule(nodes: list[int], config: FaultConfig, rng: random.Random) -> list[
             end = min(config.until, t + rng.uniform(0.001, config.max_outage))
             faults += [Fault(t, "crash", (node,)), Fault(end, "restart", (node,))]
             t += rng.expovariate(config.crash_rate)
+    if config.reboots:
+        # Drawn last, so turning reboots on leaves the other faults of a seed as they were.
+        t = rng.expovariate(config.reboot_rate)
+        while t < config.until:
+            faults.append(Fault(t, "reboot", (rng.choice(nodes),)))
+            t += rng.expovariate(config.reboot_rate)
     faults.sort(key=lambda f: f.time)
     return faults

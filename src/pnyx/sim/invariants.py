@@ -5,22 +5,39 @@ clients proposed, every message a process sends, what each learner learns,
 and the durable state a process comes back with after a crash. From the
 acceptances reported on the wire it knows, as no single process can, which
 value has actually been chosen. It checks the seed's three safety
-requirements by name, and two rules about acceptors:
+requirements by name, and rules about acceptors and ballots:
 
 - S1 only one value is chosen
 - S2 the chosen value was proposed
 - S3 a process learns a value only once it has actually been chosen
 - A1 an acceptor never accepts a ballot below one it has promised
 - A2 an acceptor's promise and acceptance never go backwards across a crash
+- A3 an acceptor never promises a ballot below one it has promised
+- B1 a ballot belongs to one proposer and is used once: its owner's ballots
+  only go up, across crashes too, and a ballot carries one value
+
+The observer shares no code with the protocol it checks: it is given the
+acceptors and the phase-2 quorum size as plain numbers and counts each
+quorum itself, so a broken quorum or learner object cannot vouch for itself.
+It compares ballots as (round, node) pairs with its own arithmetic for the
+same reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from pnyx.protocol.ballot import ZERO, Ballot
-from pnyx.protocol.quorum import QuorumSystem
-from pnyx.protocol.synod.messages import Accepted, Message, Promise, Rejected, Value
+from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.synod.messages import (
+    Accept,
+    Accepted,
+    Message,
+    Prepare,
+    Promise,
+    Rejected,
+    Value,
+)
 from pnyx.protocol.synod.node import DurableState
 
 S1 = "S1 only one value is chosen"
@@ -28,7 +45,21 @@ S2 = "S2 the chosen value was proposed"
 S3 = "S3 a process learns a value only once it has been chosen"
 A1 = "A1 an acceptor never accepts a ballot below its promise"
 A2 = "A2 an acceptor's promise and acceptance survive a crash"
-RULES = (S1, S2, S3, A1, A2)
+A3 = "A3 an acceptor never promises a ballot below its promise"
+B1 = "B1 a ballot is used once, by its owner, for one value"
+RULES = (S1, S2, S3, A1, A2, A3, B1)
+
+# A ballot as the observer orders it: (round, node). Nothing below (0, 0).
+Key = tuple[int, int]
+NONE: Key = (0, 0)
+
+
+def key(ballot: Ballot) -> Key:
+    return (ballot.round, ballot.node_id)
+
+
+def shown(k: Key) -> str:
+    return f"{k[0]}.{k[1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +77,22 @@ def show(value: Value | None) -> str:
 
 
 class Observer:
-    def __init__(self, quorums: QuorumSystem) -> None:
-        self.quorums = quorums
+    def __init__(self, acceptors: Collection[int], phase2: int) -> None:
+        if not 1 <= phase2 <= len(acceptors):
+            raise ValueError(f"phase-2 quorum {phase2} outside 1..{len(acceptors)}")
+        self.acceptors = frozenset(acceptors)
+        self.phase2 = phase2
         self.proposed: set[Value] = set()
         self.chosen: dict[Value, float] = {}  # value -> when it was first chosen
         self.learned: dict[int, Value] = {}
         self.violations: list[Violation] = []
-        self._promised: dict[int, Ballot] = {}  # highest ballot each acceptor revealed promising
-        self._accepted: dict[int, Ballot] = {}  # highest ballot each acceptor reported accepting
-        self._votes: dict[tuple[Ballot, Value], set[int]] = {}
+        self._promised: dict[int, Key] = {}  # highest ballot each acceptor revealed promising
+        self._accepted: dict[int, Key] = {}  # highest ballot each acceptor reported accepting
+        # (ballot, value) -> acceptors that reported accepting it; a quorum of them is chosen
+        self._votes: dict[tuple[Key, Value], set[int]] = {}
+        # Each proposer's highest ballot sent, and whether it has restarted since.
+        self._prepared: dict[int, tuple[Key, bool]] = {}
+        self._proposed_in: dict[Key, Value] = {}  # the value each ballot's Accept carried
 
     def _violate(self, rule: str, now: float, detail: str) -> None:
         self.violations.append(Violation(rule, now, detail))
@@ -64,26 +102,56 @@ class Observer:
 
     def on_send(self, src: int, message: Message, now: float) -> None:
         if isinstance(message, Promise):
-            self._raise_promise(src, message.ballot)
+            b = key(message.ballot)
+            promised = self._promised.get(src, NONE)
+            if b < promised:
+                self._violate(A3, now, f"node {src} promised {shown(b)} after promising "
+                                       f"{shown(promised)}")
+            self._raise_promise(src, b)
         elif isinstance(message, Rejected):
-            self._raise_promise(src, message.promised)
+            self._raise_promise(src, key(message.promised))
         elif isinstance(message, Accepted):
             self._on_accepted(src, message, now)
+        elif isinstance(message, Prepare):
+            self._on_prepare(src, key(message.ballot), now)
+        elif isinstance(message, Accept):
+            self._on_accept(src, key(message.ballot), message.value, now)
 
-    def _raise_promise(self, acceptor: int, ballot: Ballot) -> None:
-        if ballot > self._promised.get(acceptor, ZERO):
-            self._promised[acceptor] = ballot
+    def _on_prepare(self, src: int, b: Key, now: float) -> None:
+        if b[1] != src:
+            self._violate(B1, now, f"node {src} sent a Prepare for ballot {shown(b)}, not its own")
+        # One Prepare goes to every acceptor, so one ballot is seen once per member.
+        last, restarted = self._prepared.get(src, (NONE, False))
+        if b < last or (b == last and restarted):
+            again = " after restarting" if restarted else ""
+            self._violate(B1, now, f"node {src} used ballot {shown(b)}{again}, "
+                                   f"having used {shown(last)}")
+        if b >= last:
+            self._prepared[src] = (b, False)
+
+    def _on_accept(self, src: int, b: Key, value: Value, now: float) -> None:
+        before = self._proposed_in.setdefault(b, value)
+        if before != value:
+            self._violate(B1, now, f"ballot {shown(b)} carried {show(before)} and then "
+                                   f"{show(value)}")
+
+    def _raise_promise(self, acceptor: int, b: Key) -> None:
+        if b > self._promised.get(acceptor, NONE):
+            self._promised[acceptor] = b
 
     def _on_accepted(self, src: int, m: Accepted, now: float) -> None:
-        promised = self._promised.get(src, ZERO)
-        if m.ballot < promised:
-            self._violate(A1, now, f"node {src} accepted {m.ballot} after promising {promised}")
-        self._raise_promise(src, m.ballot)
-        if m.ballot > self._accepted.get(src, ZERO):
-            self._accepted[src] = m.ballot
-        voters = self._votes.setdefault((m.ballot, m.value), set())
-        voters.add(src)
-        if m.value in self.chosen or not self.quorums.is_phase2_quorum(voters):
+        b = key(m.ballot)
+        promised = self._promised.get(src, NONE)
+        if b < promised:
+            self._violate(A1, now, f"node {src} accepted {shown(b)} after promising "
+                                   f"{shown(promised)}")
+        self._raise_promise(src, b)
+        if b > self._accepted.get(src, NONE):
+            self._accepted[src] = b
+        voters = self._votes.setdefault((b, m.value), set())
+        if src in self.acceptors:
+            voters.add(src)
+        if m.value in self.chosen or len(voters) < self.phase2:
             return
         self.chosen[m.value] = now
         if len(self.chosen) > 1:
@@ -101,17 +169,17 @@ class Observer:
             self._violate(S3, now, f"node {node} learned {show(value)}, which is not chosen")
 
     def on_restart(self, node: int, state: DurableState, now: float) -> None:
-        promised = self._promised.get(node, ZERO)
-        if state.promised < promised:
-            self._violate(
-                A2, now, f"node {node} restarted promising {state.promised}, promised {promised}"
-            )
-        accepted = self._accepted.get(node, ZERO)
-        have = state.accepted.ballot if state.accepted is not None else ZERO
+        if node in self._prepared:
+            self._prepared[node] = (self._prepared[node][0], True)
+        promised = self._promised.get(node, NONE)
+        if key(state.promised) < promised:
+            self._violate(A2, now, f"node {node} restarted promising {state.promised}, "
+                                   f"promised {shown(promised)}")
+        accepted = self._accepted.get(node, NONE)
+        have = key(state.accepted.ballot) if state.accepted is not None else NONE
         if have < accepted:
-            self._violate(
-                A2, now, f"node {node} restarted with acceptance {have}, had accepted {accepted}"
-            )
+            self._violate(A2, now, f"node {node} restarted with acceptance {shown(have)}, "
+                                   f"had accepted {shown(accepted)}")
 
     @property
     def decided_value(self) -> Value | None:

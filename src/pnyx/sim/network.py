@@ -2,7 +2,10 @@
 
 Each directed link gets its own base delay when the network is built; every
 message then adds a random jitter on top, so messages on one link can arrive
-out of order. A message may be dropped or delivered twice. A partition splits
+out of order. A message may be dropped or delivered twice. A small share of messages may
+be held back (`late`): delivered only after `late_min`..`late_max` seconds,
+far beyond any jitter, so a Prepare, Accept or heartbeat of a ballot long
+superseded arrives after newer leaders have come and gone. A partition splits
 the nodes into two sides; a message is lost if, when it arrives, its sender
 and receiver are on different sides. A process's messages to itself are
 never lost or duplicated. All randomness comes from the seeded `rng`.
@@ -21,13 +24,19 @@ class NetworkConfig:
     jitter: float = 0.003
     drop: float = 0.0
     duplicate: float = 0.0
+    # Held back and delivered late: the share of messages, and how late (seconds).
+    late: float = 0.0
+    late_min: float = 0.2
+    late_max: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_delay <= self.max_delay:
             raise ValueError("need 0 <= min_delay <= max_delay")
         if self.jitter < 0:
             raise ValueError("jitter must be >= 0")
-        for name in ("drop", "duplicate"):
+        if not 0 <= self.late_min <= self.late_max:
+            raise ValueError("need 0 <= late_min <= late_max")
+        for name in ("drop", "duplicate", "late"):
             p = getattr(self, name)
             if not 0 <= p < 1:
                 raise ValueError(f"{name} probability must be in [0, 1), got {p}")
@@ -48,6 +57,7 @@ class Network:
         }
         self._side = dict.fromkeys(nodes, 0)
         self.partitioned = False
+        self.held_back = 0  # messages delivered late
 
     def delays(self, src: int, dst: int) -> list[float]:
         """Arrival delays of the copies of one message: none if lost, two if duplicated."""
@@ -58,10 +68,18 @@ class Network:
         if cfg.drop and rng.random() < cfg.drop:
             return []
         base = self._base[(src, dst)]
-        first = base + rng.random() * cfg.jitter
+        first = self._late(base + rng.random() * cfg.jitter)
         if cfg.duplicate and rng.random() < cfg.duplicate:
-            return [first, base + rng.random() * cfg.jitter]
+            return [first, self._late(base + rng.random() * cfg.jitter)]
         return [first]
+
+    def _late(self, delay: float) -> float:
+        # Draws nothing unless `late` is set, so older configurations replay as before.
+        cfg = self.config
+        if cfg.late and self.rng.random() < cfg.late:
+            self.held_back += 1
+            return delay + self.rng.uniform(cfg.late_min, cfg.late_max)
+        return delay
 
     def connected(self, src: int, dst: int) -> bool:
         return self._side[src] == self._side[dst]
