@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from pnyx import benchmark
-from pnyx.benchmark import Summary, parse_size, parse_system, percentile, ratios
+import pnyxbench as benchmark
+from pnyxbench import Summary, parse_size, parse_system, percentile, ratios
 
 TINY = ["--clients", "2", "--duration", "1", "--warmup", "0.2", "--rounds", "1"]
 
 
 def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pnyx.benchmark", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pnyx.cli", "bench", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -162,7 +162,7 @@ def test_tiny_run_against_pnyx1_direct(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pnyx.benchmark", "--systems", "trivial", "--no-ceiling",
+        [sys.executable, "-m", "pnyx.cli", "bench", "--systems", "trivial", "--no-ceiling",
          "--no-probe", "--clients", "2", "--duration", "30", "--rounds", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Specs of `pnyx put/get/del/cas/keys/status` (`pnyx.cli_kv`) against a real HTTP server."""
+"""Specs of `pnyx put/get/del/cas/keys/status` (`pnyx.cli.kv`) against a real HTTP server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from fake_node import ServerThread, dead_address
-from pnyx import cli_kv
+from pnyx.cli import kv as cli_kv
+from pnyx.cli import main as pnyx_main
 from pnyx.statemachine import kv
 
 
@@ -171,12 +172,12 @@ def test_bad_request_from_the_node_is_exit_1(ep: str) -> None:
 
 
 def test_main_reports_parse_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_kv.main(["put"]) == 2
-    assert cli_kv.main(["frobnicate"]) == 2
+    assert pnyx_main(["put"]) == 2
+    assert pnyx_main(["frobnicate"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2
 
 
 def test_main_runs_a_command(ep: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_kv.main(["put", "k", "v", "--endpoints", ep]) == 0
+    assert pnyx_main(["put", "k", "v", "--endpoints", ep]) == 0
     assert capsys.readouterr().out == "OK index=1\n"

@@ -2,7 +2,9 @@
 
 `add_parsers(subparsers)` adds them to the `pnyx` command's subparsers and
 `run(args)` carries one out with `pnyx.Client`. Output is readable by default
-and JSON with `--json`. Every flag is checked in `run`, so a wrong one gives a
+and JSON with `--json`. `get` prints the value exactly as stored, with a
+newline after it only on a terminal; `status` asks every endpoint and says
+which node answered at which. Every flag is checked in `run`, so a wrong one gives a
 one-line error on stderr and exit status 2; a failed operation (no such key,
 precondition failed, no node available) gives one line and status 1. `run`
 never raises for either.
@@ -23,7 +25,8 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Final
 
 from pnyx.client import CONSISTENCY, Client, parse_endpoints
@@ -67,7 +70,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("value")
     _add_conditions(p)
     _add_common(p)
-    p.set_defaults(kv_command="put")
+    p.set_defaults(kv_command="put", run=run)
 
     p = subparsers.add_parser("get", help="read a key",
                               description="Print the value of KEY.")
@@ -75,13 +78,13 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--consistency", default="linearizable",
                    help="linearizable (default), quorum or stale")
     _add_common(p)
-    p.set_defaults(kv_command="get")
+    p.set_defaults(kv_command="get", run=run)
 
     p = subparsers.add_parser("del", help="delete a key", description="Delete KEY.")
     p.add_argument("key")
     _add_conditions(p)
     _add_common(p)
-    p.set_defaults(kv_command="del")
+    p.set_defaults(kv_command="del", run=run)
 
     p = subparsers.add_parser("cas", help="compare-and-swap a key",
                               description="Set KEY to NEW only if its value is EXPECTED.")
@@ -89,7 +92,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("expected")
     p.add_argument("new")
     _add_common(p)
-    p.set_defaults(kv_command="cas")
+    p.set_defaults(kv_command="cas", run=run)
 
     p = subparsers.add_parser("keys", help="list keys",
                               description="List the keys that start with PREFIX, in order.")
@@ -99,12 +102,15 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--consistency", default="linearizable",
                    help="linearizable (default), quorum or stale")
     _add_common(p)
-    p.set_defaults(kv_command="keys")
+    p.set_defaults(kv_command="keys", run=run)
 
-    p = subparsers.add_parser("status", help="show a node's view of the cluster",
-                              description="Show the status of the first node that answers.")
+    p = subparsers.add_parser("status", help="show each node's view of the cluster",
+                              description="Ask every endpoint for its node's status: with one "
+                              "endpoint, that node's view in full; with several, one line per "
+                              "endpoint saying which node answered there (or that none did). "
+                              "--json prints one JSON object per endpoint, one per line.")
     _add_common(p)
-    p.set_defaults(kv_command="status")
+    p.set_defaults(kv_command="status", run=run)
 
 
 # --- checking flags -----------------------------------------------------------
@@ -237,6 +243,8 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
         _key(args.prefix, "prefix")
     value = _value(args.value, stdin) if command == "put" else b""
 
+    if command == "status":
+        return _status(endpoints, timeout, as_json, out, make_client)
     # Per attempt, a little less than the whole budget; the whole is retry_timeout.
     with make_client(endpoints, timeout=timeout, connect_timeout=min(2.0, timeout),
                      retry_timeout=timeout) as client:
@@ -252,9 +260,12 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
             if as_json:
                 _print_json(out, {"key": args.key, "index": index, **_value_json(data)})
             else:
-                # The value exactly as stored: scripts can pipe it.
+                # The value exactly as stored, so scripts can pipe it; on a terminal a
+                # newline after it, so the prompt does not run on after the value.
                 out.flush()
                 out_bytes.write(data)
+                if not data.endswith(b"\n") and _is_terminal(out_bytes):
+                    out_bytes.write(b"\n")
                 out_bytes.flush()
         elif command == "keys":
             items = client.keys(args.prefix, None if limit == 0 else limit,
@@ -264,13 +275,54 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
             else:
                 for key, index in items:
                     out.write(f"{key}\t{index}\n")
-        else:
-            status = client.status()
-            if as_json:
-                _print_json(out, status)
-            else:
-                out.write("\n".join(_describe_status(status)) + "\n")
     return EXIT_OK
+
+
+def _is_terminal(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _status_of(endpoint: str, timeout: float, make_client: Callable[..., Client],
+               ) -> dict[str, Any] | str:
+    """The status the node at `endpoint` reports, or why there is none (one line)."""
+    try:
+        with make_client([endpoint], timeout=timeout, connect_timeout=min(2.0, timeout),
+                         retry_timeout=min(2.0, timeout)) as client:
+            return client.status()
+    except PnyxError as exc:
+        return _one_line(exc.message)
+
+
+def _status(endpoints: list[str], timeout: float, as_json: bool, out: IO[str],
+            make_client: Callable[..., Client]) -> int:
+    # Each endpoint on its own: a client over all of them would show whichever
+    # node it happened to reach, a different one each time.
+    with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
+        answers = list(pool.map(lambda ep: _status_of(ep, timeout, make_client), endpoints))
+    if all(isinstance(a, str) for a in answers):
+        raise Unavailable(f"no node answered; last: {answers[-1]}")
+    for endpoint, answer in zip(endpoints, answers, strict=True):
+        if as_json:
+            _print_json(out, {"endpoint": endpoint, **answer} if isinstance(answer, dict)
+                        else {"endpoint": endpoint, "error": answer})
+    if not as_json:
+        if len(endpoints) == 1 and isinstance(answers[0], dict):
+            out.write("\n".join(_describe_status(answers[0])) + "\n")
+        else:
+            for endpoint, answer in zip(endpoints, answers, strict=True):
+                out.write(f"{endpoint}  {_status_line(answer)}\n")
+    return EXIT_OK
+
+
+def _status_line(answer: dict[str, Any] | str) -> str:
+    if isinstance(answer, str):
+        return f"no answer: {answer}"
+    return (f"node {answer.get('id')}: {answer.get('role')}, leader {answer.get('leader')}, "
+            f"ballot {answer.get('ballot')}, commit index {answer.get('commit_index')}, "
+            f"applied index {answer.get('applied_index')}")
 
 
 def _one_line(text: str) -> str:
@@ -312,21 +364,3 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None,
         # Reading the value from stdin, or writing the output, failed.
         err.write(f"{prog}: {_one_line(str(exc))}\n")
         return EXIT_FAILED
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run these commands alone (for tests and scripts); `pnyx` itself wires them in."""
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> Any:
-            raise _Usage(f"{self.prog}: {message}")
-
-    parser = Parser(prog="pnyx")
-    add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser,
-                                      required=True))
-    try:
-        args = parser.parse_args(argv)
-    except _Usage as exc:
-        sys.stderr.write(_one_line(str(exc)) + "\n")
-        return EXIT_USAGE
-    return run(args)

@@ -1,9 +1,8 @@
-"""The `pnyx` command.
+"""`pnyx sim` and `pnyx sim-kv`: the deterministic simulator from the command line.
 
-`pnyx sim` runs single-decree Paxos in the deterministic simulator and
-`pnyx sim-kv` the replicated key-value store: one seed with a readable
-summary, or a sweep of seeds with a progress bar. Every wrong flag gives a
-one-line error and exit status 2.
+`pnyx sim` runs single-decree Paxos and `pnyx sim-kv` the replicated key-value
+store (Multi-Paxos): one seed with a readable summary, or a sweep of seeds
+with a progress bar. The same seed replays the same run exactly.
 """
 
 from __future__ import annotations
@@ -11,13 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
-from pnyx import benchmark, server
-from pnyx.node.config import Address, ConfigError, NodeConfig, parse_cluster
-from pnyx.protocol.quorum import QuorumError
+from pnyx.cli.common import UsageError
 from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.cluster import ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
@@ -25,20 +20,6 @@ from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
 from pnyx.sim.network import NetworkConfig
 from pnyx.sim.report import cluster_summary, cluster_sweep_summary, summary, sweep_summary
 from pnyx.sim.simulation import SimConfig, SimResult, simulate
-
-try:  # the client commands (put/get/...) live in their own module
-    from pnyx import cli_kv as _kv_commands
-except ImportError:  # pragma: no cover - only while that module is being written
-    _kv_commands = None  # type: ignore[assignment]
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
 
 
 def _probability(text: str) -> float:
@@ -103,9 +84,7 @@ def _add_run_flags(p: argparse.ArgumentParser, nodes: int, until_ms: float) -> N
     p.add_argument("--trace", metavar="FILE", help="write every event as JSON lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pnyx", description="Multi-Paxos for Python.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def add_parsers(sub: Any) -> None:
     sim = sub.add_parser(
         "sim",
         help="run single-decree Paxos in the deterministic simulator",
@@ -143,78 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run a deliberately broken variant")
     kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
 
-    serve = sub.add_parser(
-        "serve",
-        help="run one node of a cluster",
-        description="Run one node: its peers reach it at its --cluster address (or --listen), "
-        "clients at --http. Settings may also come from a TOML file (--config); flags win.",
-    )
-    serve.add_argument("--config", metavar="FILE", help="read settings from a TOML file")
-    serve.add_argument("--id", type=int, dest="node_id", help="this node's id in --cluster")
-    serve.add_argument("--cluster", metavar="ID=HOST:PORT,...",
-                       help="every member and the address its peers reach it at")
-    serve.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API here")
-    serve.add_argument("--client", metavar="HOST:PORT",
-                       help="serve the binary client protocol here (the fast path)")
-    serve.add_argument("--listen", metavar="HOST:PORT",
-                       help="listen for peers here instead of at our --cluster address "
-                       "(for NAT and containers)")
-    serve.add_argument("--data-dir", metavar="DIR", help="where the node keeps its log")
-    serve.add_argument("--cluster-id", help="a name for the cluster (default pnyx)")
-    serve.add_argument("--election-timeout", type=_positive_ms, metavar="MS",
-                       help="default 300 ms")
-    serve.add_argument("--heartbeat", type=_positive_ms, metavar="MS", help="default 50 ms")
-    serve.add_argument("--request-timeout", type=_positive_ms, metavar="MS",
-                       help="default 5000 ms")
-    serve.add_argument("--unsafe-no-fsync", action="store_true",
-                       help="do not fsync: fast, and loses acknowledged writes on power loss "
-                       "(benchmarks only)")
-    serve.add_argument("--no-consensus", action="store_true",
-                       help="apply commands directly, with no log, no peers and no fsync: "
-                       "the cost floor of the stack (benchmarks only; one member)")
-
-    cl = sub.add_parser(
-        "cluster",
-        help="start a local cluster on 127.0.0.1 and keep it running until Ctrl-C",
-    )
-    cl.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
-    cl.add_argument("--data-dir", default="pnyx-data", metavar="DIR",
-                    help="where the nodes keep their logs (default ./pnyx-data)")
-    cl.add_argument("--peer-port", type=int, default=7001,
-                    help="first peer port (default 7001)")
-    cl.add_argument("--http-port", type=int, default=8001,
-                    help="first HTTP port (default 8001)")
-    cl.add_argument("--client-port", type=int, default=9001,
-                    help="first port of the binary client protocol, for pnyx.FastClient "
-                    "(default 9001; 0 to serve none)")
-    cl.add_argument("--unsafe-no-fsync", action="store_true",
-                    help="do not fsync (benchmarks only)")
-    if _kv_commands is not None:
-        _kv_commands.add_parsers(sub)
-    benchmark.add_parsers(sub)
-    return parser
+    sim.set_defaults(run=run)
+    kv.set_defaults(run=run)
 
 
-def node_config_from(args: argparse.Namespace) -> NodeConfig:
-    members = parse_cluster(args.cluster) if args.cluster else None
-    http = Address.parse(args.http, "--http") if args.http else None
-    client = Address.parse(args.client, "--client") if args.client else None
-    listen = Address.parse(args.listen, "--listen") if args.listen else None
-    values = dict(
-        node_id=args.node_id, members=members, http=http, client=client, listen=listen,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        cluster_id=args.cluster_id,
-        election_timeout=args.election_timeout, heartbeat_interval=args.heartbeat,
-        request_timeout=args.request_timeout,
-        fsync=False if args.unsafe_no_fsync else None,
-        consensus=False if args.no_consensus else None,
-    )
-    if args.config:
-        return NodeConfig.from_toml(args.config, **values)
-    for flag, key in (("--id", "node_id"), ("--cluster", "members"), ("--data-dir", "data_dir")):
-        if values[key] is None:
-            raise ConfigError(f"{flag} is required (or give --config)")
-    return NodeConfig(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+def run(args: argparse.Namespace) -> int:
+    config_from(args, 0)  # validate the flags together before running anything
+    return run_sim(args)
 
 
 def _network(args: argparse.Namespace) -> NetworkConfig:
@@ -310,50 +224,3 @@ def run_sim(args: argparse.Namespace) -> int:
     else:
         print(sweep_summary(results, wall))
     return 0 if bad == 0 else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        if args.command in ("sim", "sim-kv"):
-            config_from(args, 0)  # validate the flags together before running anything
-            return run_sim(args)
-        if args.command == "serve":
-            return server.serve(node_config_from(args))
-        if args.command == "cluster":
-            if not 1 <= args.nodes <= 15:
-                raise UsageError(f"pnyx cluster: --nodes must be in 1..15, got {args.nodes}")
-            ports = [("--peer-port", args.peer_port), ("--http-port", args.http_port)]
-            if args.client_port:
-                ports.append(("--client-port", args.client_port))
-            for flag, port in ports:
-                if not 1024 <= port <= 65535 - args.nodes:
-                    raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
-            return server.cluster(args.nodes, Path(args.data_dir), args.peer_port,
-                                  args.http_port, fsync=not args.unsafe_no_fsync,
-                                  client_port=args.client_port or None)
-        if args.command == "bench":
-            return benchmark.run(args)
-        if _kv_commands is not None and args.command in _kv_commands.COMMANDS:
-            return _kv_commands.run(args)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except server.StartError as exc:
-        print(f"pnyx {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, QuorumError) as exc:
-        print(f"pnyx {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"pnyx: {exc}", file=sys.stderr)
-        return 1
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,15 @@
 """`pnyx bench`: pnyx side by side with PySyncObj and with itself unreplicated.
 
+This module lives in a source checkout's bench/, not in the installed package:
+`pnyx bench` (`pnyx.cli.bench`) imports it from there, and
+`python bench/pnyxbench.py ...` runs it directly.
+
     pnyx bench --systems pnyx3,pnyx3-nofsync,pnyx1-direct,pysyncobj3 \\
         --clients 32 --value-size 100 --duration 10 --rounds 2 --json out.json
 
 The benchmark starts every system itself on 127.0.0.1, in a scratch data
 directory, and drives each with the same closed-loop load generator speaking
-pnyx's binary client protocol (`pnyx.api.wire`): every client keeps exactly
+pnyx's binary client protocol (`pnyx.wire`): every client keeps exactly
 one request in flight, under its own client id with increasing `seq`, and
 sends the next the moment the answer arrives. After a warm-up it counts
 completions and records each latency; it reports throughput and p50, p90,
@@ -78,7 +82,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, cast
 
-from pnyx.api import wire
+from pnyx import wire
 from pnyx.statemachine import kv
 from pnyx.testing import free_ports
 
@@ -217,20 +221,9 @@ class Config:
                 for r in self.read_ratios]
 
 
-def add_parsers(subparsers: Any) -> None:
-    """Add `bench` to the `pnyx` command's subparsers."""
-    p = subparsers.add_parser(
-        "bench", help="benchmark pnyx against PySyncObj and against itself unreplicated",
-        description="Start each system on 127.0.0.1, drive it with a closed-loop load, and "
-        "report throughput and latency side by side. Give one of --clients, --value-size, "
-        "--read-ratio or --nodes as a comma-separated list for a scaling curve.")
-    _add_arguments(p)
-    p.set_defaults(bench_command=True)
-
-
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     # Parsed as text and checked in `run`, so a bad value is one line whichever
-    # parser class the caller uses (as in `pnyx.cli_kv`).
+    # parser class the caller uses (as in `pnyx.cli.kv`).
     a = p.add_argument
     a("--systems", default=DEFAULT_SYSTEMS,
       help=f"comma-separated, of {', '.join(KNOWN_SYSTEMS)} (default {DEFAULT_SYSTEMS})")
@@ -376,11 +369,11 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def bench_dir() -> Path:
-    """Where the bench/ scripts are: $PNYX_BENCH_DIR, else the source checkout's bench/."""
+    """Where the bench/ scripts are: $PNYX_BENCH_DIR, else this module's own directory."""
     env = os.environ.get(BENCH_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "bench"
+    return Path(__file__).resolve().parent
 
 
 def _script(name: str, system: str) -> Path:
@@ -505,21 +498,11 @@ def call(address: tuple[str, int], request: wire.ClientRequest,
     """One request over a fresh connection, blocking; raises OSError if nobody answers."""
     with socket.create_connection(address, timeout=timeout) as s:
         s.sendall(wire.frame(request))
-        head = _recv_exactly(s, 4)
-        (size,) = wire.LENGTH.unpack(head)
-        if size > wire.MAX_FRAME:
-            raise OSError(f"a {size}-byte frame")
-        return wire.response_decoder.decode(_recv_exactly(s, size))
-
-
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return bytes(buf)
+        try:
+            payload = wire.read_frame(s, wire.MAX_FRAME)
+        except wire.FrameTooLarge as exc:
+            raise OSError(str(exc)) from None
+        return wire.response_decoder.decode(payload)
 
 
 def node_status(address: tuple[str, int]) -> dict[str, Any] | None:
@@ -756,7 +739,7 @@ class _Conn(asyncio.Protocol):
         self.gen = gen
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.frames = wire.FrameDecoder(wire.MAX_FRAME)
         self.pending: dict[int, _Client] = {}
         self.out: list[bytes] = []
         self.next_id = 0
@@ -791,24 +774,22 @@ class _Conn(asyncio.Protocol):
         self.out.clear()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        offset = 0
-        end = len(buf)
         now = time.perf_counter()
         decode = wire.response_decoder.decode
         on_answer = self.gen.on_answer
         pending = self.pending
-        while end - offset >= 4:
-            size = int.from_bytes(buf[offset:offset + 4], "big")
-            if end - offset - 4 < size:
-                break
-            response = decode(memoryview(buf)[offset + 4:offset + 4 + size])
-            offset += 4 + size
-            client = pending.pop(response.id, None)
-            if client is not None:
-                on_answer(client, response.ok, response.error, response.result, now)
-        del buf[:offset]
+        self.frames.feed(data)
+        try:
+            for payload in self.frames.frames():
+                response = decode(payload)
+                client = pending.pop(response.id, None)
+                if client is not None:
+                    on_answer(client, response.ok, response.error, response.result, now)
+        except wire.FrameTooLarge as exc:
+            self.gen.fatal = f"{self.address[0]}:{self.address[1]} sent {exc}"
+            if self.transport is not None:
+                self.transport.close()
+            return
         self.flush()
 
 
@@ -1098,8 +1079,7 @@ def prefill(running: Running, keys: int, value_size: int, token: str) -> None:
                     kv.IdempotentRequest(f"{token}-fill-{k}", kv.Put(f"k{k}", value)))))
                 for k in batch))
             for _ in batch:
-                (size,) = wire.LENGTH.unpack(_recv_exactly(s, 4))
-                response = wire.response_decoder.decode(_recv_exactly(s, size))
+                response = wire.response_decoder.decode(wire.read_frame(s, wire.MAX_FRAME))
                 if not response.ok:
                     raise BenchError(f"{running.system.name}: prefill failed: {response.error}")
 
@@ -1765,8 +1745,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pnyx.benchmark ...`: the same as `pnyx bench ...`."""
-    parser = _Parser(prog="pnyx bench", description=__doc__.split("\n\n")[0])
+    """`python bench/pnyxbench.py ...`: the same as `pnyx bench ...`."""
+    parser = _Parser(
+        prog="pnyx bench",
+        description="Benchmark pnyx against PySyncObj and against itself unreplicated: start "
+        "each system on 127.0.0.1, drive it with a closed-loop load, and report throughput and "
+        "latency side by side. Give one of --clients, --value-size, --read-ratio or --nodes as "
+        "a comma-separated list for a scaling curve.")
     _add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -1,0 +1,183 @@
+"""`pnyx cluster`: a local cluster on 127.0.0.1, for trying pnyx out.
+
+It starts one `pnyx serve` process per node (peer, HTTP and binary client
+ports counted up from --peer-port, --http-port and --client-port), waits until
+every node answers, tells the user where they are and how to talk to them, and
+stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pnyx.cli.common import StartError, UsageError, check_data_dir
+from pnyx.node.config import Address
+
+DESCRIPTION = ("Start a local cluster of `pnyx serve` processes on 127.0.0.1 and keep it "
+               "running until Ctrl-C. Node i (from 1) listens for peers on --peer-port + i - 1, "
+               "serves HTTP on --http-port + i - 1 and the binary client protocol on "
+               "--client-port + i - 1; its log is in DIR/node-i and its output in "
+               "DIR/logs/node-i.log.")
+
+
+def add_parsers(sub: Any) -> None:
+    cl = sub.add_parser(
+        "cluster",
+        help="start a local cluster on 127.0.0.1 and keep it running until Ctrl-C",
+        description=DESCRIPTION,
+    )
+    cl.add_argument("--nodes", type=int, default=3, help="how many nodes, 1..15 (default 3)")
+    cl.add_argument("--data-dir", default="pnyx-data", metavar="DIR",
+                    help="where the nodes keep their logs (default ./pnyx-data)")
+    cl.add_argument("--peer-port", type=int, default=7001, metavar="PORT",
+                    help="first peer port (default 7001)")
+    cl.add_argument("--http-port", type=int, default=8001, metavar="PORT",
+                    help="first HTTP port (default 8001)")
+    cl.add_argument("--client-port", type=int, default=9001, metavar="PORT",
+                    help="first port of the binary client protocol, for pnyx.FastClient "
+                    "(default 9001; 0 to serve none)")
+    cl.add_argument("--unsafe-no-fsync", action="store_true",
+                    help="do not fsync (benchmarks only)")
+    cl.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.nodes <= 15:
+        raise UsageError(f"pnyx cluster: --nodes must be in 1..15, got {args.nodes}")
+    ports = [("--peer-port", args.peer_port), ("--http-port", args.http_port)]
+    if args.client_port:
+        ports.append(("--client-port", args.client_port))
+    for flag, port in ports:
+        if not 1024 <= port <= 65535 - args.nodes:
+            raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
+    return cluster(args.nodes, Path(args.data_dir), args.peer_port, args.http_port,
+                   fsync=not args.unsafe_no_fsync, client_port=args.client_port or None)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(http: Address) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{http}/v1/status", timeout=0.5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
+            fsync: bool = True, ready_timeout: float = 20.0,
+            client_port: int | None = None) -> int:
+    """Start a local cluster of `nodes` processes and wait for Ctrl-C."""
+    ids = range(1, nodes + 1)
+    peers = {i: Address("127.0.0.1", peer_port + i - 1) for i in ids}
+    https = {i: Address("127.0.0.1", http_port + i - 1) for i in ids}
+    fast = ({i: Address("127.0.0.1", client_port + i - 1) for i in ids}
+            if client_port is not None else {})
+    for addr in [*peers.values(), *https.values(), *fast.values()]:
+        if not _port_free(addr.port):
+            raise StartError(f"port {addr.port} on 127.0.0.1 is in use "
+                             "(choose others with --peer-port / --http-port / --client-port)")
+    check_data_dir(data_dir)
+    spec = ",".join(f"{i}={addr}" for i, addr in peers.items())
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def stop_all() -> None:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for p in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.monotonic()))
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    interrupted = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for i in ids:
+            cmd = [sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", spec,
+                   "--http", str(https[i]), "--data-dir", str(data_dir / f"node-{i}")]
+            if not fsync:
+                cmd.append("--unsafe-no-fsync")
+            if fast:
+                cmd += ["--client", str(fast[i])]
+            with open(logs / f"node-{i}.log", "ab") as out:
+                procs[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        waiting = set(ids)
+        while waiting and time.monotonic() < deadline and not interrupted:
+            for i in sorted(waiting):
+                if procs[i].poll() is not None:
+                    tail = (logs / f"node-{i}.log").read_text(errors="replace").strip()
+                    last = tail.splitlines()[-1] if tail else "no output"
+                    raise StartError(f"node {i} exited at start: {last}")
+                if _answers(https[i]):
+                    waiting.discard(i)
+            time.sleep(0.1)
+        if interrupted:
+            return 130
+        if waiting:
+            raise StartError(f"nodes {sorted(waiting)} did not answer within {ready_timeout:g} s "
+                             f"(see {logs})")
+        endpoints = ",".join(str(a) for a in https.values())
+        print(f"pnyx cluster: {nodes} nodes running, data in {data_dir}/\n")
+        for i in ids:
+            binary = f"   binary {fast[i]}" if fast else ""
+            print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}{binary}   "
+                  f"log {logs / f'node-{i}.log'}")
+        first = https[1]
+        # Show the command as the user can type it (./dev.sh runs .venv/bin/pnyx).
+        pnyx = sys.argv[0] if Path(sys.argv[0]).name == "pnyx" else "pnyx"
+        print(f"""
+Talk to it (any node accepts any request):
+  {pnyx} put greeting hello --endpoints {endpoints}
+  {pnyx} get greeting --endpoints {endpoints}
+  curl -X PUT --data-binary hello http://{first}/v1/kv/greeting
+  curl http://{https[nodes]}/v1/kv/greeting
+  curl http://{first}/v1/status
+
+Press Ctrl-C to stop every node.""", flush=True)
+        reported: set[int] = set()
+        while not interrupted:
+            for i, p in procs.items():
+                if p.poll() is not None and i not in reported:
+                    reported.add(i)
+                    print(f"pnyx cluster: node {i} exited with status {p.returncode}; "
+                          f"see {logs / f'node-{i}.log'}", file=sys.stderr, flush=True)
+            if len(reported) == len(procs):
+                return 1
+            time.sleep(0.2)
+        print("\npnyx cluster: stopping all nodes", flush=True)
+        return 0
+    finally:
+        stop_all()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
