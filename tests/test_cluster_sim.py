@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from pnyx.protocol.multipaxos import Replica
+from pnyx.protocol.multipaxos.election import Election
 from pnyx.protocol.multipaxos.messages import Promise
 from pnyx.sim.cluster import L1, L3, L4, ClusterConfig, simulate_cluster
 from pnyx.sim.faults import FaultConfig
@@ -48,13 +48,13 @@ def test_promises_in_many_parts_keep_the_store_linearizable_under_all_faults(
     """With room for one entry per Promise message, an election with a backlog gathers
     its promises from many parts, some lost or duplicated by the network."""
     parts_seen = []
-    on_promise = Replica._on_promise
+    on_promise = Election.on_promise
 
-    def counting(self: Replica, m: Promise, now: float) -> None:
+    def counting(self: Election, m: Promise, now: float) -> bool:
         parts_seen.append(m.parts)
-        on_promise(self, m, now)
+        return on_promise(self, m, now)
 
-    monkeypatch.setattr(Replica, "_on_promise", counting)
+    monkeypatch.setattr(Election, "on_promise", counting)
     for seed in range(25):
         result = simulate_cluster(config(seed, 5, drop=0.2, promise_bytes=1))
         assert result.safe, (seed, [str(v) for v in result.violations])

@@ -250,7 +250,9 @@ def _read_at_a_deposed_leader_after_a_newer_write(leader_class: type[Replica]) -
     elect node 2, which writes x=2 and acknowledges it; only then does a client read x,
     linearizably, at node 1, which does not yet know it was deposed."""
     net = _store_with_x()
-    net.nodes[1].__class__ = leader_class  # a mutant overrides behaviour only, adds no state
+    # A mutant swaps a unit's class: behaviour only, no state of its own.
+    for unit in ("acceptor", "election", "pipeline", "log", "reads"):
+        getattr(net.nodes[1], unit).__class__ = getattr(leader_class, f"{unit}_class")
     cut = touching(1)
     net.now += 2 * net.cfg.election_timeout
     net.tick([2])

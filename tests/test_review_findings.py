@@ -63,7 +63,7 @@ def test_a_follower_never_learns_from_commit_a_value_that_was_not_chosen() -> No
     net.drop(of_type(Accept, dst=1))
     net.deliver(but_not(catching_up))
     net.drop(catching_up)
-    assert net.nodes[1].commit == 0 and net.nodes[1]._catchup_at is not None
+    assert net.nodes[1].commit == 0 and net.nodes[1].log.catchup_at is not None
 
     # Node 3 is cut off; node 1 is elected by 1, 2, 4, 5 (and recovers slot 1).
     net.now += 2 * net.cfg.election_timeout + 0.01
@@ -87,8 +87,8 @@ def test_a_follower_never_learns_from_commit_a_value_that_was_not_chosen() -> No
     assert 2 not in net.nodes[1].chosen
 
     # The partition {1,2} | {3,4,5}: node 4 is elected there and chooses x=v in slot 2.
-    net.now = max(net.nodes[4]._election_at, net.now + net.cfg.election_timeout)
-    assert net.now - net.nodes[1]._quorum_seen_at < 2 * net.cfg.election_timeout
+    net.now = max(net.nodes[4].election.election_at, net.now + net.cfg.election_timeout)
+    assert net.now - net.nodes[1].election.quorum_seen_at < 2 * net.cfg.election_timeout
     majority = lambda d, m: d in (3, 4, 5) and m.src in (3, 4, 5)  # noqa: E731
     net.tick([3, 4, 5])
     net.drop(but_not(majority))
@@ -129,7 +129,7 @@ def test_a_single_member_leader_does_not_accumulate_heartbeat_rounds() -> None:
         net.tick([1], dt=net.cfg.heartbeat_interval)
         net.deliver()
     assert net.nodes[1].is_leader
-    assert len(net.nodes[1]._acks) <= 2, f"{len(net.nodes[1]._acks)} rounds kept"
+    assert len(net.nodes[1].election.acks) <= 2, f"{len(net.nodes[1].election.acks)} rounds kept"
 
 
 # ----------------------------------------------------------- quorum reads
@@ -333,5 +333,5 @@ def test_cancelled_commands_do_not_pile_up_on_a_replica_without_a_leader() -> No
         net.submit(3, rid, b"k=" + b"v" * 1000)
         net.nodes[3].cancel(rid)
         net.drop(cut)
-    pending = len(net.nodes[3]._unrouted)
+    pending = len(net.nodes[3].pipeline.unrouted)
     assert pending == 0, f"{pending} abandoned commands still queued on node 3"

@@ -198,6 +198,6 @@ def test_a_read_id_reused_after_its_read_expired_is_served_not_a_crash() -> None
     assert [rid for rid, _ in expired.outcomes] == [5]
     replica.read(5, query, "linearizable", 1.0)
     replica.step(ReadIndexReply(1, 5, 3, True), 1.01)  # same id, same read index
-    assert 5 in replica._reads
+    assert 5 in replica.reads.local
     caught_up = replica.step(Chosen(1, tuple(Decided(s, NOOP) for s in (1, 2, 3)), 3), 1.02)
     assert [(rid, outcome.ok) for rid, outcome in caught_up.outcomes] == [(5, True)]

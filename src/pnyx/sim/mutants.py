@@ -11,11 +11,13 @@ protocol proves nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, Role
-from pnyx.protocol.multipaxos.messages import NOOP, Accept, Batch, Entry, ReadIndex, ReadIndexReply
+from pnyx.protocol.multipaxos import Outcome, ReadMode, Replica, Role
+from pnyx.protocol.multipaxos.election import Election
+from pnyx.protocol.multipaxos.log import Log
+from pnyx.protocol.multipaxos.messages import NOOP, Batch, Entry, ReadIndex, ReadIndexReply
+from pnyx.protocol.multipaxos.reads import PendingQuorumRead, Reads
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
 from pnyx.protocol.synod.messages import Message, Proposal, Value
@@ -68,22 +70,18 @@ MUTANTS: dict[str, type[SynodNode]] = {
 # ---------------------------------------------------------------- Multi-Paxos
 
 
-class LeaderSkipsGapPhase1(Replica):
+class SkipsGapPhase1(Election):
     """A new leader that ignores what phase 1 reported and fills every gap with a no-op."""
 
     def pick_value(self, reported: Iterable[Entry]) -> Batch:
         return NOOP
 
 
-class AppliesBeforeChosen(Replica):
-    """Treats a slot as chosen as soon as it accepts it."""
+class LearnsOnAccept(Log):
+    """Treats a slot as chosen as soon as it accepts it (as if the leader had said so)."""
 
-    def _on_accept(self, m: Accept, now: float) -> None:
-        super()._on_accept(m, now)
-        entry = self.accepted.get(m.slot)
-        if entry is not None and entry.ballot == m.ballot and m.slot not in self.chosen:
-            self._learn(m.slot, m.value)
-            self._apply_chosen()
+    def learn_commit(self, ballot: Ballot, commit: int, now: float) -> None:
+        super().learn_commit(ballot, max(commit, self.acceptor.max_accepted), now)
 
 
 class _ForgetfulTable:
@@ -110,29 +108,47 @@ class NoDedupMachine(KVMachine):
         self._dedup = _ForgetfulTable()  # type: ignore[assignment]
 
 
-class LinearizableReadFromLocalState(Replica):
+class ReadsLocalState(Reads):
     """A leader that answers linearizable reads without confirming it still leads."""
 
-    def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
-        if mode == "linearizable" and self.role is Role.LEADER:
-            self._outcome(request_id, Outcome(True, self.machine.query(query), self.applied_index))
-            return self._flush(now)
-        return super().read(request_id, query, mode, now)
+    def add(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> None:
+        if mode == "linearizable" and self.election.role is Role.LEADER:
+            self.out.outcome(request_id, Outcome(True, self.machine.query(query),
+                                                 self.log.applied_index))
+            return
+        super().add(request_id, query, mode, now)
 
-    def _on_read_index(self, m: ReadIndex, now: float) -> None:
-        if self.role is Role.LEADER:
-            self._send(m.src, ReadIndexReply(self.node_id, m.id, self.commit, True))
+    def on_read_index(self, m: ReadIndex, now: float) -> None:
+        if self.election.role is Role.LEADER:
+            self.out.send(m.src, ReadIndexReply(self.election.node_id, m.id, self.log.commit,
+                                                True))
         else:
-            super()._on_read_index(m, now)
+            super().on_read_index(m, now)
 
 
-class QuorumReadTakesFreshest(Replica):
+class QuorumReadTakesFreshest(Reads):
     """A quorum read that answers with the single freshest reply."""
 
-    def evaluate_quorum_read(self, read_id: int, read: Any) -> None:
+    def evaluate_quorum_read(self, read_id: int, read: PendingQuorumRead) -> None:
         freshest = max(read.replies.values(), key=lambda r: r.applied)
-        del self._qreads[read_id]
-        self._outcome(read_id, Outcome(True, freshest.result, freshest.index))
+        del self.quorum[read_id]
+        self.out.outcome(read_id, Outcome(True, freshest.result, freshest.index))
+
+
+class LeaderSkipsGapPhase1(Replica):
+    election_class = SkipsGapPhase1
+
+
+class AppliesBeforeChosen(Replica):
+    log_class = LearnsOnAccept
+
+
+class LinearizableReadFromLocalState(Replica):
+    reads_class = ReadsLocalState
+
+
+class QuorumReadTakesFreshestReplica(Replica):
+    reads_class = QuorumReadTakesFreshest
 
 
 CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
@@ -140,5 +156,5 @@ CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "applies-before-chosen": (AppliesBeforeChosen, KVMachine),
     "no-dedup": (Replica, NoDedupMachine),
     "linearizable-read-from-local-state": (LinearizableReadFromLocalState, KVMachine),
-    "quorum-read-takes-freshest": (QuorumReadTakesFreshest, KVMachine),
+    "quorum-read-takes-freshest": (QuorumReadTakesFreshestReplica, KVMachine),
 }

@@ -15,7 +15,8 @@ a new leader puts in a slot nobody accepted.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -213,3 +214,37 @@ def encode(message: LogMessage) -> bytes:
 def decode(data: bytes) -> LogMessage:
     """Decode one message; anything else raises `MalformedMessage` with the reason."""
     return decode_with(_decoder, data)
+
+
+# ------------------------------------------------ sizes, for budgets of bytes
+
+_T = TypeVar("_T")
+
+
+def size_of(value: Batch) -> int:
+    """Roughly the bytes `value` takes in a message: what budgets of bytes count."""
+    return sum(len(c.payload) + 32 for c in value.commands) + 16
+
+
+def entry_size(entry: Entry) -> int:
+    return size_of(entry.value)
+
+
+def payload_size(command: Command) -> int:
+    return len(command.payload)
+
+
+def in_parts(items: tuple[_T, ...], size: Callable[[_T], int],
+             budget: int) -> list[tuple[_T, ...]]:
+    """`items` in order, cut into parts of at most `budget` bytes by `size` (a part
+    holds at least one item; there is at least one part, empty if `items` is)."""
+    parts: list[tuple[_T, ...]] = []
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        n = size(item)
+        if i > start and total + n > budget:
+            parts.append(items[start:i])
+            start, total = i, 0
+        total += n
+    parts.append(items[start:])
+    return parts

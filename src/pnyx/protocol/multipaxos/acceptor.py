@@ -1,0 +1,118 @@
+"""The acceptor of every slot at once: one promise for the whole log, one accepted
+entry per slot.
+
+It applies the seed's two rules from `pnyx.protocol.synod.acceptor`
+(`may_promise`: "check one", promise only a ballot higher than any promised;
+`may_accept`: accept unless a higher ballot was promised) to every slot, with
+one `promised` ballot covering them all. Each change of state is saved
+through the outbox before the `Promise`/`Accepted` that reports it, which is
+emitted (held until durable).
+"""
+
+from __future__ import annotations
+
+from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.multipaxos.config import ReplicaConfig
+from pnyx.protocol.multipaxos.effects import Outbox
+from pnyx.protocol.multipaxos.messages import (
+    Accept,
+    Accepted,
+    Entry,
+    Prepare,
+    Promise,
+    Rejected,
+    entry_size,
+    in_parts,
+)
+from pnyx.protocol.multipaxos.records import (
+    AcceptRecord,
+    PromiseRecord,
+    ReplicaDurable,
+    RoundRecord,
+)
+from pnyx.protocol.synod.acceptor import may_accept, may_promise
+
+
+class Acceptor:
+    def __init__(self, node_id: int, config: ReplicaConfig, out: Outbox,
+                 durable: ReplicaDurable) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.out = out
+        # Invariant: >= the ballot of every entry in `accepted`; never decreases.
+        self.promised = max([durable.promised, *(e.ballot for e in durable.accepted.values())])
+        # slot -> the proposal accepted last in it. Invariant: every entry's record was
+        # saved before any Accepted reporting it was emitted.
+        self.accepted: dict[int, Entry] = dict(durable.accepted)
+        # Invariant: the highest slot in `accepted`, 0 if none.
+        self.max_accepted = max(self.accepted, default=0)
+        # The highest ballot round this replica ever used as proposer; saved before use.
+        self.last_round = durable.last_round
+        # Invariant: >= `promised`: the highest ballot seen in any message.
+        self.highest_seen = self.promised
+
+    def observe(self, ballot: Ballot) -> None:
+        if ballot > self.highest_seen:
+            self.highest_seen = ballot
+
+    def next_ballot(self) -> Ballot:
+        """A ballot of ours above every one seen, promised or used by us before."""
+        floor = max(self.highest_seen, self.promised, Ballot(self.last_round, self.node_id))
+        return floor.successor(self.node_id)
+
+    def use_round(self, round: int) -> None:
+        """We propose in ballot round `round`: saved first, so it is never used twice."""
+        self.last_round = round
+        self.out.save(RoundRecord(round))
+
+    def on_prepare(self, m: Prepare) -> bool:
+        """Phase 1b: promise and report every entry accepted in the prepared range
+        (in parts that each fit a message), or refuse. Whether it promised."""
+        out = self.out
+        if not may_promise(self.promised, m.ballot):
+            out.emit(m.src, Rejected(self.node_id, m.ballot, self.promised))
+            return False
+        self.promised = m.ballot
+        out.save(PromiseRecord(m.ballot))
+        known = set(m.known)
+        # Walk the prepared range, not the whole log (which only grows): an election
+        # costs what is in flight, not what was ever accepted.
+        accepted = self.accepted
+        entries = tuple(
+            e for s in range(m.first, self.max_accepted + 1)
+            if (e := accepted.get(s)) is not None and s not in known
+        )
+        # In parts that each fit in a message: an acceptor may hold more accepted entries
+        # than a transport frame carries.
+        parts = in_parts(entries, entry_size, self.config.promise_bytes)
+        for i, part in enumerate(parts):
+            out.emit(m.src, Promise(self.node_id, m.ballot, part, i, len(parts)))
+        return True
+
+    def on_accept(self, m: Accept) -> bool:
+        """Phase 2b: accept (saving the entry if it is new) or refuse. Whether it accepted."""
+        if not may_accept(self.promised, m.ballot):
+            self.out.emit(m.src, Rejected(self.node_id, m.ballot, self.promised))
+            return False
+        self.promised = m.ballot
+        slot = m.slot
+        entry = Entry(slot, m.ballot, m.value)
+        if self.accepted.get(slot) != entry:
+            self.accepted[slot] = entry
+            if slot > self.max_accepted:
+                self.max_accepted = slot
+            self.out.save(AcceptRecord(entry))
+        self.out.emit(m.src, Accepted(self.node_id, m.ballot, slot))
+        return True
+
+    def check_invariants(self) -> None:
+        top = self.max_accepted
+        assert top == 0 or top in self.accepted, top
+        assert self.highest_seen >= self.promised, (self.highest_seen, self.promised)
+        # The newest entries (a bounded walk, cheap enough for every event).
+        for slot in range(max(1, top - 63), top + 1):
+            entry = self.accepted.get(slot)
+            if entry is not None:
+                assert entry.slot == slot, (slot, entry)
+                assert entry.ballot <= self.promised, (slot, entry.ballot, self.promised)
+

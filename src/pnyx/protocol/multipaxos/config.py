@@ -1,0 +1,49 @@
+"""The settings of a Multi-Paxos replica: one `ReplicaConfig`, with its defaults.
+
+The members are every replica of the log, and every member is an acceptor of
+every slot; `quorums` says which sets of them are enough for phase 1 and for
+phase 2 (majorities, or Flexible Paxos sizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pnyx.protocol.quorum import QuorumSystem
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    members: tuple[int, ...]
+    quorums: QuorumSystem
+    heartbeat_interval: float = 0.02
+    election_timeout: float = 0.1  # each wait is drawn from [this, 2 x this)
+    prevote: bool = True
+    window: int = 32  # slots in flight
+    max_batch: int = 256  # commands per slot; 1 turns batching off
+    max_batch_bytes: int = 1 << 20
+    max_command: int = 1 << 20
+    catchup_chunk: int = 64
+    catchup_bytes: int = 4 << 20
+    promise_bytes: int = 4 << 20  # entries per Promise message; more go in more parts
+    read_timeout: float = 0.5
+    quorum_read_attempts: int = 20
+
+    @classmethod
+    def majority(cls, members: Iterable[int], **kwargs: object) -> ReplicaConfig:
+        ids = tuple(sorted(members))
+        return cls(ids, QuorumSystem.majority(ids), **kwargs)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        if set(self.quorums.acceptors) != set(self.members):
+            raise ValueError("every member is an acceptor: quorums must be over the members")
+        if self.window < 1 or self.max_batch < 1 or self.max_command < 1:
+            raise ValueError("window, max_batch and max_command must be at least 1")
+        if not 0 < self.heartbeat_interval < self.election_timeout:
+            raise ValueError("need 0 < heartbeat_interval < election_timeout")
+
+    @property
+    def read_quorum(self) -> int:
+        """Replies a quorum read needs: enough to meet every phase-2 quorum."""
+        return len(self.members) - self.quorums.phase2 + 1

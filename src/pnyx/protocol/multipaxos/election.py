@@ -1,0 +1,347 @@
+"""Leadership: pre-vote, phase 1 for every slot at once, becoming the leader,
+keeping the ballot with heartbeats, stepping down, following another.
+
+A follower that has not heard from a leader within a randomized election
+timeout (the seed's liveness rule: a distinguished proposer, elected with
+randomness and timeouts) becomes a PRE_CANDIDATE: it asks the others whether
+they miss the leader too (`PreVote`, Raft's pre-vote) and runs phase 1 only
+if a quorum agrees, so a replica returning from a partition cannot depose a
+healthy leader. As a CANDIDATE its one `Prepare` covers every slot from the
+first it does not know chosen, except the later ones it does know (the
+seed's 135-137 example); each `Promise`, in as many parts as it needs,
+reports every entry accepted in that range. With a phase-1 quorum of
+promises it becomes the LEADER and re-proposes each recovered slot with the
+highest-numbered value reported for it, or a no-op (`pick_value`). Any
+replica that sees a higher ballot steps down; a leader cut off from a
+quorum for two election timeouts steps down too, so clients fail over.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.multipaxos.config import ReplicaConfig
+from pnyx.protocol.multipaxos.effects import Outbox
+from pnyx.protocol.multipaxos.messages import (
+    NOOP,
+    Batch,
+    Entry,
+    Heartbeat,
+    HeartbeatAck,
+    Prepare,
+    PreVote,
+    PreVoteReply,
+    Promise,
+    Rejected,
+)
+from pnyx.protocol.synod.proposer import highest_numbered
+
+if TYPE_CHECKING:
+    from pnyx.protocol.multipaxos.acceptor import Acceptor
+    from pnyx.protocol.multipaxos.log import Log
+    from pnyx.protocol.multipaxos.pipeline import Pipeline
+    from pnyx.protocol.multipaxos.reads import Reads
+
+
+class Role(enum.Enum):
+    """What the outside sees (status, metrics): a pre-candidate is still a follower."""
+
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class Stage(enum.Enum):
+    """Where this replica is in an election."""
+
+    FOLLOWER = "follower"  # follows `leader`, or waits for one
+    PRE_CANDIDATE = "pre-candidate"  # asked for pre-votes for `prevote_ballot`
+    CANDIDATE = "candidate"  # sent Prepare for `ballot`, gathers promises
+    LEADER = "leader"  # the distinguished proposer and learner, in `ballot`
+
+
+ROLE_OF = {
+    Stage.FOLLOWER: Role.FOLLOWER,
+    Stage.PRE_CANDIDATE: Role.FOLLOWER,
+    Stage.CANDIDATE: Role.CANDIDATE,
+    Stage.LEADER: Role.LEADER,
+}
+
+
+class Election:
+    acceptor: Acceptor
+    log: Log
+    pipeline: Pipeline
+    reads: Reads
+
+    def __init__(self, node_id: int, config: ReplicaConfig, rng: random.Random, out: Outbox,
+                 now: float) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.quorums = config.quorums
+        self.rng = rng
+        self.out = out
+        self.others = tuple(m for m in config.members if m != node_id)
+        # Invariant: role is ROLE_OF[stage]; both change only in `_enter`.
+        self.stage = Stage.FOLLOWER
+        self.role = Role.FOLLOWER
+        # The leader we follow (ourself when LEADER); None when none is known.
+        self.leader: int | None = None
+        # The ballot `leader` leads with. Never decreases while following one leader.
+        self.leader_ballot = ZERO
+        # Ours, when CANDIDATE or LEADER. Invariant: round <= acceptor.last_round.
+        self.ballot = ZERO
+        self.heard_at = now  # when the leader was last heard from
+        # When to suspect the leader (or give up this election). Drawn at random.
+        self.election_at = now + self.election_wait()
+        # PRE_CANDIDATE: the ballot we asked pre-votes for, and who granted it.
+        self.prevote_ballot = ZERO
+        self.prevotes: set[int] = set()
+        # CANDIDATE: complete promises, by acceptor; and the parts of incomplete ones.
+        self.promises: dict[int, Promise] = {}
+        self.promise_parts: dict[int, dict[int, Promise]] = {}
+        self.first = 1  # first slot of our phase 1
+        # LEADER: the slot up to which phase 1 recovered the log (no read may be
+        # answered with an index below it).
+        self.recovered_at = 0
+        # LEADER's heartbeats: when the next is due (None unless leading), its round,
+        # who acked each round still open, and the latest round a quorum acked.
+        # Invariant: confirmed_round <= hb_round; every key of acks is in
+        # (confirmed_round, hb_round].
+        self.hb_at: float | None = None
+        self.hb_round = 0
+        self.acks: dict[int, set[int]] = {}
+        self.confirmed_round = 0
+        self.quorum_seen_at = now  # when a quorum last acked us
+
+    def _enter(self, stage: Stage) -> None:
+        self.stage = stage
+        self.role = ROLE_OF[stage]
+
+    def election_wait(self) -> float:
+        t = self.config.election_timeout
+        return self.rng.uniform(t, 2 * t)
+
+    def tick(self, now: float) -> None:
+        if self.role is Role.LEADER:
+            if self.reads.unsent or (self.hb_at is not None and now >= self.hb_at):
+                self.heartbeat(now)
+            if now - self.quorum_seen_at > 2 * self.config.election_timeout:
+                self.step_down(now)  # cut off from a quorum: let clients fail over
+        elif now >= self.election_at:
+            self.on_election_timeout(now)
+
+    # ---------------------------------------------------------- pre-vote
+
+    def want_leader(self, now: float) -> None:
+        """No leader is known: the seed says any member may start phase 1 itself."""
+        if self.stage is Stage.FOLLOWER:
+            self.on_election_timeout(now)
+
+    def on_election_timeout(self, now: float) -> None:
+        self.election_at = now + self.election_wait()
+        if self.stage is Stage.CANDIDATE:
+            self._enter(Stage.FOLLOWER)  # phase 1 did not finish in time: try again
+        if self.leader is not None and now - self.heard_at < self.config.election_timeout:
+            return
+        if self.leader is not None:
+            self.lose_leader()
+        if self.config.prevote and self.others:
+            self._enter(Stage.PRE_CANDIDATE)
+            self.prevote_ballot = self.acceptor.next_ballot()
+            self.prevotes = {self.node_id}
+            self.out.broadcast(PreVote(self.node_id, self.prevote_ballot))
+        else:
+            self.start_phase1(now)
+
+    def misses_leader(self, now: float) -> bool:
+        return (
+            self.role is not Role.LEADER
+            and (self.leader is None or now - self.heard_at >= self.config.election_timeout)
+        )
+
+    def on_prevote(self, m: PreVote, now: float) -> None:
+        granted = m.ballot > self.acceptor.promised and self.misses_leader(now)
+        self.out.send(m.src, PreVoteReply(self.node_id, m.ballot, granted))
+
+    def on_prevote_reply(self, m: PreVoteReply, now: float) -> None:
+        if self.stage is not Stage.PRE_CANDIDATE or m.ballot != self.prevote_ballot \
+                or not m.granted:
+            return
+        self.prevotes.add(m.src)
+        if self.quorums.is_phase1_quorum(self.prevotes):
+            self.start_phase1(now)
+
+    # ----------------------------------------------------------- phase 1
+
+    def start_phase1(self, now: float) -> None:
+        self._enter(Stage.CANDIDATE)
+        self.ballot = self.acceptor.next_ballot()
+        self.acceptor.use_round(self.ballot.round)  # a ballot is never used twice
+        self.promises = {}
+        self.promise_parts = {}
+        self.first = self.log.commit + 1
+        known = self.log.chosen_beyond_commit()
+        self.election_at = now + self.election_wait()
+        self.out.broadcast(Prepare(self.node_id, self.ballot, self.first, known),
+                           include_self=True, gated=True)
+
+    def on_prepare(self, m: Prepare, now: float) -> None:
+        """The acceptor's side of phase 1, and what it means for whom we follow."""
+        self.observe(m.ballot, now)
+        if self.acceptor.on_prepare(m) and m.src != self.node_id and self.leader is not None:
+            self.lose_leader()  # a new leader is being elected
+
+    def on_promise(self, m: Promise, now: float) -> bool:
+        """Count a part of a promise; False if it is not a part of anything."""
+        if self.stage is not Stage.CANDIDATE or m.ballot != self.ballot:
+            return True
+        if m.part >= m.parts:
+            return False  # a faulty sender
+        parts = self.promise_parts.setdefault(m.src, {})
+        parts[m.part] = m
+        if len(parts) < m.parts or any(p.parts != m.parts for p in parts.values()):
+            return True
+        # Every part is in: the promise counts, with all the entries it reports.
+        self.promises[m.src] = Promise(
+            m.src, m.ballot, tuple(e for i in range(m.parts) for e in parts[i].entries))
+        if self.quorums.is_phase1_quorum(self.promises):
+            self.become_leader(now)
+        return True
+
+    def become_leader(self, now: float) -> None:
+        self._enter(Stage.LEADER)
+        log, pipeline = self.log, self.pipeline
+        log.lead()
+        self.leader = self.node_id
+        self.leader_ballot = self.ballot
+        self.quorum_seen_at = now
+        reported: dict[int, list[Entry]] = {}
+        for promise in self.promises.values():
+            for e in promise.entries:
+                reported.setdefault(e.slot, []).append(e)
+        self.promises = {}
+        self.promise_parts = {}
+        last = max([log.commit, *reported, *log.chosen_beyond_commit()])
+        for slot in range(self.first, last + 1):
+            if slot in log.chosen:
+                continue
+            pipeline.propose(slot, self.pick_value(reported.get(slot, ())), now)
+        pipeline.next_slot = last + 1
+        self.recovered_at = last
+        self.reads.lead(now)  # reads that waited for a leader are now ours to confirm
+        self.heartbeat(now)
+        pipeline.lead(now)
+
+    def pick_value(self, reported: Iterable[Entry]) -> Batch:
+        """Gap filling: the highest-numbered value accepted in the slot, else a no-op."""
+        highest = highest_numbered(reported)
+        return NOOP if highest is None else highest.value
+
+    # ------------------------------------------------ ballots seen, leaders
+
+    def observe(self, ballot: Ballot, now: float) -> None:
+        self.acceptor.observe(ballot)
+        if self.role is not Role.FOLLOWER and ballot > self.ballot:
+            self.step_down(now)
+
+    def follow(self, src: int, ballot: Ballot, now: float) -> None:
+        """`src` leads with `ballot`, which we did not refuse."""
+        if src == self.node_id:
+            return
+        if ballot > self.leader_ballot or self.leader != src:
+            if self.role is not Role.FOLLOWER:
+                self.step_down(now)
+            self.lose_leader()
+            self.leader = src
+            self.leader_ballot = ballot
+            self._enter(Stage.FOLLOWER)  # a pre-candidate no more
+            self.pipeline.route_unrouted(now)
+            self.reads.follow(src)
+        self.heard_at = now
+        self.election_at = now + self.election_wait()
+
+    def lose_leader(self) -> None:
+        """The leader we followed is gone: what we forwarded to it may never be chosen."""
+        self.leader = None
+        self.pipeline.abort_forwarded()
+
+    def step_down(self, now: float) -> None:
+        """We lost our ballot: fail fast every command and read we had not answered."""
+        if self.role is Role.FOLLOWER:
+            return
+        was_leader = self.role is Role.LEADER
+        self._enter(Stage.FOLLOWER)
+        self.leader = None
+        self.hb_at = None
+        self.acks.clear()
+        self.election_at = now + self.election_wait()
+        if was_leader:
+            self.pipeline.lose_ballot()
+            self.reads.lose_ballot()
+
+    def on_rejected(self, m: Rejected, now: float) -> None:
+        self.observe(m.promised, now)
+        if m.ballot == self.ballot and m.promised > self.ballot:
+            self.step_down(now)
+
+    # -------------------------------------------------------- heartbeats
+
+    def heartbeat(self, now: float) -> None:
+        self.hb_round += 1
+        self.hb_at = now + self.config.heartbeat_interval
+        if self.quorums.is_phase2_quorum({self.node_id}):
+            self.confirmed_round = self.hb_round  # a cluster of one confirms itself
+            self.quorum_seen_at = now
+        else:
+            self.acks[self.hb_round] = {self.node_id}
+        commit = self.log.commit
+        self.reads.round_sent(self.hb_round, commit)
+        self.pipeline.told_commit = commit
+        self.out.broadcast(Heartbeat(self.node_id, self.ballot, commit, self.hb_round))
+        self.pipeline.retransmit(now)
+        self.reads.ack(self.confirmed_round)
+
+    def on_heartbeat(self, m: Heartbeat, now: float) -> None:
+        self.observe(m.ballot, now)
+        acceptor = self.acceptor
+        if m.ballot < acceptor.promised:
+            self.out.emit(m.src, Rejected(self.node_id, m.ballot, acceptor.promised))
+            return
+        self.follow(m.src, m.ballot, now)
+        self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
+                                          acceptor.max_accepted))
+        self.log.learn_commit(m.ballot, m.commit, now)
+
+    def on_heartbeat_ack(self, m: HeartbeatAck, now: float) -> None:
+        if self.role is not Role.LEADER or m.ballot != self.ballot:
+            return
+        self.pipeline.close_orphans(m.accepted, now)
+        acks = self.acks.get(m.round)
+        if acks is None:
+            return
+        acks.add(m.src)
+        if self.quorums.is_phase2_quorum(acks):
+            self.quorum_seen_at = now
+            # A quorum acked this round, so it confirms every earlier one too.
+            self.confirmed_round = m.round
+            for rnd in [r for r in self.acks if r <= m.round]:
+                del self.acks[rnd]
+            self.reads.ack(m.round)
+
+    def check_invariants(self) -> None:
+        assert self.role is ROLE_OF[self.stage], (self.role, self.stage)
+        last_round = self.acceptor.last_round
+        assert self.ballot.round <= last_round, (self.ballot, last_round)
+        if self.stage is Stage.LEADER:
+            assert self.leader == self.node_id and self.leader_ballot == self.ballot
+            assert self.hb_at is not None
+        if self.stage in (Stage.CANDIDATE, Stage.LEADER):
+            assert self.ballot.node_id == self.node_id, self.ballot
+        assert self.confirmed_round <= self.hb_round, (self.confirmed_round, self.hb_round)
+        for rnd in self.acks:
+            assert self.confirmed_round < rnd <= self.hb_round, (rnd, self.confirmed_round)
