@@ -20,7 +20,7 @@ from pnyx.protocol.multipaxos.messages import NOOP, Batch, Entry, ReadIndex, Rea
 from pnyx.protocol.multipaxos.reads import PendingQuorumRead, Reads
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
-from pnyx.protocol.synod.messages import Message, Proposal, Value
+from pnyx.protocol.synod.messages import Message, Prepare, Proposal, Value
 from pnyx.protocol.synod.node import SynodNode
 from pnyx.protocol.synod.proposer import Proposer
 from pnyx.statemachine.dedup import Verdict
@@ -55,6 +55,20 @@ class RepliesBeforeDurable(SynodNode):
         self._ready.send.append((dst, message))
 
 
+class AcceptorComparesRounds(Acceptor):
+    """Compares ballots by round alone, so it promises a ballot equal in round but lower."""
+
+    def may_promise(self, ballot: Ballot) -> bool:
+        return ballot.round >= self.state.promised.round
+
+
+class RoundNotSavedBeforeUse(SynodNode):
+    """Sends a Prepare before its round is durable: a restart may use the ballot again."""
+
+    def _broadcast_prepare(self, prepares: list[Prepare]) -> None:
+        self._broadcast(prepares)
+
+
 def _with(**roles: type) -> type[SynodNode]:
     return type("MutantNode", (SynodNode,), roles)
 
@@ -64,6 +78,8 @@ MUTANTS: dict[str, type[SynodNode]] = {
     "proposer-ignores-accepted": _with(proposer_class=ProposerIgnoresAccepted),
     "learner-trusts-minority": _with(learner_class=LearnerTrustsMinority),
     "acceptor-replies-before-durable": RepliesBeforeDurable,
+    "acceptor-compares-rounds": _with(acceptor_class=AcceptorComparesRounds),
+    "round-not-saved-before-use": RoundNotSavedBeforeUse,
 }
 
 
