@@ -1,12 +1,17 @@
 """A replicated key-value store in the simulator: Multi-Paxos replicas, clients, checks.
 
-Each process is a `Replica` from the pure core applying chosen commands to a
-`KVMachine`. Simulated clients issue put, get, compare-and-set and delete on
-a few keys, each through a random replica, one operation at a time; a client
-whose request fails, is aborted or times out retries it (same request
-identity, so the store's de-duplication keeps it exactly-once) through
-another replica. Faults: message loss, duplication and reordering,
-partitions and crashes, both of which favour the leader.
+Each process is the node's own `Driver` (`pnyx.node.driver`) running a
+`Replica` that applies chosen commands to a `KVMachine`, over virtual time
+(`SimClock`), a simulated disk that loses what was not yet durable when its
+node crashes (`SimDisk`, one fsync at a time) and the seeded network. So the
+code that serves real clients runs here: `submit_nowait`/`read_nowait`, the
+deadline buckets, read retries, gathering and group commit. Simulated clients
+issue put, get, compare-and-set and delete on a few keys, each through a
+random node, one operation at a time; a client whose request fails, is
+aborted or times out retries it (same request identity, so the store's
+de-duplication keeps it exactly-once) through another node. Faults: message
+loss, duplication and reordering, partitions and crashes, both of which
+favour the leader. `DRIVER_MUTANTS` are broken drivers, caught by D1.
 
 Every run is checked for:
 
@@ -15,24 +20,30 @@ Every run is checked for:
 - L3 no acknowledged write lost: the log holds every acknowledged write at the
   index the client was told, and every replica has applied it by the end;
 - L4 linearizability of the clients' history (`pnyx.check`);
-- A2 an acceptor's promise survives a crash.
+- A2 an acceptor's promise survives a crash;
+- D1 a promise or acceptance leaves a node only once its disk holds the record
+  behind it (checked against the simulated disk, not the replica's own gate).
 """
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import msgspec
 
 from pnyx import check
+from pnyx.node.driver import Driver
+from pnyx.node.requests import DEADLINE_TICK, Request
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import Accepted, Batch, Promise, Rejected
-from pnyx.protocol.multipaxos.records import ReplicaDurable
+from pnyx.protocol.multipaxos.messages import Accepted, Batch, LogMessage, Promise, Rejected
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.protocol.quorum import QuorumSystem
-from pnyx.sim.engine import CALL, Engine
+from pnyx.sim.engine import CALL, Engine, SimTimer
 from pnyx.sim.faults import Fault, FaultConfig
 from pnyx.sim.invariants import A2, Violation
 from pnyx.sim.mutants import CLUSTER_MUTANTS
@@ -44,7 +55,23 @@ L2 = "L2 each replica applies slots in order, each once"
 L3 = "L3 no acknowledged write is lost"
 L4 = "L4 the clients' history is linearizable"
 K1 = "K1 the store answers well-formed requests without errors"
-CLUSTER_RULES = (L1, L2, L3, L4, K1, A2)
+D1 = "D1 a promise or acceptance leaves a node only once its record is durable"
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1)
+
+
+class DriverSendsBeforeDurable(Driver):
+    """Tells the replica its records are durable as soon as they are queued for the
+    disk, so the promises and acceptances they stand for leave before the write."""
+
+    def _persist(self, records: list[LogRecord], seq: int) -> None:
+        super()._persist(records, seq)
+        self._handle(self._replica().persisted(seq))
+
+
+DRIVER_MUTANTS: dict[str, type[Driver]] = {
+    "driver-sends-before-durable": DriverSendsBeforeDurable,
+}
+"""Broken drivers, run by `ClusterConfig(mutant=...)` like the protocol's mutants."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +109,9 @@ class ClusterConfig:
             raise ValueError(f"nodes must be in 1..15, got {self.nodes}")
         if self.clients < 1 or self.ops < 0 or self.keys < 1:
             raise ValueError("need at least one client and one key, and ops >= 0")
-        if self.mutant is not None and self.mutant not in CLUSTER_MUTANTS:
-            raise ValueError(
-                f"unknown mutant {self.mutant!r}; known: {', '.join(CLUSTER_MUTANTS)}"
-            )
+        known = {**CLUSTER_MUTANTS, **DRIVER_MUTANTS}
+        if self.mutant is not None and self.mutant not in known:
+            raise ValueError(f"unknown mutant {self.mutant!r}; known: {', '.join(known)}")
         for mode in self.reads:
             if mode not in ("linearizable", "quorum"):
                 raise ValueError(f"checked reads are linearizable or quorum, not {mode!r}")
@@ -133,8 +159,9 @@ class _Op:
     payload: bytes  # an encoded request, or for reads a query
     read: ReadMode | None
     attempts: int = 0
-    request_id: int = 0
+    request_id: int = 0  # this attempt's, in the simulation (0: none running)
     replica: int = 0
+    pending: Request | None = None  # the attempt at its node
 
 
 @dataclass(slots=True)
@@ -146,7 +173,60 @@ class _Client:
     seen: dict[str, str | None] = field(default_factory=dict)
 
 
-class ClusterSim(Engine[Replica, ReplicaDurable]):
+class SimClock:
+    """Virtual time as a driver's clock; a crash of its node cancels its timers."""
+
+    def __init__(self, sim: ClusterSim, i: int) -> None:
+        self.sim = sim
+        self.i = i
+
+    def time(self) -> float:
+        return self.sim.now
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> SimTimer:
+        return self.sim.timer(self.i, when, callback, args)
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> SimTimer:
+        return self.sim.timer(self.i, self.sim.now + delay, callback, args)
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> SimTimer:
+        return self.sim.timer(self.i, self.sim.now, callback, args)
+
+
+class SimDisk:
+    """One node's disk: a write is durable one fsync after the disk is free; a crash
+    before then loses it (its completion is a timer of the crashed incarnation)."""
+
+    def __init__(self, sim: ClusterSim, i: int) -> None:
+        self.sim = sim
+        self.i = i
+        self.free_at = sim.now
+
+    def write(self, records: list[LogRecord],
+              done: Callable[[BaseException | None], None]) -> None:
+        sim = self.sim
+        self.free_at = max(sim.now, self.free_at) + sim.fsync
+        sim.timer(self.i, self.free_at, self._durable, (records, done))
+
+    def _durable(self, records: list[LogRecord],
+                 done: Callable[[BaseException | None], None]) -> None:
+        sim = self.sim
+        sim.disks[self.i] = sim.write(sim.disks[self.i], records)
+        if sim.trace:
+            sim.trace.emit(sim.now, "durable", node=self.i, records=len(records))
+        done(None)
+
+
+class SimNetwork:
+    def __init__(self, sim: ClusterSim, i: int) -> None:
+        self.sim = sim
+        self.i = i
+
+    def send(self, dst: int, message: LogMessage) -> None:
+        self.sim.send(self.i, dst, message)
+
+
+class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     def __init__(self, config: ClusterConfig, trace_sink: IO[bytes] | None = None,
                  trace: bool = False) -> None:
         super().__init__(config.seed, config.nodes, config.network, config.faults,
@@ -155,6 +235,7 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         self.rc = config.replica_config()
         mutant = CLUSTER_MUTANTS.get(config.mutant) if config.mutant else None
         self.replica_class, self.machine_class = mutant or (Replica, kv.KVMachine)
+        self.driver_class = DRIVER_MUTANTS.get(config.mutant or "", Driver)
         self.violations: list[Violation] = []
         self.log: dict[int, Batch] = {}
         self._applied_upto = dict.fromkeys(self.ids, 0)
@@ -163,7 +244,6 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         self.rng = random.Random(f"{config.seed}/clients")
         self._crash_rng = random.Random(f"{config.seed}/leader-crashes")
         self._request_ids = 0
-        self._waiting: dict[int, _Client] = {}
         self.acked: dict[tuple[str, int], int] = {}  # (client, seq) -> index it was told
         self.completed = self.unknown = self.failed_reads = self.retries = 0
         self.leader_changes = 0
@@ -190,19 +270,34 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
             disk.apply(record)
         return disk
 
-    def make_process(self, i: int, rng: random.Random) -> Replica:
+    def make_process(self, i: int, rng: random.Random) -> Driver:
         self._applied_upto[i] = 0
-        return self.replica_class(i, self.rc, rng, self.machine_class(), self.disks[i],
-                                  self.now)
+        driver = self.driver_class(i, self.rc, self.machine_class(),
+                                   request_timeout=self.config.op_timeout,
+                                   replica_class=self.replica_class)
+        driver.observe = functools.partial(self.after, i)
+        first_request_id = rng.getrandbits(62)
+        driver.open(SimClock(self, i), SimDisk(self, i), SimNetwork(self, i), self.disks[i],
+                    rng, first_request_id)
+        return driver
+
+    def start(self) -> None:
+        super().start()
+        for node in self.nodes.values():
+            assert node is not None
+            node.begin()
+
+    def receive(self, i: int, node: Driver, message: Any) -> None:
+        node.deliver(message)
 
     def on_restart(self, i: int) -> None:
         node = self.nodes[i]
-        assert node is not None
+        assert node is not None and node.replica is not None
         reported = self._promised.get(i, ZERO)
-        if node.promised < reported:
-            self._violate(A2, f"node {i} restarted promising {node.promised}, "
+        if node.replica.promised < reported:
+            self._violate(A2, f"node {i} restarted promising {node.replica.promised}, "
                               f"had promised {reported}")
-        self.apply(i, node.tick(self.now))
+        node.begin()
 
     def partition(self, minority: set[int]) -> None:
         if self._leader is not None and self._crash_rng.random() < self.config.leader_partitions:
@@ -227,6 +322,7 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         super().restart(i)
 
     def on_send(self, src: int, message: Any) -> None:
+        self._check_durable(src, message)
         if isinstance(message, Promise | Accepted):
             ballot = message.ballot
         elif isinstance(message, Rejected):
@@ -236,19 +332,34 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         if ballot > self._promised.get(src, ZERO):
             self._promised[src] = ballot
 
+    def _check_durable(self, src: int, message: Any) -> None:
+        """D1, from the disk's side: what the message reports is on the disk already."""
+        disk = self.disks[src]
+        if isinstance(message, Promise):
+            if disk.promised < message.ballot:
+                self._violate(D1, f"node {src} sent a promise of {message.ballot} with "
+                                  f"only {disk.promised} durable")
+            for entry in message.entries:
+                held = disk.accepted.get(entry.slot)
+                if held is None or held.ballot < entry.ballot:
+                    self._violate(D1, f"node {src} reported slot {entry.slot} accepted in "
+                                      f"{entry.ballot}, its disk holds {held}")
+        elif isinstance(message, Accepted):
+            held = disk.accepted.get(message.slot)
+            if held is None or held.ballot < message.ballot or disk.promised < message.ballot:
+                self._violate(D1, f"node {src} sent Accepted({message.ballot}, slot "
+                                  f"{message.slot}) with {held} durable")
+
     def after(self, i: int, ready: LogReady) -> None:
         for slot, value in ready.applied:
             self._check_applied(i, slot, value)
         node = self.nodes[i]
-        if node is not None and node.is_leader and (
-            self._leader is None or self._leader != (i, node.ballot)
+        replica = node.replica if node is not None else None
+        if replica is not None and replica.is_leader and (
+            self._leader is None or self._leader != (i, replica.ballot)
         ):
-            self._leader = (i, node.ballot)
+            self._leader = (i, replica.ballot)
             self.leader_changes += 1
-        for request_id, outcome in ready.outcomes:
-            client = self._waiting.pop(request_id, None)
-            if client is not None:
-                self._on_outcome(client, request_id, outcome)
 
     def _check_applied(self, i: int, slot: int, value: Batch) -> None:
         if slot != self._applied_upto[i] + 1:
@@ -276,12 +387,11 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         elif what == "retry":
             self._attempt(client)
         elif what == "timeout":
+            # The node crashed with the request (a live one answers by the deadline).
             (request_id,) = rest
             if client.op is not None and client.op.request_id == request_id:
-                self._waiting.pop(request_id, None)
-                replica = self.nodes[client.op.replica]
-                if replica is not None:
-                    replica.cancel(request_id)
+                if client.op.pending is not None:
+                    client.op.pending.cancel()
                 self._retry(client)
 
     def _next_op(self, client: _Client) -> None:
@@ -328,17 +438,21 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         self._request_ids += 1
         op.request_id = self._request_ids
         op.replica = self.rng.choice(self.ids)
+        op.pending = None
         node = self.nodes[op.replica]
-        self.push(self.now + self.config.op_timeout, CALL, 0,
+        # The node answers by the deadline (a tick late at most) unless it crashes.
+        self.push(self.now + self.config.op_timeout + 2 * DEADLINE_TICK, CALL, 0,
                   ("timeout", client, op.request_id))
         if node is None:
-            return  # the replica is down: the attempt times out
-        self._waiting[op.request_id] = client
+            return  # the node is down: the attempt times out
+        done = functools.partial(self._on_outcome, client, op.request_id)
         if op.read is None:
-            ready = node.submit(op.request_id, op.payload, self.now)
+            pending = node.submit_nowait(op.payload, done, timeout=self.config.op_timeout)
         else:
-            ready = node.read(op.request_id, op.payload, op.read, self.now)
-        self.apply(op.replica, ready)
+            pending = node.read_nowait(op.payload, op.read, done,
+                                       timeout=self.config.op_timeout)
+        if client.op is op and op.request_id == done.args[1]:  # not answered at once
+            op.pending = pending
 
     def _retry(self, client: _Client) -> None:
         op = client.op
@@ -360,6 +474,7 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
         op = client.op
         if op is None or op.request_id != request_id:
             return
+        op.pending = None
         if not outcome.ok:
             self._retry(client)
             return
@@ -394,7 +509,7 @@ class ClusterSim(Engine[Replica, ReplicaDurable]):
             return True
         if self.workload_end is None or self.now < self.config.faults.until:
             return False
-        live = [n for n in self.nodes.values() if n is not None]
+        live = [n.replica for n in self.nodes.values() if n is not None and n.replica]
         if len(live) < len(self.ids):
             return False
         target = max(n.commit for n in live)

@@ -11,6 +11,12 @@ everything not yet durable; a restart builds a new one from its disk.
 Subclasses say how to build a process, what a record does to a disk, and
 what else to make of a ready batch (learned values, client outcomes).
 
+The Multi-Paxos cluster (`pnyx.sim.cluster`) instead runs the node's own
+`Driver` on every process, through the ports this engine offers it: `timer`
+(the virtual clock; a crash cancels every timer of the process), `send` (the
+seeded network) and `disks` (what each process made durable). `receive` is how
+a delivered message reaches a process.
+
 Ties in virtual time are broken by insertion order and every random draw
 comes from an RNG seeded from the run's seed, so a seed replays one run.
 """
@@ -43,7 +49,21 @@ P = TypeVar("P", bound=Process)
 D = TypeVar("D")
 
 # Event kinds; the queue holds (time, seq, kind, node, payload, incarnation).
-DELIVER, WAKE, DURABLE, FAULT, CALL = range(5)
+DELIVER, WAKE, DURABLE, FAULT, CALL, TIMER = range(6)
+
+
+class SimTimer:
+    """A callback at a moment of virtual time, for one incarnation of one process."""
+
+    __slots__ = ("args", "callback", "cancelled")
+
+    def __init__(self, callback: Any, args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class Engine(Generic[P, D]):
@@ -133,6 +153,11 @@ class Engine(Generic[P, D]):
                 self._durable(node, payload, incarnation)  # type: ignore[arg-type]
             elif kind == FAULT:
                 self._fault(payload)  # type: ignore[arg-type]
+            elif kind == TIMER:
+                timer: SimTimer = payload  # type: ignore[assignment]
+                if not timer.cancelled and incarnation == self.incarnation[node] \
+                        and self.nodes[node] is not None:
+                    timer.callback(*timer.args)
             else:
                 self.call(node, payload)
 
@@ -140,6 +165,20 @@ class Engine(Generic[P, D]):
              incarnation: int = 0) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (time, self._seq, kind, node, payload, incarnation))
+
+    def timer(self, i: int, when: float, callback: Any, args: tuple[Any, ...]) -> SimTimer:
+        """Call `callback(*args)` at `when` (not before now), unless process `i` crashes
+        first or the timer is cancelled."""
+        timer = SimTimer(callback, args)
+        self.push(max(when, self.now), TIMER, i, timer, self.incarnation[i])
+        return timer
+
+    def send(self, src: int, dst: int, message: Any) -> None:
+        self._send(src, dst, message)
+
+    def receive(self, i: int, node: P, message: Any) -> None:
+        """A message reaches live process `i`."""
+        self.apply(i, node.step(message, self.now))
 
     def apply(self, i: int, ready: Ready) -> None:
         """Carry out the effects a process asked for."""
@@ -197,7 +236,7 @@ class Engine(Generic[P, D]):
         self.delivered += 1
         if self.trace:
             self.trace.emit(self.now, "deliver", dst=dst, msg=describe(message))
-        self.apply(dst, node.step(message, self.now))
+        self.receive(dst, node, message)
 
     def _wake(self, i: int, time: float, incarnation: int) -> None:
         node = self.nodes[i]
