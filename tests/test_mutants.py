@@ -11,7 +11,7 @@ import pytest
 
 from pnyx.sim import SimConfig, simulate
 from pnyx.sim.faults import FaultConfig
-from pnyx.sim.invariants import A1, A2, S1, S3
+from pnyx.sim.invariants import A1, A2, A3, B1, S1, S3
 from pnyx.sim.mutants import MUTANTS
 from pnyx.sim.network import NetworkConfig
 
@@ -23,6 +23,8 @@ EXPECTED = {
     "proposer-ignores-accepted": {S1},
     "learner-trusts-minority": {S3},
     "acceptor-replies-before-durable": {A2, S1},
+    "acceptor-compares-rounds": {A1, A2, A3, S1},
+    "round-not-saved-before-use": {B1},
 }
 
 
