@@ -50,9 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # fake_node
 
 import pnyx  # noqa: E402
-from pnyx.api import wire  # noqa: E402
-from pnyx.api.binary import FramedProtocol  # noqa: E402
+from pnyx import wire  # noqa: E402
 from pnyx.statemachine import kv  # noqa: E402
+from pnyx.wire.stream import FramedProtocol  # noqa: E402
 
 # --- the fake node's server (a child process) ----------------------------------
 

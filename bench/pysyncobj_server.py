@@ -7,7 +7,7 @@ PySyncObj (Raft, pure Python) replicates a `ReplDict` between the members of
 `--cluster`, with PySyncObj's defaults: no fsync, the journal in memory,
 commands batched per append-entries. This process puts pnyx's front end in
 front of it — the same framed, pipelined MessagePack protocol
-(`pnyx.api.wire`) that `pnyx serve --client` speaks, served by the same code
+(`pnyx.wire`) that `pnyx serve --client` speaks, served by the same code
 when `pnyx.api.binary` is installed — so the benchmark drives both systems
 with the same load generator and the same bytes, and the difference it
 measures is the replication engine, not the front door.
@@ -42,7 +42,7 @@ import msgspec
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
 
-from pnyx.api import wire
+from pnyx import wire
 from pnyx.protocol.multipaxos import Outcome, ReadMode
 from pnyx.statemachine import kv
 

@@ -2,7 +2,7 @@
 
 The benchmark points its load generator here to measure the generator's own
 ceiling (client, framing, loopback TCP), with nothing of Paxos in the way.
-It speaks `pnyx.api.wire` exactly as `pnyx.api.binary.serve_clients` does,
+It speaks `pnyx.wire` exactly as `pnyx.api.binary.serve_clients` does,
 and shares its framing and write coalescing, but answers every request with
 an empty result (a status with a stub status object).
 
@@ -18,8 +18,8 @@ import signal
 
 import msgspec
 
-from pnyx.api import wire
-from pnyx.api.binary import FramedProtocol
+from pnyx import wire
+from pnyx.wire.stream import FramedProtocol
 
 _STATUS = msgspec.json.encode({"id": 0, "role": "trivial", "leader": None, "commit_index": 0,
                                "applied_index": 0, "members": {}})

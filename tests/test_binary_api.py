@@ -22,7 +22,8 @@ import pytest
 
 import pnyx
 from fake_node import FakeNode, dead_address
-from pnyx.api import binary, wire
+from pnyx import wire
+from pnyx.api import binary
 from pnyx.api.binary import close_server, serve_clients
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
@@ -216,7 +217,7 @@ async def test_raw_calls() -> None:
         assert kv.decode_result(read.result) == kv.Ok(1, b"v")
         # Refused before the node: answered, not raised, by the raw calls.
         bad = await c.submit_raw(b"\x93garbage")
-        assert not bad.ok and bad.error.startswith("invalid: ")
+        assert not bad.ok and bad.code == wire.ErrorCode.INVALID and "malformed" in bad.error
         assert len(node.submitted) == 2
 
 
@@ -399,7 +400,7 @@ async def test_duplicate_id_in_flight_is_refused() -> None:
         await raw.send(submit_frame(5, kv.IdempotentRequest("a", kv.Put("a", b"1")))
                        + submit_frame(5, kv.IdempotentRequest("b", kv.Put("b", b"1"))))
         refused = await raw.response()
-        assert refused.id == 5 and not refused.ok and refused.error.startswith("bad_request: ")
+        assert refused.id == 5 and not refused.ok and refused.code == wire.ErrorCode.BAD_REQUEST
         node.gate.set()
         assert (await raw.response()).ok
         raw.close()
@@ -647,11 +648,12 @@ async def test_trivial_server_answers_ok() -> None:
     server.close()
 
 
-def test_error_code() -> None:
-    assert binary.error_code("invalid: key must not be empty") == (
-        "invalid", "key must not be empty")
-    assert binary.error_code("no quorum in time: really") == ("", "no quorum in time: really")
-    assert binary.error_code("") == ("", "")
+def test_every_outcome_code_has_one_wire_code() -> None:
+    assert set(binary.WIRE_CODES) == set(Code)
+    # Refusals for the request itself are never retried by a client; the rest may be.
+    for code, wire_code in binary.WIRE_CODES.items():
+        retried = wire_code is wire.ErrorCode.UNAVAILABLE
+        assert retried == (code.retryable and code is not Code.INTERNAL), code
 
 
 def test_sockets_are_released() -> None:
@@ -692,3 +694,30 @@ async def test_a_request_over_the_frame_limit_is_refused_by_the_client() -> None
             await c.submit_raw(b"x" * wire.MAX_FRAME)
         assert await c.get("small") == (b"v", 1)
         assert len(node.submitted) == 1
+
+
+class RefusingNowaitNode(FakeNode):
+    """A node with the callback API that refuses to start requests (as one not started yet)."""
+
+    def submit_nowait(self, command: bytes, done: Callable[[Outcome], None], *,
+                      timeout: float) -> Any:
+        raise RuntimeError("the node has not started")
+
+    def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
+                    timeout: float) -> Any:
+        raise RuntimeError("the node has not started")
+
+
+@async_test
+async def test_a_request_the_node_refuses_to_start_is_answered_and_not_left_in_flight() -> None:
+    node = RefusingNowaitNode()
+    async with serving(node, max_inflight=2) as (server, address):
+        raw = await RawConnection.open(address)
+        for _ in range(3):  # more than max_inflight: each refusal frees its place
+            await raw.send(submit_frame(1, kv.IdempotentRequest("a", kv.Put("a", b"1")))
+                           + read_frame(2, "a"))
+            answers = {(a := await raw.response()).id: a for _ in range(2)}
+            assert not answers[1].ok and not answers[2].ok
+            assert answers[1].code == "internal" and answers[2].code == "internal"
+        assert all(not conn.inflight for conn in binary._connections[server])
+        raw.close()

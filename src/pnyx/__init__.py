@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "AsyncClient": "pnyx.client",
     "Client": "pnyx.client",
-    "AsyncFastClient": "pnyx.fastclient",
-    "FastClient": "pnyx.fastclient",
+    "AsyncFastClient": "pnyx.client",
+    "FastClient": "pnyx.client",
     "BadRequest": "pnyx.errors",
     "NotFound": "pnyx.errors",
     "PnyxError": "pnyx.errors",
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from pnyx.client import AsyncClient, Client
+    from pnyx.client import AsyncClient, AsyncFastClient, Client, FastClient
     from pnyx.errors import (
         BadRequest,
         NotFound,
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
         Unavailable,
         ValueTooLarge,
     )
-    from pnyx.fastclient import AsyncFastClient, FastClient
 
 __all__ = [
     "AsyncClient",

@@ -11,7 +11,7 @@ __all__ = ["Metrics", "NodeAPI", "make_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `pnyx.api.wire` (used by light clients) does not load aiohttp.
+    # Lazy, so that importing `pnyx.api.binary` does not load aiohttp.
     if name == "make_app":
         from pnyx.api.http import make_app
 

@@ -1,27 +1,21 @@
-"""The binary client server: `serve_clients(node, host, port)` speaks `pnyx.api.wire` to clients.
+"""The binary client server: `serve_clients(node, host, port)` speaks `pnyx.wire` to clients.
 
 This module owns the server side of the binary client protocol (the frames
-and structs are defined in `pnyx.api.wire`): accepting connections, splitting
-the byte stream into frames, checking each request the way the HTTP layer
-does, running it against the node (`NodeAPI`), and writing the answers back,
-pipelined and in whatever order they finish. It also owns the framing helper
-the client (`pnyx.fastclient`) shares, and the error codes both sides use.
+and messages are defined in `pnyx.wire`): accepting connections, checking
+each request with the key-value machine's own rules (`kv.validate`,
+`kv.validate_query`), running it against the node (`NodeAPI`), and writing
+the answers back, pipelined and in whatever order they finish.
 
 **Answers.** `ok=True` means the node did it: `result` is the encoded KV
 result (`kv.decode_result`; a `NotFound`, `PreconditionFailed` or `Error` is
 still `ok=True`, as the machine's own answer), `index` the log index; for
 `status`, `result` is the node's status as JSON.
 
-**Errors.** A response with `ok=False` has `error = "<code>: <message>"`:
-
-- `invalid`: the command or query breaks a rule (empty key, contradictory
-  conditions, not a KV request at all). Never retry.
-- `too_large`: the command is over the size limit. Never retry.
-- `unavailable`: no quorum or no leader in time (or the node is stopping).
-  `unknown=True` if a write may still take effect: retry the same bytes,
-  here or at another node; de-duplication makes that safe.
-- `bad_request`: a request `id` already in flight on this connection.
-- `internal`: a bug in pnyx; see the node's log.
+**Errors.** A response with `ok=False` carries a `pnyx.wire.ErrorCode` in
+`code` and the node's words in `error`. An `Outcome`'s `Code` becomes a wire
+code through one table, `WIRE_CODES`; the rest are the protocol's own
+(`bad_request`: a request `id` already in flight on this connection).
+`unknown=True` if a write may still take effect.
 
 A frame that is not a well-formed `ClientRequest` (bad MessagePack, wrong
 shape, a length over `max_frame`) is a broken client: it is logged and that
@@ -47,25 +41,35 @@ import sys
 import types
 import weakref
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
-from pnyx.api import wire
+from pnyx import wire
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
+from pnyx.wire import ErrorCode
+from pnyx.wire.stream import FramedProtocol
 
 if TYPE_CHECKING:
     from pnyx.api.node_api import NodeAPI
 
 log = logging.getLogger(__name__)
 
-# Error codes: the part of `ClientResponse.error` before the first ": ".
-INVALID: Final = "invalid"
-TOO_LARGE: Final = "too_large"
-UNAVAILABLE: Final = "unavailable"
-BAD_REQUEST: Final = "bad_request"
-INTERNAL: Final = "internal"
+# The one table from an outcome's `Code` to the wire's `ErrorCode`. Every code is here
+# (a test checks); `NONE` on a failure is a node that did not say why: retry it.
+WIRE_CODES: Final[dict[Code, ErrorCode]] = {
+    Code.NONE: ErrorCode.UNAVAILABLE,
+    Code.TOO_LARGE: ErrorCode.TOO_LARGE,
+    Code.BAD_REQUEST: ErrorCode.INVALID,
+    Code.ABORTED: ErrorCode.UNAVAILABLE,
+    Code.NOT_LEADER: ErrorCode.UNAVAILABLE,
+    Code.NO_LEADER: ErrorCode.UNAVAILABLE,
+    Code.TIMEOUT: ErrorCode.UNAVAILABLE,
+    Code.READ_DISAGREED: ErrorCode.UNAVAILABLE,
+    Code.SHUTTING_DOWN: ErrorCode.UNAVAILABLE,
+    Code.INTERNAL: ErrorCode.INTERNAL,
+}
 
 DEFAULT_MAX_INFLIGHT: Final = 4096
 
@@ -87,46 +91,7 @@ class Cancellable(Protocol):
     def cancel(self) -> Any: ...
 
 
-_query_decoder = msgspec.msgpack.Decoder(kv.Query)
 _json = msgspec.json.Encoder()
-
-
-def error_code(error: str) -> tuple[str, str]:
-    """`(code, message)` of a `ClientResponse.error`; code "" if it has none."""
-    code, sep, message = error.partition(": ")
-    if not sep or " " in code:
-        return "", error
-    return code, message
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def check_query(query: bytes, limit: int) -> str | None:
-    """Why `query` would only be answered with an error (as `KVMachine.query` would), or None.
-
-    The same rules the HTTP layer applies to its paths and parameters, so a bad
-    read is refused before it costs a read-index round.
-    """
-    if len(query) > limit:
-        return f"query is {len(query)} bytes, over the limit of {limit}"
-    try:
-        decoded = _query_decoder.decode(query)
-    except (msgspec.MsgspecError, ValueError) as exc:
-        return f"malformed query: {exc}"
-    if isinstance(decoded, kv.Keys):
-        if not 1 <= decoded.limit <= kv.MAX_KEYS_LIMIT:
-            return f"limit must be between 1 and {kv.MAX_KEYS_LIMIT}, not {decoded.limit}"
-        for what, text in (("prefix", decoded.prefix), ("after", decoded.after)):
-            if _utf8_len(text) > kv.MAX_KEY_BYTES:
-                return f"{what} is longer than {kv.MAX_KEY_BYTES} bytes"
-        return None
-    if not decoded.key:
-        return "key must not be empty"
-    if _utf8_len(decoded.key) > kv.MAX_KEY_BYTES:
-        return f"key is {_utf8_len(decoded.key)} bytes, longer than {kv.MAX_KEY_BYTES}"
-    return None
 
 
 # --- running a coroutine without a task when it does not need one -------------
@@ -169,117 +134,6 @@ def start_eagerly(loop: asyncio.AbstractEventLoop,
     return loop.create_task(_resume(coro, waiting_on))
 
 
-# --- framing, shared with the client --------------------------------------------
-
-
-class FramedProtocol(asyncio.Protocol):
-    """An `asyncio.Protocol` that splits the stream into wire frames and coalesces writes.
-
-    Subclasses implement `frame_received(view)` (return False to stop parsing
-    for now: `resume_parsing()` continues with what is buffered) and
-    `protocol_error(reason)`. `send(message)` queues one frame; everything
-    queued in one event-loop iteration is written with one `write`.
-    """
-
-    def __init__(self, max_frame: int = wire.MAX_FRAME) -> None:
-        self.max_frame = max_frame
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-        self._inbuf = bytearray()  # an incomplete frame (or frames not parsed yet)
-        self._need = 0  # bytes _inbuf must hold before a parse can make progress
-        self._parsing_paused = False
-        self._out = bytearray()
-        self._flush_scheduled = False
-
-    # -- reading --
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._inbuf
-        if buf:
-            buf += data
-            if self._parsing_paused or len(buf) < self._need:
-                # Most of a large frame: wait for the rest rather than copy the
-                # buffer on every chunk.
-                return
-            data = bytes(buf)
-            buf.clear()
-        elif self._parsing_paused:
-            buf += data
-            return
-        self._parse(data)
-
-    def _parse(self, data: bytes) -> None:
-        view = memoryview(data)
-        size = len(data)
-        pos = 0
-        unpack = wire.LENGTH.unpack_from
-        max_frame = self.max_frame
-        need = 4
-        while size - pos >= 4:
-            (length,) = unpack(data, pos)
-            if length > max_frame:
-                self.protocol_error(f"frame of {length} bytes, over the limit of {max_frame}")
-                return
-            end = pos + 4 + length
-            if end > size:
-                need = 4 + length
-                break
-            keep_going = self.frame_received(view[pos + 4:end])
-            pos = end
-            if self.transport is None or self.transport.is_closing():
-                return
-            if not keep_going:
-                self._parsing_paused = True
-                break
-        if pos < size:
-            self._inbuf += view[pos:]
-            self._need = need
-
-    def resume_parsing(self) -> None:
-        """Parse what arrived while `frame_received` had paused parsing."""
-        if not self._parsing_paused:
-            return
-        self._parsing_paused = False
-        if len(self._inbuf) >= 4:
-            data = bytes(self._inbuf)
-            self._inbuf.clear()
-            self._parse(data)
-
-    def frame_received(self, view: memoryview) -> bool:
-        raise NotImplementedError
-
-    def protocol_error(self, reason: str) -> None:
-        raise NotImplementedError
-
-    # -- writing --
-
-    def send(self, message: wire.ClientRequest | wire.ClientResponse) -> None:
-        out = self._out
-        start = len(out)
-        out += b"\0\0\0\0"
-        # Straight into the outgoing buffer: no intermediate bytes per frame.
-        wire.encoder.encode_into(message, out, start + 4)
-        wire.LENGTH.pack_into(out, start, len(out) - start - 4)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out:
-            return
-        # A new buffer each time: the transport may keep a view of this one.
-        self._out = bytearray()
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(out)
-
-
 # --- the server ---------------------------------------------------------------------
 
 # The connections of each server, so `close_server` can close them.
@@ -318,14 +172,14 @@ class _ClientConnection(FramedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.members.discard(self)
         self.transport = None
-        self._inbuf.clear()
+        self.decoder.clear()
         # Requests still at the node run on (like an HTTP handler whose client
         # left): a write may be half way through Paxos, and the node bounds
         # them by their timeout. Their answers are dropped.
 
     def protocol_error(self, reason: str) -> None:
         log.warning("binary client %s: %s; closing its connection", self.peer, reason)
-        self._inbuf.clear()
+        self.decoder.clear()
         if self.transport is not None:
             self.flush()
             self.transport.close()
@@ -367,7 +221,7 @@ class _ClientConnection(FramedProtocol):
             self.protocol_error(f"malformed request: {exc}")
             return False
         keep_going = self._handle(request)
-        if len(self._out) >= _FLUSH_AT:
+        if self.pending_output() >= _FLUSH_AT:
             # Answers made at once pile up while one chunk of requests is parsed
             # (a few bytes of `read` can ask for megabytes): hand them to the
             # transport now, which says (`pause_writing`) if the client is not
@@ -379,35 +233,43 @@ class _ClientConnection(FramedProtocol):
         """Answer or start one request; False to stop parsing (too many in flight)."""
         rid = request.id
         if rid in self.inflight:
-            self._error(rid, BAD_REQUEST, f"request id {rid} is already in flight")
+            self._error(rid, ErrorCode.BAD_REQUEST, f"request id {rid} is already in flight")
             return True
         op = request.op
-        if op == "submit":
-            try:
+        try:
+            if op == "submit":
                 kv.validate(request.payload, self.max_command)
-            except kv.CommandError as exc:
-                code = TOO_LARGE if exc.code == kv.ErrorCode.TOO_LARGE else INVALID
-                self._error(rid, code, exc.message)
+            elif op == "read":
+                kv.validate_query(request.payload, self.max_command)
+            else:
+                self._status(rid)
                 return True
-        elif op == "read":
-            reason = check_query(request.payload, self.max_command)
-            if reason is not None:
-                self._error(rid, INVALID, reason)
-                return True
-        else:
-            self._status(rid)
+        except kv.CommandError as exc:
+            # Only a command is ever too large (to store); an oversized query is a bad
+            # one, as the HTTP API answers an overlong key.
+            too_large = op == "submit" and exc.code == kv.ErrorCode.TOO_LARGE
+            self._fail(rid, Code.TOO_LARGE if too_large else Code.BAD_REQUEST, exc.message)
             return True
+        # In flight from here: a node that answers before returning finds the entry.
         self.inflight[rid] = (self.loop.time() + request.timeout + NODE_GRACE, None)
         pending: Cancellable | None
         if self._fast:
             # No task, future or timer per request: the node calls back.
             done = functools.partial(self._finished, rid)
             node: Any = self.node
-            if op == "submit":
-                handle = node.submit_nowait(request.payload, done, timeout=request.timeout)
-            else:
-                handle = node.read_nowait(request.payload, request.mode, done,
-                                          timeout=request.timeout)
+            try:
+                if op == "submit":
+                    handle = node.submit_nowait(request.payload, done, timeout=request.timeout)
+                else:
+                    handle = node.read_nowait(request.payload, request.mode, done,
+                                              timeout=request.timeout)
+            except Exception as exc:
+                # The node refused to start it (not started, a bug): it is not in
+                # flight, and the client gets an answer rather than silence.
+                log.exception("binary client %s: the node refused request %d", self.peer, rid)
+                self._finished(rid, Outcome.failed(
+                    Code.INTERNAL, f"{type(exc).__name__}; see the node's log"))
+                return True
             pending = handle if rid in self.inflight else None
         else:
             pending = start_eagerly(self.loop, self._run(rid, request))
@@ -435,41 +297,37 @@ class _ClientConnection(FramedProtocol):
             raise
         except Exception as exc:
             log.exception("binary client %s: request %d failed", self.peer, rid)
-            outcome = Outcome(False, error=f"{INTERNAL}: {type(exc).__name__}; see the "
-                                            "node's log")
+            outcome = Outcome.failed(Code.INTERNAL, f"{type(exc).__name__}; see the node's log")
         self._finished(rid, outcome)
 
     def _finished(self, rid: int, outcome: Outcome) -> None:
         if self.inflight.pop(rid, None) is None:
             return  # `_sweep` gave up on it and answered
-        self._answer(rid, outcome)
+        if outcome.ok:
+            self.send(wire.ClientResponse(rid, True, outcome.result, outcome.index))
+        else:
+            self.send(wire.ClientResponse(
+                rid, False, index=outcome.index,
+                error=outcome.error or "no quorum or no leader in time",
+                unknown=outcome.unknown, code=WIRE_CODES[outcome.code]))
         if self._read_paused:
             self._update_reading()
 
-    def _answer(self, rid: int, outcome: Outcome) -> None:
-        if outcome.ok:
-            self.send(wire.ClientResponse(rid, True, outcome.result, outcome.index))
-            return
-        error = outcome.error
-        code, _ = error_code(error)
-        if code not in (UNAVAILABLE, INTERNAL):
-            # The node's own words; classify them as the HTTP layer does.
-            if not outcome.unknown and outcome.code is Code.TOO_LARGE:
-                error = f"{TOO_LARGE}: {error}"
-            else:
-                error = f"{UNAVAILABLE}: {error or 'no quorum or no leader in time'}"
-        self.send(wire.ClientResponse(rid, False, index=outcome.index, error=error,
-                                      unknown=outcome.unknown))
+    def _fail(self, rid: int, code: Code, message: str, *, unknown: bool = False) -> None:
+        """Answer a request that failed with `code`, through the one table."""
+        self.send(wire.ClientResponse(rid, False, error=message, unknown=unknown,
+                                      code=WIRE_CODES[code]))
 
-    def _error(self, rid: int, code: str, message: str, *, unknown: bool = False) -> None:
-        self.send(wire.ClientResponse(rid, False, error=f"{code}: {message}", unknown=unknown))
+    def _error(self, rid: int, code: ErrorCode, message: str) -> None:
+        """Answer with one of the protocol's own codes (no `Outcome` behind it)."""
+        self.send(wire.ClientResponse(rid, False, error=message, code=code))
 
     def _status(self, rid: int) -> None:
         try:
             body = _json.encode(self.node.status())
         except Exception as exc:
             log.exception("binary client %s: status failed", self.peer)
-            self._error(rid, INTERNAL, f"{type(exc).__name__}; see the node's log")
+            self._fail(rid, Code.INTERNAL, f"{type(exc).__name__}; see the node's log")
             return
         self.send(wire.ClientResponse(rid, True, body))
 
@@ -480,7 +338,7 @@ class _ClientConnection(FramedProtocol):
         expired = [rid for rid, (deadline, _) in self.inflight.items() if deadline <= now]
         for rid in expired:
             _, task = self.inflight.pop(rid)
-            self._error(rid, UNAVAILABLE, "the node did not answer in time", unknown=True)
+            self._fail(rid, Code.TIMEOUT, "the node did not answer in time", unknown=True)
             if task is not None:
                 task.cancel()
         if self.inflight:

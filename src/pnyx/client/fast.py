@@ -2,8 +2,8 @@
 
 They have the API of `pnyx.AsyncClient` and `pnyx.Client` (`put`, `get`,
 `delete`, `cas`, `keys`, `status`, the same arguments, return values and
-`pnyx.errors` exceptions) but speak `pnyx.api.wire` to a node's client port
-(`pnyx.api.binary.serve_clients`) instead of HTTP, which caps a node near
+`pnyx.errors` exceptions) but speak the binary client protocol (`pnyx.wire`) to a
+node's client port (`pnyx serve --client`) instead of HTTP, which caps a node near
 20 k requests/s. This module owns the client side of that protocol: the
 connections, request ids, pipelining, timeouts, failover and retries.
 
@@ -26,7 +26,11 @@ namespace as the HTTP API's `Idempotency-Key` (`h:` + key), so a key from
 Errors carry the `status` and `code` the HTTP API would have given for the
 same answer (404 `not_found`, 412 `precondition_failed`, 413
 `value_too_large`, 400 `invalid`, 409 `idempotency_key_reused`, 503
-`unavailable`), so code written against `pnyx.Client` handles them unchanged.
+`unavailable`), so code written against `pnyx.Client` handles them unchanged:
+a wire `ErrorCode` becomes its HTTP status and code in one table,
+`HTTP_EQUIVALENT`, and then the exception `pnyx.client.common.error_for` picks.
+This module imports no server code (only `pnyx.wire`, the key-value
+machine's encoding, and the clients' common code).
 
     async with pnyx.AsyncFastClient(["127.0.0.1:7001", "127.0.0.1:7002"]) as client:
         indexes = await asyncio.gather(*(client.put(f"k{i}", b"v") for i in range(1000)))
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import secrets
 import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -44,80 +47,48 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from pnyx.api import wire
-from pnyx.api.binary import (
-    BAD_REQUEST,
-    INTERNAL,
-    INVALID,
-    TOO_LARGE,
-    UNAVAILABLE,
-    FramedProtocol,
-    error_code,
-)
-from pnyx.client import (
-    CONSISTENCY,
+from pnyx import wire
+from pnyx.client.common import (
+    CLIENT_KEY_PREFIX,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT,
     DEFAULT_TIMEOUT,
-    MAX_PAGE,
-    parse_endpoints,
+    ClientBase,
+    Failed,
+    as_bytes,
+    check_consistency,
+    check_key,
+    check_keys_args,
+    describe,
+    error_for,
+    page_size,
 )
 from pnyx.errors import (
-    BadRequest,
-    NotFound,
     PnyxError,
-    PreconditionFailed,
-    Unavailable,
     ValueTooLarge,
 )
 from pnyx.statemachine import kv
+from pnyx.wire import ErrorCode
+from pnyx.wire.stream import FramedProtocol
 
 T = TypeVar("T")
 
 DEFAULT_REQUEST_TIMEOUT: Final = 5.0  # what the node may take, as the HTTP API's request_timeout
 
-_CLIENT_KEY_PREFIX: Final = "h:"  # the HTTP API's namespace for clients' idempotency keys
-MAX_IDEMPOTENCY_KEY: Final = kv.MAX_ID_BYTES - len(_CLIENT_KEY_PREFIX)
 _GRACE: Final = 2.0  # past the node's timeout: the server's own grace, and the trip back
 _MAX_WIRE_TIMEOUT: Final = 300.0  # the largest `ClientRequest.timeout` the wire allows
 _MAX_PAYLOAD: Final = wire.MAX_FRAME - 64  # room for the rest of the request frame
-_FIRST_BACKOFF: Final = 0.05
-_MAX_BACKOFF: Final = 1.0
+
+# The one table from a wire error code to what the HTTP API answers for the same
+# failure: (status, code). `unavailable` is not here: it is retried, not raised.
+HTTP_EQUIVALENT: Final[dict[ErrorCode, tuple[int, str]]] = {
+    ErrorCode.INVALID: (400, "invalid"),
+    ErrorCode.TOO_LARGE: (413, "value_too_large"),
+    ErrorCode.BAD_REQUEST: (400, "bad_request"),
+    ErrorCode.INTERNAL: (500, "internal"),
+}
 
 _json = msgspec.json.Decoder()
-
-
-class _Failed(Exception):
-    """One attempt got no answer; `sent` if the request may have reached the node."""
-
-    def __init__(self, reason: str, sent: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sent = sent
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
-def _check_key(key: str) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"key must be str, not {type(key).__name__}")
-    return key
-
-
-def _check_consistency(consistency: str) -> None:
-    if consistency not in CONSISTENCY:
-        raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY)}, "
-                         f"not {consistency!r}")
 
 
 class _Connection(FramedProtocol):
@@ -178,14 +149,14 @@ class _Connection(FramedProtocol):
         self.closed = True
         self.transport = None
         if exc is not None:
-            self.lost_reason = _describe(exc)
+            self.lost_reason = describe(exc)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         self.resume_writing()
         self.client._lost(self)
         pending, self.pending = self.pending, {}
-        failure = _Failed(f"connection lost: {self.lost_reason}", sent=True)
+        failure = Failed(f"connection lost: {self.lost_reason}", sent=True)
         for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(failure)
@@ -197,7 +168,7 @@ class _Connection(FramedProtocol):
         for rid in expired:
             fut, _ = self.pending.pop(rid)
             if not fut.done():
-                fut.set_exception(_Failed("no answer in time", sent=True))
+                fut.set_exception(Failed("no answer in time", sent=True))
         if self.pending and not self.closed:
             self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
@@ -207,7 +178,7 @@ class _Connection(FramedProtocol):
             self.transport.close()
 
 
-class AsyncFastClient:
+class AsyncFastClient(ClientBase):
     """An asyncio client of a pnyx cluster over the binary protocol; see the module docs.
 
     `endpoints`: the nodes' client addresses, `["127.0.0.1:7001", ...]`.
@@ -222,25 +193,14 @@ class AsyncFastClient:
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
-        self.endpoints = parse_endpoints(endpoints)
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
-                            ("retry_timeout", retry_timeout),
-                            ("request_timeout", request_timeout)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_timeout = retry_timeout
+        super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
+                         retry_timeout=retry_timeout)
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be positive, not {request_timeout!r}")
         self.request_timeout = min(request_timeout, _MAX_WIRE_TIMEOUT)
-        # Start at a random node, so many clients spread over the cluster.
-        self._current = secrets.randbelow(len(self.endpoints))
         self._conns: dict[int, _Connection] = {}
         self._connecting: dict[int, asyncio.Future[_Connection]] = {}
         self._ids = itertools.count(1)
-        # Generated idempotency keys: a random prefix and a counter are as
-        # unique as uuid4 per call, at a fraction of the cost.
-        self._key_prefix = secrets.token_hex(12) + "."
-        self._key_counter = itertools.count(1)
         self._closed = False
 
     # -- the API --
@@ -250,15 +210,15 @@ class AsyncFastClient:
                   prev_exist: bool | None = None, idempotency_key: str | None = None) -> int:
         """Set `key` to `value` if the conditions hold; returns the index it was written at."""
         command = kv.Put(
-            _check_key(key), _as_bytes(value, "value"),
-            None if prev_value is None else _as_bytes(prev_value, "prev_value"),
+            check_key(key), as_bytes(value, "value"),
+            None if prev_value is None else as_bytes(prev_value, "prev_value"),
             prev_index, prev_exist)
         return await self._write(command, idempotency_key)
 
     async def get(self, key: str, *, consistency: str = "linearizable") -> tuple[bytes, int]:
         """`(value, mod_index)` of `key`; raises `NotFound`."""
-        _check_consistency(consistency)
-        query = kv.encode_query(_check_key(key))
+        check_consistency(consistency)
+        query = kv.encode_query(check_key(key))
         response = await self._call("read", query, consistency, write=False, key=None)
         result = self._result(response)
         if isinstance(result, kv.Ok):
@@ -270,7 +230,7 @@ class AsyncFastClient:
                      idempotency_key: str | None = None) -> int:
         """Remove `key` if the conditions hold; returns the index of the delete."""
         command = kv.Delete(
-            _check_key(key), None if prev_value is None else _as_bytes(prev_value, "prev_value"),
+            check_key(key), None if prev_value is None else as_bytes(prev_value, "prev_value"),
             prev_index, prev_exist)
         return await self._write(command, idempotency_key)
 
@@ -283,16 +243,13 @@ class AsyncFastClient:
                    consistency: str = "linearizable") -> list[tuple[str, int]]:
         """`(key, mod_index)` of up to `limit` keys under `prefix` (None: all), in key order,
         fetched a page at a time (each page is its own read, not one snapshot)."""
-        _check_consistency(consistency)
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive integer or None, not {limit!r}")
+        check_keys_args(limit, consistency)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
         out: list[tuple[str, int]] = []
         after = ""
         while limit is None or len(out) < limit:
-            page = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
-            query = kv.encode_keys_query(prefix, after, page)
+            query = kv.encode_keys_query(prefix, after, page_size(limit, len(out)))
             response = await self._call("read", query, consistency, write=False, key=None)
             result = self._result(response)
             if not isinstance(result, kv.KeyList):
@@ -331,7 +288,7 @@ class AsyncFastClient:
     async def read_raw(self, query: bytes, mode: str = "linearizable") -> wire.ClientResponse:
         """Answer an encoded query (`kv.encode_query`, `kv.encode_keys_query`) in `mode`;
         the node's answer, retried like `submit_raw`."""
-        _check_consistency(mode)
+        check_consistency(mode)
         return await self._call("read", bytes(query), mode, write=False, key=None)
 
     async def close(self) -> None:
@@ -352,16 +309,8 @@ class AsyncFastClient:
     # -- building calls and reading answers --
 
     async def _write(self, command: kv.Put | kv.Delete, idempotency_key: str | None) -> int:
-        if idempotency_key is None:
-            key = f"{self._key_prefix}{next(self._key_counter)}"
-        else:
-            key = idempotency_key
-            if (not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY
-                    or not all(" " <= c <= "~" for c in key)):
-                raise BadRequest(
-                    f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
-                    "characters", status=400, code="invalid")
-        payload = kv.encode_request(kv.IdempotentRequest(_CLIENT_KEY_PREFIX + key, command))
+        key = self._idempotency_keys.key(idempotency_key)
+        payload = kv.encode_request(kv.IdempotentRequest(CLIENT_KEY_PREFIX + key, command))
         response = await self._call("submit", payload, "linearizable", write=True, key=key)
         result = self._result(response)
         if isinstance(result, kv.Ok):
@@ -379,20 +328,21 @@ class AsyncFastClient:
 
     @staticmethod
     def _result_error(result: kv.Result, key: str) -> PnyxError:
+        """The exception for the machine's own refusal, as the HTTP API reports it."""
         if isinstance(result, kv.NotFound):
-            return NotFound(f"key {key!r} does not exist", status=404, code="not_found")
+            return error_for(404, "not_found", f"key {key!r} does not exist")
         if isinstance(result, kv.PreconditionFailed):
-            return PreconditionFailed(
+            return error_for(
+                412, "precondition_failed",
                 f"precondition failed: the key is at index {result.current_index}",
-                index=result.current_index)
+                extra={"index": result.current_index})
         if isinstance(result, kv.Error):
             if result.code == kv.ErrorCode.TOO_LARGE:
-                return ValueTooLarge(result.message, status=413, code="value_too_large")
+                return error_for(413, "value_too_large", result.message)
             if result.code == kv.ErrorCode.REUSED:
-                return PnyxError(result.message, status=409, code="idempotency_key_reused")
-            return BadRequest(result.message, status=400, code="invalid")
-        return PnyxError(f"unexpected result {type(result).__name__}", status=500,
-                         code="internal")
+                return error_for(409, "idempotency_key_reused", result.message)
+            return error_for(400, "invalid", result.message)
+        return error_for(500, "internal", f"unexpected result {type(result).__name__}")
 
     # -- sending --
 
@@ -406,14 +356,9 @@ class AsyncFastClient:
             raise ValueTooLarge(f"the request is {len(payload)} bytes, over the protocol's "
                                 f"limit of {_MAX_PAYLOAD}", status=413, code="value_too_large")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_timeout
-        backoff = _FIRST_BACKOFF
-        last = "no attempt made"
-        last_status: int | None = None  # 503 if the last failure was a node's answer
-        maybe_applied = False  # some attempt may have reached a node and taken effect
-        n = len(self.endpoints)
+        attempts = self._attempts(loop.time(), write=write, key=key)
         while True:
-            for _ in range(n):
+            for _ in self.endpoints:
                 i = self._current
                 try:
                     conn = self._conns.get(i)
@@ -422,29 +367,24 @@ class AsyncFastClient:
                     # Not a coroutine of its own: on the fast path a call is one
                     # frame and one future, nothing more.
                     response = await self._request(conn, op, payload, mode, loop.time(),
-                                                   deadline)
-                except _Failed as failed:
-                    maybe_applied = maybe_applied or failed.sent
-                    last, last_status = f"{self._name(i)}: {failed.reason}", None
+                                                   attempts.deadline)
+                except Failed as failed:
+                    attempts.failed(self._name(i), failed.reason, sent=failed.sent)
                     if self._closed:
-                        raise Unavailable("the client was closed during the call",
-                                          unknown=write and maybe_applied,
-                                          idempotency_key=key) from None
+                        raise attempts.give_up("the client was closed during the call") from None
                 else:
-                    if response.ok or error_code(response.error)[0] != UNAVAILABLE:
+                    if response.ok or response.code is not ErrorCode.UNAVAILABLE:
                         return response
-                    maybe_applied = maybe_applied or response.unknown
-                    last, last_status = f"{self._name(i)}: {response.error}", 503
-                if self._current == i:
-                    # Many calls fail together when a node goes: move on once, not once each.
-                    self._current = (i + 1) % n
-                if loop.time() >= deadline:
-                    raise self._give_up(last, last_status, write and maybe_applied, key)
+                    attempts.failed(self._name(i), response.error, sent=response.unknown,
+                                    status=503)
+                # Many calls fail together when a node goes: move on once, not once each.
+                self._move_on(i)
+                if attempts.expired(loop.time()):
+                    raise attempts.give_up()
             # A whole round failed: wait a little before the next one.
-            await asyncio.sleep(max(0.0, min(backoff, deadline - loop.time())))
-            backoff = min(backoff * 2, _MAX_BACKOFF)
-            if loop.time() >= deadline:
-                raise self._give_up(last, last_status, write and maybe_applied, key)
+            await asyncio.sleep(attempts.pause(loop.time()))
+            if attempts.expired(loop.time()):
+                raise attempts.give_up()
 
     async def _ready(self, loop: asyncio.AbstractEventLoop, i: int,
                      conn: _Connection | None) -> _Connection:
@@ -456,9 +396,9 @@ class AsyncFastClient:
 
     def _request(self, conn: _Connection, op: str, payload: bytes, mode: str, now: float,
                  deadline: float) -> asyncio.Future[wire.ClientResponse]:
-        """Send one attempt on `conn`; the future of its answer (or of `_Failed`)."""
+        """Send one attempt on `conn`; the future of its answer (or of `Failed`)."""
         if conn.closed:
-            raise _Failed(f"connection lost: {conn.lost_reason}", sent=False)
+            raise Failed(f"connection lost: {conn.lost_reason}", sent=False)
         node_timeout = self.request_timeout
         if deadline - now < node_timeout:
             node_timeout = max(deadline - now, 0.001)
@@ -480,18 +420,18 @@ class AsyncFastClient:
                     self.connect_timeout)
                 if self._closed:
                     conn.close()
-                    raise _Failed("the client is closed", sent=False)
+                    raise Failed("the client is closed", sent=False)
                 self._conns[i] = conn
                 pending.set_result(conn)
             except (OSError, TimeoutError) as exc:
-                failure = _Failed(f"cannot connect: {_describe(exc)}", sent=False)
+                failure = Failed(f"cannot connect: {describe(exc)}", sent=False)
                 pending.set_exception(failure)
                 pending.exception()  # retrieved: no "never retrieved" warning if no one waits
                 raise failure from None
             except BaseException:
                 # This caller was cancelled (or worse): the others sharing the
                 # attempt move on as from a failed connect.
-                pending.set_exception(_Failed("connecting was interrupted", sent=False))
+                pending.set_exception(Failed("connecting was interrupted", sent=False))
                 pending.exception()
                 raise
             finally:
@@ -503,28 +443,16 @@ class AsyncFastClient:
         if self._conns.get(conn.index) is conn:
             del self._conns[conn.index]
 
-    def _give_up(self, last: str, status: int | None, maybe_applied: bool, key: str | None,
-                 ) -> Unavailable:
-        return Unavailable(f"no node could answer within {self.retry_timeout:g} s; last: {last}",
-                           unknown=maybe_applied, idempotency_key=key, status=status)
-
-    def _name(self, i: int) -> str:
-        host, port = self.endpoints[i]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 def _refused(response: wire.ClientResponse) -> PnyxError:
     """The exception for an `ok=False` answer that is not `unavailable`."""
-    code, message = error_code(response.error)
-    if code == INVALID:
-        return BadRequest(message, status=400, code="invalid")
-    if code == TOO_LARGE:
-        return ValueTooLarge(message, status=413, code="value_too_large")
-    if code == BAD_REQUEST:
-        return BadRequest(message, status=400, code="bad_request")
-    if code == INTERNAL:
-        return PnyxError(message, status=500, code="internal")
-    return PnyxError(response.error or "the node refused the request")
+    known = HTTP_EQUIVALENT.get(response.code)
+    if known is None:
+        # A code this client does not know (a newer server, or none at all): say so.
+        return PnyxError(f"the node answered {response.code or 'an error without a code'}: "
+                         f"{response.error}", code=response.code or None)
+    status, code = known
+    return error_for(status, code, response.error or f"the node answered {code}")
 
 
 class FastClient:

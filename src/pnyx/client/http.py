@@ -25,63 +25,33 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_from_bytes
 
-from pnyx.errors import (
-    BadRequest,
-    NotFound,
-    PnyxError,
-    PreconditionFailed,
-    Unavailable,
-    ValueTooLarge,
+from pnyx.client.common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RETRY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    Attempts,
+    ClientBase,
+    Failed,
+    as_bytes,
+    check_consistency,
+    check_keys_args,
+    describe,
+    error_for,
+    page_size,
 )
+from pnyx.errors import PnyxError, Unavailable
 
 if TYPE_CHECKING:
     import aiohttp
-
-DEFAULT_TIMEOUT: Final = 10.0  # per attempt; above the server's request timeout (5 s)
-DEFAULT_CONNECT_TIMEOUT: Final = 2.0
-DEFAULT_RETRY_TIMEOUT: Final = 30.0  # per call, over every attempt
-MAX_PAGE: Final = 1000  # the server's largest page of keys
-CONSISTENCY: Final = ("linearizable", "quorum", "stale")
-
-_FIRST_BACKOFF: Final = 0.05
-_MAX_BACKOFF: Final = 1.0
-
-
-def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
-    """`["host:port", ...]` (or one comma-separated string) as `(host, port)` pairs.
-
-    An `http://` prefix is allowed; IPv6 hosts go in brackets (`[::1]:8001`).
-    Raises `ValueError` with the offending entry.
-    """
-    if isinstance(endpoints, str):
-        endpoints = [e for e in endpoints.split(",") if e.strip()]
-    out: list[tuple[str, int]] = []
-    for entry in endpoints:
-        if not isinstance(entry, str):
-            raise ValueError(f"endpoint {entry!r} is not a string like 127.0.0.1:8001")
-        text = entry.strip().removeprefix("http://").rstrip("/")
-        host, sep, port_text = text.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"endpoint {entry!r} is not host:port (like 127.0.0.1:8001)")
-        if any(c in host for c in "/?#@ ") or (":" in host and "[" not in text):
-            raise ValueError(f"endpoint {entry!r} is not host:port (like 127.0.0.1:8001)")
-        out.append((host, int(port_text)))
-    if not out:
-        raise ValueError("no endpoints given")
-    return out
 
 
 def _quote_key(key: str) -> str:
@@ -90,14 +60,6 @@ def _quote_key(key: str) -> str:
     # Encode "/" (a key is one path segment) and "." (so that keys "." and
     # ".." are not read as dot segments and normalized away).
     return quote(key, safe="").replace(".", "%2E")
-
-
-def _as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
 def _query(params: dict[str, bytes | str | int | None]) -> str:
@@ -110,28 +72,9 @@ def _query(params: dict[str, bytes | str | int | None]) -> str:
         elif isinstance(value, int):
             raw = str(value).encode()
         else:
-            raw = _as_bytes(value, name)
+            raw = as_bytes(value, name)
         parts.append(f"{name}={quote_from_bytes(raw, safe='')}")
     return "?" + "&".join(parts) if parts else ""
-
-
-def _check_consistency(consistency: str) -> None:
-    if consistency not in CONSISTENCY:
-        raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY)}, "
-                         f"not {consistency!r}")
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-class _Failed(Exception):
-    """One attempt got no answer; `sent` if the request may have reached the node."""
-
-    def __init__(self, exc: BaseException, sent: bool) -> None:
-        super().__init__(_describe(exc))
-        self.reason = _describe(exc)
-        self.sent = sent
 
 
 @dataclass(slots=True)
@@ -166,7 +109,7 @@ class _Response:
 
 
 def _error(response: _Response) -> PnyxError:
-    """The exception for an error response."""
+    """The exception for an error response: its JSON error's code and message, by status."""
     code: str | None = None
     message = f"HTTP {response.status}"
     extra: dict[str, Any] = {}
@@ -176,55 +119,30 @@ def _error(response: _Response) -> PnyxError:
         extra = err
     except (ValueError, KeyError, TypeError):
         pass
-    status = response.status
-    if status == 400:
-        return BadRequest(message, status=status, code=code)
-    if status == 404:
-        return NotFound(message, status=status, code=code)
-    if status == 412:
-        index = extra.get("index")
-        return PreconditionFailed(message, index=index if isinstance(index, int) else -1,
-                                  status=status, code=code)
-    if status == 413:
-        return ValueTooLarge(message, status=status, code=code)
-    if status == 503:
-        return Unavailable(message, unknown=bool(extra.get("unknown", False)),
-                           status=status, code=code)
-    return PnyxError(message, status=status, code=code)
+    return error_for(response.status, code, message, extra=extra)
 
 
-class _Base:
-    """What both clients share: the endpoints and how each call is built and answered."""
+class _Base(ClientBase):
+    """What both HTTP clients share: how each call is built and its answer read."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str] | str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-    ) -> None:
-        self.endpoints = parse_endpoints(endpoints)
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
-                            ("retry_timeout", retry_timeout)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_timeout = retry_timeout
-        # Start at a random node, so many clients spread over the cluster.
-        self._current = random.randrange(len(self.endpoints))
+    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> None:
+        super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
+                         retry_timeout=retry_timeout)
 
-    @staticmethod
-    def _write_headers(idempotency_key: str | None) -> dict[str, str]:
-        return {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+    def _write_headers(self, idempotency_key: str | None) -> dict[str, str]:
+        # The caller's own key is checked by the node (a 400 names the header).
+        key = idempotency_key or self._idempotency_keys.key(None)
+        return {"Idempotency-Key": key}
+
 
     def _put_call(self, key: str, value: bytes | str, prev_value: bytes | str | None,
                   prev_index: int | None, prev_exist: bool | None,
                   idempotency_key: str | None) -> _Call:
         query = _query({"prev_value": prev_value, "prev_index": prev_index,
                         "prev_exist": prev_exist})
-        return _Call("PUT", f"/v1/kv/{_quote_key(key)}{query}", _as_bytes(value, "value"),
+        return _Call("PUT", f"/v1/kv/{_quote_key(key)}{query}", as_bytes(value, "value"),
                      self._write_headers(idempotency_key), write=True)
 
     def _delete_call(self, key: str, prev_value: bytes | str | None, prev_index: int | None,
@@ -236,7 +154,7 @@ class _Base:
 
     @staticmethod
     def _get_call(key: str, consistency: str) -> _Call:
-        _check_consistency(consistency)
+        check_consistency(consistency)
         query = _query({"consistency": None if consistency == "linearizable" else consistency})
         return _Call("GET", f"/v1/kv/{_quote_key(key)}{query}")
 
@@ -247,12 +165,6 @@ class _Base:
         return _Call("GET", f"/v1/kv/{query}")
 
     @staticmethod
-    def _check_keys_args(limit: int | None, consistency: str) -> None:
-        _check_consistency(consistency)
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive integer or None, not {limit!r}")
-
-    @staticmethod
     def _page(response: _Response, out: list[tuple[str, int]]) -> str | None:
         """Add one page of keys to `out`; the `after` of the next page, or None if done."""
         page = response.json()
@@ -261,16 +173,6 @@ class _Base:
             return page["next"] if page["more"] and page["next"] else None
         except (KeyError, TypeError, ValueError):
             raise PnyxError("the node sent a malformed key listing") from None
-
-    def _give_up(self, last: PnyxError | None, maybe_applied: bool, call: _Call,
-                 ) -> Unavailable:
-        reason = last.message if last is not None else "no attempt made"
-        return Unavailable(
-            f"no node could answer within {self.retry_timeout:g} s; last: {reason}",
-            unknown=call.write and maybe_applied,
-            idempotency_key=call.headers.get("Idempotency-Key"),
-            status=last.status if last is not None else None,
-        )
 
 
 class Client(_Base):
@@ -320,11 +222,11 @@ class Client(_Base):
              consistency: str = "linearizable") -> list[tuple[str, int]]:
         """`(key, mod_index)` of up to `limit` keys under `prefix` (None: all), in key order,
         fetched a page at a time (each page is its own read, not one snapshot)."""
-        self._check_keys_args(limit, consistency)
+        check_keys_args(limit, consistency)
         out: list[tuple[str, int]] = []
         after: str | None = ""
         while after is not None and (limit is None or len(out) < limit):
-            page = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
+            page = page_size(limit, len(out))
             after = self._page(self._send(self._keys_call(prefix, after, page, consistency)),
                                out)
         return out
@@ -370,13 +272,13 @@ class Client(_Base):
             conn.close()
 
     def _attempt(self, i: int, call: _Call) -> _Response:
-        """One request to node `i`; raises `_Failed` if no answer could be had."""
+        """One request to node `i`; raises `Failed` if no answer could be had."""
         sent = False
         for first_try in (True, False):
             try:
                 conn, reused = self._connection(i)
             except OSError as exc:
-                raise _Failed(exc, sent) from exc
+                raise Failed(describe(exc), sent) from exc
             try:
                 sent = True
                 conn.request(call.method, call.path, body=call.body or None,
@@ -389,7 +291,7 @@ class Client(_Base):
                 # once: try a fresh one before counting the node as down.
                 if reused and first_try:
                     continue
-                raise _Failed(exc, sent) from exc
+                raise Failed(describe(exc), sent) from exc
             headers = {k.lower(): v for k, v in raw.getheaders()}
             if raw.will_close:
                 self._drop(i)
@@ -401,39 +303,26 @@ class Client(_Base):
             return self._send_locked(call)
 
     def _send_locked(self, call: _Call) -> _Response:
-        deadline = time.monotonic() + self.retry_timeout
-        backoff = _FIRST_BACKOFF
-        last: PnyxError | None = None
-        maybe_applied = False  # some attempt may have reached a node and taken effect
-        n = len(self.endpoints)
+        attempts = self._attempts(time.monotonic(), write=call.write,
+                                  key=call.headers.get("Idempotency-Key"))
         while True:
-            for _ in range(n):
+            for _ in self.endpoints:
                 i = self._current
                 try:
                     response = self._attempt(i, call)
-                except _Failed as failed:
-                    maybe_applied = maybe_applied or failed.sent
-                    last = Unavailable(f"{self._name(i)}: {failed.reason}")
+                except Failed as failed:
+                    attempts.failed(self._name(i), failed.reason, sent=failed.sent)
                 else:
                     if response.status < 300:
                         return response
-                    error = _error(response)
-                    if not isinstance(error, Unavailable):
-                        raise error
-                    maybe_applied = maybe_applied or error.unknown
-                    last = error
-                self._current = (i + 1) % n
-                if time.monotonic() >= deadline:
-                    raise self._give_up(last, maybe_applied, call)
+                    _answered_unavailable(attempts, self._name(i), response)
+                self._move_on(i)
+                if attempts.expired(time.monotonic()):
+                    raise attempts.give_up()
             # A whole round failed: wait a little before the next one.
-            time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
-            backoff = min(backoff * 2, _MAX_BACKOFF)
-            if time.monotonic() >= deadline:
-                raise self._give_up(last, maybe_applied, call)
-
-    def _name(self, i: int) -> str:
-        host, port = self.endpoints[i]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            time.sleep(attempts.pause(time.monotonic()))
+            if attempts.expired(time.monotonic()):
+                raise attempts.give_up()
 
 
 class AsyncClient(_Base):
@@ -478,11 +367,11 @@ class AsyncClient(_Base):
     async def keys(self, prefix: str = "", limit: int | None = 100, *,
                    consistency: str = "linearizable") -> list[tuple[str, int]]:
         """`(key, mod_index)` of up to `limit` keys under `prefix` (None: all), in key order."""
-        self._check_keys_args(limit, consistency)
+        check_keys_args(limit, consistency)
         out: list[tuple[str, int]] = []
         after: str | None = ""
         while after is not None and (limit is None or len(out) < limit):
-            page = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
+            page = page_size(limit, len(out))
             response = await self._send(self._keys_call(prefix, after, page, consistency))
             after = self._page(response, out)
         return out
@@ -522,16 +411,12 @@ class AsyncClient(_Base):
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_timeout
-        backoff = _FIRST_BACKOFF
-        last: PnyxError | None = None
-        maybe_applied = False
-        n = len(self.endpoints)
+        attempts = self._attempts(loop.time(), write=call.write,
+                                  key=call.headers.get("Idempotency-Key"))
         while True:
-            for _ in range(n):
+            for _ in self.endpoints:
                 i = self._current
-                host, port = self.endpoints[i]
-                netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                netloc = self._name(i)
                 # encoded=True: the path is already quoted; yarl must not
                 # re-quote it (it would turn %2E back into ".").
                 url = URL(f"http://{netloc}{call.path}", encoded=True)
@@ -545,23 +430,25 @@ class AsyncClient(_Base):
                             raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
                 except aiohttp.ClientConnectorError as exc:
                     # Could not connect: the request never left.
-                    last = Unavailable(f"{netloc}: {exc}")
+                    attempts.failed(netloc, str(exc), sent=False)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     # Connected, so the request may have reached the node.
-                    maybe_applied = True
-                    last = Unavailable(f"{netloc}: {_describe(exc)}")
+                    attempts.failed(netloc, describe(exc), sent=True)
                 else:
                     if response.status < 300:
                         return response
-                    error = _error(response)
-                    if not isinstance(error, Unavailable):
-                        raise error
-                    maybe_applied = maybe_applied or error.unknown
-                    last = error
-                self._current = (i + 1) % n
-                if loop.time() >= deadline:
-                    raise self._give_up(last, maybe_applied, call)
-            await asyncio.sleep(max(0.0, min(backoff, deadline - loop.time())))
-            backoff = min(backoff * 2, _MAX_BACKOFF)
-            if loop.time() >= deadline:
-                raise self._give_up(last, maybe_applied, call)
+                    _answered_unavailable(attempts, netloc, response)
+                self._move_on(i)
+                if attempts.expired(loop.time()):
+                    raise attempts.give_up()
+            await asyncio.sleep(attempts.pause(loop.time()))
+            if attempts.expired(loop.time()):
+                raise attempts.give_up()
+
+
+def _answered_unavailable(attempts: Attempts, where: str, response: _Response) -> None:
+    """Note a node's error answer if it is worth another attempt; else raise it."""
+    error = _error(response)
+    if not isinstance(error, Unavailable):
+        raise error
+    attempts.failed(where, error.message, sent=error.unknown, status=error.status)

@@ -2,7 +2,7 @@
 
 The binary API's server connections and `pnyx.FastClient` both build on it;
 it knows nothing of either side (imports only the standard library, msgspec
-and `pnyx.wire.framing`).
+and `pnyx.wire`). `max_frame` defaults to the client protocol's `MAX_FRAME`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, cast
 import msgspec
 
 from pnyx.wire.framing import HEADER, LENGTH, FrameDecoder, FrameTooLarge
+from pnyx.wire.messages import MAX_FRAME
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -27,7 +28,7 @@ class FramedProtocol(asyncio.Protocol):
     is written with one `write`.
     """
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.decoder = FrameDecoder(max_frame)
