@@ -25,10 +25,17 @@ def describe_config(c: SimConfig) -> str:
         f"delay {net.min_delay * 1000:g}-{net.max_delay * 1000:g} ms"
         f" + jitter {net.jitter * 1000:g} ms",
     ]
+    if net.late:
+        parts.append(f"late {net.late:.0%} by {net.late_min * 1000:g}-{net.late_max * 1000:g} ms")
     if c.faults.partitions:
         parts.append("partitions")
     if c.faults.crashes:
         parts.append("crashes")
+    if c.faults.reboots:
+        when = " on its next send" if c.reboot_on_send else ""
+        parts.append(f"leader reboots{when}")
+    if c.linger:
+        parts.append(f"linger {c.linger * 1000:g} ms")
     q = c.quorums()
     parts.append(f"quorums {q.phase1}/{q.phase2}")
     if c.distinguished is not None:
@@ -49,6 +56,8 @@ def _faults_seen(faults: Sequence[Fault], end: float) -> list[str]:
             lines.append(f"{ms(f.time):>10}  partition: {{{', '.join(map(str, f.nodes))}}} cut off")
         elif f.kind == "heal":
             lines.append(f"{ms(f.time):>10}  partition healed")
+        elif f.kind == "reboot":
+            lines.append(f"{ms(f.time):>10}  reboot of the leader (else node {f.nodes[0]})")
         else:
             lines.append(f"{ms(f.time):>10}  node {f.nodes[0]} {f.kind}")
     return lines
@@ -69,10 +78,12 @@ def summary(r: SimResult) -> str:
     out.append(f"  learned   {len(r.learned)}/{c.nodes} nodes{when}  [{knew}]")
     out.append(
         f"  messages  {r.sent} sent, {r.delivered} delivered, {r.lost} lost, "
-        f"{r.duplicated} duplicated ({r.events} events, ended at {ms(r.end_time)})"
+        f"{r.duplicated} duplicated, {r.held_back} held back "
+        f"({r.events} events, ended at {ms(r.end_time)})"
     )
     seen = _faults_seen(r.faults, r.end_time)
-    out.append(f"  faults    {len(seen) or 'none'}")
+    rebooted = f" ({r.reboots} reboots done)" if r.reboots else ""
+    out.append(f"  faults    {len(seen) or 'none'}{rebooted}")
     out.extend("  " + line for line in seen)
     out.append("")
     out.extend(_checks(RULES, r.violations))
