@@ -88,8 +88,10 @@ class Driver:
         self._writing = False  # a write is in flight: new records wait for it
         self._flush_soon = False
         self._waiters: dict[int, Request] = {}  # by the id of their current attempt
-        # Every request not finished, by the DEADLINE_TICK its deadline falls in.
-        self._deadlines: dict[int, set[Request]] = {}
+        # Every request not finished, by the DEADLINE_TICK its deadline falls in. Dicts
+        # used as ordered sets: a set of objects iterates in the order of their memory
+        # addresses, and the simulator must replay a seed exactly.
+        self._deadlines: dict[int, dict[Request, None]] = {}
         self._deadline_timer: Timer | None = None
         self._deadline_at = 0
         self._next_id = 0
@@ -178,10 +180,10 @@ class Driver:
         request.bucket = bucket = math.ceil(request.deadline / DEADLINE_TICK)
         members = self._deadlines.get(bucket)
         if members is None:
-            members = self._deadlines[bucket] = set()
+            members = self._deadlines[bucket] = {}
             if self._deadline_timer is None or bucket < self._deadline_at:
                 self._arm_deadlines(bucket)
-        members.add(request)
+        members[request] = None
         self._attempt(request)
         return request
 
@@ -236,7 +238,7 @@ class Driver:
         """`request` is finished: it no longer has a deadline to keep."""
         members = self._deadlines.get(request.bucket)
         if members is not None:
-            members.discard(request)
+            members.pop(request, None)
 
     def _arm_deadlines(self, bucket: int) -> None:
         if self._deadline_timer is not None:
