@@ -1,10 +1,10 @@
 """Peer transport: framed messages between the nodes of a cluster, over TCP.
 
-A frame is a 4-byte big-endian length and that many bytes of payload. Each
-node opens one outbound connection to every peer, and sends its messages on
-it; it receives on the connections its peers open to it. The first frame on a
-connection is a `Hello` naming the cluster and the sender, so a node can
-refuse strangers. Outbound connections reconnect with exponential backoff;
+A frame is `pnyx.wire.framing`'s: a 4-byte big-endian length and that many
+bytes of payload. Each node opens one outbound connection to every peer, and
+sends its messages on it; it receives on the connections its peers open to
+it. The first frame on a connection is a `Hello` naming the cluster and the
+sender, so a node can refuse strangers. Outbound connections reconnect with exponential backoff;
 each has a bounded queue (a slow or dead peer drops the oldest messages
 rather than exhausting memory — Paxos copes with loss). A frame over the size
 limit, a bad Hello, a sender outside the configuration, or garbage closes
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -29,10 +28,10 @@ from typing import Any, cast
 import msgspec
 
 from pnyx.node.config import Address
+from pnyx.wire.framing import FrameDecoder, FrameTooLarge, encode_frame
 
 log = logging.getLogger("pnyx.transport")
 
-_LEN = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 32 << 20
 HELLO_TIMEOUT = 5.0
 WRITE_NOW_BYTES = 8192  # queued for a peer: written at once rather than at the iteration's end
@@ -52,8 +51,7 @@ class FrameError(Exception):
     """The bytes on a connection are not frames we accept."""
 
 
-def frame(payload: bytes) -> bytes:
-    return _LEN.pack(len(payload)) + payload
+frame = encode_frame  # the one framing, shared with the client protocol
 
 
 class _Peer:
@@ -114,8 +112,8 @@ class _Inbound(asyncio.Protocol):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.src: int | None = None  # known once the Hello is read
-        self.buf = bytearray()  # the start of a frame not complete yet
-        self.need = 0  # bytes `buf` must hold before a frame can complete
+        # Until the Hello is read, a frame longer than a Hello is refused.
+        self.frames = FrameDecoder(HELLO_LIMIT)
         self.peer: Any = "?"
         self.hello_timer: asyncio.TimerHandle | None = None
 
@@ -129,45 +127,28 @@ class _Inbound(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._inbound.discard(self)
         self.transport = None
-        self.buf.clear()
+        self.frames.clear()
         if self.hello_timer is not None:
             self.hello_timer.cancel()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        if buf:
-            buf += data
-            if len(buf) < self.need:
-                return  # most of a large frame: wait for the rest rather than copy it again
-            data = bytes(buf)
-            buf.clear()
-        pos, size = 0, len(data)
-        need = 0
+        if self.transport is None:
+            return  # refused already: what follows is not read
+        self.frames.feed(data)
         try:
-            while size - pos >= _LEN.size and self.transport is not None:
-                (length,) = _LEN.unpack_from(data, pos)
-                limit = self.owner.max_frame if self.src is not None else HELLO_LIMIT
-                if length > limit:
-                    raise FrameError(f"frame of {length} bytes is over the limit of {limit}")
-                end = pos + _LEN.size + length
-                if end > size:
-                    need = _LEN.size + length
-                    break
-                payload = data[pos + _LEN.size:end]
-                pos = end
+            for payload in self.frames.frames():
                 if self.src is None:
-                    self.src = self.owner._hello(payload)
+                    self.src = self.owner._hello(bytes(payload))
+                    self.frames.max_frame = self.owner.max_frame
                     if self.hello_timer is not None:
                         self.hello_timer.cancel()
                         self.hello_timer = None
                 else:
-                    self.owner.on_message(self.src, payload)
-        except FrameError as exc:
+                    self.owner.on_message(self.src, bytes(payload))
+                if self.transport is None:
+                    return  # refused, or closed by the node while handling the frame
+        except (FrameError, FrameTooLarge) as exc:
             self.refuse(str(exc))
-            return
-        if pos < size and self.transport is not None:
-            buf += data[pos:]
-            self.need = need
 
     def refuse(self, reason: str) -> None:
         if self.transport is None:
