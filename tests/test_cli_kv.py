@@ -181,3 +181,42 @@ def test_main_reports_parse_errors_in_one_line(capsys: pytest.CaptureFixture[str
 def test_main_runs_a_command(ep: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert pnyx_main(["put", "k", "v", "--endpoints", ep]) == 0
     assert capsys.readouterr().out == "OK index=1\n"
+
+
+class _Terminal(io.BytesIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_get_ends_the_value_with_a_newline_on_a_terminal_only(ep: str) -> None:
+    assert cli("put", "k", "v", "--endpoints", ep)[0] == 0
+    out, err, terminal = io.StringIO(), io.StringIO(), _Terminal()
+    code = cli_kv.run(parse("get", "k", "--endpoints", ep), stdout=out, stderr=err,
+                      stdin=io.BytesIO(), stdout_bytes=terminal)
+    assert (code, terminal.getvalue()) == (0, b"v\n")
+    assert cli("get", "k", "--endpoints", ep)[2] == b"v"  # piped: exactly as stored
+
+
+def test_status_with_several_endpoints_shows_each_and_which_node_answered(ep: str) -> None:
+    dead = dead_address()
+    code, out, _, err = cli("status", "--endpoints", f"{ep},{dead}", "--timeout", "1")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == (f"{ep}  node 1: leader, leader 1, ballot [1, 1], commit index 0, "
+                        "applied index 0")
+    assert lines[1].startswith(f"{dead}  no answer: ")
+    assert len(lines) == 2
+
+
+def test_status_json_is_one_object_per_endpoint(ep: str) -> None:
+    dead = dead_address()
+    code, out, _, _ = cli("status", "--endpoints", f"{ep},{dead}", "--timeout", "1", "--json")
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert code == 0 and first["endpoint"] == ep and first["id"] == 1
+    assert second["endpoint"] == dead and second["error"]
+
+
+def test_status_with_no_node_answering_is_one_line_and_exit_1() -> None:
+    code, out, _, err = cli("status", "--endpoints", dead_address(), "--timeout", "1")
+    assert code == 1 and out == ""
+    assert err.startswith("pnyx status: unavailable: no node answered") and err.count("\n") == 1
