@@ -95,6 +95,9 @@ def test_a_corrupt_store_is_one_line_naming_the_file(tmp_path: Path) -> None:
         ["--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d",
          "--election-timeout", "10", "--heartbeat", "50"],
         ["--config", "/nonexistent.toml"],
+        ["--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d",
+         "--max-command", "4096"],
+        ["--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d", "--window", "many"],
     ],
 )
 def test_bad_flags_are_one_line(args: list[str]) -> None:
@@ -190,3 +193,39 @@ def test_cluster_refuses_a_port_in_use(tmp_path: Path) -> None:
                             str(port), "--data-dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=30)
     one_line_error(r, "in use")
+
+
+def test_the_start_up_line_names_only_what_the_node_serves_and_sigterm_is_logged(
+        tmp_path: Path) -> None:
+    peer, http = free_ports(2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "serve", "--id", "1", "--cluster",
+         f"1=127.0.0.1:{peer}", "--http", f"127.0.0.1:{http}", "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        started = proc.stderr.readline()
+        assert f"peers on 127.0.0.1:{peer}, HTTP on 127.0.0.1:{http}, data in" in started
+        assert "None" not in started and "clients" not in started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "stopping on SIGTERM" in rest and "node 1 stopped" in rest, rest
+
+
+def test_cluster_help_describes_the_ports() -> None:
+    out = subprocess.run([sys.executable, "-m", "pnyx.cli", "cluster", "--help"],
+                         capture_output=True, text=True, timeout=30).stdout
+    out = " ".join(out.split())  # argparse wraps the description
+    assert "Start a local cluster" in out
+    assert "--peer-port + i - 1" in out and "--client-port" in out
+
+
+def test_bench_without_a_checkout_says_how_to_get_it_in_one_line(tmp_path: Path) -> None:
+    code = ("import sys, pnyx.cli.bench as b; b.bench_dir = lambda: None; "
+            "b.MODULE = 'pnyxbench_absent'; from pnyx.cli import main; "
+            "sys.exit(main(['bench', '--help']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    one_line_error(r, "source checkout")
