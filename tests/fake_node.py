@@ -5,8 +5,9 @@ from the machine. Switches make it misbehave the ways a real node can:
 `unavailable` (every call waits out its timeout, as with no quorum), `hang`
 (never answers, as a stuck node), `lose_replies` (apply, then report the
 outcome unknown, as when the leader changed after the command was chosen),
-`refuse` (refuse every command) and `fail_reads` (reads fail a few times
-before succeeding). `ServerThread` serves one over real TCP for blocking tests.
+`refuse` (refuse every command), `refuse_reads` (refuse every read) and
+`fail_reads` (reads fail a few times before succeeding). `ServerThread`
+serves one over real TCP for blocking tests.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FakeNode:
         self.hang = False
         self.lose_replies = 0  # how many of the next submits apply but report unknown
         self.refuse: Outcome | None = None  # the answer to every command
+        self.refuse_reads: Outcome | None = None  # the answer to every read
         self.fail_reads = 0
         self.submitted: list[bytes] = []  # every command, including retries
         self.reads: list[tuple[bytes, ReadMode]] = []
@@ -70,6 +72,8 @@ class FakeNode:
         bad = await self._misbehave(timeout)
         if bad is not None:
             return bad
+        if self.refuse_reads is not None:
+            return self.refuse_reads
         if self.fail_reads:
             self.fail_reads -= 1
             return Outcome.failed(Code.NOT_LEADER, "not the leader any more")

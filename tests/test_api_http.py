@@ -444,6 +444,40 @@ async def test_refused_command_is_503_and_not_retried() -> None:
         assert len(node.submitted) == 1
 
 
+def test_every_outcome_code_has_one_http_answer() -> None:
+    assert set(api_http.HTTP_FAILURES) == set(Code)
+    for code, failure in api_http.HTTP_FAILURES.items():
+        # Retry-After exactly where another attempt may succeed: the 503s.
+        assert failure.retry_after == (failure.status == 503), code
+        assert (failure.status == 503) == (code.retryable and code is not Code.INTERNAL), code
+
+
+@pytest.mark.parametrize(("code", "status", "error"), [
+    (Code.TOO_LARGE, 413, "value_too_large"),
+    (Code.BAD_REQUEST, 400, "invalid"),
+    (Code.INTERNAL, 500, "internal"),
+    (Code.NO_LEADER, 503, "unavailable"),
+])
+@aio
+async def test_a_node_refusal_is_answered_by_its_code_not_its_words(
+        code: Code, status: int, error: str) -> None:
+    async with serve(request_timeout=1.0) as (c, node):
+        # Words that would mislead anyone reading them for the cause.
+        node.refuse = Outcome.failed(code, "too large, not the leader, shutting down")
+        r = await c.put("/v1/kv/k", data=b"v")
+        await error_of(r, status, error)
+        assert ("Retry-After" in r.headers) == (status == 503)
+        assert len(node.submitted) == 1  # a definite refusal is not resubmitted
+
+
+@aio
+async def test_a_read_refused_for_itself_is_not_retried() -> None:
+    async with serve(request_timeout=1.0) as (c, node):
+        node.refuse_reads = Outcome.failed(Code.BAD_REQUEST, "unknown read mode")
+        await error_of(await c.get("/v1/kv/k"), 400, "invalid")
+        assert len(node.reads) == 1
+
+
 @aio
 async def test_a_hanging_node_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_http, "_NODE_GRACE", 0.05)

@@ -46,7 +46,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -82,6 +82,34 @@ _METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", 
 _NODE_GRACE: Final = 1.0
 _RETRY_FIRST_DELAY: Final = 0.01
 _RETRY_MAX_DELAY: Final = 0.2
+
+
+
+class HttpFailure(NamedTuple):
+    """How an API answers a failed outcome: status, error code, and whether to say when to
+    retry (`Retry-After`)."""
+
+    status: int
+    code: str
+    retry_after: bool
+
+
+_UNAVAILABLE: Final = HttpFailure(503, "unavailable", True)
+
+# The one table from an outcome's `Code` to its HTTP answer. Every code is here (a test
+# checks); `NONE` on a failure is a node that did not say why: unavailable, retry.
+HTTP_FAILURES: Final[dict[Code, HttpFailure]] = {
+    Code.NONE: _UNAVAILABLE,
+    Code.TOO_LARGE: HttpFailure(413, "value_too_large", False),
+    Code.BAD_REQUEST: HttpFailure(400, "invalid", False),
+    Code.ABORTED: _UNAVAILABLE,
+    Code.NOT_LEADER: _UNAVAILABLE,
+    Code.NO_LEADER: _UNAVAILABLE,
+    Code.TIMEOUT: _UNAVAILABLE,
+    Code.READ_DISAGREED: _UNAVAILABLE,
+    Code.SHUTTING_DOWN: _UNAVAILABLE,
+    Code.INTERNAL: HttpFailure(500, "internal", False),
+}
 
 _WRITE_PARAMS: Final = frozenset({"prev_value", "prev_index", "prev_exist"})
 _GET_PARAMS: Final = frozenset({"consistency"})
@@ -303,7 +331,8 @@ class _Handlers:
 
         A write is retried only while its outcome is unknown, and always with
         the same bytes, so de-duplication answers a retry of a command that did
-        get chosen. A read is retried on any failure: it changes nothing.
+        get chosen. A read is retried on any failure another attempt may mend: it
+        changes nothing. The answer to a failure is `HTTP_FAILURES[outcome.code]`.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
@@ -316,23 +345,27 @@ class _Handlers:
                 except kv.MalformedResult as exc:
                     raise ApiError(500, "internal", f"the node returned a bad result: {exc}",
                                    ) from None
-            if write and not outcome.unknown:
-                if outcome.code is Code.TOO_LARGE:
-                    # The node's own limit on commands (ReplicaConfig.max_command).
-                    raise ApiError(413, "value_too_large", outcome.error)
-                self._unavailable(outcome, write)
+            if not outcome.code.retryable or (write and not outcome.unknown):
+                # Refused for the request itself, or a write that never reached the log
+                # (a retry would be a second attempt, not a resubmission).
+                self._failed(outcome, write)
             if loop.time() + delay >= deadline:
-                self._unavailable(outcome, write)
+                self._failed(outcome, write)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY)
 
-    def _unavailable(self, outcome: Outcome, write: bool) -> NoReturn:
-        extra = {"unknown": outcome.unknown} if write else {}
+    def _failed(self, outcome: Outcome, write: bool) -> NoReturn:
+        """Answer a failed outcome as `HTTP_FAILURES` says."""
+        failure = HTTP_FAILURES[outcome.code]
         message = outcome.error or "no quorum or no leader in time"
-        if write and outcome.unknown:
-            message += " (the write may still take effect; retry with the same Idempotency-Key)"
-        raise ApiError(503, "unavailable", message,
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, extra=extra)
+        extra: dict[str, Any] = {}
+        if failure.retry_after and write:
+            extra["unknown"] = outcome.unknown
+            if outcome.unknown:
+                message += (" (the write may still take effect; retry with the same "
+                            "Idempotency-Key)")
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if failure.retry_after else {}
+        raise ApiError(failure.status, failure.code, message, headers=headers, extra=extra)
 
     async def _write(self, request: web.Request, command: kv.Put | kv.Delete,
                      ) -> web.Response:
