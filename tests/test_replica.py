@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
-from pnyx.protocol.multipaxos import Outcome, Replica
+from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, Role
 from pnyx.protocol.multipaxos.messages import (
     Aborted,
     Accept,
@@ -215,6 +215,40 @@ def test_a_new_leader_answers_a_linearizable_read_only_after_it_has_recovered_th
     net.tick([1], dt=net.cfg.heartbeat_interval)
     net.deliver()
     assert net.outcomes[1][5] == Outcome(True, b"old", 1)
+
+
+def test_a_new_leader_gives_a_follower_a_read_index_no_lower_than_what_phase_1_recovered(
+) -> None:
+    """Linearizable read at a follower of a new leader: slot 1 was chosen under the old
+    leader (accepted by nodes 2 and 3) but the new leader, node 1, only re-proposed it.
+    A read index below slot 1 would let follower 3, which has applied nothing, answer
+    at once with the state before the chosen write: a stale read. The leader waits
+    until the recovered slot is chosen and answers with an index that covers it."""
+    old = Ballot(1, 3)
+    chosen = Entry(1, old, batch(b"x=old"))
+    durable = {1: ReplicaDurable(promised=old),
+               2: ReplicaDurable(promised=old, accepted={1: chosen}),
+               3: ReplicaDurable(promised=old, accepted={1: chosen})}
+    net = Net(durable=durable)
+    net.now = 1.0
+    net.tick([1])
+    net.deliver(but_not(of_type(Accept, Accepted)))  # elected, heartbeats flow, slot 1 waits
+    assert net.nodes[1].is_leader and net.nodes[1].commit == 0
+    assert net.nodes[3].leader == 1 and net.nodes[3].applied == 0
+    net.read(3, 5, b"x", "linearizable")
+    for _ in range(3):
+        net.tick([1], dt=net.cfg.heartbeat_interval)
+        net.deliver(but_not(of_type(Accept, Accepted)))
+    assert not net.pending(of_type(ReadIndexReply)), "answered before slot 1 was chosen"
+    # Slot 1 is chosen with node 2's vote; node 3 hears of it only after the reply.
+    net.deliver(either(accept_for(1, dst=1), accept_for(1, dst=2), of_type(Accepted)))
+    assert net.nodes[1].commit == 1
+    replies = [m for _, m in net.pending(of_type(ReadIndexReply))]
+    assert replies and all(m.ok and m.index >= 1 for m in replies), replies
+    net.deliver(of_type(ReadIndexReply))
+    assert net.nodes[3].applied == 0 and 5 not in net.outcomes[3], "a stale read"
+    net.settle()
+    assert net.outcomes[3][5] == Outcome(True, b"old", 1)
 
 
 def test_a_deposed_leader_cut_off_from_the_quorum_never_answers_a_linearizable_read() -> None:
@@ -618,3 +652,77 @@ def test_a_replica_running_a_safeapply_wrapped_machine_can_serve_reads() -> None
     result = decode_result(outcome.result)
     assert isinstance(result, Ok) and result.value == b"v"
 
+
+
+# ------------------------------------------------------------ invariants
+
+
+class CheckedNet(Net):
+    """`Net` that asserts every replica's invariants after each of its events."""
+
+    def obey(self, i: int, ready: LogReady) -> LogReady:
+        ready = super().obey(i, ready)
+        self.nodes[i].check_invariants()
+        return ready
+
+
+def test_every_units_invariants_hold_after_each_event_through_elections_writes_and_reads(
+) -> None:
+    """The invariants the units state on their fields (commit <= max chosen, applied <=
+    commit, slots in flight in the current ballot, promised >= every accepted ballot,
+    reads only queued at a leader, ...) hold after every event of a run with an
+    election, pipelined writes at the leader and a follower, reads of every mode, a
+    slow disk, a leader change and a catch-up."""
+    net = CheckedNet()
+    net.elect(1)
+    for k in range(1, 8):
+        net.submit(1 + k % 3, k, b"x=%d" % k)
+    net.read(2, 50, b"x", "linearizable")
+    net.read(3, 51, b"x", "quorum")
+    net.slow_disks.add(2)
+    net.settle()
+    net.sync(2)
+    net.slow_disks.clear()
+    net.settle()
+    assert net.outcomes[2][50].ok and net.outcomes[3][51].ok
+    cut = touching(1)
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([2])
+    net.settle(cut=cut)
+    assert net.nodes[2].is_leader
+    net.submit(2, 60, b"y=1")
+    net.settle(cut=cut)
+    net.settle()
+    assert net.values[1] == net.values[2] == net.values[3]
+    for node in net.nodes.values():
+        node.check_invariants()
+
+
+@pytest.mark.parametrize("corrupt", [
+    "commit beyond chosen", "applied beyond commit", "promised below accepted",
+    "slot in flight of another ballot", "role disagrees with stage", "read queued at follower",
+])
+def test_check_invariants_fires_on_a_corrupted_state(corrupt: str) -> None:
+    net = Net()
+    leader = net.elect(1)
+    net.submit(1, 1, b"x=1")
+    net.deliver(but_not(of_type(Accepted)))  # slot 1 accepted everywhere, still in flight
+    follower = net.nodes[2]
+    for node in net.nodes.values():
+        node.check_invariants()
+    if corrupt == "commit beyond chosen":
+        follower.log.commit = follower.log.max_chosen + 1
+    elif corrupt == "applied beyond commit":
+        follower.log.applied = follower.log.commit + 1
+    elif corrupt == "promised below accepted":
+        follower.acceptor.promised = Ballot(0, 0)
+        follower.acceptor.highest_seen = Ballot(0, 0)
+    elif corrupt == "slot in flight of another ballot":
+        next(iter(leader.pipeline.inflight.values())).ballot = Ballot(0, 1)
+        follower = leader
+    elif corrupt == "role disagrees with stage":
+        follower.election.role = Role.LEADER
+    else:
+        follower.reads.unsent.append((2, 9))
+    with pytest.raises(AssertionError):
+        follower.check_invariants()

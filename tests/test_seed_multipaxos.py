@@ -32,6 +32,7 @@ from pnyx.protocol.multipaxos.messages import (
     CatchUp,
     Chosen,
     Command,
+    Decided,
     Entry,
     Forward,
     Heartbeat,
@@ -684,6 +685,63 @@ def test_a_follower_that_missed_the_accepts_catches_up_in_chunks() -> None:
     assert chunks == [[1, 2], [3, 4], [5]]
     assert net.applied[3] == [1, 2, 3, 4, 5]
     assert net.values[3] == net.values[1]
+
+
+def test_a_catch_up_never_overwrites_a_slot_already_known_chosen() -> None:
+    """Seed, safety requirement 1 (only one value can be chosen) and 'Learning a chosen
+    value': a slot's chosen value never changes. A `Chosen` message naming another
+    value for a slot this replica already knows chosen (here slot 3, known but not yet
+    applied, beyond the gap at 2) changes nothing: the known value is kept, recorded
+    and applied; only the missing slot 2 is learned from it."""
+    a, b, c, forged = batch(b"s=a"), batch(b"s=b"), batch(b"s=c"), batch(b"s=forged")
+    net = Net(durable={3: ReplicaDurable(chosen={1: a, 3: c})})
+    node = net.nodes[3]
+    assert (node.commit, node.applied) == (1, 1)
+    net.step(3, Chosen(1, (Decided(1, forged), Decided(2, b), Decided(3, forged)), 3))
+    assert node.chosen[1] is a and node.chosen[3] is c
+    assert node.durable().chosen == {1: a, 2: b, 3: c}
+    assert net.values[3] == {1: a, 2: b, 3: c}
+    memo = net.machines[3]
+    assert isinstance(memo, Memo) and memo.data[b"s"] == b"c"
+
+
+def test_a_leader_reelected_with_a_higher_ballot_ignores_accepted_of_its_older_ballot(
+) -> None:
+    """Seed, 'Learning a chosen value' (chosen = accepted by a majority in ONE
+    proposal) and safety requirement 3 (never learn a value chosen unless it is): a
+    leader that lost its ballot and won the next one re-proposes its unchosen slot in
+    the new ballot; an `Accepted` of its older ballot arriving late must not count
+    towards the new ballot's quorum. With 5 members, two acceptances in the new ballot
+    and one in the old are three votes, but not a quorum of one ballot."""
+    members = (1, 2, 3, 4, 5)
+    net = Net(members)
+    leader = net.elect(1)
+    old = leader.ballot
+    net.submit(1, 1, b"x=1")
+    slot = leader.next_slot - 1
+    net.deliver(accept_for(slot, dst=2))  # node 2 accepts in the old ballot ...
+    late = net.pending(accepted_for(slot, src=2))
+    assert [m.ballot for _, m in late] == [old]
+    net.in_flight = []  # ... and its Accepted is held back, with everything else
+    # Cut off from a quorum for two election timeouts, the leader steps down, then runs
+    # (and wins) the next election itself.
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    assert not leader.is_leader
+    net.in_flight = []
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    net.deliver(of_type(PreVote, PreVoteReply, Prepare, Promise))
+    assert leader.is_leader and leader.ballot > old
+    new = leader.ballot
+    net.drop(but_not(accept_for(slot)))
+    net.deliver(either(accept_for(slot, dst=1), accept_for(slot, dst=3), accepted_for(slot)))
+    assert slot not in leader.chosen  # two votes in the new ballot: not yet
+    net.step(1, late[0][1])  # the late Accepted of the old ballot
+    assert slot not in leader.chosen, "votes of two ballots were added up"
+    assert leader.commit == slot - 1
+    net.deliver(either(accept_for(slot, dst=4), accepted_for(slot)))
+    assert slot in leader.chosen and leader.ballot == new  # a quorum in one ballot
 
 
 # ----------------------------------- item 11: pre-vote in the simulator
