@@ -607,6 +607,15 @@ async def test_refusals_by_the_node() -> None:
         with pytest.raises(pnyx.Unavailable) as caught:
             await c.put("k", b"v")
         assert not caught.value.unknown and "not today" in caught.value.message
+        # By the code, whatever the words say.
+        node.refuse = Outcome.failed(Code.BAD_REQUEST, "too large, shutting down")
+        with pytest.raises(pnyx.BadRequest) as bad:
+            await c.put("k", b"v")
+        assert bad.value.status == 400 and bad.value.code == "invalid"
+        node.refuse = Outcome.failed(Code.INTERNAL, "not the leader")
+        with pytest.raises(pnyx.PnyxError) as internal:
+            await c.put("k", b"v")
+        assert internal.value.status == 500 and internal.value.code == "internal"
         node.refuse = None
         node.fail_reads = 2  # reads are retried
         await c.put("k", b"v")
