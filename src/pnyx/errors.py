@@ -1,7 +1,9 @@
-"""The exceptions `pnyx.Client` and `pnyx.AsyncClient` raise, one per kind of answer.
+"""The exceptions every pnyx client raises, one per kind of answer.
 
 Each carries the HTTP `status` and the API's error `code` when a node answered
-(see `pnyx.api.http` for the codes), or neither when none could be reached.
+(see `pnyx.api.http` for the codes; the fast clients report the status and
+code HTTP would have given), or neither when none could be reached.
+`pnyx.client.common.error_for` picks the class from the status.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ class NodeAPI(Protocol):
 
         Returns `Outcome(ok=True, result=<encoded kv result>, index=<log index>)`
         once the command is chosen and applied. Otherwise, by `timeout` seconds
-        at the latest, `Outcome(ok=False, error=...)`: `unknown=True` when the
+        at the latest, `Outcome.failed(code, error)`, the `Code` saying why (the
+        APIs answer by it, never by the words): `unknown=True` when the
         command may still be chosen (no quorum or no leader in time, leader
         lost its ballot), `unknown=False` when it was refused and will never be
         applied. Resubmitting the same bytes is safe: the machine de-duplicates
@@ -50,7 +51,7 @@ class NodeAPI(Protocol):
     async def read(self, query: bytes, mode: ReadMode, *, timeout: float) -> Outcome:
         """Answer an encoded query (`kv.encode_query`, `kv.encode_keys_query`) with `mode`'s
         guarantee: `Outcome(ok=True, result=<encoded kv result>, index=<applied index>)`,
-        or `Outcome(ok=False, error=...)` if that guarantee could not be had in time."""
+        or `Outcome.failed(code, error)` if that guarantee could not be had in time."""
         ...
 
     def status(self) -> dict[str, Any]:
