@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import types
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ from pnyx import wire
 from pnyx.api.binary import NODE_GRACE, close_server, serve_clients
 from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.direct import DirectNode
+from pnyx.node.metrics import Metrics
 from pnyx.node.requests import SHUTTING_DOWN, SHUTTING_DOWN_UNKNOWN
-from pnyx.protocol.multipaxos import Code, Outcome
-from pnyx.statemachine import kv
-from pnyx.storage import MemoryLogStore
+from pnyx.protocol.ballot import ZERO
+from pnyx.protocol.multipaxos import Code, LogReady, Outcome, Role
+from pnyx.protocol.multipaxos.messages import Batch, Command
+from pnyx.statemachine import ERROR_PREFIX, kv
+from pnyx.storage import MemoryLogStore, SqliteLogStore
 from pnyx.testing import free_ports
 
 SLACK = 0.2  # how late past its timeout a request may finish (the deadline tick is 50 ms)
@@ -104,8 +108,9 @@ def assert_no_request_state(node: Node) -> None:
     assert node._gathered == []
     replica = node.replica
     assert replica is not None
-    assert not replica._waiting and not replica._unrouted and not replica._queue
-    assert not replica._reads and not replica._qreads
+    pipeline = replica.pipeline
+    assert not pipeline.waiting and not pipeline.unrouted and not pipeline.queue
+    assert not replica.reads.local and not replica.reads.quorum
 
 
 # ------------------------------------------------------------------ deadlines
@@ -229,11 +234,12 @@ async def test_submit_with_unknown_outcome_is_reported_at_once_and_never_resubmi
         proposed: list[int] = []
 
         def aborting_submit_many(requests: list[tuple[int, bytes]], now: float) -> Any:
+            ready = LogReady()
             for rid, _ in requests:
                 proposed.append(rid)
-                replica._outcome(rid, Outcome(False, error="aborted: ballot lost",
-                                              unknown=True))
-            return replica._flush(now)
+                ready.outcomes.append(
+                    (rid, Outcome(False, error="aborted: ballot lost", unknown=True)))
+            return ready
 
         replica.submit_many = aborting_submit_many  # type: ignore[method-assign]
         done = Done()
@@ -269,10 +275,10 @@ async def test_cancelled_submit_is_forgotten_never_answered_and_never_proposed(
         assert rid is not None and node._waiters[rid] is request
         if when != "at_once":
             await asyncio.sleep(0.05)
-            assert rid in replica._waiting
+            assert rid in replica.pipeline.waiting
         request.cancel()
         assert rid not in node._waiters
-        assert rid not in replica._waiting
+        assert rid not in replica.pipeline.waiting
         assert live_requests(node) == 0
         await asyncio.sleep(0.4 + SLACK)  # past its deadline
         assert done.outcomes == []
@@ -517,3 +523,103 @@ async def test_binary_client_gets_unavailable_by_its_timeout_not_after_the_grace
             writer.close()
         await close_server(server)
         await node.stop()
+
+
+# ------------------------------------------------------- one node, found in review
+
+
+def solo_node(tmp_path: Path, machine: Any, store: Any = None,
+              metrics: Metrics | None = None) -> Node:
+    """A one-member cluster: it elects itself and chooses alone."""
+    config = NodeConfig(1, {1: Address("127.0.0.1", free_ports(1)[0])}, tmp_path / "solo",
+                        heartbeat_interval=0.02, election_timeout=0.05)
+    if store is None:
+        store = MemoryLogStore(node_id=1, cluster_id=config.cluster_id)
+    return Node(config, store, machine, metrics)
+
+
+class Raising:
+    """A state machine that raises on b"boom" and records every command applied."""
+
+    def __init__(self) -> None:
+        self.applied: list[bytes] = []
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        self.applied.append(command)
+        if command == b"boom":
+            raise ValueError("boom")
+        return b"ok " + command
+
+    def query(self, query: bytes) -> bytes:
+        return b""
+
+
+@async_test
+async def test_a_command_whose_apply_raises_gets_an_error_result_and_nothing_applies_twice(
+    tmp_path: Path,
+) -> None:
+    """The contract (as in DirectNode and the simulator): every replica wraps its machine
+    in SafeApply, so a raising apply is a deterministic error result, not a replica stopped
+    mid-slot that would apply the slot's earlier commands again."""
+    machine = Raising()
+    async with running(solo_node(tmp_path, machine)) as node:
+        while not (await node.submit(b"warm-up", timeout=2)).ok:
+            await asyncio.sleep(0.05)
+        # Gathered in one turn of the loop: one slot of three commands.
+        first, boom, after = Done(), Done(), Done()
+        for command, done in ((b"a", first), (b"boom", boom), (b"b", after)):
+            node.submit_nowait(command, done, timeout=2)
+        for done in (first, boom, after):
+            await asyncio.wait_for(done.called.wait(), 3)
+        last = await node.submit(b"c", timeout=2)
+    assert first.outcomes[0].ok and first.outcomes[0].result == b"ok a"
+    assert boom.outcomes[0].ok and boom.outcomes[0].result.startswith(ERROR_PREFIX)
+    assert after.outcomes[0].ok and last.ok and last.result == b"ok c"
+    assert machine.applied == [b"warm-up", b"a", b"boom", b"b", b"c"]
+
+
+@async_test
+async def test_a_restart_does_not_count_the_replayed_log_as_newly_chosen(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "solo.db"
+    first = Metrics()
+    node = solo_node(tmp_path, kv.KVMachine(),
+                     SqliteLogStore.open(db, node_id=1, cluster_id=""), first)
+    async with running(node):
+        for seq in range(1, 6):
+            assert (await submit_until_ok(node, put("k", b"v", seq))).ok
+    assert first._per_command.chosen_commands == 5
+    again = Metrics()
+    node = solo_node(tmp_path, kv.KVMachine(),
+                     SqliteLogStore.open(db, node_id=1, cluster_id=""), again)
+    async with running(node):
+        assert node.replica is not None
+        replayed = node.replica.applied_index  # a last chosen record may wait for a write
+        assert replayed >= 4
+        assert (await submit_until_ok(node, put("k", b"w", 6))).ok
+        assert node.replica.applied_index == 6
+        # Counted: the commands chosen since the restart (phase 1 may choose again a slot
+        # whose chosen record was not yet written), never the replayed ones.
+        assert again._per_command.chosen_commands == 6 - replayed
+        slots = again._per_command.chosen_slots
+        assert again.registry.get_sample_value("pnyx_batch_size_count") == slots
+        assert 1 <= slots <= node.replica.commit - node._replayed
+
+
+def test_status_commit_index_counts_the_commands_of_every_slot_known_chosen(
+    tmp_path: Path,
+) -> None:
+    """`commit_index` counts the commands in slots 1..commit_slot (known chosen), as
+    `applied_index` counts those applied: a replica whose commit runs ahead of what it
+    applied reports the two apart."""
+    node = solo_node(tmp_path, kv.KVMachine())
+    batch = Batch((Command(1, 1, b"a"), Command(1, 2, b"b")))
+    node.replica = types.SimpleNamespace(  # type: ignore[assignment]
+        role=Role.FOLLOWER, leader=2, is_leader=False, ballot=ZERO, leader_ballot=ZERO,
+        commit=3, applied=1, applied_index=2,
+        chosen={1: batch, 2: batch, 3: Batch((Command(2, 7, b"c"),))},
+    )
+    status = node.status()
+    assert (status["commit_slot"], status["applied_slot"]) == (3, 1)
+    assert (status["commit_index"], status["applied_index"]) == (5, 2)
