@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from pnyx.cli.common import UsageError
 from pnyx.protocol.synod.proposer import RetryPolicy
-from pnyx.sim.cluster import ClusterConfig, ClusterResult, simulate_cluster
+from pnyx.sim.cluster import DRIVER_MUTANTS, ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
 from pnyx.sim.network import NetworkConfig
@@ -118,7 +118,7 @@ def add_parsers(sub: Any) -> None:
                     help="commands per slot; 1 turns batching off (default 256)")
     kv.add_argument("--no-prevote", action="store_true",
                     help="start elections without asking whether others miss the leader")
-    kv.add_argument("--mutant", choices=sorted(CLUSTER_MUTANTS),
+    kv.add_argument("--mutant", choices=sorted([*CLUSTER_MUTANTS, *DRIVER_MUTANTS]),
                     help="run a deliberately broken variant")
     kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
 
