@@ -2,17 +2,19 @@
 
 `Metrics` owns one `prometheus_client.CollectorRegistry` per node (never the
 process-global default registry), so several nodes in one process, as in the
-tests or `pnyx cluster`, each report only their own numbers. The node runtime
-and the HTTP layer call the methods below; `render` gives the text that
+tests or `pnyx cluster`, each report only their own numbers. The node's driver
+(`pnyx.node.driver`) and the HTTP layer call the methods below; `render` gives the text that
 `GET /metrics` serves.
 
 Who calls what (call: caller; metric):
 
 - `proposed(n)`: the node, per client command submitted to it;
   `pnyx_proposals_total`.
-- `observe_batch(n)`: the leader, per slot it proposes; `pnyx_batch_size`.
+- `observe_batch(n)`: the node, per slot it learns chosen (its commands);
+  `pnyx_batch_size`.
 - `chosen(slots, commands)`: the node, as it learns slots chosen;
-  `pnyx_chosen_slots_total`, `pnyx_chosen_commands_total`.
+  `pnyx_chosen_slots_total`, `pnyx_chosen_commands_total`. Neither counts the
+  slots a restarted node replays from its disk: they were counted when chosen.
 - `observe_commit_latency(seconds)`: the node, per command, submit to applied;
   `pnyx_commit_latency_seconds`.
 - `observe_commit(seconds, records)`: the node, per group commit (one fsync);
@@ -27,8 +29,8 @@ Who calls what (call: caller; metric):
 - `request(route, method, status, seconds)`: the HTTP layer, per request;
   `pnyx_http_requests_total`, `pnyx_http_request_seconds`.
 
-This module imports nothing from pnyx, so the node can use it without
-depending on the HTTP layer.
+This module imports nothing from pnyx: the node owns it, and the API layers
+above it only feed and render it.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Metrics:
             "pnyx_fsync_records", "Records made durable by one group commit.",
             buckets=_COUNT_BUCKETS, registry=r)
         self._batch = Histogram(
-            "pnyx_batch_size", "Client commands per slot the leader proposed.",
+            "pnyx_batch_size", "Client commands per slot this node learned chosen.",
             buckets=_COUNT_BUCKETS, registry=r)
         self._peer_up = Gauge(
             "pnyx_peer_up", "1 if the connection to a peer is up, else 0.",

@@ -299,6 +299,12 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                               f"had promised {reported}")
         node.begin()
 
+    def leader(self) -> int | None:
+        """The leader a leader-aimed reboot hits: the latest one seen, if it is up."""
+        if self._leader is not None and self.nodes[self._leader[0]] is not None:
+            return self._leader[0]
+        return None
+
     def partition(self, minority: set[int]) -> None:
         if self._leader is not None and self._crash_rng.random() < self.config.leader_partitions:
             minority = {self._leader[0]}
