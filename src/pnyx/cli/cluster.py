@@ -160,6 +160,7 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
 Talk to it (any node accepts any request):
   {pnyx} put greeting hello --endpoints {endpoints}
   {pnyx} get greeting --endpoints {endpoints}
+  {pnyx} status --endpoints {endpoints}
   curl -X PUT --data-binary hello http://{first}/v1/kv/greeting
   curl http://{https[nodes]}/v1/kv/greeting
   curl http://{first}/v1/status
