@@ -44,7 +44,7 @@ class AsyncioDisk:
         self.store = store
         self.loop = loop
         self.in_thread = in_thread
-        self.task: asyncio.Task[None] | None = None
+        self.pending: asyncio.Future[None] | None = None  # the last write in a thread
 
     def write(self, records: list[LogRecord],
               done: Callable[[BaseException | None], None]) -> None:
@@ -52,7 +52,9 @@ class AsyncioDisk:
             # The leader's own acceptance is one vote of several: the followers can
             # choose a slot while its disk is slow, and its loop goes on serving
             # clients meanwhile. So it writes in a thread.
-            self.task = self.loop.create_task(self._in_thread(records, done))
+            future = self.loop.run_in_executor(None, self.store.append, records)
+            future.add_done_callback(lambda f: done(None if f.cancelled() else f.exception()))
+            self.pending = future
             return
         # Everything a follower would answer waits for this write anyway; writing on
         # the loop saves two thread hand-offs per group commit (and, on a busy machine,
@@ -64,20 +66,11 @@ class AsyncioDisk:
             return
         done(None)
 
-    async def _in_thread(self, records: list[LogRecord],
-                         done: Callable[[BaseException | None], None]) -> None:
-        try:
-            await asyncio.to_thread(self.store.append, records)
-        except Exception as exc:
-            done(exc)
-            return
-        done(None)
-
     async def drain(self) -> None:
         """Wait for the write in flight, if any."""
-        if self.task is not None:
+        if self.pending is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+                await self.pending
 
 
 class TcpNetwork:
