@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.multipaxos import messages as mp
+from pnyx.protocol.multipaxos.messages import NOOP
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.protocol.synod.messages import Accept, Accepted, Prepare, Promise
 from pnyx.protocol.synod.node import DurableState
 from pnyx.sim import SimConfig, invariants, simulate
 from pnyx.sim.faults import FaultConfig, schedule
-from pnyx.sim.invariants import A1, A2, A3, B1, S1, S3, Observer
+from pnyx.sim.invariants import A1, A2, A3, A4, B1, H1, R1, S1, S3, LogObserver, Observer
 from pnyx.sim.network import Network, NetworkConfig
 
 LATE = NetworkConfig(drop=0.2, duplicate=0.05, late=0.05, late_min=0.1, late_max=0.5)
@@ -263,3 +265,50 @@ def test_a_broken_quorum_object_cannot_vouch_for_itself(
     monkeypatch.setattr(QuorumSystem, "is_phase2_quorum", lambda self, voters: bool(voters))
     result = simulate(adversarial(1, nodes=5))
     assert S3 in {v.rule for v in result.violations}
+
+
+# ------------------------------------------------- the Multi-Paxos wire rules
+
+
+def test_the_log_observer_flags_a_lower_promise_and_a_lower_acceptance() -> None:
+    o = LogObserver()
+    o.on_send(1, mp.Promise(1, b(4, 3), ()), 0.0)
+    o.on_send(1, mp.Promise(1, b(4, 3), (), 1, 2), 0.0)  # another part of one promise
+    assert o.violations == []
+    o.on_send(1, mp.Promise(1, b(4, 2), ()), 0.0)
+    o.on_send(1, mp.Accepted(1, b(4, 2), 7), 0.0)
+    assert [v.rule for v in o.violations] == [A3, A1]
+
+
+def test_the_log_observer_flags_a_promise_reporting_an_older_acceptance() -> None:
+    o = LogObserver()
+    o.on_send(2, mp.Accepted(2, b(3, 1), 5), 0.0)
+    o.on_send(2, mp.Promise(2, b(5, 3), (mp.Entry(5, b(3, 1), NOOP),)), 0.0)
+    assert o.violations == []
+    o.on_send(2, mp.Promise(2, b(6, 3), (mp.Entry(5, b(2, 1), NOOP),)), 0.0)
+    assert [v.rule for v in o.violations] == [A4]
+
+
+def test_the_log_observer_flags_a_stale_heartbeat_acked_and_a_deposed_leader() -> None:
+    o = LogObserver()
+    o.on_send(2, mp.HeartbeatAck(2, b(1, 1), 3), 0.0)
+    o.on_send(2, mp.Promise(2, b(2, 3), ()), 0.0)
+    o.on_send(2, mp.HeartbeatAck(2, b(2, 3), 1), 0.0)
+    assert o.violations == []
+    o.on_send(2, mp.HeartbeatAck(2, b(1, 1), 4), 0.0)
+    o.on_send(2, mp.Heartbeat(2, b(1, 2), 0, 9), 0.0)
+    o.on_send(2, mp.Accept(2, b(1, 2), 3, NOOP, 0), 0.0)
+    assert [v.rule for v in o.violations] == [H1, R1, R1]
+
+
+def test_the_log_observer_flags_a_ballot_used_again_or_for_two_values() -> None:
+    o = LogObserver()
+    o.on_send(1, mp.Prepare(1, b(2, 1), 1), 0.0)
+    o.on_send(1, mp.Accept(1, b(2, 1), 1, NOOP, 0), 0.0)
+    o.on_send(1, mp.Accept(1, b(2, 1), 1, NOOP, 0), 0.0)  # a retransmission
+    assert o.violations == []
+    o.on_restart(1, 0.0)
+    o.on_send(1, mp.Prepare(1, b(2, 1), 1), 0.0)
+    other = mp.Batch((mp.Command(1, 1, b"put"),))
+    o.on_send(1, mp.Accept(1, b(2, 1), 1, other, 0), 0.0)
+    assert [v.rule for v in o.violations] == [B1, B1]

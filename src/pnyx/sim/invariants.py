@@ -76,6 +76,31 @@ def show(value: Value | None) -> str:
     return "-" if value is None else value.decode("utf-8", "backslashreplace")
 
 
+class BallotUses:
+    """B1 for Prepares: a proposer's ballots are its own and only go up, across
+    restarts too. One Prepare goes to every acceptor, so within one
+    incarnation a ballot is seen once per member; after a restart, never again."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[Key, bool]] = {}  # proposer -> (highest, restarted since)
+
+    def prepare(self, src: int, b: Key) -> str | None:
+        """What is wrong with `src` sending a Prepare in `b`, if anything."""
+        if b[1] != src:
+            return f"node {src} sent a Prepare for ballot {shown(b)}, not its own"
+        last, restarted = self._last.get(src, (NONE, False))
+        if b >= last:
+            self._last[src] = (b, False)
+        if b < last or (b == last and restarted):
+            again = " after restarting" if restarted else ""
+            return f"node {src} used ballot {shown(b)}{again}, having used {shown(last)}"
+        return None
+
+    def restart(self, node: int) -> None:
+        if node in self._last:
+            self._last[node] = (self._last[node][0], True)
+
+
 class Observer:
     def __init__(self, acceptors: Collection[int], phase2: int) -> None:
         if not 1 <= phase2 <= len(acceptors):
@@ -90,8 +115,7 @@ class Observer:
         self._accepted: dict[int, Key] = {}  # highest ballot each acceptor reported accepting
         # (ballot, value) -> acceptors that reported accepting it; a quorum of them is chosen
         self._votes: dict[tuple[Key, Value], set[int]] = {}
-        # Each proposer's highest ballot sent, and whether it has restarted since.
-        self._prepared: dict[int, tuple[Key, bool]] = {}
+        self._ballots = BallotUses()
         self._proposed_in: dict[Key, Value] = {}  # the value each ballot's Accept carried
 
     def _violate(self, rule: str, now: float, detail: str) -> None:
@@ -118,16 +142,9 @@ class Observer:
             self._on_accept(src, key(message.ballot), message.value, now)
 
     def _on_prepare(self, src: int, b: Key, now: float) -> None:
-        if b[1] != src:
-            self._violate(B1, now, f"node {src} sent a Prepare for ballot {shown(b)}, not its own")
-        # One Prepare goes to every acceptor, so one ballot is seen once per member.
-        last, restarted = self._prepared.get(src, (NONE, False))
-        if b < last or (b == last and restarted):
-            again = " after restarting" if restarted else ""
-            self._violate(B1, now, f"node {src} used ballot {shown(b)}{again}, "
-                                   f"having used {shown(last)}")
-        if b >= last:
-            self._prepared[src] = (b, False)
+        wrong = self._ballots.prepare(src, b)
+        if wrong is not None:
+            self._violate(B1, now, wrong)
 
     def _on_accept(self, src: int, b: Key, value: Value, now: float) -> None:
         before = self._proposed_in.setdefault(b, value)
@@ -169,8 +186,7 @@ class Observer:
             self._violate(S3, now, f"node {node} learned {show(value)}, which is not chosen")
 
     def on_restart(self, node: int, state: DurableState, now: float) -> None:
-        if node in self._prepared:
-            self._prepared[node] = (self._prepared[node][0], True)
+        self._ballots.restart(node)
         promised = self._promised.get(node, NONE)
         if key(state.promised) < promised:
             self._violate(A2, now, f"node {node} restarted promising {state.promised}, "
@@ -184,3 +200,99 @@ class Observer:
     @property
     def decided_value(self) -> Value | None:
         return next(iter(self.chosen), None)
+
+
+# ---------------------------------------------------------------- Multi-Paxos
+
+A4 = "A4 a promise reports each slot's acceptance no older than one the acceptor sent"
+H1 = "H1 a replica never acks a heartbeat below its promise"
+R1 = "R1 a replica never leads (Accept, Heartbeat) in a ballot below its own promise"
+LOG_RULES = (A1, A3, A4, B1, H1, R1)
+
+
+class LogObserver:
+    """The acceptor and ballot rules of Multi-Paxos, checked on the wire alone.
+
+    Fed every message a replica sends (`on_send`) and every restart
+    (`on_restart`), it needs nothing from the replica or its records: what an
+    acceptor promised and accepted is what its own messages revealed. It
+    catches a rule broken where the log-level checks (agreement,
+    linearizability) would need a rare schedule to show the harm: a lower
+    promise (A3), a ballot used twice (B1), a restart that brings back an older
+    acceptance than one already reported (A4), a stale heartbeat acknowledged
+    (H1), a leader that keeps leading after promising a higher ballot (R1).
+    Messages are matched by class name, so one observer serves any message
+    family with these fields.
+    """
+
+    def __init__(self, violations: list[Violation] | None = None) -> None:
+        # The list it appends to: a simulation may pass its own.
+        self.violations: list[Violation] = violations if violations is not None else []
+        self._promised: dict[int, Key] = {}  # highest ballot each replica revealed promising
+        self._accepted: dict[tuple[int, int], Key] = {}  # (replica, slot) -> highest accepted
+        self._ballots = BallotUses()
+        self._proposed_in: dict[tuple[Key, int], object] = {}  # (ballot, slot) -> value
+
+    def _violate(self, rule: str, now: float, detail: str) -> None:
+        self.violations.append(Violation(rule, now, detail))
+
+    def _raise(self, node: int, b: Key) -> None:
+        if b > self._promised.get(node, NONE):
+            self._promised[node] = b
+
+    def on_send(self, src: int, m: object, now: float) -> None:
+        kind = type(m).__name__
+        if kind == "Promise":
+            self._on_promise(src, m, now)
+        elif kind == "Accepted":
+            b, slot = key(m.ballot), m.slot  # type: ignore[attr-defined]
+            promised = self._promised.get(src, NONE)
+            if b < promised:
+                self._violate(A1, now, f"node {src} accepted {shown(b)} in slot {slot} after "
+                                       f"promising {shown(promised)}")
+            self._raise(src, b)
+            if b > self._accepted.get((src, slot), NONE):
+                self._accepted[(src, slot)] = b
+        elif kind == "Rejected":
+            self._raise(src, key(m.promised))  # type: ignore[attr-defined]
+        elif kind == "Prepare":
+            self._on_prepare(src, key(m.ballot), now)  # type: ignore[attr-defined]
+        elif kind == "HeartbeatAck":
+            b = key(m.ballot)  # type: ignore[attr-defined]
+            promised = self._promised.get(src, NONE)
+            if b < promised:
+                self._violate(H1, now, f"node {src} acked a heartbeat of {shown(b)} after "
+                                       f"promising {shown(promised)}")
+        elif kind in ("Accept", "Heartbeat"):
+            b = key(m.ballot)  # type: ignore[attr-defined]
+            promised = self._promised.get(src, NONE)
+            if b < promised:
+                self._violate(R1, now, f"node {src} sent {kind}({shown(b)}) after promising "
+                                       f"{shown(promised)}")
+            if kind == "Accept":
+                slot, value = m.slot, m.value  # type: ignore[attr-defined]
+                before = self._proposed_in.setdefault((b, slot), value)
+                if before != value:
+                    self._violate(B1, now, f"ballot {shown(b)} carried two values for slot "
+                                           f"{slot}")
+
+    def _on_promise(self, src: int, m: object, now: float) -> None:
+        b = key(m.ballot)  # type: ignore[attr-defined]
+        promised = self._promised.get(src, NONE)
+        if b < promised:
+            self._violate(A3, now, f"node {src} promised {shown(b)} after promising "
+                                   f"{shown(promised)}")
+        self._raise(src, b)
+        for entry in m.entries:  # type: ignore[attr-defined]
+            had = self._accepted.get((src, entry.slot), NONE)
+            if key(entry.ballot) < had:
+                self._violate(A4, now, f"node {src} reported slot {entry.slot} accepted in "
+                                       f"{entry.ballot}, having accepted it in {shown(had)}")
+
+    def _on_prepare(self, src: int, b: Key, now: float) -> None:
+        wrong = self._ballots.prepare(src, b)
+        if wrong is not None:
+            self._violate(B1, now, wrong)
+
+    def on_restart(self, node: int, now: float) -> None:
+        self._ballots.restart(node)
