@@ -113,9 +113,12 @@ def add_parsers(sub: Any) -> None:
     kv.add_argument("--ops", type=_non_negative_int, default=200,
                     help="operations in all (default 200)")
     kv.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
-    kv.add_argument("--window", type=int, default=32, help="slots in flight (default 32)")
-    kv.add_argument("--max-batch", type=int, default=256,
-                    help="commands per slot; 1 turns batching off (default 256)")
+    # No defaults here: the simulator's own (ClusterConfig) apply unless given.
+    kv.add_argument("--window", type=int,
+                    help=f"slots in flight (default {ClusterConfig().window})")
+    kv.add_argument("--max-batch", type=int,
+                    help="commands per slot; 1 turns batching off "
+                    f"(default {ClusterConfig().max_batch})")
     kv.add_argument("--no-prevote", action="store_true",
                     help="start elections without asking whether others miss the leader")
     kv.add_argument("--mutant", choices=sorted([*CLUSTER_MUTANTS, *DRIVER_MUTANTS]),
@@ -137,14 +140,15 @@ def _network(args: argparse.Namespace) -> NetworkConfig:
 
 def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfig:
     if args.command == "sim-kv":
+        tuning = {k: v for k, v in (("window", args.window), ("max_batch", args.max_batch))
+                  if v is not None}
         return ClusterConfig(
             seed=seed, nodes=args.nodes, clients=args.clients, ops=args.ops, keys=args.keys,
             network=_network(args),
             faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
                                until=args.faults_until, partition_rate=2.0, crash_rate=3.0,
                                max_outage=0.3),
-            prevote=not args.no_prevote, window=args.window, max_batch=args.max_batch,
-            max_time=args.max_time, mutant=args.mutant,
+            prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant, **tuning,
         )
     return SimConfig(
         seed=seed,
