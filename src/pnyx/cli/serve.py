@@ -40,7 +40,7 @@ def add_parsers(sub: Any) -> None:
     for s in SETTINGS:
         if s.kind == "off":
             serve.add_argument(s.flag, dest=s.name, action="store_const", const="off",
-                               help=s.help)
+                               help=flag_help(s))
         else:
             serve.add_argument(s.flag, dest=s.name, metavar=metavar(s), help=flag_help(s))
     serve.set_defaults(run=run)

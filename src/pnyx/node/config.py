@@ -122,6 +122,7 @@ class Setting:
     field: str = ""
     replica: bool = False  # passed on to ReplicaConfig
     metavar: str | None = None
+    off: str = ""  # an "off" setting's flag: what turning it off does
 
     @property
     def name(self) -> str:
@@ -142,11 +143,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("cluster_id", "--cluster-id", "name",
             "the cluster's name; a store of another cluster is refused"),
     Setting("fsync", "--unsafe-no-fsync", "off",
-            "fsync the log before answering; off loses acknowledged writes on power loss "
+            "fsync the log before a record counts as durable; false loses acknowledged "
+            "writes on power loss (benchmarks only)",
+            off="do not fsync: fast, and loses acknowledged writes on power loss "
             "(benchmarks only)"),
     Setting("consensus", "--no-consensus", "off",
-            "off: apply commands directly, no log, peers or fsync: the cost floor of the "
-            "stack (benchmarks only; one member)"),
+            "false: apply commands directly, with no log, peers or fsync: the cost floor of "
+            "the stack (benchmarks only; one member)",
+            off="apply commands directly, with no log, no peers and no fsync: the cost "
+            "floor of the stack (benchmarks only; one member)"),
     Setting("heartbeat_interval", "--heartbeat", "seconds",
             "how often the leader tells followers it is alive", replica=True),
     Setting("election_timeout", "--election-timeout", "seconds",
@@ -154,7 +159,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "[this, 2 x this))", replica=True),
     Setting("prevote", "--no-prevote", "off",
             "ask whether a majority also misses the leader before starting an election",
-            replica=True),
+            replica=True, off="start elections without asking first (no pre-vote)"),
     Setting("request_timeout", "--request-timeout", "seconds",
             "how long a client request may wait for its outcome"),
     Setting("read_timeout", "--read-timeout", "seconds",
@@ -181,7 +186,7 @@ def _default_text(s: Setting) -> str:
     if s.name in REQUIRED:
         return "required"
     if s.kind == "off":
-        return "on"
+        return "true"
     if s.name == "listen":
         return "the member address"
     if s.name in ("http", "client"):
@@ -212,7 +217,11 @@ _METAVAR: Final[Mapping[Kind, str]] = {
 
 
 def flag_help(s: Setting) -> str:
-    return f"{s.help} (default {_default_text(s)})"
+    """The `pnyx serve --help` text of a setting's flag."""
+    if s.kind == "off":
+        return s.off
+    default = _default_text(s)
+    return f"{s.help} ({default if default == 'required' else 'default ' + default})"
 
 
 def metavar(s: Setting) -> str:
