@@ -110,6 +110,7 @@ class FrameDecoder:
         view = memoryview(data)
         unpack = LENGTH.unpack_from
         need = HEADER
+        self._data = data
         while size - pos >= HEADER:
             (length,) = unpack(data, pos)
             if length > self.max_frame:
@@ -120,7 +121,7 @@ class FrameDecoder:
                 need = HEADER + length
                 break
             # Recorded before the yield: a consumer that stops here resumes after this frame.
-            self._data, self._pos = data, end
+            self._pos = end
             yield view[pos + HEADER:end]
             pos = end
         if pos < size:
