@@ -45,7 +45,7 @@ from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.sim.engine import CALL, Engine, SimTimer
 from pnyx.sim.faults import Fault, FaultConfig
-from pnyx.sim.invariants import A2, Violation
+from pnyx.sim.invariants import A2, LOG_RULES, LogObserver, Violation
 from pnyx.sim.mutants import CLUSTER_MUTANTS
 from pnyx.sim.network import NetworkConfig
 from pnyx.statemachine import kv
@@ -56,7 +56,7 @@ L3 = "L3 no acknowledged write is lost"
 L4 = "L4 the clients' history is linearizable"
 K1 = "K1 the store answers well-formed requests without errors"
 D1 = "D1 a promise or acceptance leaves a node only once its record is durable"
-CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1)
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, *LOG_RULES)
 
 
 class DriverSendsBeforeDurable(Driver):
@@ -237,6 +237,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         self.replica_class, self.machine_class = mutant or (Replica, kv.KVMachine)
         self.driver_class = DRIVER_MUTANTS.get(config.mutant or "", Driver)
         self.violations: list[Violation] = []
+        self.wire = LogObserver(self.violations)  # the acceptor and ballot rules, on the wire
         self.log: dict[int, Batch] = {}
         self._applied_upto = dict.fromkeys(self.ids, 0)
         self._promised: dict[int, Ballot] = {}
@@ -291,6 +292,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         node.deliver(message)
 
     def on_restart(self, i: int) -> None:
+        self.wire.on_restart(i, self.now)
         node = self.nodes[i]
         assert node is not None and node.replica is not None
         reported = self._promised.get(i, ZERO)
@@ -328,6 +330,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         super().restart(i)
 
     def on_send(self, src: int, message: Any) -> None:
+        self.wire.on_send(src, message, self.now)
         self._check_durable(src, message)
         if isinstance(message, Promise | Accepted):
             ballot = message.ballot
