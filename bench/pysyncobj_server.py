@@ -190,7 +190,7 @@ class _WireProtocol(asyncio.Protocol):
 
     def __init__(self, node: SyncObjNode) -> None:
         self.node = node
-        self.buffer = bytearray()
+        self.frames = wire.FrameDecoder(wire.MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         # The loop keeps only weak references to tasks: hold them until done.
         self.tasks: set[asyncio.Task[None]] = set()
@@ -203,29 +203,16 @@ class _WireProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        offset = 0
-        while len(buf) - offset >= 4:
-            (size,) = wire.LENGTH.unpack_from(buf, offset)
-            if size > wire.MAX_FRAME:
-                assert self.transport is not None
-                self.transport.close()
-                return
-            if len(buf) - offset - 4 < size:
-                break
-            payload = bytes(buf[offset + 4:offset + 4 + size])
-            offset += 4 + size
-            try:
+        self.frames.feed(data)
+        try:
+            for payload in self.frames.frames():
                 request = wire.request_decoder.decode(payload)
-            except Exception:
-                assert self.transport is not None
-                self.transport.close()
-                return
-            task = asyncio.ensure_future(self._answer(request))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        del buf[:offset]
+                task = asyncio.ensure_future(self._answer(request))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except Exception:  # an oversized frame or a malformed request: a broken client
+            assert self.transport is not None
+            self.transport.close()
 
     async def _answer(self, request: wire.ClientRequest) -> None:
         node = self.node
