@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
     """Start the node and its APIs, serve until a signal number arrives on `stop`."""
+    # Imported here: every other command (and --help) starts without the server's imports.
     from aiohttp import web
 
     from pnyx.api.binary import close_server, serve_clients
