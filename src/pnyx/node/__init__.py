@@ -10,7 +10,20 @@ over asyncio, TCP and SQLite; `direct` is the same API with no consensus;
 `metrics` is what a node counts.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from pnyx.node.config import Address, ConfigError, NodeConfig
-from pnyx.node.runtime import Node
+
+if TYPE_CHECKING:
+    from pnyx.node.runtime import Node
 
 __all__ = ["Address", "ConfigError", "Node", "NodeConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that the simulator, which runs the driver, loads no asyncio or TCP.
+    if name == "Node":
+        from pnyx.node.runtime import Node
+
+        return Node
+    raise AttributeError(f"module 'pnyx.node' has no attribute {name!r}")

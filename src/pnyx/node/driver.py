@@ -40,15 +40,17 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pnyx.node.metrics import Metrics
 from pnyx.node.ports import Clock, Disk, Network, Timer
 from pnyx.node.requests import DEADLINE_TICK, RETRY_PAUSE, SHUTTING_DOWN, Request
 from pnyx.protocol.multipaxos import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import LogMessage
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.statemachine.base import SafeApply
+
+if TYPE_CHECKING:
+    from pnyx.node.metrics import Metrics
 
 log = logging.getLogger("pnyx.node")
 
