@@ -8,6 +8,9 @@ acknowledged write and linearizability; every broken variant must be caught.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from pnyx.protocol.multipaxos.election import Election
@@ -167,3 +170,17 @@ def test_simulated_clients_are_served_by_the_nodes_request_machinery(
     assert calls["submit"] > 0 and calls["read"] > 0
     assert calls["submit"] + calls["read"] >= result.completed
     assert calls["expire"] > 0  # some request outlived its node's answer: a deadline fired
+
+
+def test_the_simulated_cluster_loads_no_event_loop_and_no_wall_clock() -> None:
+    """Determinism by construction: the driver the simulator runs needs no asyncio."""
+    code = ("import sys, time\n"
+            "from pnyx.sim.cluster import ClusterConfig, ClusterSim\n"
+            "sim = ClusterSim(ClusterConfig(seed=1, ops=50))\n"
+            "saved = time.time, time.monotonic, time.perf_counter\n"
+            "time.time = time.monotonic = time.perf_counter = None  # the run reads none\n"
+            "sim.run()\n"
+            "time.time, time.monotonic, time.perf_counter = saved  # the checker's budget\n"
+            "assert sim.finish().safe and sim.completed == 50\n"
+            "assert 'asyncio' not in sys.modules, 'asyncio loaded'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

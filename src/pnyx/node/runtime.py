@@ -88,6 +88,12 @@ class TcpNetwork:
 
 
 class Node(Driver):
+    """A member of a cluster: the driver over the event loop, `store` and peers over TCP.
+
+    `start` loads the replica's durable state from `store` and listens for peers;
+    `stop` answers every request still held, closes the peers and the store.
+    """
+
     def __init__(
         self,
         config: NodeConfig,
