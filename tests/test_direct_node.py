@@ -6,7 +6,8 @@ import asyncio
 
 from pnyx.api.node_api import NodeAPI
 from pnyx.node.direct import DirectNode
-from pnyx.statemachine import kv
+from pnyx.protocol.multipaxos import Code
+from pnyx.statemachine import ERROR_PREFIX, kv
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -52,6 +53,7 @@ def test_bad_and_oversized_commands() -> None:
         node = DirectNode(max_command=100)
         big = await node.submit(put("c", 1, "k", b"x" * 200), timeout=1)
         assert not big.ok and not big.unknown and "too large" in big.error
+        assert big.code == Code.TOO_LARGE  # the replica's code, mapped by the APIs alike
         bad = await node.submit(b"not msgpack", timeout=1)
         result = kv.decode_result(bad.result)
         assert bad.ok and isinstance(result, kv.Error) and result.code == "malformed"
@@ -84,4 +86,20 @@ def test_counts_like_a_node_in_metrics() -> None:
         assert "pnyx_proposals_total 1.0" in text
         assert "pnyx_chosen_commands_total 1.0" in text
         assert 'pnyx_role{role="leader"} 1.0' in text
+    run(go())
+
+
+def test_a_machine_whose_apply_raises_answers_an_error_result_as_a_replica_does() -> None:
+    class Raising:
+        def apply(self, command: bytes, index: int) -> bytes:
+            raise ValueError("boom")
+
+        def query(self, query: bytes) -> bytes:
+            return b""
+
+    async def go() -> None:
+        node = DirectNode(machine=Raising())  # type: ignore[arg-type]
+        outcome = await node.submit(b"x", timeout=1)
+        assert outcome.ok and outcome.result == ERROR_PREFIX + b"ValueError: boom"
+        assert (await node.submit(b"y", timeout=1)).index == 2
     run(go())
