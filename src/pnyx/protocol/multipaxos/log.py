@@ -153,7 +153,9 @@ class Log:
                     self.pipeline.done(c.id, result, self.applied_index)
             self.applied = slot
             self.out.ready.applied.append((slot, value))
-        self.reads.advance()
+        reads = self.reads
+        if reads.by_index or reads.held:
+            reads.advance()
 
     # ------------------------------------------------------------ catch-up
 

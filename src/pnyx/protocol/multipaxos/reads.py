@@ -309,6 +309,13 @@ class Reads:
     def next_deadline(self, leading: bool) -> float | None:
         """When these reads next need a tick: a deadline, or at once for reads that wait
         for a heartbeat round (`leading`)."""
+        if not (self.local or self.quorum or self.unsent):
+            # Nothing pending (the common case): whatever the queues hold is stale.
+            if self.local_by_deadline:
+                self.local_by_deadline.clear()
+            if self.quorum_by_deadline:
+                self.quorum_by_deadline.clear()
+            return None
         local = _next_deadline(self.local, self.local_by_deadline)
         quorum = _next_deadline(self.quorum, self.quorum_by_deadline)
         soonest = local if quorum is None or (local is not None and local <= quorum) else quorum
