@@ -142,6 +142,7 @@ def test_cli_writes_the_trace_file(tmp_path: Path) -> None:
         ["sim", "--seeds", "0..3", "--trace", "x.jsonl"],
         ["sim", "--bogus"],
         ["sim", "--min-delay", "-1"],
+        ["sim", "--late", "2"],
     ],
 )
 def test_cli_wrong_flags_give_one_line_error(
@@ -194,3 +195,15 @@ def test_cli_sim_kv_wrong_flags_give_one_line_error(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pnyx"), err
+
+
+def test_cli_holds_messages_back_and_reboots_the_leader(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["sim", "--seed", "0", "--drop", "0.2", "--late", "0.05", "--reboots", "--crashes",
+            "--partitions"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "late 5%" in out and "leader reboots" in out and "held back" in out
+    assert main([*argv, "--mutant", "round-not-saved-before-use"]) == 1
+    assert "FAIL  B1" in capsys.readouterr().out

@@ -77,6 +77,10 @@ def _add_run_flags(p: argparse.ArgumentParser, nodes: int, until_ms: float) -> N
                    help="random extra delay per message, which reorders them")
     p.add_argument("--partitions", action="store_true", help="partitions that come and heal")
     p.add_argument("--crashes", action="store_true", help="crash and restart processes")
+    p.add_argument("--late", type=_probability, default=0.0,
+                   help="share of messages held back and delivered 0.2-1 s late")
+    p.add_argument("--reboots", action="store_true",
+                   help="crash the leader and restart it at once from its disk, mid-ballot")
     p.add_argument("--faults-until", type=_positive_ms, default=until_ms / 1000, metavar="MS",
                    help=f"no new faults after this time (default {until_ms:g} ms)")
     p.add_argument("--max-time", type=_positive_ms, default=60.0, metavar="MS",
@@ -135,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _network(args: argparse.Namespace) -> NetworkConfig:
-    return NetworkConfig(args.min_delay, args.max_delay, args.jitter, args.drop, args.dup)
+    return NetworkConfig(args.min_delay, args.max_delay, args.jitter, args.drop, args.dup,
+                         late=args.late)
 
 
 def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfig:
@@ -146,8 +151,8 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
             seed=seed, nodes=args.nodes, clients=args.clients, ops=args.ops, keys=args.keys,
             network=_network(args),
             faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
-                               until=args.faults_until, partition_rate=2.0, crash_rate=3.0,
-                               max_outage=0.3),
+                               reboots=args.reboots, until=args.faults_until,
+                               partition_rate=2.0, crash_rate=3.0, max_outage=0.3),
             prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant, **tuning,
         )
     return SimConfig(
@@ -156,7 +161,8 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
         proposers=args.proposers,
         network=_network(args),
         faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
-                           until=args.faults_until),
+                           reboots=args.reboots, until=args.faults_until),
+        linger=NetworkConfig().late_max if args.late else 0.0,  # late messages still land
         retry=RetryPolicy(randomized=not args.no_backoff),
         phase1=args.phase1,
         phase2=args.phase2,
