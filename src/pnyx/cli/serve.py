@@ -38,8 +38,8 @@ def add_parsers(sub: Any) -> None:
     )
     serve.add_argument("--config", metavar="FILE", help="read settings from a TOML file")
     for s in SETTINGS:
-        if s.kind == "off":
-            serve.add_argument(s.flag, dest=s.name, action="store_const", const="off",
+        if s.kind in ("off", "on"):
+            serve.add_argument(s.flag, dest=s.name, action="store_const", const=s.kind,
                                help=flag_help(s))
         else:
             serve.add_argument(s.flag, dest=s.name, metavar=metavar(s), help=flag_help(s))

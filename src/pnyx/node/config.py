@@ -21,6 +21,7 @@ replica in the simulator.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import tomllib
@@ -31,6 +32,7 @@ from typing import Any, Final, Literal
 
 from pnyx.protocol.multipaxos import ReplicaConfig
 from pnyx.protocol.quorum import QuorumSystem
+from pnyx.tls import TlsFiles
 
 
 class ConfigError(ValueError):
@@ -105,7 +107,8 @@ def _default(name: str) -> Any:
     return DEPLOYMENT_TIMING[name] if name in DEPLOYMENT_TIMING else _replica_default(name)
 
 
-Kind = Literal["id", "cluster", "path", "address", "name", "seconds", "count", "bytes", "off"]
+Kind = Literal["id", "cluster", "path", "address", "name", "seconds", "count", "bytes", "off",
+               "on"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,8 @@ class Setting:
     """One setting: TOML key `key`, flag `flag`, NodeConfig field `field`.
 
     A "seconds" setting is seconds in TOML and milliseconds on its flag; an
-    "off" setting is a boolean whose flag turns it off (`--no-prevote`)."""
+    "off" setting is a boolean whose flag turns it off (`--no-prevote`), an "on" setting
+    one whose flag turns it on (`--insecure`)."""
 
     key: str
     flag: str
@@ -177,6 +181,19 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "chosen slots per catch-up message", replica=True),
     Setting("catchup_bytes", "--catchup-bytes", "bytes",
             "bytes of chosen values per catch-up message", replica=True),
+    # TLS between members (etcd's names): all three, or none for plaintext peers.
+    Setting("peer_cert_file", "--peer-cert-file", "path",
+            "this member's certificate for its peers (`pnyx certs issue`); with the next "
+            "two, peers talk mutual TLS", metavar="FILE"),
+    Setting("peer_key_file", "--peer-key-file", "path",
+            "the key of --peer-cert-file", metavar="FILE"),
+    Setting("peer_trusted_ca_file", "--peer-trusted-ca-file", "path",
+            "the cluster's CA: a peer must present a certificate from it naming the node id "
+            "it claims", metavar="FILE"),
+    Setting("insecure", "--insecure", "on",
+            "serve on a non-loopback address without TLS (refused otherwise)",
+            off="serve on a non-loopback address without TLS (refused otherwise; logs a "
+            "warning and /v1/status says insecure)"),
 )
 _BY_KEY: Final = {s.key: s for s in SETTINGS}
 REQUIRED: Final = ("node_id", "members", "data_dir")
@@ -185,11 +202,11 @@ REQUIRED: Final = ("node_id", "members", "data_dir")
 def _default_text(s: Setting) -> str:
     if s.name in REQUIRED:
         return "required"
-    if s.kind == "off":
-        return "true"
+    if s.kind in ("off", "on"):
+        return "true" if s.kind == "off" else "false"
     if s.name == "listen":
         return "the member address"
-    if s.name in ("http", "client"):
+    if NodeConfig.__dataclass_fields__[s.name].default is None:
         return "none"
     value = _default(s.name) if (s.replica or s.name in DEPLOYMENT_TIMING) else (
         NodeConfig.__dataclass_fields__[s.name].default)
@@ -204,7 +221,7 @@ def settings_table() -> str:
     """The README's table of every setting, made from `SETTINGS`."""
     rows = ["| TOML key | `pnyx serve` flag | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
-        flag = s.flag if s.kind == "off" else f"{s.flag} {s.metavar or _METAVAR[s.kind]}"
+        flag = s.flag if s.kind in ("off", "on") else f"{s.flag} {s.metavar or _METAVAR[s.kind]}"
         key = f"`{s.key}`" + (" (seconds)" if s.kind == "seconds" else "")
         rows.append(f"| {key} | `{flag}` | {_default_text(s)} | {s.help} |")
     return "\n".join(rows) + "\n"
@@ -212,13 +229,13 @@ def settings_table() -> str:
 
 _METAVAR: Final[Mapping[Kind, str]] = {
     "id": "N", "cluster": "ID=HOST:PORT,...", "path": "DIR", "address": "HOST:PORT",
-    "name": "NAME", "seconds": "MS", "count": "N", "bytes": "BYTES", "off": "",
+    "name": "NAME", "seconds": "MS", "count": "N", "bytes": "BYTES", "off": "", "on": "",
 }
 
 
 def flag_help(s: Setting) -> str:
     """The `pnyx serve --help` text of a setting's flag."""
-    if s.kind == "off":
+    if s.kind in ("off", "on"):
         return s.off
     default = _default_text(s)
     return f"{s.help} ({default if default == 'required' else 'default ' + default})"
@@ -240,9 +257,9 @@ def _integer(text: object, what: str) -> int:
 def read_setting(s: Setting, raw: object, source: Literal["flag", "toml"]) -> Any:
     """One value as a flag (text) or TOML (typed) gives it; ConfigError if it is not one."""
     what = s.flag if source == "flag" else s.key
-    if s.kind == "off":
+    if s.kind in ("off", "on"):
         if source == "flag":
-            return False
+            return s.kind == "on"
         if not isinstance(raw, bool):
             raise ConfigError(f"{what}: {raw!r} is not true or false")
         return raw
@@ -292,6 +309,10 @@ class NodeConfig:
     max_command: int = _default("max_command")
     catchup_chunk: int = _default("catchup_chunk")
     catchup_bytes: int = _default("catchup_bytes")
+    peer_cert_file: Path | None = None  # TLS between members: all three or none
+    peer_key_file: Path | None = None
+    peer_trusted_ca_file: Path | None = None
+    insecure: bool = False  # serving a non-loopback address without TLS was asked for
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -321,6 +342,10 @@ class NodeConfig:
         if self.max_command > self.max_batch_bytes:
             raise ConfigError(f"max_command ({self.max_command}) must not exceed "
                               f"max_batch_bytes ({self.max_batch_bytes}): a slot holds a command")
+        peer_tls = (self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file)
+        if any(f is None for f in peer_tls) and any(f is not None for f in peer_tls):
+            raise ConfigError("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file "
+                              "go together: TLS between members needs all three")
         if not self.consensus and len(self.members) != 1:
             raise ConfigError("without consensus a node cannot have peers: use one member")
         try:
@@ -342,6 +367,26 @@ class NodeConfig:
     @property
     def peer_listen(self) -> Address:
         return self.listen or self.members[self.node_id]
+
+    @property
+    def peer_tls(self) -> TlsFiles | None:
+        """The files of TLS between members, or None: peers talk plaintext."""
+        if self.peer_cert_file is None or self.peer_key_file is None or (
+                self.peer_trusted_ca_file is None):
+            return None
+        return TlsFiles(self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file)
+
+    def exposed_without_tls(self) -> list[str]:
+        """The endpoints served beyond loopback without TLS (which `pnyx serve` refuses
+        unless `insecure`): anyone who can reach them could speak as a member or a client."""
+        exposed = []
+        if self.consensus and self.peer_tls is None and not is_loopback(self.peer_listen):
+            exposed.append(f"peers on {self.peer_listen}")
+        client_tls = getattr(self, "cert_file", None) is not None  # the client ports' TLS
+        for what, addr in (("HTTP", self.http), ("binary clients", self.client)):
+            if addr is not None and not client_tls and not is_loopback(addr):
+                exposed.append(f"{what} on {addr}")
+        return exposed
 
     def check_addresses(self) -> None:
         """Resolve every address now, so a typo fails at start instead of looping later."""
@@ -396,6 +441,21 @@ class NodeConfig:
             return {_BY_KEY[k].name: read_setting(_BY_KEY[k], v, "toml") for k, v in data.items()}
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def is_loopback(addr: Address) -> bool:
+    """Whether only this machine can reach `addr` (every address its host resolves to is
+    loopback); 0.0.0.0 and :: are every interface, so not."""
+    try:
+        return ipaddress.ip_address(addr.host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 def _key_of(name: str) -> str:
