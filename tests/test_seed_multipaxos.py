@@ -24,6 +24,7 @@ from pnyx.protocol.multipaxos import (
     ReplicaConfig,
     Role,
 )
+from pnyx.protocol.multipaxos.election import Stage
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Accept,
@@ -411,6 +412,25 @@ def test_election_timeouts_are_randomized_and_the_first_to_expire_becomes_the_le
         assert all(n.leader == first for n in net.nodes.values())
         winners.add(first)
     assert len(winners) > 1
+
+
+def test_a_replica_is_a_pre_candidate_until_a_quorum_grants_its_prevote() -> None:
+    """Seed, 'Liveness' (a distinguished proposer): a replica whose election timer runs
+    out first becomes a pre-candidate: it asks for pre-votes, still a follower to the
+    outside, and burns no ballot round; only a quorum of grants makes it a candidate
+    that sends Prepare, and a quorum of promises the leader."""
+    net = Net()
+    net.now = 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    node = net.nodes[1]
+    assert node.election.stage is Stage.PRE_CANDIDATE and node.role is Role.FOLLOWER
+    assert node.last_round == 0 and net.sent_by(Prepare) == []
+    net.deliver(of_type(PreVote, dst=2))
+    net.deliver(of_type(PreVoteReply, src=2))
+    assert node.election.stage is Stage.CANDIDATE and node.role is Role.CANDIDATE
+    assert node.last_round == 1 and len(net.sent_by(Prepare)) == 3
+    net.deliver(but_not(of_type(PreVote, PreVoteReply)))
+    assert node.election.stage is Stage.LEADER and node.is_leader
 
 
 def test_with_prevote_a_replica_that_hears_a_healthy_leader_refuses_a_prevote() -> None:

@@ -143,6 +143,7 @@ The seed (`paxos-notes.md`), rule by rule: where it is obeyed, what proves it
     does not depose it)
     test_liveness::test_dueling_proposers_without_backoff_livelock
     test_liveness::test_a_distinguished_proposer_resolves_the_duel_even_without_backoff
+    test_seed_multipaxos::test_a_replica_is_a_pre_candidate_until_a_quorum_grants_its_prevote
     test_seed_multipaxos::test_with_prevote_a_replica_that_hears_a_healthy_leader_refuses_a_prevote
     test_seed_multipaxos::test_prevote_keeps_a_flapping_replica_from_deposing_the_leader_in_the_simulator
   FLP: electing a proposer needs randomness or real time
