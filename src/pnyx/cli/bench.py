@@ -1,7 +1,7 @@
 """`pnyx bench`: runs the benchmark that lives in a source checkout's bench/ directory.
 
-The benchmark (`bench/pnyxbench.py`, with the PySyncObj and trivial servers
-beside it) is not part of the installed package. `pnyx bench` finds it, in
+The benchmark (the `pnyxbench` package in bench/, with the PySyncObj and
+trivial servers beside it) is not part of the installed package. `pnyx bench` finds it, in
 this order, at $PNYX_BENCH_DIR, or in the bench/ directory of the checkout
 this package runs from (an editable install, as ./dev.sh makes), or as an
 importable `pnyxbench` module; the `bench` extra adds what it compares with
@@ -46,7 +46,7 @@ def bench_dir() -> Path | None:
     # src/pnyx/__init__.py -> the checkout's root.
     candidates.append(Path(pnyx.__file__).resolve().parents[2] / "bench")
     for directory in candidates:
-        if (directory / f"{MODULE}.py").is_file():
+        if (directory / MODULE / "__init__.py").is_file():
             return directory
     return None
 
