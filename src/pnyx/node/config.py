@@ -190,6 +190,30 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("peer_trusted_ca_file", "--peer-trusted-ca-file", "path",
             "the cluster's CA: a peer must present a certificate from it naming the node id "
             "it claims", metavar="FILE"),
+    # TLS for clients on the HTTP and binary ports (etcd's names).
+    Setting("cert_file", "--cert-file", "path",
+            "serve HTTPS and the binary protocol over TLS with this certificate (a member's "
+            "from `pnyx certs issue` will do: it names the hosts clients dial)",
+            metavar="FILE"),
+    Setting("key_file", "--key-file", "path", "the key of --cert-file", metavar="FILE"),
+    Setting("client_cert_auth", "--client-cert-auth", "on",
+            "clients must present a certificate from --trusted-ca-file",
+            off="clients must present a certificate from --trusted-ca-file"),
+    Setting("trusted_ca_file", "--trusted-ca-file", "path",
+            "the CA client certificates must chain to (with --client-cert-auth)",
+            metavar="FILE"),
+    # Limits on client connections (pnyx.api.limits.ClientLimits holds the same defaults).
+    Setting("body_timeout", "--body-timeout", "seconds",
+            "an HTTP request body, or a binary frame once started, must arrive within this; "
+            "else 408 (HTTP) and the connection is closed"),
+    Setting("idle_timeout", "--idle-timeout", "seconds",
+            "a client connection with no request in progress (nor its headers arriving) is "
+            "closed after this"),
+    Setting("max_connections", "--max-connections", "count",
+            "client connections per port (HTTP, binary); more are refused at once"),
+    Setting("max_inflight", "--max-inflight", "count",
+            "requests of one binary connection at the node at once; past that the node "
+            "stops reading from it until some finish"),
     Setting("insecure", "--insecure", "on",
             "serve on a non-loopback address without TLS (refused otherwise)",
             off="serve on a non-loopback address without TLS (refused otherwise; logs a "
@@ -313,6 +337,14 @@ class NodeConfig:
     peer_key_file: Path | None = None
     peer_trusted_ca_file: Path | None = None
     insecure: bool = False  # serving a non-loopback address without TLS was asked for
+    cert_file: Path | None = None  # TLS on the client ports: cert and key, or neither
+    key_file: Path | None = None
+    client_cert_auth: bool = False
+    trusted_ca_file: Path | None = None
+    body_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 4096
+    max_inflight: int = 4096
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -326,7 +358,16 @@ class NodeConfig:
             raise ConfigError("the heartbeat interval must be more than 0 and less than the "
                               f"election timeout ({self.heartbeat_interval * 1000:g} ms, "
                               f"{self.election_timeout * 1000:g} ms)")
-        for name in ("request_timeout", "read_timeout"):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("--cert-file and --key-file go together: TLS for clients "
+                              "needs both")
+        if self.client_cert_auth and (self.cert_file is None or self.trusted_ca_file is None):
+            raise ConfigError("--client-cert-auth needs --cert-file, --key-file and "
+                              "--trusted-ca-file: client certificates are checked over TLS")
+        for name in ("max_connections", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("request_timeout", "read_timeout", "body_timeout", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive")
         for name in ("window", "max_batch", "catchup_chunk"):
