@@ -116,7 +116,7 @@ class Node(Driver):
         self.transport = PeerTransport(
             self.node_id, self.config.cluster_id, self.config.members,
             self.config.peer_listen, self._on_frame,
-            on_peer_state=self._on_peer_state,
+            on_peer_state=self._on_peer_state, tls=self.config.peer_tls,
         )
         self._disk = AsyncioDisk(self.store, loop, lambda: self._replica().is_leader)
         # Request ids must never repeat across restarts: a random start in 2^62.
@@ -184,6 +184,8 @@ class Node(Driver):
             "commit_slot": r.commit,
             "applied_slot": r.applied,
             "members": members,
+            # Served beyond loopback without TLS, because `--insecure` said so.
+            "insecure": self.config.insecure,
         }
 
     # ------------------------------------------------------------- plumbing

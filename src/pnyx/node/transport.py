@@ -10,6 +10,17 @@ rather than exhausting memory — Paxos copes with loss). A frame over the size
 limit, a bad Hello, a sender outside the configuration, or garbage closes
 that connection with a logged reason; the node keeps running.
 
+With TLS files (`tls`), every peer connection is mutual TLS against the
+cluster's CA (`pnyx.tls`), and a Hello is believed only when the node id it
+claims is the one the sender's certificate names: a process without a
+member's key cannot speak as that member, so it cannot forge a `Chosen` or a
+`Prepare`. The dialling side checks the same of the member it dialled. A
+failed handshake or a mismatch closes the connection with one logged warning
+naming the claimed and the certified id. Certificates renewed on disk are used
+by the next connection (`pnyx.tls.Reloading`); open connections keep theirs.
+Without TLS files the peers talk plaintext, which `pnyx serve` allows only on
+loopback or with `--insecure`.
+
 Both sides are asyncio Protocols, with no task per connection or message: an
 inbound frame reaches the node in the callback that received its last byte;
 outbound messages are written together at the end of the loop iteration that
@@ -21,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -28,6 +40,7 @@ from typing import Any, cast
 import msgspec
 
 from pnyx.node.config import Address
+from pnyx.tls import Reloading, TlsFiles, member_id, peer_client_context, peer_server_context
 from pnyx.wire.framing import FrameDecoder, FrameTooLarge, encode_frame
 
 log = logging.getLogger("pnyx.transport")
@@ -70,6 +83,7 @@ class _Peer:
         self.task: asyncio.Task[None] | None = None
         self.link: _Outbound | None = None
         self.flush_scheduled = False
+        self.refusal = ""  # why the last TLS connection to it failed: logged once per change
 
 
 class _Outbound(asyncio.Protocol):
@@ -116,10 +130,14 @@ class _Inbound(asyncio.Protocol):
         self.frames = FrameDecoder(HELLO_LIMIT)
         self.peer: Any = "?"
         self.hello_timer: asyncio.TimerHandle | None = None
+        self.certified: int | None = None  # the member its TLS certificate names
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
+        if self.owner.tls is not None:
+            self.certified = member_id(transport.get_extra_info("peercert"),
+                                       self.owner.cluster_id)
         self.owner._inbound.add(self)
         self.hello_timer = asyncio.get_running_loop().call_later(
             HELLO_TIMEOUT, self.refuse, "no hello within the time allowed")
@@ -138,7 +156,7 @@ class _Inbound(asyncio.Protocol):
         try:
             for payload in self.frames.frames():
                 if self.src is None:
-                    self.src = self.owner._hello(bytes(payload))
+                    self.src = self.owner._hello(bytes(payload), self.certified)
                     self.frames.max_frame = self.owner.max_frame
                     if self.hello_timer is not None:
                         self.hello_timer.cancel()
@@ -159,6 +177,24 @@ class _Inbound(asyncio.Protocol):
         self.transport = None
 
 
+class _Handshake(asyncio.Protocol):
+    """A peer's TCP connection before its TLS handshake: nothing is read until
+    `loop.start_tls` takes the connection over (a byte read here would be lost to TLS)."""
+
+    def __init__(self, owner: PeerTransport) -> None:
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp = cast(asyncio.Transport, transport)
+        tcp.pause_reading()
+        task = asyncio.get_running_loop().create_task(self.owner._accept_tls(tcp))
+        self.owner._handshakes.add(task)
+        task.add_done_callback(self.owner._handshakes.discard)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # reading is paused until TLS owns the connection
+
+
 class PeerTransport:
     def __init__(
         self,
@@ -172,8 +208,14 @@ class PeerTransport:
         max_queue_bytes: int = 64 << 20,
         max_frame: int = DEFAULT_MAX_FRAME,
         on_peer_state: Callable[[int, bool], None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.node_id = node_id
+        # TLS between members, or None for plaintext: contexts rebuilt when the files change.
+        self.tls = tls
+        self._server_tls = Reloading(tls, peer_server_context) if tls is not None else None
+        self._client_tls = Reloading(tls, peer_client_context) if tls is not None else None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self.cluster_id = cluster_id
         self.listen = listen
         self.on_message = on_message
@@ -184,7 +226,7 @@ class PeerTransport:
             for pid, addr in peers.items()
             if pid != node_id
         }
-        self.refused = 0  # inbound connections closed for a bad Hello or bad frames
+        self.refused = 0  # inbound connections closed: failed handshake, bad Hello or frames
         self._server: asyncio.Server | None = None
         self._inbound: set[_Inbound] = set()
         self._closing = False
@@ -192,9 +234,9 @@ class PeerTransport:
     async def start(self) -> None:
         """Listen for peers (raises OSError if the address cannot be bound) and connect out."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Inbound(self), self.listen.host, self.listen.port
-        )
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: _Handshake(self)) if self.tls is not None else (lambda: _Inbound(self)))
+        self._server = await loop.create_server(factory, self.listen.host, self.listen.port)
         for peer in self.peers.values():
             peer.task = asyncio.create_task(self._run_outbound(peer))
 
@@ -205,7 +247,7 @@ class PeerTransport:
         for conn in list(self._inbound):
             if conn.transport is not None:
                 conn.transport.abort()
-        tasks = [p.task for p in self.peers.values() if p.task]
+        tasks = [p.task for p in self.peers.values() if p.task] + list(self._handshakes)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -260,15 +302,32 @@ class PeerTransport:
         loop = asyncio.get_running_loop()
         backoff = 0.05
         while not self._closing:
+            tls: dict[str, Any] = {}
+            if self._client_tls is not None:
+                tls = {"ssl": self._client_tls.context(), "ssl_handshake_timeout": 2.0}
             try:
                 _, link = await asyncio.wait_for(
-                    loop.create_connection(_Outbound, peer.address.host, peer.address.port),
+                    loop.create_connection(_Outbound, peer.address.host, peer.address.port,
+                                           **tls),
                     2.0,
                 )
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError) as exc:
+                if isinstance(exc, ssl.SSLError):  # not a refused connect: say so, once
+                    self._refuse_outbound(peer, f"TLS handshake failed: {exc}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
+            if tls and link.transport is not None:
+                certified = member_id(link.transport.get_extra_info("peercert"),
+                                      self.cluster_id)
+                if certified != peer.node_id:
+                    link.transport.abort()
+                    self._refuse_outbound(
+                        peer, f"its certificate names {_named(certified, self.cluster_id)}, "
+                        f"not node {peer.node_id}, the member dialled")
+                    await asyncio.sleep(1.0)
+                    continue
+                peer.refusal = ""
             backoff = 0.05
             try:
                 # The peer may have closed it already, before create_connection returned:
@@ -289,6 +348,12 @@ class PeerTransport:
                     link.transport.abort()
             await asyncio.sleep(backoff)
 
+    def _refuse_outbound(self, peer: _Peer, reason: str) -> None:
+        if reason != peer.refusal:  # a peer retried every second is logged once per reason
+            peer.refusal = reason
+            log.warning("closing connection to node %s at %s: %s", peer.node_id, peer.address,
+                        reason)
+
     def _set_state(self, peer: _Peer, up: bool) -> None:
         if peer.connected != up:
             peer.connected = up
@@ -297,8 +362,30 @@ class PeerTransport:
 
     # --------------------------------------------------------------- inbound
 
-    def _hello(self, data: bytes) -> int:
-        """The sender a Hello names, if it is one of our peers; else `FrameError`."""
+    async def _accept_tls(self, tcp: asyncio.Transport) -> None:
+        """The TLS handshake of an inbound peer connection; then it is an `_Inbound`."""
+        assert self._server_tls is not None
+        peer = tcp.get_extra_info("peername")
+        conn = _Inbound(self)
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                tcp, conn, self._server_tls.context(), server_side=True,
+                ssl_handshake_timeout=HELLO_TIMEOUT)
+        except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
+            # No certificate, one from another CA, an expired one, or not TLS at all.
+            self.refused += 1
+            log.warning("closing connection from %s: TLS handshake failed: %s", peer,
+                        exc or type(exc).__name__)
+            tcp.abort()
+            return
+        if secured is None or self._closing:
+            tcp.abort()
+            return
+        conn.connection_made(secured)
+
+    def _hello(self, data: bytes, certified: int | None = None) -> int:
+        """The sender a Hello names, if it is one of our peers (and, over TLS, the member
+        its certificate names: `certified`); else `FrameError`."""
         try:
             hello = _hello_decoder.decode(data)
         except (msgspec.MsgspecError, ValueError):
@@ -307,4 +394,12 @@ class PeerTransport:
             raise FrameError(f"hello from cluster {hello.cluster_id!r}, not ours")
         if hello.node_id not in self.peers:
             raise FrameError(f"hello from node {hello.node_id}, which is not a peer")
+        if self.tls is not None and certified != hello.node_id:
+            raise FrameError(f"hello claims node {hello.node_id} but its certificate names "
+                             f"{_named(certified, self.cluster_id)}")
         return hello.node_id
+
+
+def _named(certified: int | None, cluster_id: str) -> str:
+    return f"node {certified}" if certified is not None else (
+        f"no member of cluster {cluster_id!r}")
