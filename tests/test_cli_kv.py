@@ -217,6 +217,10 @@ def test_status_json_is_one_object_per_endpoint(ep: str) -> None:
 
 
 def test_status_with_no_node_answering_is_one_line_and_exit_1() -> None:
-    code, out, _, err = cli("status", "--endpoints", dead_address(), "--timeout", "1")
+    a, b = dead_address(), dead_address()
+    code, out, _, err = cli("status", "--endpoints", f"{a},{b}", "--timeout", "1")
     assert code == 1 and out == ""
-    assert err.startswith("pnyx status: unavailable: no node answered") and err.count("\n") == 1
+    assert err.startswith("pnyx status: unavailable: no node answered: ")
+    assert f"{a}: " in err and f"{b}: " in err and err.count("\n") == 1
+    code, out, _, err = cli("status", "--endpoints", a, "--timeout", "1")
+    assert code == 1 and out == "" and err.startswith("pnyx status: unavailable: ")

@@ -303,7 +303,10 @@ def _status(endpoints: list[str], timeout: float, as_json: bool, out: IO[str],
     with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
         answers = list(pool.map(lambda ep: _status_of(ep, timeout, make_client), endpoints))
     if all(isinstance(a, str) for a in answers):
-        raise Unavailable(f"no node answered; last: {answers[-1]}")
+        if len(endpoints) == 1:
+            raise Unavailable(str(answers[0]))
+        raise Unavailable("no node answered: " + "; ".join(
+            f"{ep}: {why}" for ep, why in zip(endpoints, answers, strict=True)))
     for endpoint, answer in zip(endpoints, answers, strict=True):
         if as_json:
             _print_json(out, {"endpoint": endpoint, **answer} if isinstance(answer, dict)
