@@ -109,8 +109,8 @@ class Acceptor:
         top = self.max_accepted
         assert top == 0 or top in self.accepted, top
         assert self.highest_seen >= self.promised, (self.highest_seen, self.promised)
-        # The newest entries only: cheap enough for every event, and every entry was the
-        # newest once (`promised` never decreases, so a check then still holds now).
+        # The newest entries only, cheap enough for every event (the rest hold by
+        # construction: an entry takes the ballot then promised, which never decreases).
         for slot in range(max(1, top - 7), top + 1):
             entry = self.accepted.get(slot)
             if entry is not None:
