@@ -23,6 +23,7 @@ from typing import Any
 
 from pnyx.cli.common import StartError, check_data_dir
 from pnyx.node.config import SETTINGS, ConfigError, NodeConfig, flag_help, metavar, read_setting
+from pnyx.tls import TlsError
 
 log = logging.getLogger("pnyx.serve")
 
@@ -136,6 +137,8 @@ def startup_line(config: NodeConfig, chosen: int) -> str:
         parts.append("no client endpoint (give --http or --client)")
     if config.consensus:
         parts.append(f"data in {config.data_dir}, {chosen} slots chosen")
+        parts.append("peers over mutual TLS" if config.peer_tls is not None
+                     else "peers in plaintext")
     else:
         parts.append("NO CONSENSUS: benchmark mode")
     return ", ".join(parts)
@@ -145,10 +148,22 @@ def serve(config: NodeConfig) -> int:
     """Run one node until SIGINT/SIGTERM. Raises `StartError` if it cannot start."""
     try:
         config.check_addresses()
-    except ConfigError as exc:
+        if config.peer_tls is not None:
+            config.peer_tls.check()
+    except (ConfigError, TlsError) as exc:
         raise StartError(str(exc)) from None
+    exposed = config.exposed_without_tls()
+    if exposed and not config.insecure:
+        raise StartError(
+            f"{' and '.join(exposed)}: beyond loopback without TLS, anyone who reaches the "
+            f"port could speak as a member or client; make certificates with `pnyx certs init "
+            f"DIR` and `pnyx certs issue DIR --node-id {config.node_id} --host HOST` "
+            "(README: Security), or pass --insecure")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s node {config.node_id} %(levelname)s %(message)s")
+    if config.insecure:
+        log.warning("INSECURE (--insecure): %s without TLS; any process that reaches "
+                    "them can speak as a member or client", ", ".join(exposed) or "nothing")
     # A node holds its whole log in dicts of millions of entries, which every full
     # collection of the cyclic GC walks (tens of milliseconds each, a tail on every
     # request). pnyx makes little cyclic garbage, so collect the old generations
