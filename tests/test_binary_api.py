@@ -260,7 +260,7 @@ async def test_1000_pipelined_requests_on_one_connection_out_of_order() -> None:
         # Each answer matched its own request: the index read is the index written.
         assert [index for _, index in values] == indexes
         assert len(c._conns) == 1
-        assert len(binary._connections[server]) == 1
+        assert len(binary._connections[server].members) == 1
 
 
 @async_test
@@ -728,5 +728,5 @@ async def test_a_request_the_node_refuses_to_start_is_answered_and_not_left_in_f
             answers = {(a := await raw.response()).id: a for _ in range(2)}
             assert not answers[1].ok and not answers[2].ok
             assert answers[1].code == "internal" and answers[2].code == "internal"
-        assert all(not conn.inflight for conn in binary._connections[server])
+        assert all(not conn.inflight for conn in binary._connections[server].members)
         raw.close()

@@ -30,6 +30,14 @@ once) is answered without creating a task; the rest cost one task each (the
 node's API is coroutines). Each connection has at most `max_inflight`
 requests at the node: past that, and while the client is not reading its
 answers, the server stops reading from it (TCP backpressure).
+
+**Limits and TLS.** `serve_clients(..., limits=ClientLimits(...), ssl=ctx)`:
+a frame started and not finished within `body_timeout` closes the connection,
+as does `idle_timeout` with nothing in flight and nothing received; a
+connection over `max_connections` gets one `ClientResponse` (id 0,
+`unavailable`, "too many connections") and is closed (`pnyx.api.limits`). With
+`ssl` (`pnyx.tls.client_port_context`) the port speaks TLS only, and with a
+client CA in that context a client must present a certificate from it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl as ssl_module
 import sys
 import types
 import weakref
@@ -46,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import msgspec
 
 from pnyx import wire
+from pnyx.api.limits import ClientLimits, Refusal
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
 from pnyx.wire import ErrorCode
@@ -71,7 +81,7 @@ WIRE_CODES: Final[dict[Code, ErrorCode]] = {
     Code.INTERNAL: ErrorCode.INTERNAL,
 }
 
-DEFAULT_MAX_INFLIGHT: Final = 4096
+DEFAULT_MAX_INFLIGHT: Final = ClientLimits().max_inflight
 
 # Grace on top of a request's own timeout before the server stops waiting for
 # the node and answers `unavailable` itself: the node is meant to answer by
@@ -136,9 +146,41 @@ def start_eagerly(loop: asyncio.AbstractEventLoop,
 
 # --- the server ---------------------------------------------------------------------
 
-# The connections of each server, so `close_server` can close them.
-_connections: weakref.WeakKeyDictionary[asyncio.Server, set[_ClientConnection]] = (
-    weakref.WeakKeyDictionary())
+class _Served:
+    """One server's connections and the timer that holds them to the limits."""
+
+    def __init__(self, limits: ClientLimits) -> None:
+        self.limits = limits
+        self.members: set[_ClientConnection] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.server: asyncio.Server | None = None
+        self.refused = 0
+        refusal = wire.ClientResponse(
+            0, False, error=f"too many connections to this node (at most "
+            f"{limits.max_connections}); try another node or later",
+            code=ErrorCode.UNAVAILABLE)
+        self.refusal = wire.frame(refusal)
+
+    def sweep(self) -> None:
+        """Close the connections that broke a timeout; runs every `limits.sweep_every`."""
+        self.timer = None
+        if self.server is None or not self.server.is_serving():
+            return  # closed without close_server: nothing left to sweep for
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self.limits
+        for conn in list(self.members):
+            if conn.stalled(now, limits.body_timeout):
+                conn.protocol_error(f"a frame started {limits.body_timeout:g} s ago is "
+                                    "still not complete")
+            elif (not conn.inflight and not conn.decoder.buffered()
+                  and now - conn.last_received >= limits.idle_timeout):
+                conn.close_idle()
+        self.timer = loop.call_later(limits.sweep_every, self.sweep)
+
+
+# Every server's connections and limits, so `close_server` can close them.
+_connections: weakref.WeakKeyDictionary[asyncio.Server, _Served] = weakref.WeakKeyDictionary()
 
 
 class _ClientConnection(FramedProtocol):
@@ -168,6 +210,12 @@ class _ClientConnection(FramedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+
+    def close_idle(self) -> None:
+        log.debug("binary client %s: idle; closing its connection", self.peer)
+        if self.transport is not None:
+            self.transport.close()
+            self.loop.call_later(_CLOSE_GRACE, self.transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.members.discard(self)
@@ -354,24 +402,45 @@ async def serve_clients(
     *,
     max_frame: int = wire.MAX_FRAME,
     max_command: int = kv.DEFAULT_COMMAND_LIMIT,
-    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    max_inflight: int | None = None,
+    limits: ClientLimits | None = None,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> asyncio.Server:
     """Serve the binary client protocol for `node` on `host:port` (port 0: any free one).
 
     `max_frame` bounds a frame in bytes (a larger one closes the connection);
     `max_command` bounds an encoded command (larger: `too_large`), like the
-    node's own limit; `max_inflight` bounds the requests of one connection at
-    the node at once. Raises `OSError` if the address cannot be bound. Stop it
-    with `close_server(server)`, which also closes the clients' connections.
+    node's own limit; `limits` bounds connections in time and number
+    (`pnyx.api.limits`), and `max_inflight`, if given, replaces its
+    `max_inflight` (the requests of one connection at the node at once).
+    `ssl`: serve TLS only (`pnyx.tls.client_port_context`). Raises `OSError` if
+    the address cannot be bound. Stop it with `close_server(server)`, which
+    also closes the clients' connections.
     """
-    if max_frame < 1 or max_command < 1 or max_inflight < 1:
+    limits = limits or ClientLimits()
+    inflight = limits.max_inflight if max_inflight is None else max_inflight
+    if max_frame < 1 or max_command < 1 or inflight < 1:
         raise ValueError("max_frame, max_command and max_inflight must be positive")
     loop = asyncio.get_running_loop()
-    members: set[_ClientConnection] = set()
+    served = _Served(limits)
+    members = served.members
+
+    def accept() -> asyncio.Protocol:
+        if len(members) >= limits.max_connections:
+            served.refused += 1
+            if served.refused in (1, 10, 100) or served.refused % 1000 == 0:
+                log.warning("binary clients: %d connections refused so far (at most %d at "
+                            "once; --max-connections)", served.refused,
+                            limits.max_connections)
+            return Refusal(served.refusal)
+        return _ClientConnection(node, members, max_frame, max_command, inflight)
+
     server = await loop.create_server(
-        lambda: _ClientConnection(node, members, max_frame, max_command, max_inflight),
-        host, port)
-    _connections[server] = members
+        accept, host, port, ssl=ssl,
+        ssl_handshake_timeout=limits.body_timeout if ssl is not None else None)
+    _connections[server] = served
+    served.server = server
+    served.timer = loop.call_later(limits.sweep_every, served.sweep)
     return server
 
 
@@ -383,7 +452,11 @@ async def close_server(server: asyncio.Server) -> None:
     Python 3.12+ `wait_closed` would wait for them.)
     """
     server.close()
-    for conn in list(_connections.get(server, ())):
-        if conn.transport is not None:
-            conn.transport.abort()
+    served = _connections.get(server)
+    if served is not None:
+        if served.timer is not None:
+            served.timer.cancel()
+        for conn in list(served.members):
+            if conn.transport is not None:
+                conn.transport.abort()
     await server.wait_closed()

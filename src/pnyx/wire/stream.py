@@ -3,6 +3,14 @@
 The binary API's server connections and `pnyx.FastClient` both build on it;
 it knows nothing of either side (imports only the standard library, msgspec
 and `pnyx.wire`). `max_frame` defaults to the client protocol's `MAX_FRAME`.
+
+It also keeps the two clocks a server needs to bound a connection in time,
+at the cost of one clock read per chunk received (none per frame):
+`last_received`, when bytes last arrived (for an idle timeout), and
+`stalled(now, timeout)`, whether a frame has been started and left
+unfinished for `timeout` seconds (a client that sends half a frame and
+stops, or trickles one in a byte at a time). Time while the owner has paused
+parsing does not count: the stall is then the owner's, not the peer's.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ class FramedProtocol(asyncio.Protocol):
         self._parsing_paused = False
         self._out = bytearray()
         self._flush_scheduled = False
+        self.last_received = self.loop.time()
+        # When the frame now buffered incomplete was started (or parsing last resumed);
+        # None when no partial frame is buffered.
+        self._partial_since: float | None = None
 
     @property
     def max_frame(self) -> int:
@@ -47,9 +59,24 @@ class FramedProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.decoder.feed(data)
+        now = self.last_received = self.loop.time()
+        decoder = self.decoder
+        before = decoder.buffered()
+        decoder.feed(data)
         if not self._parsing_paused:
             self._parse()
+        left = decoder.buffered()
+        if not left:
+            self._partial_since = None
+        elif self._partial_since is None or left < before + len(data):
+            # A frame was completed (frames are consumed whole): the one left is new.
+            self._partial_since = now
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        """True if a frame was started `timeout` seconds ago or more and is still not
+        complete (never while the owner has paused parsing)."""
+        since = self._partial_since
+        return since is not None and not self._parsing_paused and now - since >= timeout
 
     def _parse(self) -> None:
         try:
@@ -70,6 +97,8 @@ class FramedProtocol(asyncio.Protocol):
             return
         self._parsing_paused = False
         self._parse()
+        # The frame left over starts its clock now: the pause was ours.
+        self._partial_since = self.loop.time() if self.decoder.buffered() else None
 
     def frame_received(self, view: memoryview) -> bool:
         raise NotImplementedError
