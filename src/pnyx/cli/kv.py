@@ -191,6 +191,16 @@ def _value_json(value: bytes) -> dict[str, Any]:
     return {"value": text, "value_base64": base64.b64encode(value).decode("ascii")}
 
 
+def _escaped(key: str) -> str:
+    """`key` safe for a terminal and for the tab-separated listing: a control or other
+    unprintable character (tab and newline among them) and the backslash written as
+    Python escapes them, so a key cannot move the cursor, recolour the terminal or
+    forge a line, and the escaped form reads back unambiguously."""
+    if key.isprintable() and "\\" not in key:
+        return key
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in key)
+
+
 def _print_json(out: IO[str], data: Any) -> None:
     out.write(json.dumps(data, ensure_ascii=False) + "\n")
 
@@ -274,7 +284,7 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
                 _print_json(out, [{"key": k, "index": i} for k, i in items])
             else:
                 for key, index in items:
-                    out.write(f"{key}\t{index}\n")
+                    out.write(f"{_escaped(key)}\t{index}\n")
     return EXIT_OK
 
 
