@@ -86,6 +86,43 @@ def test_a_corrupt_store_is_one_line_naming_the_file(tmp_path: Path) -> None:
     one_line_error(r, "pnyx.db")
 
 
+
+def _store_with_a_damaged_row(path: Path, sql: str, *params: object) -> None:
+    """A sound store of node 1 of cluster 'pnyx' with 20 slots, then one row damaged."""
+    import sqlite3
+
+    from pnyx.protocol.ballot import Ballot
+    from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
+    from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, PromiseRecord
+
+    records: list = [PromiseRecord(Ballot(2, 1))]
+    for n in range(1, 21):
+        value = Batch((Command(1, n, b"x" * 50),))
+        records += [AcceptRecord(Entry(n, Ballot(2, 1), value)), ChosenRecord(n, value)]
+    with SqliteLogStore.open(path, node_id=1, cluster_id="pnyx") as store:
+        store.append(records)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("sql", "params", "needle"), [
+    ("UPDATE chosen SET value = ? WHERE slot = 7", (b"\xc1garbage",),
+     "chosen slot 7: checksum mismatch"),
+    ("UPDATE accepted SET round = 3 WHERE slot = 9", (), "accepted slot 9"),
+    ("UPDATE promise SET round = 1", (), "promise row missing or damaged"),
+])
+def test_a_damaged_row_is_one_line_naming_the_file_and_the_row(
+        tmp_path: Path, sql: str, params: tuple[object, ...], needle: str) -> None:
+    (peer,) = free_ports(1)
+    _store_with_a_damaged_row(tmp_path / "pnyx.db", sql, *params)
+    r = serve("--id", "1", "--cluster", f"1=127.0.0.1:{peer}", "--data-dir", str(tmp_path))
+    one_line_error(r, needle)
+    assert "pnyx.db" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [

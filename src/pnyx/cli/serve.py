@@ -18,12 +18,13 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import sys
 from typing import Any
 
 from pnyx.cli.common import StartError, check_data_dir
 from pnyx.node.config import SETTINGS, ConfigError, NodeConfig, flag_help, metavar, read_setting
-from pnyx.tls import TlsError
+from pnyx.tls import Reloading, TlsError, TlsFiles, client_port_context
 
 log = logging.getLogger("pnyx.serve")
 
@@ -61,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
     """Start the node and its APIs, serve until a signal number arrives on `stop`."""
     # Imported here: every other command (and --help) starts without the server's imports.
-    from aiohttp import web
-
     from pnyx.api.binary import close_server, serve_clients
-    from pnyx.api.http import make_app
+    from pnyx.api.http import HttpServer, serve_http
+    from pnyx.api.limits import ClientLimits
     from pnyx.node.direct import DirectNode
     from pnyx.node.metrics import Metrics
     from pnyx.node.runtime import Node
@@ -84,6 +84,9 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
         node = Node(config, store, KVMachine(max_clients=65536), metrics)
         try:
             await node.start()
+        except StoreError as exc:  # a damaged row is found when the log is read
+            store.close()
+            raise StartError(str(exc)) from None
         except OSError as exc:
             store.close()
             raise StartError(f"cannot listen for peers on {config.peer_listen}: "
@@ -92,24 +95,27 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
     else:
         node = DirectNode(config.node_id, metrics=metrics, max_command=config.max_command)
         chosen = 0
-    runner: web.AppRunner | None = None
+    http: HttpServer | None = None
     clients: asyncio.Server | None = None
+    limits = ClientLimits(body_timeout=config.body_timeout, idle_timeout=config.idle_timeout,
+                          max_connections=config.max_connections,
+                          max_inflight=config.max_inflight)
+    tls = client_ssl(config)
     try:
         if config.http is not None:
-            app = make_app(node, max_value=config.max_value,
-                           request_timeout=config.request_timeout)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, config.http.host, config.http.port)
             try:
-                await site.start()
+                http = await serve_http(node, config.http.host, config.http.port,
+                                        max_value=config.max_value,
+                                        request_timeout=config.request_timeout,
+                                        limits=limits, ssl=tls)
             except OSError as exc:
                 raise StartError(f"cannot serve HTTP on {config.http}: "
                                  f"{exc.strerror or exc}") from None
         if config.client is not None:
             try:
                 clients = await serve_clients(node, config.client.host, config.client.port,
-                                              max_command=config.max_command)
+                                              max_command=config.max_command, limits=limits,
+                                              ssl=tls)
             except OSError as exc:
                 raise StartError(f"cannot serve clients on {config.client}: "
                                  f"{exc.strerror or exc}") from None
@@ -119,11 +125,23 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
     finally:
         if clients is not None:
             await close_server(clients)
-        if runner is not None:
-            await runner.cleanup()
+        if http is not None:
+            await http.close()
         if isinstance(node, Node):
             await node.stop()
     log.info("node %s stopped", config.node_id)
+
+
+def client_ssl(config: NodeConfig) -> ssl.SSLContext | None:
+    """The TLS context of the client ports (HTTP, binary), reloaded when its files change;
+    None for plaintext. Raises `TlsError` if the files cannot be used."""
+    if config.cert_file is None or config.key_file is None:
+        return None
+    ca = config.trusted_ca_file if config.client_cert_auth else None
+    # TlsFiles wants a CA file to watch; without client certificates there is none, and
+    # the certificate stands in (watched twice, read once).
+    files = TlsFiles(config.cert_file, config.key_file, ca or config.cert_file)
+    return Reloading(files, lambda f: client_port_context(f.cert, f.key, ca)).serving()
 
 
 def startup_line(config: NodeConfig, chosen: int) -> str:
@@ -135,6 +153,9 @@ def startup_line(config: NodeConfig, chosen: int) -> str:
         parts.append(f"binary clients on {config.client}")
     if config.http is None and config.client is None:
         parts.append("no client endpoint (give --http or --client)")
+    elif config.cert_file is not None:
+        parts.append("clients over TLS" + (" with client certificates"
+                                           if config.client_cert_auth else ""))
     if config.consensus:
         parts.append(f"data in {config.data_dir}, {chosen} slots chosen")
         parts.append("peers over mutual TLS" if config.peer_tls is not None
@@ -150,6 +171,7 @@ def serve(config: NodeConfig) -> int:
         config.check_addresses()
         if config.peer_tls is not None:
             config.peer_tls.check()
+        client_ssl(config)  # the client ports' TLS files: fail now, in one line
     except (ConfigError, TlsError) as exc:
         raise StartError(str(exc)) from None
     exposed = config.exposed_without_tls()
