@@ -7,7 +7,8 @@ from the machine. Switches make it misbehave the ways a real node can:
 outcome unknown, as when the leader changed after the command was chosen),
 `refuse` (refuse every command), `refuse_reads` (refuse every read) and
 `fail_reads` (reads fail a few times before succeeding). `ServerThread`
-serves one over real TCP for blocking tests.
+serves one over real TCP for blocking tests (with `serve_kwargs`, through
+`serve_http`, as `pnyx serve` does: limits and TLS).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pnyx.api.http import make_app
+from pnyx.api.http import make_app, serve_http
 from pnyx.node.metrics import Metrics
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import KVMachine, validate
@@ -95,9 +96,11 @@ class ServerThread:
     """`make_app(node)` served on 127.0.0.1 (an ephemeral port) by an event loop in a thread,
     for tests that drive it with blocking code (the sync client, the CLI, raw sockets)."""
 
-    def __init__(self, node: FakeNode | None = None, **app_kwargs: Any) -> None:
+    def __init__(self, node: FakeNode | None = None, *,
+                 serve_kwargs: dict[str, Any] | None = None, **app_kwargs: Any) -> None:
         self.node = node if node is not None else FakeNode()
         self.app_kwargs = app_kwargs
+        self.serve_kwargs = serve_kwargs or {}
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -108,6 +111,11 @@ class ServerThread:
         return f"127.0.0.1:{self.port}"
 
     async def _start(self) -> None:
+        if self.serve_kwargs:
+            # As `pnyx serve` runs it: limits, TLS (`serve_http`).
+            served = await serve_http(self.node, "127.0.0.1", 0, **self.serve_kwargs)
+            self._runner, self.port = served.runner, served.port
+            return
         # A short shutdown: a test may leave a request hanging on purpose.
         self._runner = web.AppRunner(make_app(self.node, **self.app_kwargs),
                                      access_log=None, shutdown_timeout=0.5)

@@ -21,15 +21,27 @@ silently replaced). Query values are decoded the same way; `prev_value` is
 taken as raw bytes.
 
 Status codes: 200 success; 400 bad input (code `bad_key`, `bad_param`,
-`bad_header`, `invalid`); 404 no such key (`not_found`) or route
-(`no_route`); 405 wrong method; 409 an `Idempotency-Key` reused for a
-different command (`idempotency_key_reused`); 412 a precondition failed
-(`precondition_failed`, with the key's current `index`); 413 value too large
-(`value_too_large`); 503 with `Retry-After` when the node could not get a
-quorum or a leader within the request timeout (`unavailable`, with `unknown`
-saying whether a write may still take effect). Every error body is
+`bad_header`, `invalid`, and `bad_request` for what the HTTP parser refuses:
+a conflicting `Content-Length`, a malformed line); 404 no such key
+(`not_found`), also for a precondition that needs the key (`prev_value`,
+`prev_index`, `prev_exist=true`) when it does not exist, or no such route
+(`no_route`); 405 wrong method for the route; 408 the body did not arrive
+within the body timeout (`body_timeout`, the connection is closed); 409 an
+`Idempotency-Key` reused for a different command (`idempotency_key_reused`);
+412 a precondition failed on a key that exists (`precondition_failed`, with
+the key's current `index`); 413 value too large (`value_too_large`); 414 URL
+over `MAX_URL_BYTES` (`url_too_long`); 431 a header over `MAX_HEADER_BYTES`
+or more than `MAX_HEADERS` of them (`header_too_large`); 501 a method the
+parser does not know (`unknown_method`); 503 with `Retry-After` when the node
+could not get a quorum or a leader within the request timeout
+(`unavailable`, with `unknown` saying whether a write may still take
+effect), or when the port has `max_connections` already
+(`too_many_connections`). Every error body, the parser's included, is
 `{"error": {"code": ..., "message": ...}}`. A 500 (`internal`) means a bug in
 pnyx, never bad input.
+
+`serve_http(node, host, port, limits=, ssl=)` serves the application with the
+connection limits of `pnyx.api.limits` and, with `ssl`, HTTPS only.
 
 **Exactly once.** Every write is sent as a `kv.IdempotentRequest`: under the
 client's `Idempotency-Key` header if it gave one (so the client's own retries,
@@ -43,14 +55,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
+from pnyx.api.limits import ClientLimits, Refusal
 from pnyx.api.node_api import NodeAPI
 from pnyx.protocol.multipaxos import READ_MODES, Code, Outcome, ReadMode
 from pnyx.statemachine import kv
@@ -66,6 +81,13 @@ INDEX_HEADER: Final = "X-Pnyx-Index"
 APPLIED_INDEX_HEADER: Final = "X-Pnyx-Applied-Index"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 RETRY_AFTER_SECONDS: Final = 1
+
+# What the HTTP parser takes: a request line (method, URL, version) up to MAX_URL_BYTES,
+# each header up to MAX_HEADER_BYTES, at most MAX_HEADERS of them. The two sizes differ
+# by design: the parser's error says which limit was hit, so the answer can say which.
+MAX_URL_BYTES: Final = 8192
+MAX_HEADER_BYTES: Final = 8190
+MAX_HEADERS: Final = 128
 
 # Idempotency keys are namespaced so that a key a client chose can never
 # collide with one this layer generated, nor with keys other callers of the
@@ -127,6 +149,7 @@ class ApiError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -134,10 +157,14 @@ class ApiError(Exception):
         self.message = message
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        self.close = close  # close the connection after answering
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message,
-                              headers=self.headers, extra=self.extra)
+        response = error_response(self.status, self.code, self.message,
+                                  headers=self.headers, extra=self.extra)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def error_response(
@@ -286,10 +313,18 @@ def _route_label(request: web.Request) -> str:
 
 
 class _Handlers:
-    def __init__(self, node: NodeAPI, max_value: int, request_timeout: float) -> None:
+    def __init__(self, node: NodeAPI, max_value: int, request_timeout: float,
+                 body_timeout: float) -> None:
         self.node = node
         self.max_value = max_value
         self.request_timeout = request_timeout
+        self.body_timeout = body_timeout
+        # Requests waiting for their body: a stopping node answers them at once.
+        self.reading: dict[int, web.Request] = {}  # by id(): a Request is not hashable
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        for request in list(self.reading.values()):
+            request.content.set_exception(_Stopping())
 
     @web.middleware
     async def middleware(
@@ -398,7 +433,12 @@ class _Handlers:
             if result.code == kv.ErrorCode.TOO_LARGE:
                 return ApiError(413, "value_too_large", result.message)
             if result.code == kv.ErrorCode.REUSED:
-                return ApiError(409, "idempotency_key_reused", result.message)
+                # The machine's message names the key as stored (with this layer's
+                # namespace prefix); the client knows it by its header.
+                given = request.headers.get(IDEMPOTENCY_HEADER, "")
+                return ApiError(409, "idempotency_key_reused",
+                                f"{IDEMPOTENCY_HEADER} {given!r} was already used for a "
+                                "different command")
             return ApiError(400, "invalid", result.message)
         return ApiError(500, "internal", f"unexpected result {type(result).__name__}")
 
@@ -408,11 +448,24 @@ class _Handlers:
         if request.content_length is not None and request.content_length > self.max_value:
             raise too_large
         body = bytearray()
-        # Chunked bodies have no Content-Length: count as they arrive.
-        async for chunk in request.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > self.max_value:
-                raise too_large
+        self.reading[id(request)] = request
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                # Chunked bodies have no Content-Length: count as they arrive.
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > self.max_value:
+                        raise too_large
+        except TimeoutError:
+            raise ApiError(408, "body_timeout",
+                           f"the request body did not arrive within {self.body_timeout:g} s",
+                           close=True) from None
+        except _Stopping:
+            raise ApiError(503, "unavailable", "the node is stopping",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                           close=True) from None
+        finally:
+            self.reading.pop(id(request), None)
         return bytes(body)
 
     async def _read(self, query: bytes, mode: ReadMode) -> tuple[kv.Result, Outcome]:
@@ -483,22 +536,27 @@ def make_app(
     *,
     max_value: int = DEFAULT_MAX_VALUE,
     request_timeout: float = 5.0,
+    body_timeout: float = ClientLimits().body_timeout,
 ) -> web.Application:
     """The aiohttp application serving `node`; run it with `aiohttp.web.AppRunner`.
 
     `max_value` bounds a value in bytes (larger is a 413); make the node's own
     command limit a little larger, since a command also carries the key, the
     conditions and the idempotency key. `request_timeout` bounds how long a
-    request waits for a quorum or a leader before it is answered with 503.
+    request waits for a quorum or a leader before it is answered with 503;
+    `body_timeout` how long a PUT's body may take to arrive (else 408).
     """
     if max_value < 0:
         raise ValueError(f"max_value must not be negative, not {max_value}")
     if not request_timeout > 0:
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
-    h = _Handlers(node, max_value, request_timeout)
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be positive, not {body_timeout}")
+    h = _Handlers(node, max_value, request_timeout, body_timeout)
     # client_max_size is aiohttp's limit for request.read(); bodies are read
     # by _read_body, which applies max_value itself.
     app = web.Application(middlewares=[h.middleware], client_max_size=max_value + 1)
+    app.on_shutdown.append(h.on_shutdown)
     kv_key = app.router.add_resource("/v1/kv/{key:.*}", name="kv")
     kv_key.add_route("GET", h.get)
     kv_key.add_route("PUT", h.put)
@@ -507,3 +565,157 @@ def make_app(
     app.router.add_resource("/v1/status", name="status").add_route("GET", h.status)
     app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
     return app
+
+
+class _Stopping(Exception):
+    """Thrown into a request body's reader when the node stops."""
+
+
+# --- serving: limits and the parser's errors ------------------------------------------
+
+
+def parser_error(exc: BaseException | None, message: str | None) -> tuple[int, str, str]:
+    """Status, code and message for a request the HTTP parser refused."""
+    text = (message or (str(exc) if exc is not None else "") or "bad request").strip()
+    first = text.splitlines()[0].strip().rstrip(":") if text else "bad request"
+    if isinstance(exc, http_exceptions.LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == MAX_URL_BYTES:
+            return 414, "url_too_long", f"the request line is longer than {MAX_URL_BYTES} bytes"
+        return 431, "header_too_large", f"a header is longer than {MAX_HEADER_BYTES} bytes"
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        if "HTTPS" in first:
+            return 400, "bad_request", ("TLS on a plain HTTP port: use http://, or serve "
+                                        "HTTPS with --cert-file and --key-file")
+        return 501, "unknown_method", "unknown HTTP method"
+    if isinstance(exc, http_exceptions.BadHttpMessage) and "Too many headers" in first:
+        return 431, "header_too_large", f"more than {MAX_HEADERS} headers"
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        return 400, "bad_request", first[:200]
+    return 500, "internal", "internal error; see the node's log"
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses in our JSON shape."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp's: an answer has begun already
+            raise ConnectionError("an answer has been sent already; cannot send an error")
+        if status >= 500 and not isinstance(exc, http_exceptions.HttpProcessingError):
+            log.error("error serving a request from %s", request.remote, exc_info=exc)
+            answer = (500, "internal", "internal error; see the node's log")
+        else:
+            answer = parser_error(exc, message)
+            log.debug("refused a request from %s: %s", request.remote, answer[2])
+        response = error_response(*answer)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's server, with our connection handler and a cap on connections."""
+
+    max_connections: int = ClientLimits().max_connections
+    refusal: bytes = b""
+    refused: int = 0
+
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if len(self._connections) >= self.max_connections:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warning("HTTP: %d connections refused so far (at most %d at once; "
+                            "--max-connections)", self.refused, self.max_connections)
+            return Refusal(self.refusal)
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+def _refusal(limits: ClientLimits) -> bytes:
+    body = (b'{"error": {"code": "too_many_connections", "message": "too many connections '
+            b'to this node (at most %d); try another node or later"}}' % limits.max_connections)
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+            % (RETRY_AFTER_SECONDS, len(body))) + body
+
+
+class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, limits: ClientLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in here; ours is the same with two methods replaced
+        # (it reads the same private fields aiohttp's own __call__ does).
+        base = await super()._make_server()
+        server = _Server(base.request_handler, request_factory=base.request_factory,
+                         handler_cancellation=base.handler_cancellation, loop=base._loop,
+                         **base._kwargs)
+        server.max_connections = self.limits.max_connections
+        server.refusal = _refusal(self.limits)
+        return server
+
+
+class _Site(web.TCPSite):
+    """A TCP site whose TLS handshakes must finish within the body timeout."""
+
+    def __init__(self, runner: _Runner, host: str, port: int,
+                 ssl_context: ssl_module.SSLContext | None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        self.handshake_timeout = runner.limits.body_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        assert self._runner.server is not None
+        self._server = await loop.create_server(
+            self._runner.server, self._host, self._port, ssl=self._ssl_context,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context else None,
+            backlog=self._backlog, reuse_address=self._reuse_address)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class HttpServer(NamedTuple):
+    """A running HTTP API: `port` is the bound one; stop it with `await close()`."""
+
+    runner: web.AppRunner
+    port: int
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve_http(
+    node: NodeAPI,
+    host: str,
+    port: int,
+    *,
+    max_value: int = DEFAULT_MAX_VALUE,
+    request_timeout: float = 5.0,
+    limits: ClientLimits | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> HttpServer:
+    """Serve `make_app(node)` on `host:port` (0: any free port) within `limits`, HTTPS only
+    if `ssl` is given (`pnyx.tls.client_port_context`). Raises `OSError` if the address
+    cannot be bound. Stopping waits for requests at the node (up to the request timeout)
+    but not for bodies that have not arrived."""
+    limits = limits or ClientLimits()
+    app = make_app(node, max_value=max_value, request_timeout=request_timeout,
+                   body_timeout=limits.body_timeout)
+    runner = _Runner(
+        app, limits, access_log=None,
+        # A request waiting for its outcome is answered within the request timeout.
+        shutdown_timeout=request_timeout + _NODE_GRACE,
+        keepalive_timeout=limits.idle_timeout,
+        # A body left unread (an early 413, a DELETE with a body) is drained this long
+        # before the connection is closed.
+        lingering_time=min(limits.body_timeout, 1.0),
+        max_line_size=MAX_URL_BYTES, max_field_size=MAX_HEADER_BYTES,
+        max_headers=MAX_HEADERS)
+    await runner.setup()
+    site = _Site(runner, host, port, ssl)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, site.port)
