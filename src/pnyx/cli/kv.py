@@ -15,7 +15,13 @@ never raises for either.
     pnyx keys app/ --limit 10 --json
 
 `--endpoints` defaults to the `PNYX_ENDPOINTS` environment variable, then to
-127.0.0.1:8001.
+127.0.0.1:8001. TLS as etcdctl does it: `--cacert FILE` (the CA the nodes'
+certificates must chain to; default the system's), `--cert FILE --key FILE`
+(a client certificate, for nodes started with `--client-cert-auth`); any of
+them, or `https://` endpoints, turns TLS on:
+
+    pnyx get greeting --endpoints https://10.0.0.1:8001 --cacert certs/ca.pem \
+        --cert certs/client-app.pem --key certs/client-app-key.pem
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Final
 
 from pnyx.client import CONSISTENCY, Client, parse_endpoints
+from pnyx.client.common import endpoint_schemes, tls_context
 from pnyx.errors import PnyxError, PreconditionFailed, Unavailable
 
 DEFAULT_ENDPOINTS: Final = "127.0.0.1:8001"
@@ -53,6 +60,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", metavar="SECONDS", default="10",
                    help="give up after this long, over all retries (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.add_argument("--cacert", dest="tls_cacert", metavar="FILE",
+                   help="TLS: the CA the nodes' certificates must chain to (turns TLS on)")
+    p.add_argument("--cert", dest="tls_cert", metavar="FILE",
+                   help="TLS: present this client certificate (with --key)")
+    # dest: `key` is the key-value key.
+    p.add_argument("--key", dest="tls_key", metavar="FILE", help="TLS: the key of --cert")
 
 
 def _add_conditions(p: argparse.ArgumentParser) -> None:
@@ -122,9 +135,23 @@ def _endpoints(args: argparse.Namespace) -> list[str]:
         text = os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS
     try:
         parsed = parse_endpoints(text)
+        schemes = endpoint_schemes(text)
     except ValueError as exc:
         raise _Usage(f"--endpoints: {exc}") from None
-    return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed]
+    prefix = "https://" if schemes == {"https"} else ""
+    return [prefix + (f"[{h}]:{p}" if ":" in h else f"{h}:{p}") for h, p in parsed]
+
+
+def _tls(args: argparse.Namespace, endpoints: list[str]) -> dict[str, Any]:
+    """The client's TLS argument, if TLS is on (checked here: one line if it is wrong)."""
+    try:
+        ctx = tls_context(endpoints, ssl_context=None,
+                          cacert=getattr(args, "tls_cacert", None),
+                          cert=getattr(args, "tls_cert", None),
+                          key=getattr(args, "tls_key", None))
+    except ValueError as exc:
+        raise _Usage(str(exc).replace("cert=", "--cert")) from None
+    return {} if ctx is None else {"ssl_context": ctx}
 
 
 def _timeout(args: argparse.Namespace) -> float:
@@ -236,6 +263,7 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
     if command not in COMMANDS:
         raise _Usage(f"unknown key-value command {command!r}")
     endpoints = _endpoints(args)
+    tls = _tls(args, endpoints)
     timeout = _timeout(args)
     as_json = bool(args.json)
     if command in ("put", "get", "del", "cas"):
@@ -254,10 +282,10 @@ def _run(args: argparse.Namespace, out: IO[str], out_bytes: IO[bytes],
     value = _value(args.value, stdin) if command == "put" else b""
 
     if command == "status":
-        return _status(endpoints, timeout, as_json, out, make_client)
+        return _status(endpoints, timeout, as_json, out, make_client, tls)
     # Per attempt, a little less than the whole budget; the whole is retry_timeout.
     with make_client(endpoints, timeout=timeout, connect_timeout=min(2.0, timeout),
-                     retry_timeout=timeout) as client:
+                     retry_timeout=timeout, **tls) as client:
         if command == "put":
             _print_index(out, as_json, args.key, client.put(args.key, value, **conditions))
         elif command == "del":
@@ -296,22 +324,23 @@ def _is_terminal(stream: IO[bytes]) -> bool:
 
 
 def _status_of(endpoint: str, timeout: float, make_client: Callable[..., Client],
-               ) -> dict[str, Any] | str:
+               tls: dict[str, Any]) -> dict[str, Any] | str:
     """The status the node at `endpoint` reports, or why there is none (one line)."""
     try:
         with make_client([endpoint], timeout=timeout, connect_timeout=min(2.0, timeout),
-                         retry_timeout=min(2.0, timeout)) as client:
+                         retry_timeout=min(2.0, timeout), **tls) as client:
             return client.status()
     except PnyxError as exc:
         return _one_line(exc.message)
 
 
 def _status(endpoints: list[str], timeout: float, as_json: bool, out: IO[str],
-            make_client: Callable[..., Client]) -> int:
+            make_client: Callable[..., Client], tls: dict[str, Any]) -> int:
     # Each endpoint on its own: a client over all of them would show whichever
     # node it happened to reach, a different one each time.
     with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
-        answers = list(pool.map(lambda ep: _status_of(ep, timeout, make_client), endpoints))
+        answers = list(pool.map(lambda ep: _status_of(ep, timeout, make_client, tls),
+                                endpoints))
     if all(isinstance(a, str) for a in answers):
         if len(endpoints) == 1:
             raise Unavailable(str(answers[0]))

@@ -1,6 +1,7 @@
 """What every pnyx client shares, whatever it speaks: endpoints, arguments, retries, errors.
 
-- `parse_endpoints`: the nodes' addresses, checked once.
+- `parse_endpoints`: the nodes' addresses, checked once; `tls_context`: whether
+  and how a client speaks TLS (`https://` endpoints, or `cacert`/`cert`/`key`).
 - argument checks (`as_bytes`, `check_key`, `check_consistency`, `check_keys_args`)
   and idempotency keys (`IdempotencyKeys`: a fresh key per write, or the
   caller's, checked).
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from pnyx.errors import (
@@ -46,8 +49,9 @@ MAX_BACKOFF: Final = 1.0
 def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
     """`["host:port", ...]` (or one comma-separated string) as `(host, port)` pairs.
 
-    An `http://` prefix is allowed; IPv6 hosts go in brackets (`[::1]:8001`).
-    Raises `ValueError` with the offending entry.
+    An `http://` or `https://` prefix is allowed (`endpoint_schemes` says which were
+    given); IPv6 hosts go in brackets (`[::1]:8001`). Raises `ValueError` with the
+    offending entry.
     """
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",") if e.strip()]
@@ -55,7 +59,10 @@ def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
     for entry in endpoints:
         if not isinstance(entry, str):
             raise ValueError(f"endpoint {entry!r} is not a string like 127.0.0.1:8001")
-        text = entry.strip().removeprefix("http://").rstrip("/")
+        text = entry.strip()
+        for scheme in _SCHEMES:
+            text = text.removeprefix(scheme)
+        text = text.rstrip("/")
         host, sep, port_text = text.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -67,6 +74,55 @@ def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
     if not out:
         raise ValueError("no endpoints given")
     return out
+
+
+_SCHEMES: Final = ("http://", "https://")
+
+
+def endpoint_schemes(endpoints: Sequence[str] | str) -> set[str]:
+    """The schemes the endpoints name ("http", "https"; none for bare `host:port`)."""
+    if isinstance(endpoints, str):
+        endpoints = endpoints.split(",")
+    return {e.strip().split("://", 1)[0] for e in endpoints
+            if isinstance(e, str) and e.strip().startswith(_SCHEMES)}
+
+
+PathLike = str | Path
+
+
+def tls_context(endpoints: Sequence[str] | str, *, ssl_context: ssl.SSLContext | None,
+                cacert: PathLike | None, cert: PathLike | None, key: PathLike | None,
+                ) -> ssl.SSLContext | None:
+    """How a client reaches the nodes: a TLS context, or None for plaintext.
+
+    TLS when the endpoints say `https://`, or any of `ssl_context` (used as given),
+    `cacert` (the CA the nodes' certificates must chain to; default: the system's),
+    `cert` and `key` (a client certificate, for ports with `--client-cert-auth`) is
+    given. Asking for TLS with `http://` endpoints, or mixing the two, is a
+    `ValueError`, as is a key without its certificate; unreadable files are
+    `pnyx.tls.TlsError` (a `ValueError` too).
+    """
+    from pnyx.tls import client_context
+
+    schemes = endpoint_schemes(endpoints)
+    options = ssl_context is not None or cacert is not None or cert is not None or (
+        key is not None)
+    if schemes == {"http", "https"}:
+        raise ValueError("endpoints mix http:// and https://: a cluster's nodes speak one")
+    if "http" in schemes and options:
+        raise ValueError("TLS options given with http:// endpoints: use https:// (or bare "
+                         "host:port)")
+    if key is not None and cert is None:
+        raise ValueError("a client key needs its certificate (cert=)")
+    if ssl_context is not None:
+        if cacert is not None or cert is not None:
+            raise ValueError("give either ssl_context or cacert/cert/key, not both")
+        return ssl_context
+    if not options and "https" not in schemes:
+        return None
+    return client_context(Path(cacert) if cacert is not None else None,
+                          Path(cert) if cert is not None else None,
+                          Path(key) if key is not None else None)
 
 
 def endpoint_name(endpoint: tuple[str, int]) -> str:
@@ -81,11 +137,17 @@ class ClientBase:
     attempt may take; `connect_timeout`: seconds to connect; `retry_timeout`:
     seconds one call may spend over all its attempts and nodes. A client sticks
     to one node (`_current`) and moves to the next when an attempt there fails.
+    TLS (`ssl_context`, `cacert`, `cert`, `key`, or `https://` endpoints): see
+    `tls_context`; `self.ssl` is the context, or None for plaintext.
     """
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float,
-                 connect_timeout: float, retry_timeout: float) -> None:
+                 connect_timeout: float, retry_timeout: float,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
+        self.ssl = tls_context(endpoints, ssl_context=ssl_context, cacert=cacert, cert=cert,
+                               key=key)
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
                             ("retry_timeout", retry_timeout)):
             if not value > 0:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -55,6 +56,7 @@ from pnyx.client.common import (
     DEFAULT_TIMEOUT,
     ClientBase,
     Failed,
+    PathLike,
     as_bytes,
     check_consistency,
     check_key,
@@ -101,6 +103,7 @@ class _Connection(FramedProtocol):
         # id -> (the caller's future, when to give up on it)
         self.pending: dict[int, tuple[asyncio.Future[wire.ClientResponse], float]] = {}
         self.closed = False
+        self.refused = False
         self.lost_reason = "connection closed"
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = min(max(client.timeout / 10, 0.01), 0.5)
@@ -138,6 +141,10 @@ class _Connection(FramedProtocol):
         entry = self.pending.pop(response.id, None)
         if entry is not None and not entry[0].done():
             entry[0].set_result(response)
+        elif response.id == 0 and not response.ok:
+            # The node refused the connection (too many): it read none of our requests.
+            self.refused = True
+            self.lost_reason = response.error or "the node refused the connection"
         return True
 
     def protocol_error(self, reason: str) -> None:
@@ -156,7 +163,7 @@ class _Connection(FramedProtocol):
         self.resume_writing()
         self.client._lost(self)
         pending, self.pending = self.pending, {}
-        failure = Failed(f"connection lost: {self.lost_reason}", sent=True)
+        failure = Failed(f"connection lost: {self.lost_reason}", sent=not self.refused)
         for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(failure)
@@ -185,16 +192,21 @@ class AsyncFastClient(ClientBase):
     `timeout`: seconds one attempt may wait for its answer; `connect_timeout`:
     seconds to connect; `retry_timeout`: seconds one call may spend over all
     its attempts and nodes; `request_timeout`: seconds the node may take to
-    get a quorum or a leader before answering `unavailable`. Use `async with`
+    get a quorum or a leader before answering `unavailable`. TLS: `cacert=`
+    (the cluster's CA), `cert=` and `key=` (a client certificate), or
+    `ssl_context=`; `https://` endpoints also turn it on. Use `async with`
     or `await close()`; it is bound to the event loop of its first call.
     """
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
-                         retry_timeout=retry_timeout)
+                         retry_timeout=retry_timeout, ssl_context=ssl_context,
+                         cacert=cacert, cert=cert, key=key)
         if not request_timeout > 0:
             raise ValueError(f"request_timeout must be positive, not {request_timeout!r}")
         self.request_timeout = min(request_timeout, _MAX_WIRE_TIMEOUT)
@@ -416,7 +428,9 @@ class AsyncFastClient(ClientBase):
             try:
                 host, port = self.endpoints[i]
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Connection(self, i), host, port),
+                    loop.create_connection(
+                        lambda: _Connection(self, i), host, port, ssl=self.ssl,
+                        server_hostname=host if self.ssl is not None else None),
                     self.connect_timeout)
                 if self._closed:
                     conn.close()
@@ -465,11 +479,15 @@ class FastClient:
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         self._client = AsyncFastClient(endpoints, timeout=timeout,
                                        connect_timeout=connect_timeout,
                                        retry_timeout=retry_timeout,
-                                       request_timeout=request_timeout)
+                                       request_timeout=request_timeout,
+                                       ssl_context=ssl_context, cacert=cacert, cert=cert,
+                                       key=key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="pnyx-fastclient", daemon=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from pnyx.client.common import (
     Attempts,
     ClientBase,
     Failed,
+    PathLike,
     as_bytes,
     check_consistency,
     check_keys_args,
@@ -127,9 +129,12 @@ class _Base(ClientBase):
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> None:
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
-                         retry_timeout=retry_timeout)
+                         retry_timeout=retry_timeout, ssl_context=ssl_context,
+                         cacert=cacert, cert=cert, key=key)
 
     def _write_headers(self, idempotency_key: str | None) -> dict[str, str]:
         # The caller's own key is checked by the node (a 400 names the header).
@@ -181,14 +186,19 @@ class Client(_Base):
 
     `endpoints`: node addresses, `["127.0.0.1:8001", ...]`. `timeout`: seconds one
     attempt may take; `connect_timeout`: seconds to connect; `retry_timeout`:
-    seconds one call may spend over all its attempts and nodes.
+    seconds one call may spend over all its attempts and nodes. TLS: `https://`
+    endpoints, or `cacert=` (the cluster's CA), `cert=` and `key=` (a client
+    certificate), or `ssl_context=` (`pnyx.client.common.tls_context`).
     """
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> None:
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
-                         retry_timeout=retry_timeout)
+                         retry_timeout=retry_timeout, ssl_context=ssl_context,
+                         cacert=cacert, cert=cert, key=key)
         self._conns: dict[int, http.client.HTTPConnection] = {}
         self._lock = threading.Lock()
 
@@ -258,7 +268,10 @@ class Client(_Base):
         if conn is not None:
             return conn, True
         host, port = self.endpoints[i]
-        conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        conn = (http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+                if self.ssl is None else
+                http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                            context=self.ssl))
         conn.connect()
         assert conn.sock is not None
         conn.sock.settimeout(self.timeout)
@@ -328,14 +341,17 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of `Client`, on `aiohttp`; use `async with` or `await close()`.
 
-    Its HTTP session is made on first use, in the running event loop.
+    Its HTTP session is made on first use, in the running event loop. TLS as `Client`'s.
     """
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> None:
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
         super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
-                         retry_timeout=retry_timeout)
+                         retry_timeout=retry_timeout, ssl_context=ssl_context,
+                         cacert=cacert, cert=cert, key=key)
         self._session: aiohttp.ClientSession | None = None
 
     # -- the API --
@@ -409,8 +425,10 @@ class AsyncClient(_Base):
                                               sock_connect=self.connect_timeout),
                 # The API needs no cookies; the session must not keep a node's.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                connector=aiohttp.TCPConnector(ssl=self.ssl if self.ssl is not None else True),
             )
         loop = asyncio.get_running_loop()
+        scheme = "http" if self.ssl is None else "https"
         attempts = self._attempts(loop.time(), write=call.write,
                                   key=call.headers.get("Idempotency-Key"))
         while True:
@@ -419,7 +437,7 @@ class AsyncClient(_Base):
                 netloc = self._name(i)
                 # encoded=True: the path is already quoted; yarl must not
                 # re-quote it (it would turn %2E back into ".").
-                url = URL(f"http://{netloc}{call.path}", encoded=True)
+                url = URL(f"{scheme}://{netloc}{call.path}", encoded=True)
                 try:
                     async with self._session.request(
                         call.method, url, data=call.body if call.body else None,
