@@ -8,6 +8,11 @@ fail to start — a port that cannot be bound, an address that does not
 resolve, a data directory that cannot be written, a store that belongs to
 another node or is damaged — is one line on stderr and a non-zero exit
 (`StartError`), never a retry loop.
+
+A storage fault while serving (full disk, I/O error, read-only remount: see
+`Driver.disk_failed`) is fail-stop: one CRITICAL line naming the cause, the
+ports released, exit status 74 (EX_IOERR) within `FAULT_GRACE` seconds, for a
+supervisor to restart the node once its disk is fixed.
 """
 
 from __future__ import annotations
@@ -17,16 +22,26 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import ssl
 import sys
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from pnyx.cli.common import StartError, check_data_dir
 from pnyx.node.config import SETTINGS, ConfigError, NodeConfig, flag_help, metavar, read_setting
 from pnyx.tls import Reloading, TlsError, TlsFiles, client_port_context
 
+if TYPE_CHECKING:
+    from pnyx.node.runtime import Node
+
 log = logging.getLogger("pnyx.serve")
+
+EXIT_DISK_FAULT = 74  # EX_IOERR (sysexits.h): stopped by a storage fault
+# After a storage fault: the most the ports may take to close before the process ends
+# anyway (a client still sending, a write thread stuck on the broken disk).
+FAULT_GRACE = 2.0
 
 
 def add_parsers(sub: Any) -> None:
@@ -59,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     return serve(node_config_from(args))
 
 
-async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
-    """Start the node and its APIs, serve until a signal number arrives on `stop`."""
+async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException | None:
+    """Start the node and its APIs, serve until a signal number arrives on `stop` (None)
+    or a storage fault stops the node (the fault, its line already logged)."""
     # Imported here: every other command (and --help) starts without the server's imports.
     from pnyx.api.binary import close_server, serve_clients
     from pnyx.api.http import HttpServer, serve_http
@@ -101,6 +117,7 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
                           max_connections=config.max_connections,
                           max_inflight=config.max_inflight)
     tls = client_ssl(config)
+    fault: BaseException | None = None
     try:
         if config.http is not None:
             try:
@@ -120,16 +137,49 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> None:
                 raise StartError(f"cannot serve clients on {config.client}: "
                                  f"{exc.strerror or exc}") from None
         log.info("node %s serving: %s", config.node_id, startup_line(config, chosen))
-        signum = await stop.get()
-        log.info("node %s stopping on %s", config.node_id, signal.Signals(signum).name)
+        fault = await _stopped(config, node if isinstance(node, Node) else None, stop)
     finally:
-        if clients is not None:
-            await close_server(clients)
-        if http is not None:
-            await http.close()
-        if isinstance(node, Node):
-            await node.stop()
-    log.info("node %s stopped", config.node_id)
+        async def close() -> None:
+            if clients is not None:
+                await close_server(clients)
+            if http is not None:
+                await http.close()
+            if isinstance(node, Node):
+                await node.stop()
+
+        if fault is None:
+            await close()
+        else:  # fail-stop: the ports go now, not after a graceful minute
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close(), FAULT_GRACE)
+    if fault is None:
+        log.info("node %s stopped", config.node_id)
+    return fault
+
+
+async def _stopped(config: NodeConfig, node: Node | None, stop: asyncio.Queue[int]
+                   ) -> BaseException | None:
+    """Wait for a signal on `stop` (None) or a storage fault stopping `node` (the fault).
+    A fault is logged at once in its one line, and a watchdog ends the process
+    `FAULT_GRACE` seconds later should closing hang."""
+    from pnyx.node.driver import fault_line
+
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.get())]
+    if node is not None:
+        waits.append(asyncio.ensure_future(node.stopped_by_fault()))
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+    if waits[0] in done:
+        log.info("node %s stopping on %s", config.node_id,
+                 signal.Signals(waits[0].result()).name)
+        return None
+    fault: BaseException = waits[1].result()
+    log.critical("stopped: %s; exiting with status %d", fault_line(fault), EXIT_DISK_FAULT)
+    watchdog = threading.Timer(FAULT_GRACE + 1.0, os._exit, (EXIT_DISK_FAULT,))
+    watchdog.daemon = True
+    watchdog.start()
+    return fault
 
 
 def client_ssl(config: NodeConfig) -> ssl.SSLContext | None:
@@ -166,7 +216,8 @@ def startup_line(config: NodeConfig, chosen: int) -> str:
 
 
 def serve(config: NodeConfig) -> int:
-    """Run one node until SIGINT/SIGTERM. Raises `StartError` if it cannot start."""
+    """Run one node until SIGINT/SIGTERM (exit status 0) or a storage fault
+    (`EXIT_DISK_FAULT`). Raises `StartError` if it cannot start."""
     try:
         config.check_addresses()
         if config.peer_tls is not None:
@@ -196,14 +247,13 @@ def serve(config: NodeConfig) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
-    async def main() -> None:
+    async def main() -> BaseException | None:
         stop: asyncio.Queue[int] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.put_nowait, sig)
-        await _serve(config, stop)
+        return await _serve(config, stop)
 
-    asyncio.run(main())
-    return 0
+    return 0 if asyncio.run(main()) is None else EXIT_DISK_FAULT
 
 

@@ -26,7 +26,14 @@ over virtual time, a simulated network and simulated disks. It owns:
   replica, instead of stopping one mid-slot (where a retry would apply the
   slot's earlier commands twice);
 - **metrics**, when given one: slots and commands learned chosen since start
-  (not the log replayed from disk), roles, leaders, group commits.
+  (not the log replayed from disk), roles, leaders, group commits;
+- **fail-stop on storage faults**, the one rule for every durable write: a
+  disk that cannot keep a promise stops the node (`disk_failed`). Nothing that
+  depended on the failed write has left (persist-before-send), so stopping
+  breaks no promise; carrying on, or retrying a write whose fate on disk is
+  unknown, could. The driver closes and reports the fault to `on_fault`; the
+  node then releases its ports and the process exits for a supervisor to
+  restart it.
 
 Request ids come from the caller (`first_request_id`), never from a global
 random source: the node draws a random start so ids never repeat across
@@ -53,6 +60,14 @@ if TYPE_CHECKING:
     from pnyx.node.metrics import Metrics
 
 log = logging.getLogger("pnyx.node")
+
+
+def fault_line(error: BaseException) -> str:
+    """What a storage fault says, in one line: the log store's own message names the
+    file and what SQLite or the OS said (disk full, I/O error, read-only)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"its disk failed a durable write ({text}); a disk that cannot keep its " \
+        "promises stops the node"
 
 
 def safe_machine(machine: Machine) -> Machine:
@@ -103,6 +118,9 @@ class Driver:
         self._gathered: list[tuple[int, bytes]] = []
         self._gathered_stale = False  # a request was forgotten while commands were gathered
         self.closed = False
+        # The storage fault that stopped the driver (see `disk_failed`), and who hears of it.
+        self.fault: BaseException | None = None
+        self.on_fault: Callable[[BaseException], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -122,6 +140,21 @@ class Driver:
         """Let the replica act (start its timers, send what it must)."""
         assert self.clock is not None
         self._handle(self._replica().tick(self.clock.time()))
+
+    def disk_failed(self, error: BaseException) -> None:
+        """A durable write failed (full disk, I/O error, read-only file system, failed
+        fsync): stop for good. The rule for every storage fault, in this one place —
+        a disk that cannot keep promises stops the node. Never retried: after a failed
+        fsync nobody knows what the disk holds, and a replica that went on could
+        answer from a promise or acceptance the disk does not have."""
+        if self.fault is not None:
+            return
+        self.fault = error
+        self.close()
+        if self.on_fault is not None:
+            self.on_fault(error)
+        else:  # nobody to tell but the log
+            log.error("node %s stopped: %s", self.node_id, fault_line(error))
 
     def close(self) -> None:
         """Stop: no more events reach the replica; every request held hears it."""
@@ -337,10 +370,7 @@ class Driver:
                  started: float) -> None:
         self._writing = False
         if error is not None:
-            # A disk that cannot be written cannot keep promises: stop rather than lie.
-            log.error("node %s: cannot write its log; stopping", self.node_id,
-                      exc_info=error)
-            self.close()
+            self.disk_failed(error)
             return
         if self.closed:
             return

@@ -11,6 +11,11 @@ simulator runs that same class. This module supplies the real ports:
 
 and the asyncio face of the requests (`submit` and `read`, awaited) and the
 node's `status`.
+
+A storage fault stops the node (`Driver.disk_failed`): it closes its peer
+links at once, so no member counts it as reachable, reports itself
+`stopped` (never leader) to whoever still asks, and `stopped_by_fault()`
+returns the error, for `pnyx serve` to release the client ports and exit.
 """
 
 from __future__ import annotations
@@ -107,11 +112,15 @@ class Node(Driver):
         self.store = store
         self.transport: PeerTransport | None = None
         self._disk: AsyncioDisk | None = None
+        self._faulted: asyncio.Future[BaseException] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self.on_fault = self._on_fault
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._faulted = loop.create_future()
         durable: ReplicaDurable = self.store.load()
         self.transport = PeerTransport(
             self.node_id, self.config.cluster_id, self.config.members,
@@ -129,11 +138,26 @@ class Node(Driver):
 
     async def stop(self) -> None:
         self.close()
+        if self._closing is not None:
+            await self._closing
         if self.transport is not None:
             await self.transport.close()
         if self._disk is not None:
             await self._disk.drain()
         self.store.close()
+
+    async def stopped_by_fault(self) -> BaseException:
+        """Wait until a storage fault stops the node; the error (see `Driver.disk_failed`)."""
+        if self._faulted is None:
+            raise RuntimeError("the node has not started")
+        return await asyncio.shield(self._faulted)
+
+    def _on_fault(self, error: BaseException) -> None:
+        # Peers stop counting us at once: our links close now, not when the process ends.
+        if self.transport is not None:
+            self._closing = asyncio.get_running_loop().create_task(self.transport.close())
+        if self._faulted is not None and not self._faulted.done():
+            self._faulted.set_result(error)
 
     # ------------------------------------------------------------- requests
 
@@ -163,18 +187,19 @@ class Node(Driver):
     def status(self) -> dict[str, Any]:
         r = self._replica()
         transport = self.transport
+        stopped = self.closed  # the replica's last role is history, not a claim
         members = {
             str(pid): {
                 "address": str(addr),
-                "reachable": pid == self.node_id
-                or (transport is not None and transport.reachable(pid)),
+                "reachable": not stopped and (
+                    pid == self.node_id or (transport is not None and transport.reachable(pid))),
             }
             for pid, addr in sorted(self.config.members.items())
         }
         return {
             "id": self.node_id,
-            "role": r.role.value,
-            "leader": r.leader,
+            "role": "stopped" if stopped else r.role.value,
+            "leader": None if stopped else r.leader,
             "ballot": str(r.ballot if r.is_leader else r.leader_ballot),
             # Indexes count commands (as X-Pnyx-Index and a write's index do): the commit
             # index counts those in the slots known chosen, the applied index those

@@ -609,7 +609,11 @@ class SqliteLogStore:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            # Closing checkpoints the WAL into the database; on a full or failed disk
+            # that may fail, and loses nothing: the WAL keeps every commit, and the
+            # next open recovers it. A node stopping for a fault must still stop.
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def __enter__(self) -> Self:
         return self
