@@ -133,13 +133,17 @@ def _endpoints(args: argparse.Namespace) -> list[str]:
     text = args.endpoints
     if text is None:
         text = os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS
+    entries = [e.strip() for e in text.split(",") if e.strip()]
     try:
-        parsed = parse_endpoints(text)
-        schemes = endpoint_schemes(text)
+        parsed = parse_endpoints(entries)
     except ValueError as exc:
         raise _Usage(f"--endpoints: {exc}") from None
-    prefix = "https://" if schemes == {"https"} else ""
-    return [prefix + (f"[{h}]:{p}" if ":" in h else f"{h}:{p}") for h, p in parsed]
+    # Each keeps its scheme, if it has one: it says whether to speak TLS.
+    names = []
+    for entry, (host, port) in zip(entries, parsed, strict=True):
+        scheme = "".join(f"{s}://" for s in endpoint_schemes([entry]))
+        names.append(scheme + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+    return names
 
 
 def _tls(args: argparse.Namespace, endpoints: list[str]) -> dict[str, Any]:

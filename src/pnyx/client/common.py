@@ -120,9 +120,13 @@ def tls_context(endpoints: Sequence[str] | str, *, ssl_context: ssl.SSLContext |
         return ssl_context
     if not options and "https" not in schemes:
         return None
-    return client_context(Path(cacert) if cacert is not None else None,
-                          Path(cert) if cert is not None else None,
-                          Path(key) if key is not None else None)
+    try:
+        return client_context(Path(cacert) if cacert is not None else None,
+                              Path(cert) if cert is not None else None,
+                              Path(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(f) for f in (cacert, cert, key) if f is not None)
+        raise ValueError(f"cannot use TLS files {files}: {exc.strerror or exc}") from None
 
 
 def endpoint_name(endpoint: tuple[str, int]) -> str:

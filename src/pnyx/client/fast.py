@@ -327,7 +327,7 @@ class AsyncFastClient(ClientBase):
         result = self._result(response)
         if isinstance(result, kv.Ok):
             return result.index
-        raise self._result_error(result, command.key)
+        raise self._result_error(result, command.key, idempotency_key=key)
 
     @staticmethod
     def _result(response: wire.ClientResponse) -> kv.Result:
@@ -339,7 +339,8 @@ class AsyncFastClient(ClientBase):
             raise PnyxError(f"the node sent a malformed result: {exc}") from None
 
     @staticmethod
-    def _result_error(result: kv.Result, key: str) -> PnyxError:
+    def _result_error(result: kv.Result, key: str, *, idempotency_key: str = "",
+                      ) -> PnyxError:
         """The exception for the machine's own refusal, as the HTTP API reports it."""
         if isinstance(result, kv.NotFound):
             return error_for(404, "not_found", f"key {key!r} does not exist")
@@ -352,7 +353,10 @@ class AsyncFastClient(ClientBase):
             if result.code == kv.ErrorCode.TOO_LARGE:
                 return error_for(413, "value_too_large", result.message)
             if result.code == kv.ErrorCode.REUSED:
-                return error_for(409, "idempotency_key_reused", result.message)
+                # As the HTTP API words it: the caller's key, not the stored (prefixed) one.
+                return error_for(409, "idempotency_key_reused",
+                                 f"Idempotency-Key {idempotency_key!r} was already used for "
+                                 "a different command")
             return error_for(400, "invalid", result.message)
         return error_for(500, "internal", f"unexpected result {type(result).__name__}")
 
