@@ -1,14 +1,19 @@
-"""Fail-stop on storage faults, for real: a `pnyx serve` process whose data directory is a
-2 MiB tmpfs fills it, and stops — one line on stderr naming the cause, exit status 74,
-its ports released, never again reporting itself leader or reachable — while the other
-two members keep serving every write they acknowledged.
+"""Fail-stop on storage faults: a node whose durable write fails — full disk, I/O error,
+read-only file system, failed fsync — stops, and the rest of the cluster keeps every
+write it acknowledged.
 
-Needs root (to mount the tmpfs); skipped with the reason otherwise. Every mount is
-unmounted, and every process stopped, in a `finally`.
+- In one process: three `Node`s on real TCP, one of whose stores fails its next
+  append (as SQLite reports each fault); the node stops, closes its peer port, answers
+  every held request, reports itself `stopped` (never leader, nothing reachable).
+- For real: a `pnyx serve` process whose data directory is a 2 MiB tmpfs fills it and
+  exits — one line naming the cause, exit status 74, its ports released. Needs root
+  (to mount the tmpfs); skipped with the reason otherwise. Every mount is unmounted,
+  and every process stopped, in a `finally`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import os
@@ -17,13 +22,19 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from pnyx.cli.serve import EXIT_DISK_FAULT, FAULT_GRACE
-from pnyx.testing import Cluster
+from pnyx.node import Address, Node, NodeConfig
+from pnyx.node.requests import SHUTTING_DOWN
+from pnyx.protocol.multipaxos import Outcome
+from pnyx.protocol.multipaxos.records import LogRecord
+from pnyx.statemachine import kv
+from pnyx.storage import MemoryLogStore, StoreError
+from pnyx.testing import Cluster, free_ports
 
 VALUE = b"v" * 16384  # 2 MiB of tmpfs holds about a hundred of these, WAL and all
 EXIT_BOUND = FAULT_GRACE + 3.0  # from the failed write to the process gone
@@ -37,8 +48,8 @@ def _mount_refusal() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_mount_refusal() is not None,
-                                reason=f"fail-stop test skipped: {_mount_refusal()}")
+needs_tmpfs = pytest.mark.skipif(_mount_refusal() is not None,
+                                 reason=f"fail-stop test skipped: {_mount_refusal()}")
 
 
 @contextlib.contextmanager
@@ -143,6 +154,7 @@ def make_leader(c: Cluster, want: int) -> int:
     return leader
 
 
+@needs_tmpfs
 @pytest.mark.parametrize("victim_role", ["follower", "leader"])
 def test_a_node_whose_disk_fills_exits_in_one_line_and_the_rest_keep_every_acked_write(
         tmp_path: Path, victim_role: str) -> None:
@@ -167,3 +179,121 @@ def test_a_node_whose_disk_fills_exits_in_one_line_and_the_rest_keep_every_acked
             assert_survivors_serve(c, victim, acked)
     finally:
         c.stop_everything()
+
+
+# ------------------------------------------------------------------ in one process
+
+# What SQLite says for each fault, as the log store reports it (`StoreError`), and the
+# bare OSError a disk port might raise.
+FAULTS = {
+    "disk full": StoreError(Path("pnyx.db"), "append failed: database or disk is full"),
+    "I/O error": StoreError(Path("pnyx.db"), "append failed: disk I/O error"),
+    "read-only": StoreError(Path("pnyx.db"),
+                            "append failed: attempt to write a readonly database"),
+    "fsync": OSError(5, "Input/output error (fsync)"),
+}
+
+
+class FailingStore(MemoryLogStore):
+    """An in-memory store whose appends fail with `fault` once `fail` is set."""
+
+    def __init__(self, node_id: int, cluster_id: str) -> None:
+        super().__init__(node_id=node_id, cluster_id=cluster_id)
+        self.fault: BaseException | None = None
+        self.refused = 0
+
+    def append(self, records: Sequence[LogRecord]) -> None:
+        if self.fault is not None:
+            self.refused += 1
+            raise self.fault
+        super().append(records)
+
+
+def put(key: str, value: bytes, seq: int) -> bytes:
+    return kv.encode_request(kv.Request("fail-stop", seq, kv.Put(key, value)))
+
+
+async def refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def elected(nodes: list[Node], among: list[int], timeout: float = 5.0) -> Node:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while loop.time() < give_up:
+        for i in among:
+            if nodes[i - 1].replica is not None and nodes[i - 1].replica.is_leader:
+                return nodes[i - 1]
+        await asyncio.sleep(0.02)
+    raise TimeoutError("no leader")
+
+
+async def submit_until_ok(node: Node, command: bytes) -> Outcome:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 5
+    while True:
+        outcome = await node.submit(command, timeout=2)
+        if outcome.ok or not outcome.unknown or loop.time() > give_up:
+            return outcome
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("victim_role", ["follower", "leader"])
+def test_a_failed_durable_write_stops_the_node_and_the_rest_keep_every_acked_write(
+        tmp_path: Path, victim_role: str, fault: str) -> None:
+    async def main() -> None:
+        ports = free_ports(3)
+        members = {i: Address("127.0.0.1", ports[i - 1]) for i in (1, 2, 3)}
+        stores = [FailingStore(i, "pnyx") for i in (1, 2, 3)]
+        nodes = [Node(NodeConfig(i, members, tmp_path / f"n{i}", heartbeat_interval=0.02,
+                                 election_timeout=0.15), stores[i - 1], kv.KVMachine())
+                 for i in (1, 2, 3)]
+        for node in nodes:
+            await node.start()
+        try:
+            leader = await elected(nodes, [1, 2, 3])
+            for n in range(20):
+                assert (await submit_until_ok(leader, put(f"k{n}", b"v", n))).ok
+            victim = leader if victim_role == "leader" else next(
+                node for node in nodes if node is not leader)
+            rest = [node for node in nodes if node is not victim]
+            stores[victim.node_id - 1].fault = FAULTS[fault]
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            # The write that meets the fault: through the leader, whoever is the victim.
+            outcome = await leader.submit(put("k-last", b"v", 100), timeout=2)
+            error = await asyncio.wait_for(victim.stopped_by_fault(), 2.0)
+            took = loop.time() - began
+            assert error is FAULTS[fault] and victim.fault is error
+            assert stores[victim.node_id - 1].refused == 1, "a failed write is never retried"
+            status = victim.status()
+            assert status["role"] == "stopped" and status["leader"] is None, status
+            assert not any(m["reachable"] for m in status["members"].values()), status
+            # Its peer links are closed at once, not when its process ends.
+            await asyncio.sleep(0.1)
+            assert await refused(ports[victim.node_id - 1])
+            # Anything asked of it now is refused at once, as shutting down.
+            assert await victim.submit(put("late", b"v", 101), timeout=1) == SHUTTING_DOWN
+            late = await victim.read(kv.encode_query("k0"), "stale",
+                                     timeout=1)
+            assert late == SHUTTING_DOWN
+            # The others go on, with every write acknowledged before.
+            new_leader = await elected(nodes, [n.node_id for n in rest])
+            assert (await submit_until_ok(new_leader, put("after", b"v", 102))).ok
+            acked = [f"k{n}" for n in range(20)] + (["k-last"] if outcome.ok else [])
+            for key in acked:
+                got = await new_leader.read(kv.encode_query(key),
+                                            "linearizable", timeout=2)
+                assert got.ok and kv.decode_result(got.result).value == b"v", (key, got)
+            assert took < 1.0, f"{took:.2f}s from the failing write to the stop"
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
