@@ -13,7 +13,7 @@ BENCH_DIR_ENV: Final = "PNYX_BENCH_DIR"
 # The command that runs one pnyx node; override it to benchmark another build
 # (it gets `serve --id ... --cluster ... --data-dir ... --client ...` appended).
 SERVE_ENV: Final = "PNYX_BENCH_SERVE"
-KNOWN_SYSTEMS: Final = ("pnyxN", "pnyxN-nofsync", "pnyx1-direct", "pysyncobjN",
+KNOWN_SYSTEMS: Final = ("pnyxN", "pnyxN-nofsync", "pnyxN-tls", "pnyx1-direct", "pysyncobjN",
                         "pysyncobjN-nobatch", "etcdN", "trivial", "wire@HOST:PORT")
 DEFAULT_SYSTEMS: Final = "pnyx3,pnyx3-nofsync,pnyx1-direct,pysyncobj3"
 # Clients share connections (each still has one request in flight): fewer, busier

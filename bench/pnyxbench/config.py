@@ -19,13 +19,14 @@ class System:
     """One thing to measure, parsed from its `--systems` name."""
 
     name: str
-    kind: str  # pnyx, pnyx-nofsync, pnyx-direct, pysyncobj, etcd, trivial, wire
+    kind: str  # pnyx, pnyx-nofsync, pnyx-tls, pnyx-direct, pysyncobj, etcd, trivial, wire
     nodes: int = 1
     address: tuple[str, int] | None = None  # wire@ only
 
     @property
     def replicated(self) -> bool:
-        return self.kind in ("pnyx", "pnyx-nofsync", "pysyncobj", "pysyncobj-nobatch", "etcd")
+        return self.kind in ("pnyx", "pnyx-nofsync", "pnyx-tls", "pysyncobj",
+                             "pysyncobj-nobatch", "etcd")
 
     def with_nodes(self, nodes: int) -> System:
         base, _, variant = self.kind.partition("-")
@@ -33,7 +34,7 @@ class System:
         return replace(self, name=f"{base}{nodes}{suffix}", nodes=nodes)
 
 
-_SYSTEM = re.compile(r"(pnyx|pysyncobj|etcd)(\d+)(-nofsync|-direct|-nobatch)?")
+_SYSTEM = re.compile(r"(pnyx|pysyncobj|etcd)(\d+)(-nofsync|-direct|-nobatch|-tls)?")
 
 
 def parse_system(text: str) -> System:
@@ -60,6 +61,10 @@ def parse_system(text: str) -> System:
         if base != "pnyx":
             raise UsageError(f"unknown system {name!r}: only pnyx has an -nofsync variant")
         return System(name, "pnyx-nofsync", nodes)
+    if variant == "-tls":
+        if base != "pnyx":
+            raise UsageError(f"unknown system {name!r}: only pnyx has a -tls variant")
+        return System(name, "pnyx-tls", nodes)
     if variant == "-nobatch":
         if base != "pysyncobj":
             raise UsageError(f"unknown system {name!r}: only pysyncobj has a -nobatch variant")

@@ -36,6 +36,7 @@ class WorkerJob:
     measure_from: float
     end_at: float
     drain: float  # seconds after end_at to wait for answers still in flight
+    cacert: str | None = None  # the targets speak TLS, with certificates from this CA
 
 
 @dataclass
@@ -190,11 +191,18 @@ class _LoadGen:
     async def run(self) -> WorkerResult:
         job = self.job
         loop = asyncio.get_running_loop()
+        tls = None
+        if job.cacert is not None:
+            import ssl
+
+            tls = ssl.create_default_context(cafile=job.cacert)
         for k in range(job.connections):
             address = job.targets[k % len(job.targets)]
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda a=address: _Conn(self, a), *address),
+                    loop.create_connection(lambda a=address: _Conn(self, a), *address,
+                                           ssl=tls,
+                                           server_hostname=address[0] if tls else None),
                     max(0.1, job.start_at - time.perf_counter()) + 1.0)
             except (OSError, TimeoutError) as exc:
                 return WorkerResult(fatal=f"cannot connect to {address[0]}:{address[1]} "

@@ -6,7 +6,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
-import socket
 import sys
 import time
 from array import array
@@ -19,7 +18,7 @@ from pnyx.statemachine import kv
 from pnyxbench.common import CONNECT_GRACE, DEFAULT_CONNECTIONS, BenchError
 from pnyxbench.config import Config, Point
 from pnyxbench.loadgen import WorkerJob, WorkerResult, worker_main
-from pnyxbench.processes import Processes, Running
+from pnyxbench.processes import TLS_CA, Processes, Running, connect
 
 
 @dataclass
@@ -95,7 +94,7 @@ def prefill(running: Running, keys: int, value_size: int, token: str) -> None:
         return
     value = b"v" * value_size
     address = running.targets("leader")[0]
-    with socket.create_connection(address, timeout=30) as s:
+    with connect(address, timeout=30) as s:
         for start in range(0, keys, 256):
             batch = range(start, min(keys, start + 256))
             s.sendall(b"".join(
@@ -176,7 +175,8 @@ def measure(running: Running, point: Point, cfg: Config, procs: Processes, rnd: 
             connections=max(1, min(connections, len(share))), value_size=point.value_size,
             read_ratio=point.read_ratio, read_mode=cfg.read_mode, keys=cfg.keys,
             token=f"{token}-{slot}", seed=cfg.seed, start_at=start_at,
-            measure_from=measure_from, end_at=end_at, drain=drain)
+            measure_from=measure_from, end_at=end_at, drain=drain,
+            cacert=TLS_CA.get(targets[0]))
         reader, writer = ctx.Pipe(duplex=False)
         worker = ctx.Process(target=worker_main, args=(job, counter, writer), daemon=True)
         procs.workers.append(worker)

@@ -115,10 +115,25 @@ class Ports:
         return ports
 
 
+# The client addresses that speak TLS (pnyxN-tls), and the CA their certificates chain to.
+TLS_CA: dict[tuple[str, int], str] = {}
+
+
+def connect(address: tuple[str, int], timeout: float) -> socket.socket:
+    """A blocking connection to a node's client port, over TLS if it speaks it."""
+    s = socket.create_connection(address, timeout=timeout)
+    if address in TLS_CA:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=TLS_CA[address])
+        s = ctx.wrap_socket(s, server_hostname=address[0])
+    return s
+
+
 def call(address: tuple[str, int], request: wire.ClientRequest,
          timeout: float = 1.0) -> wire.ClientResponse:
     """One request over a fresh connection, blocking; raises OSError if nobody answers."""
-    with socket.create_connection(address, timeout=timeout) as s:
+    with connect(address, timeout) as s:
         s.sendall(wire.frame(request))
         try:
             payload = wire.read_frame(s, wire.MAX_FRAME)
@@ -190,9 +205,25 @@ def _start_pnyx(s: System, root: Path, ports: Ports, procs: Processes) -> Runnin
             cmd.append("--unsafe-no-fsync")
         if s.kind == "pnyx-direct":
             cmd.append("--no-consensus")
+        if s.kind == "pnyx-tls":
+            # TLS on every port: mutual TLS between members, TLS for clients.
+            member = [f"{root}/certs/node-{i}.pem", f"{root}/certs/node-{i}-key.pem"]
+            cmd += ["--cert-file", member[0], "--key-file", member[1],
+                    "--peer-cert-file", member[0], "--peer-key-file", member[1],
+                    "--peer-trusted-ca-file", f"{root}/certs/ca.pem"]
         return cmd
 
-    return _start_members(s, root, ports, procs, command)
+    if s.kind == "pnyx-tls":
+        from pnyx import certs
+
+        certs.init_ca(root / "certs", "pnyx", force=True)
+        for i in range(1, s.nodes + 1):
+            certs.issue_member(root / "certs", i, ["127.0.0.1"])
+    running = _start_members(s, root, ports, procs, command)
+    if s.kind == "pnyx-tls":
+        for address in running.clients.values():
+            TLS_CA[address] = str(root / "certs" / "ca.pem")
+    return running
 
 
 def _start_pysyncobj(s: System, root: Path, ports: Ports, procs: Processes) -> Running:
@@ -265,6 +296,7 @@ def start_system(s: System, root: Path, ports: Ports, procs: Processes,
     root.mkdir(parents=True, exist_ok=True)
     starter: dict[str, Callable[[System, Path, Ports, Processes], Running]] = {
         "pnyx": _start_pnyx, "pnyx-nofsync": _start_pnyx, "pnyx-direct": _start_pnyx,
+        "pnyx-tls": _start_pnyx,
         "pysyncobj": _start_pysyncobj, "pysyncobj-nobatch": _start_pysyncobj,
         "trivial": _start_trivial, "etcd": _start_etcd,
     }
