@@ -16,8 +16,10 @@ claims is the one the sender's certificate names: a process without a
 member's key cannot speak as that member, so it cannot forge a `Chosen` or a
 `Prepare`. The dialling side checks the same of the member it dialled. A
 failed handshake or a mismatch closes the connection with one logged warning
-naming the claimed and the certified id. Certificates renewed on disk are used
-by the next connection (`pnyx.tls.Reloading`); open connections keep theirs.
+(naming the claimed and the certified id). Over TLS the node accepts peers
+itself and awaits each handshake in a task, so a failed one can be logged.
+Certificates renewed on disk are used by the next connection
+(`pnyx.tls.Reloading`); open connections keep theirs.
 Without TLS files the peers talk plaintext, which `pnyx serve` allows only on
 loopback or with `--insecure`.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -177,24 +180,6 @@ class _Inbound(asyncio.Protocol):
         self.transport = None
 
 
-class _Handshake(asyncio.Protocol):
-    """A peer's TCP connection before its TLS handshake: nothing is read until
-    `loop.start_tls` takes the connection over (a byte read here would be lost to TLS)."""
-
-    def __init__(self, owner: PeerTransport) -> None:
-        self.owner = owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        tcp = cast(asyncio.Transport, transport)
-        tcp.pause_reading()
-        task = asyncio.get_running_loop().create_task(self.owner._accept_tls(tcp))
-        self.owner._handshakes.add(task)
-        task.add_done_callback(self.owner._handshakes.discard)
-
-    def data_received(self, data: bytes) -> None:
-        pass  # reading is paused until TLS owns the connection
-
-
 class PeerTransport:
     def __init__(
         self,
@@ -216,6 +201,8 @@ class PeerTransport:
         self._server_tls = Reloading(tls, peer_server_context) if tls is not None else None
         self._client_tls = Reloading(tls, peer_client_context) if tls is not None else None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._listeners: list[socket.socket] = []  # TLS: accepted here, handshakes in tasks
+        self._accepting: list[asyncio.Task[None]] = []
         self.cluster_id = cluster_id
         self.listen = listen
         self.on_message = on_message
@@ -234,9 +221,15 @@ class PeerTransport:
     async def start(self) -> None:
         """Listen for peers (raises OSError if the address cannot be bound) and connect out."""
         loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.Protocol] = (
-            (lambda: _Handshake(self)) if self.tls is not None else (lambda: _Inbound(self)))
-        self._server = await loop.create_server(factory, self.listen.host, self.listen.port)
+        if self.tls is None:
+            self._server = await loop.create_server(
+                lambda: _Inbound(self), self.listen.host, self.listen.port)
+        else:
+            # Each handshake is awaited (`connect_accepted_socket`), so a failed one is
+            # logged: a server made with `ssl=` drops those without a word.
+            self._listeners = await _listen(self.listen)
+            self._accepting = [asyncio.create_task(self._accept(sock))
+                               for sock in self._listeners]
         for peer in self.peers.values():
             peer.task = asyncio.create_task(self._run_outbound(peer))
 
@@ -247,7 +240,10 @@ class PeerTransport:
         for conn in list(self._inbound):
             if conn.transport is not None:
                 conn.transport.abort()
-        tasks = [p.task for p in self.peers.values() if p.task] + list(self._handshakes)
+        for sock in self._listeners:
+            sock.close()
+        tasks = [p.task for p in self.peers.values() if p.task] + [
+            *self._accepting, *self._handshakes]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -362,26 +358,33 @@ class PeerTransport:
 
     # --------------------------------------------------------------- inbound
 
-    async def _accept_tls(self, tcp: asyncio.Transport) -> None:
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept peers on `listener` (TLS): each one's handshake in a task of its own."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: the next one may do
+                log.warning("cannot accept a peer connection on %s: %s", self.listen, exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._accept_tls(sock, address))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _accept_tls(self, sock: socket.socket, address: Any) -> None:
         """The TLS handshake of an inbound peer connection; then it is an `_Inbound`."""
         assert self._server_tls is not None
-        peer = tcp.get_extra_info("peername")
-        conn = _Inbound(self)
         try:
-            secured = await asyncio.get_running_loop().start_tls(
-                tcp, conn, self._server_tls.context(), server_side=True,
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Inbound(self), sock, ssl=self._server_tls.context(),
                 ssl_handshake_timeout=HELLO_TIMEOUT)
-        except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             # No certificate, one from another CA, an expired one, or not TLS at all.
             self.refused += 1
-            log.warning("closing connection from %s: TLS handshake failed: %s", peer,
-                        exc or type(exc).__name__)
-            tcp.abort()
-            return
-        if secured is None or self._closing:
-            tcp.abort()
-            return
-        conn.connection_made(secured)
+            log.warning("closing connection from %s: TLS handshake failed: %s", address,
+                        exc if str(exc) else repr(exc))
+            sock.close()
 
     def _hello(self, data: bytes, certified: int | None = None) -> int:
         """The sender a Hello names, if it is one of our peers (and, over TLS, the member
@@ -398,6 +401,31 @@ class PeerTransport:
             raise FrameError(f"hello claims node {hello.node_id} but its certificate names "
                              f"{_named(certified, self.cluster_id)}")
         return hello.node_id
+
+
+async def _listen(address: Address) -> list[socket.socket]:
+    """Listening sockets on every address `address.host` resolves to (as
+    `loop.create_server` makes them); OSError if one cannot be bound."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(
+                (i[0], i[1], i[2], "", i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _named(certified: int | None, cluster_id: str) -> str:
