@@ -591,3 +591,84 @@ def test_a_process_killed_at_a_random_moment_loses_no_acknowledged_append(
                 expected.apply(record)
         assert state == expected
     assert kills >= 5
+
+
+# ------------------------------------------------------------------ member list
+
+THREE = {1: "10.0.0.1:7001", 2: "10.0.0.2:7001", 3: "10.0.0.3:7001"}
+
+
+def test_the_member_list_is_recorded_at_first_use_and_the_same_list_passes(make_store) -> None:
+    assert make_store().check_members(THREE) is None
+    assert make_store().check_members(dict(reversed(THREE.items()))) is None
+
+
+@pytest.mark.parametrize("others", [
+    {**THREE, 4: "10.0.0.4:7001"},
+    {1: THREE[1], 2: THREE[2]},
+    {1: THREE[1], 2: THREE[2], 4: THREE[3]},
+])
+def test_other_member_ids_are_refused_naming_both_lists(make_store, others) -> None:
+    make_store().check_members(THREE)
+    with pytest.raises(StoreIdentityError) as info:
+        make_store().check_members(others)
+    message = str(info.value)
+    assert "\n" not in message
+    assert ",".join(f"{i}={a}" for i, a in sorted(THREE.items())) in message
+    assert ",".join(f"{i}={a}" for i, a in sorted(others.items())) in message
+    assert make_store().check_members(THREE) is None  # the recorded list is unchanged
+
+
+def test_moved_addresses_are_told_and_recorded(make_store) -> None:
+    make_store().check_members(THREE)
+    moved = {**THREE, 2: "10.0.9.2:7002"}
+    warning = make_store().check_members(moved)
+    assert warning is not None and "\n" not in warning
+    assert "was 2=10.0.0.2:7001" in warning and "now 2=10.0.9.2:7002" in warning
+    assert make_store().check_members(moved) is None
+
+
+def test_a_damaged_member_row_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with open_sqlite(path) as store:
+        store.check_members(THREE)
+    tamper(path, "UPDATE members SET address = ? WHERE node_id = 2", b"10.6.6.6:7001")
+    with open_sqlite(path) as store, pytest.raises(CorruptStoreError) as info:
+        store.check_members(THREE)
+    assert_one_line_naming(info.value, path, "member row 2")
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+def test_a_full_disk_fails_the_append_in_one_line_and_the_store_refuses_every_later_one(
+        tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        path = mount / "log.db"
+        acknowledged: list[LogRecord] = []
+        with open_sqlite(path) as store:
+            with pytest.raises(StoreError) as info:
+                for n in range(1, 1000):
+                    records: list[LogRecord] = [AcceptRecord(Entry(n, Ballot(1, 1),
+                                                                   batch(n, 8000)))]
+                    store.append(records)
+                    acknowledged += records
+            assert_one_line_naming(info.value, path, "database or disk is full")
+            assert acknowledged, "the disk filled before the first append"
+            with pytest.raises(StoreError, match="an earlier append failed"):
+                store.append([RoundRecord(1)])  # small enough to fit: refused all the same
+        # Closed without an error; what was acknowledged is all there, once space is freed.
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mount)], check=True)
+        with open_sqlite(path) as store:
+            assert store.load() == applied(acknowledged)
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)

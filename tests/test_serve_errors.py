@@ -266,3 +266,36 @@ def test_bench_without_a_checkout_says_how_to_get_it_in_one_line(tmp_path: Path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     one_line_error(r, "source checkout")
+
+
+def test_other_member_ids_than_the_data_was_made_with_are_one_line_naming_both(
+        tmp_path: Path) -> None:
+    p1, p2, p3, p4 = free_ports(4)
+    three = f"1=127.0.0.1:{p1},2=127.0.0.1:{p2},3=127.0.0.1:{p3}"
+    with SqliteLogStore.open(tmp_path / "pnyx.db", node_id=1, cluster_id="pnyx") as store:
+        store.check_members({int(i): a for i, a in (m.split("=") for m in three.split(","))})
+    four = f"{three},4=127.0.0.1:{p4}"
+    r = serve("--id", "1", "--cluster", four, "--data-dir", str(tmp_path))
+    one_line_error(r, "pnyx.db")
+    assert f"created with members {three}, not {four}" in r.stderr
+
+
+def test_moved_member_addresses_are_told_at_start_and_the_node_serves(tmp_path: Path) -> None:
+    p1, p2, p3, moved = free_ports(4)
+    with SqliteLogStore.open(tmp_path / "pnyx.db", node_id=1, cluster_id="pnyx") as store:
+        store.check_members({1: f"127.0.0.1:{p1}", 2: f"127.0.0.1:{p2}",
+                             3: f"127.0.0.1:{p3}"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "serve", "--id", "1", "--cluster",
+         f"1=127.0.0.1:{p1},2=127.0.0.1:{moved},3=127.0.0.1:{p3}", "--data-dir",
+         str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first, second = proc.stderr.readline(), proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert "WARNING" in first and "member addresses changed" in first, first
+    assert f"was 2=127.0.0.1:{p2}, now 2=127.0.0.1:{moved}" in first, first
+    assert "serving" in second, second
+    assert proc.returncode == 0

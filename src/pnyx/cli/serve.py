@@ -97,6 +97,13 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException 
                                         cluster_id=config.cluster_id, fsync=config.fsync)
         except StoreError as exc:
             raise StartError(str(exc)) from None
+        try:  # other member ids than the data was made with: refused, naming both lists
+            moved = store.check_members({i: str(a) for i, a in config.members.items()})
+        except StoreError as exc:
+            store.close()
+            raise StartError(str(exc)) from None
+        if moved is not None:
+            log.warning("%s", moved)
         node = Node(config, store, KVMachine(max_clients=65536), metrics)
         try:
             await node.start()

@@ -15,6 +15,11 @@ is `ReplicaDurable.apply`; both stores here implement exactly that meaning.
 - The database records the cluster identity (node id, cluster id, schema
   version) when it is created; a data directory of another node or cluster is
   refused with `StoreIdentityError`, never reused or reset.
+- It records the member list too, at the first `check_members`: a start with
+  other member ids is refused (`StoreIdentityError` naming both lists), because
+  quorums of two different member sets need not intersect — changing members
+  is a protocol of its own, not a restart. A start where only addresses
+  changed is told so, and the new addresses are recorded.
 - Damage is refused with `CorruptStoreError`, never read as an empty (and so
   promise-breaking) state: `PRAGMA quick_check` on open catches a damaged
   b-tree, and because SQLite keeps no checksums of its own, every row carries a
@@ -32,6 +37,9 @@ sequential scan:
     accepted   slot PK, round, node_id, value, crc     -- value: MessagePack `Batch`
     chosen     slot PK, value, crc                    -- value: MessagePack `Batch`, or
                                                       --   b"": the accepted row's value
+    members    node_id PK, address, crc               -- address: b"host:port"; made by
+                                                      --   the first check_members (a
+                                                      --   version 2 store may lack it)
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -104,6 +112,16 @@ CREATE TABLE chosen (
 );
 """
 
+# Made by `check_members` when missing: stores created before it have no member list,
+# and an older pnyx ignores the table, so the schema version stays the same.
+_MEMBERS_TABLE = """
+CREATE TABLE IF NOT EXISTS members (
+    node_id INTEGER PRIMARY KEY,
+    address BLOB NOT NULL,
+    crc INTEGER NOT NULL
+)
+"""
+
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 _INTS = struct.Struct(">qqq")
@@ -157,6 +175,27 @@ class StoreLockedError(StoreError):
     """Another process has the store open (two nodes must never share one log)."""
 
 
+def _members_text(members: Mapping[int, str]) -> str:
+    return ",".join(f"{i}={members[i]}" for i in sorted(members))
+
+
+def _compare_members(path: Path | None, recorded: Mapping[int, str],
+                     members: Mapping[int, str]) -> str | None:
+    """The rule of `check_members`: `StoreIdentityError` if the ids differ, a line to
+    warn with if only addresses do, None if nothing changed or nothing was recorded."""
+    if not recorded or dict(recorded) == dict(members):
+        return None
+    if set(recorded) != set(members):
+        raise StoreIdentityError(
+            path, f"this data was created with members {_members_text(recorded)}, not "
+            f"{_members_text(members)}; restart with the original list (changing the "
+            "members of a cluster is not supported yet, and a restart cannot do it safely)")
+    moved = {i: members[i] for i in sorted(members) if members[i] != recorded[i]}
+    was = {i: recorded[i] for i in moved}
+    return (f"{path}: member addresses changed since the last start: was "
+            f"{_members_text(was)}, now {_members_text(moved)} (recorded)")
+
+
 # ------------------------------------------------------------------ interface
 
 
@@ -178,6 +217,7 @@ class LogStore(Protocol):
     def stats(self) -> LogStoreStats: ...
     def append(self, records: Sequence[LogRecord]) -> None: ...
     def load(self) -> ReplicaDurable: ...
+    def check_members(self, members: Mapping[int, str]) -> str | None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -229,6 +269,7 @@ class MemoryLogStore:
         self._state = ReplicaDurable()
         self._stats = LogStoreStats()
         self._closed = False
+        self._members: dict[int, str] = {}
 
     @classmethod
     def open(cls, *, node_id: int = 0, cluster_id: str = "") -> MemoryLogStore:
@@ -253,6 +294,12 @@ class MemoryLogStore:
         if self._closed:
             raise StoreError(None, "memory log store is closed")
         return self._state.copy()
+
+    def check_members(self, members: Mapping[int, str]) -> str | None:
+        """As `SqliteLogStore.check_members`."""
+        warning = _compare_members(None, self._members, members)
+        self._members = dict(members)
+        return warning
 
     def close(self) -> None:
         self._closed = True
@@ -591,6 +638,40 @@ class SqliteLogStore:
             self._stats.records += len(records)
             self._stats.commit_seconds += elapsed
             self._stats.last_commit_seconds = elapsed
+
+    def check_members(self, members: Mapping[int, str]) -> str | None:
+        """Hold `members` (node id -> "host:port") against the member list recorded
+        with this store, recording it on first use. Raises `StoreIdentityError`, naming
+        both lists, if the member ids differ; if only addresses differ, records the new
+        ones and returns a line saying so (for the node to log); otherwise None."""
+        with self._lock:
+            conn = self._live()
+            try:
+                conn.execute(_MEMBERS_TABLE)
+                rows = conn.execute("SELECT node_id, address, crc FROM members").fetchall()
+            except sqlite3.Error as exc:
+                raise _sql_error(self.path, exc, "cannot read the member list") from None
+            recorded: dict[int, str] = {}
+            for node, address, crc in rows:
+                if not self._crc_ok(crc, node, 0, 0, address):
+                    raise CorruptStoreError(self.path, f"member row {node!r} damaged")
+                recorded[_node_from_sql(node)] = address.decode(errors="replace")
+            warning = _compare_members(self.path, recorded, members)
+            if recorded == dict(members):
+                return None
+            rows = []
+            for node_id, address in members.items():
+                node, value = _node_to_sql(node_id), address.encode()
+                rows.append((node, value, _row_crc(node, 0, 0, value)))
+            try:
+                conn.execute("BEGIN")
+                conn.execute("DELETE FROM members")
+                conn.executemany("INSERT INTO members VALUES (?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise _sql_error(self.path, exc, "cannot record the member list") from None
+            return warning
 
     def load(self) -> ReplicaDurable:
         """The state the durable records add up to; `CorruptStoreError` if any row is damaged."""
