@@ -32,8 +32,10 @@ from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.requests import SHUTTING_DOWN
 from pnyx.protocol.multipaxos import Outcome
 from pnyx.protocol.multipaxos.records import LogRecord
+from pnyx.protocol.synod.node import DurableState
+from pnyx.register import LocalRegister
 from pnyx.statemachine import kv
-from pnyx.storage import MemoryLogStore, StoreError
+from pnyx.storage import MemoryLogStore, MemoryRecord, StoreError
 from pnyx.testing import Cluster, free_ports
 
 VALUE = b"v" * 16384  # 2 MiB of tmpfs holds about a hundred of these, WAL and all
@@ -297,3 +299,34 @@ def test_a_failed_durable_write_stops_the_node_and_the_rest_keep_every_acked_wri
                 await node.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class FailingRecord(MemoryRecord):
+    """A register process's record whose saves fail once `fault` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fault: BaseException | None = None
+        self.refused = 0
+
+    def save(self, state: DurableState) -> None:
+        if self.fault is not None:
+            self.refused += 1
+            raise self.fault
+        super().save(state)
+
+
+def test_a_register_process_whose_record_cannot_be_saved_stops_and_the_rest_choose() -> None:
+    async def main() -> None:
+        async with LocalRegister(nodes=3, seed=7) as register:
+            failing = FailingRecord()
+            failing.fault = OSError(28, "No space left on device")
+            register._memory[1] = failing  # type: ignore[assignment]
+            register.restart(1)
+            with pytest.raises(OSError, match="No space left"):
+                await register.propose(b"blue", via=1, timeout=5)
+            assert register.drivers[1].closed and failing.refused == 1
+            assert await register.propose(b"green", via=2, timeout=5) == b"green"
+            assert await register.learn(via=3, timeout=5) == b"green"
+
+    asyncio.run(main())

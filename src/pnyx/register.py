@@ -96,7 +96,15 @@ class SynodDriver:
         while self._pending is not None:
             seq, state = self._pending
             self._pending = None
-            await asyncio.to_thread(self.record.save, state)
+            try:
+                await asyncio.to_thread(self.record.save, state)
+            except Exception as exc:
+                # As `Driver.disk_failed`: a disk that cannot keep promises stops the
+                # process, never retried; whoever waits on it hears why.
+                self.close()
+                if not self._learned.done():
+                    self._learned.set_exception(exc)
+                return
             # A waiter hears of the chosen value once this process durably knows it.
             if state.chosen is not None and not self._learned.done():
                 self._learned.set_result(state.chosen)
