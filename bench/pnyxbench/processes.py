@@ -206,11 +206,12 @@ def _start_pnyx(s: System, root: Path, ports: Ports, procs: Processes) -> Runnin
         if s.kind == "pnyx-direct":
             cmd.append("--no-consensus")
         if s.kind == "pnyx-tls":
-            # TLS on every port: mutual TLS between members, TLS for clients.
+            # TLS on the client port; PNYX_BENCH_PEER_TLS=1 adds mutual TLS between members.
             member = [f"{root}/certs/node-{i}.pem", f"{root}/certs/node-{i}-key.pem"]
-            cmd += ["--cert-file", member[0], "--key-file", member[1],
-                    "--peer-cert-file", member[0], "--peer-key-file", member[1],
-                    "--peer-trusted-ca-file", f"{root}/certs/ca.pem"]
+            cmd += ["--cert-file", member[0], "--key-file", member[1]]
+            if os.environ.get("PNYX_BENCH_PEER_TLS") == "1":
+                cmd += ["--peer-cert-file", member[0], "--peer-key-file", member[1],
+                        "--peer-trusted-ca-file", f"{root}/certs/ca.pem"]
         return cmd
 
     if s.kind == "pnyx-tls":
