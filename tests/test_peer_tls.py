@@ -501,3 +501,62 @@ def test_certs_cli_errors_are_one_line(tmp_path: Path,
     assert "--force" in capsys.readouterr().err
     assert main(["certs", "issue", str(tmp_path)]) == 2
     assert main(["certs", "issue", str(tmp_path), "--client", "bob", "--host", "x"]) == 2
+
+
+def _port_run(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1."""
+    import socket
+
+    for base in range(20000, 60000, 97):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+def test_pnyx_cluster_runs_its_peers_over_tls_by_default_and_its_commands_work(
+    tmp_path: Path,
+) -> None:
+    import shlex
+    import signal
+
+    peer = _port_run(9)
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "cluster", "--data-dir", str(data), "--peer-port",
+         str(peer), "--http-port", str(peer + 3), "--client-port", str(peer + 6)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        banner = ""
+        while "Press Ctrl-C" not in banner:
+            line = proc.stdout.readline()
+            assert line, f"pnyx cluster ended: {banner}{proc.stderr.read() if proc.stderr else ''}"
+            banner += line
+        assert f"peers talk mutual TLS (certificates in {data / 'certs'}/)" in banner
+        assert os.stat(data / "certs" / "ca-key.pem").st_mode & 0o077 == 0
+        commands = [shlex.split(line) for line in banner.splitlines()
+                    if line.startswith("  ") and " --endpoints " in line]
+        assert [c[1] for c in commands] == ["put", "get", "status"]
+        for command in commands:  # as printed, the pnyx executable replaced by this Python's
+            r = subprocess.run([sys.executable, "-m", "pnyx.cli", *command[1:]],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, (command, r.stdout, r.stderr)
+            if command[1] == "get":
+                assert r.stdout.strip() == "hello"
+        assert request("GET", f"http://127.0.0.1:{peer + 5}/v1/kv/greeting").body == b"hello"
+        for i in IDS:
+            assert "peers over mutual TLS" in (data / "logs" / f"node-{i}.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

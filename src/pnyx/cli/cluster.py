@@ -4,6 +4,11 @@ It starts one `pnyx serve` process per node (peer, HTTP and binary client
 ports counted up from --peer-port, --http-port and --client-port), waits until
 every node answers, tells the user where they are and how to talk to them, and
 stops them all on Ctrl-C or SIGTERM.
+
+Its members talk mutual TLS, as a production cluster should: the first run
+makes a CA and a certificate per node in DIR/certs (`pnyx.certs`), later runs
+reuse them; `--no-tls` turns that off. The client ports stay plaintext, on
+loopback only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ DESCRIPTION = ("Start a local cluster of `pnyx serve` processes on 127.0.0.1 and
                "running until Ctrl-C. Node i (from 1) listens for peers on --peer-port + i - 1, "
                "serves HTTP on --http-port + i - 1 and the binary client protocol on "
                "--client-port + i - 1; its log is in DIR/node-i and its output in "
-               "DIR/logs/node-i.log.")
+               "DIR/logs/node-i.log. Peers talk mutual TLS with certificates made in DIR/certs "
+               "(unless --no-tls).")
 
 
 def add_parsers(sub: Any) -> None:
@@ -47,6 +53,9 @@ def add_parsers(sub: Any) -> None:
                     "(default 9001; 0 to serve none)")
     cl.add_argument("--unsafe-no-fsync", action="store_true",
                     help="do not fsync (benchmarks only)")
+    cl.add_argument("--no-tls", action="store_true",
+                    help="peers talk plaintext (default: mutual TLS, with a CA and node "
+                    "certificates made in DIR/certs on the first run)")
     cl.set_defaults(run=run)
 
 
@@ -60,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         if not 1024 <= port <= 65535 - args.nodes:
             raise UsageError(f"pnyx cluster: {flag} {port} is outside 1024..65535")
     return cluster(args.nodes, Path(args.data_dir), args.peer_port, args.http_port,
-                   fsync=not args.unsafe_no_fsync, client_port=args.client_port or None)
+                   fsync=not args.unsafe_no_fsync, client_port=args.client_port or None,
+                   tls=not args.no_tls)
 
 
 def _port_free(port: int) -> bool:
@@ -81,9 +91,27 @@ def _answers(http: Address) -> bool:
         return False
 
 
+def peer_certificates(certs_dir: Path, ids: range) -> dict[int, list[str]]:
+    """Each node's `pnyx serve` flags of peer TLS, from certificates in `certs_dir`; the CA
+    and any node's certificate that is missing are made there first."""
+    from pnyx.certs import CA_CERT, CertError, init_ca, issue_member
+
+    try:
+        if not (certs_dir / CA_CERT).exists():
+            init_ca(certs_dir)
+        for i in ids:
+            if not (certs_dir / f"node-{i}.pem").exists():
+                issue_member(certs_dir, i, ["127.0.0.1", "localhost"])
+    except (CertError, OSError) as exc:
+        raise StartError(f"cannot make certificates in {certs_dir}: {exc}") from None
+    return {i: ["--peer-cert-file", str(certs_dir / f"node-{i}.pem"),
+                "--peer-key-file", str(certs_dir / f"node-{i}-key.pem"),
+                "--peer-trusted-ca-file", str(certs_dir / CA_CERT)] for i in ids}
+
+
 def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             fsync: bool = True, ready_timeout: float = 20.0,
-            client_port: int | None = None) -> int:
+            client_port: int | None = None, tls: bool = True) -> int:
     """Start a local cluster of `nodes` processes and wait for Ctrl-C."""
     ids = range(1, nodes + 1)
     peers = {i: Address("127.0.0.1", peer_port + i - 1) for i in ids}
@@ -95,6 +123,7 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             raise StartError(f"port {addr.port} on 127.0.0.1 is in use "
                              "(choose others with --peer-port / --http-port / --client-port)")
     check_data_dir(data_dir)
+    peer_tls = peer_certificates(data_dir / "certs", ids) if tls else {}
     spec = ",".join(f"{i}={addr}" for i, addr in peers.items())
     procs: dict[int, subprocess.Popen[bytes]] = {}
     logs = data_dir / "logs"
@@ -128,6 +157,7 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
                 cmd.append("--unsafe-no-fsync")
             if fast:
                 cmd += ["--client", str(fast[i])]
+            cmd += peer_tls.get(i, [])
             with open(logs / f"node-{i}.log", "ab") as out:
                 procs[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -148,7 +178,10 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             raise StartError(f"nodes {sorted(waiting)} did not answer within {ready_timeout:g} s "
                              f"(see {logs})")
         endpoints = ",".join(str(a) for a in https.values())
-        print(f"pnyx cluster: {nodes} nodes running, data in {data_dir}/\n")
+        print(f"pnyx cluster: {nodes} nodes running, data in {data_dir}/")
+        print(f"peers talk mutual TLS (certificates in {data_dir / 'certs'}/); clients "
+              "plaintext on loopback\n" if tls else
+              "peers talk plaintext (--no-tls); clients plaintext on loopback\n")
         for i in ids:
             binary = f"   binary {fast[i]}" if fast else ""
             print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}{binary}   "
