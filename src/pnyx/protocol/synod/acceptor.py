@@ -6,7 +6,7 @@ has accepted. An Accept is accepted unless the acceptor has promised a higher
 ballot. Every change of state is returned to the caller to be made durable;
 the reply reports that state and so may only leave once it is durable (the
 ordering is enforced by `pnyx.protocol.synod.node`). The two rules are functions,
-`may_promise` and `may_accept`, which Multi-Paxos (`pnyx.protocol.multipaxos.replica`)
+`may_promise` and `may_accept`, which Multi-Paxos (`pnyx.protocol.multipaxos.acceptor`)
 applies with one promise for every slot.
 """
 
