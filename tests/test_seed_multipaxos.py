@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 
+from harness import Memo
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos import (
     LogReady,
@@ -53,26 +54,6 @@ Filter = Callable[[int, LogMessage], bool]
 
 
 # ----------------------------------------------------------------- harness
-
-
-class Memo:
-    """A small deterministic state machine: `b"k=v"` sets k, `query(b"k")` reads it.
-
-    It remembers every `(index, command)` it applied, so a test can see the
-    order and that nothing was applied twice."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.log: list[tuple[int, bytes]] = []
-
-    def apply(self, command: bytes, index: int) -> bytes:
-        self.log.append((index, command))
-        key, _, value = command.partition(b"=")
-        self.data[key] = value
-        return b"applied " + command
-
-    def query(self, query: bytes) -> bytes:
-        return self.data.get(query, b"-")
 
 
 def everything(dst: int, m: LogMessage) -> bool:
