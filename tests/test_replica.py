@@ -10,6 +10,18 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from harness import (
+    MEMBERS,
+    Memo,
+    Net,
+    accept_for,
+    batch,
+    but_not,
+    cmd,
+    either,
+    of_type,
+    touching,
+)
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
 from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, Role
 from pnyx.protocol.multipaxos.messages import (
@@ -39,18 +51,6 @@ from pnyx.protocol.multipaxos.records import (
 from pnyx.statemachine.base import SafeApply
 from pnyx.statemachine.kv import KVMachine, Ok, Put, Request, decode_result, encode_query
 from pnyx.statemachine.kv import encode_request as kv_request
-from test_seed_multipaxos import (
-    MEMBERS,
-    Memo,
-    Net,
-    accept_for,
-    batch,
-    but_not,
-    cmd,
-    either,
-    of_type,
-    touching,
-)
 
 # ------------------------------------------------------------- fail fast
 

@@ -11,6 +11,7 @@ import asyncio
 import random
 from pathlib import Path
 
+from harness import Memo, Net, but_not, either, of_type, touching
 from pnyx.node.config import Address
 from pnyx.node.transport import DEFAULT_MAX_FRAME, PeerTransport
 from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
@@ -27,7 +28,6 @@ from pnyx.protocol.multipaxos.messages import (
     encode,
 )
 from pnyx.protocol.multipaxos.records import ReplicaDurable
-from test_seed_multipaxos import Memo, Net, but_not, either, of_type, touching
 
 FIVE = (1, 2, 3, 4, 5)
 
