@@ -95,8 +95,8 @@ The seed (`paxos-notes.md`), rule by rule: where it is obeyed, what proves it
 
   Read as a learner: ask all, take the majority's value, else fail
     reads.Reads.add (mode "quorum"), Reads.evaluate_quorum_read
-    test_replica::test_a_quorum_read_waits_for_a_quorum_that_has_applied_the_highest_accepted_slot
-    test_replica::test_a_replica_holds_a_quorum_read_until_it_has_applied_min_applied
+    test_replica_reads::test_a_quorum_read_waits_for_a_quorum_that_has_applied_the_highest_accepted_slot
+    test_replica_reads::test_a_replica_holds_a_quorum_read_until_it_has_applied_min_applied
   Write requests may go to any member
     pipeline.Pipeline.route, Pipeline.on_forward, election.Election.want_leader
     test_seed_multipaxos::test_a_follower_forwards_a_command_to_the_leader_and_answers_once_it_applies_it
@@ -121,7 +121,7 @@ The seed (`paxos-notes.md`), rule by rule: where it is obeyed, what proves it
   Safety 3: never learn a value chosen unless it is
     log.Log.learn_commit (only entries accepted in the leader's ballot), Log.on_chosen
     test_seed_multipaxos::test_a_follower_never_takes_its_own_value_from_an_older_ballot_as_chosen
-    test_review_findings::test_a_follower_never_learns_from_commit_a_value_that_was_not_chosen
+    test_seed_multipaxos::test_a_follower_never_learns_from_commit_a_value_that_was_not_chosen
   An acceptor must accept the first proposal it receives
     acceptor.Acceptor.on_accept (synod.acceptor.may_accept: ballot >= promised)
     test_seed_basic_paxos::test_acceptor_accepts_first_proposal_it_receives
