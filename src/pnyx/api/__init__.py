@@ -1,7 +1,10 @@
 """The client-facing half of a node: the HTTP API, its contract with the node, and metrics.
 
 - `pnyx.api.node_api`: `NodeAPI`, what the HTTP layer needs from a node.
-- `pnyx.api.http`: `make_app(node)`, the aiohttp application (routes, status codes).
+- `pnyx.api.http`: `make_app(node)`, the aiohttp application (routes, status codes),
+  and `serve_http(node, host, port, limits=, ssl=)`, which serves it as `pnyx serve` does.
+- `pnyx.api.binary`: `serve_clients(node, host, port, limits=, ssl=)`, the binary protocol.
+- `pnyx.api.limits`: `ClientLimits`, the bounds on client connections both ports keep.
 - `Metrics` (re-exported): a node's Prometheus registry, which lives in `pnyx.node.metrics`.
 """
 
