@@ -1,11 +1,15 @@
-"""The Multi-Paxos `Replica` beyond the seed: fail-fast, batching, read modes,
-persist-before-send and restart, bad input.
+"""The Multi-Paxos `Replica` beyond the seed: fail-fast, batching, persist-before-send
+and restart, bounded state and message sizes, bad input, a state machine that raises,
+and the units' invariants. (Reads are in `test_replica_reads.py`.)
 
-Driven by hand through `Net` from `test_seed_multipaxos.py`; each docstring
-names the rule and, where there is one, the seed section it rests on.
+Driven by hand through `Net` from `harness.py`; each docstring names the rule and,
+where there is one, the seed section it rests on.
 """
 
 from __future__ import annotations
+
+import random
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -20,13 +24,19 @@ from harness import (
     of_type,
     touching,
 )
+from pnyx.node.transport import DEFAULT_MAX_FRAME
 from pnyx.protocol.ballot import MAX_ROUND, Ballot
-from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, Role
+from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig, Role
 from pnyx.protocol.multipaxos.messages import (
+    NOOP,
     Aborted,
     Accept,
     Accepted,
     Batch,
+    CatchUp,
+    Chosen,
+    Command,
+    Decided,
     Entry,
     Forward,
     Heartbeat,
@@ -38,11 +48,13 @@ from pnyx.protocol.multipaxos.messages import (
 from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
     PromiseRecord,
+    ReplicaDurable,
     RoundRecord,
 )
 from pnyx.statemachine.base import SafeApply
 from pnyx.statemachine.kv import KVMachine, Ok, Put, Request, decode_result, encode_query
 from pnyx.statemachine.kv import encode_request as kv_request
+from pnyx.storage import SqliteLogStore
 
 # ------------------------------------------------------------- fail fast
 
@@ -130,7 +142,7 @@ def test_a_batch_stops_at_max_batch_bytes() -> None:
     assert [len(net.values[1][s].commands) for s in net.applied[1]] == [1, 1, 1, 1]
 
 
-# ------------------------------------------------- persist before send
+# ------------------------------------------------- persist before send, and restart
 
 
 def test_promise_leaves_only_after_the_promise_is_durable() -> None:
@@ -222,6 +234,87 @@ def test_a_restarted_replica_never_reuses_a_ballot_round_nobody_else_saw() -> No
     assert second.round > first.round
 
 
+def test_a_caught_up_chosen_value_still_loads_after_a_late_accept_of_an_older_ballot(
+        tmp_path: Path) -> None:
+    """A legal history in a cluster of five, seen by replica 2:
+
+    - ballot 1.1: leader 1 proposes v in slot 1; only 1 and 2 accept it.
+    - ballot 2.3: leader 3 (phase 1 with 3, 4, 5: nothing accepted) proposes a no-op in
+      slot 1; only 3 accepts it, its Accept to 2 is delayed.
+    - ballot 3.4: leader 4 (phase 1 with 1, 4, 5: 1 reports v) proposes v; 1, 4 and 5
+      accept it: v is chosen. Replica 2 catches up from 4 and learns v chosen. In a
+      driver that hands messages over as objects (the simulator, the hand-driven tests)
+      that v is the very object replica 2 accepted in ballot 1.1.
+    - the delayed Accept of ballot 2.3 reaches replica 2, which has promised nothing
+      higher than 1.1, so it accepts it: its accepted entry for slot 1 is now the no-op.
+
+    Slot 1's chosen value is v, in memory and after a restart. (A chosen row kept as a
+    reference to the accepted row loaded the no-op: a different value than was chosen.)
+    """
+    config = ReplicaConfig.majority((1, 2, 3, 4, 5))
+    store = SqliteLogStore.open(tmp_path / "log.db", node_id=2, cluster_id="c")
+    replica = Replica(2, config, random.Random(0), KVMachine())
+
+    def obey(ready: LogReady) -> None:
+        store.append(ready.persist)
+        replica.persisted(ready.persist_seq)
+
+    v = Batch((Command(1, 1, kv_request(Request("c", 1, Put("k", b"v")))),))
+    obey(replica.step(Accept(1, Ballot(1, 1), 1, v, 0), 1.0))
+    obey(replica.step(Chosen(4, (Decided(1, v),), 1), 1.1))
+    obey(replica.step(Accept(3, Ballot(2, 3), 1, NOOP, 0), 1.2))
+    assert replica.accepted[1].value == NOOP  # legal: 2 never promised 3.4
+    assert replica.chosen[1] == v
+    store.close()
+    with SqliteLogStore.open(tmp_path / "log.db", node_id=2, cluster_id="c") as reopened:
+        assert reopened.load().chosen[1] == v
+
+
+# ------------------------------------------------- bounded state and message sizes
+
+
+def test_a_single_member_leader_does_not_accumulate_heartbeat_rounds() -> None:
+    """A leader keeps the acks of the last heartbeat rounds only, even when it is its
+    own quorum and every round is acked at once."""
+    net = Net((1,))
+    net.elect(1)
+    for _ in range(1000):  # 20 s of heartbeats
+        net.tick([1], dt=net.cfg.heartbeat_interval)
+        net.deliver()
+    assert net.nodes[1].is_leader
+    assert len(net.nodes[1].election.acks) <= 2, f"{len(net.nodes[1].election.acks)} rounds kept"
+
+
+def test_cancelled_commands_do_not_pile_up_on_a_replica_without_a_leader() -> None:
+    net = Net()
+    net.elect(1)
+    net.settle(rounds=2)
+    cut = touching(3)
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([3])  # node 3 loses its leader; it cannot elect anyone alone
+    net.drop(cut)
+    assert net.nodes[3].leader is None
+    for rid in range(1, 2001):  # clients time out and retry, again and again
+        net.submit(3, rid, b"k=" + b"v" * 1000)
+        net.nodes[3].cancel(rid)
+        net.drop(cut)
+    pending = len(net.nodes[3].pipeline.unrouted)
+    assert pending == 0, f"{pending} abandoned commands still queued on node 3"
+
+
+def test_a_catch_up_reply_fits_in_one_transport_frame() -> None:
+    big = b"v" * ((1 << 20) - 64)  # one command just under max_command
+    chosen = {s: Batch((Command(9, s, big),)) for s in range(1, 65)}
+    cfg = ReplicaConfig.majority((1, 2, 3))
+    source = Replica(1, cfg, random.Random(0), Memo(),  # type: ignore[arg-type]
+                     ReplicaDurable(chosen=chosen))
+    ready = source.step(CatchUp(2, 1), 0.0)
+    replies = [m for _, m in ready.send if isinstance(m, Chosen)]
+    assert replies
+    sizes = [len(encode(m)) for m in replies]
+    assert max(sizes) <= DEFAULT_MAX_FRAME, f"{max(sizes)} bytes > {DEFAULT_MAX_FRAME}"
+
+
 # ------------------------------------------------------------ bad input
 
 
@@ -293,6 +386,9 @@ def test_a_message_from_a_non_member_is_dropped() -> None:
         assert _snapshot(node) == before
 
 
+# ------------------------------------------------- a state machine whose apply raises
+
+
 class Fragile:
     """A machine whose `apply` raises on `boom`."""
 
@@ -360,7 +456,6 @@ def test_a_replica_running_a_safeapply_wrapped_machine_can_serve_reads() -> None
     ((_, outcome),) = ready.outcomes
     result = decode_result(outcome.result)
     assert isinstance(result, Ok) and result.value == b"v"
-
 
 
 # ------------------------------------------------------------ invariants

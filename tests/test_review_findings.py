@@ -8,21 +8,12 @@ drive `Replica`s by hand through `Net` from test_seed_multipaxos.py.
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
-from harness import Memo, Net, touching
+from harness import Memo
 from pnyx.node.config import Address
-from pnyx.node.transport import DEFAULT_MAX_FRAME, PeerTransport
-from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import (
-    Batch,
-    CatchUp,
-    Chosen,
-    Command,
-    encode,
-)
-from pnyx.protocol.multipaxos.records import ReplicaDurable
+from pnyx.node.transport import PeerTransport
+from pnyx.protocol.multipaxos import LogReady, Outcome
 
 FIVE = (1, 2, 3, 4, 5)
 
@@ -33,33 +24,10 @@ FIVE = (1, 2, 3, 4, 5)
 # ---------------------------------------------------------- unbounded state
 
 
-def test_a_single_member_leader_does_not_accumulate_heartbeat_rounds() -> None:
-    net = Net((1,))
-    net.elect(1)
-    for _ in range(1000):  # 20 s of heartbeats
-        net.tick([1], dt=net.cfg.heartbeat_interval)
-        net.deliver()
-    assert net.nodes[1].is_leader
-    assert len(net.nodes[1].election.acks) <= 2, f"{len(net.nodes[1].election.acks)} rounds kept"
-
-
 # ----------------------------------------------------------- quorum reads
 
 
 # --------------------------------------------------------- message sizes
-
-
-def test_a_catch_up_reply_fits_in_one_transport_frame() -> None:
-    big = b"v" * ((1 << 20) - 64)  # one command just under max_command
-    chosen = {s: Batch((Command(9, s, big),)) for s in range(1, 65)}
-    cfg = ReplicaConfig.majority((1, 2, 3))
-    source = Replica(1, cfg, random.Random(0), Memo(),  # type: ignore[arg-type]
-                     ReplicaDurable(chosen=chosen))
-    ready = source.step(CatchUp(2, 1), 0.0)
-    replies = [m for _, m in ready.send if isinstance(m, Chosen)]
-    assert replies
-    sizes = [len(encode(m)) for m in replies]
-    assert max(sizes) <= DEFAULT_MAX_FRAME, f"{max(sizes)} bytes > {DEFAULT_MAX_FRAME}"
 
 
 # -------------------------------------------------------------- transport
@@ -136,18 +104,3 @@ def test_node_submit_does_not_turn_one_request_into_two_log_commands() -> None:
         "may still be chosen (that is what 'unknown' means), so both can be applied")
 
 
-def test_cancelled_commands_do_not_pile_up_on_a_replica_without_a_leader() -> None:
-    net = Net()
-    net.elect(1)
-    net.settle(rounds=2)
-    cut = touching(3)
-    net.now += 2 * net.cfg.election_timeout + 0.01
-    net.tick([3])  # node 3 loses its leader; it cannot elect anyone alone
-    net.drop(cut)
-    assert net.nodes[3].leader is None
-    for rid in range(1, 2001):  # clients time out and retry, again and again
-        net.submit(3, rid, b"k=" + b"v" * 1000)
-        net.nodes[3].cancel(rid)
-        net.drop(cut)
-    pending = len(net.nodes[3].pipeline.unrouted)
-    assert pending == 0, f"{pending} abandoned commands still queued on node 3"

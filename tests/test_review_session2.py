@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,57 +15,12 @@ import pytest
 from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.requests import DEADLINE_TICK
 from pnyx.node.transport import PeerTransport
-from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.multipaxos import LogReady, Outcome, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import (
-    NOOP,
-    Accept,
-    Batch,
-    Chosen,
-    Command,
-    Decided,
-)
+from pnyx.protocol.multipaxos import Outcome
 from pnyx.statemachine import kv
-from pnyx.storage import MemoryLogStore, SqliteLogStore
+from pnyx.storage import MemoryLogStore
 from pnyx.testing import free_ports
 
 # ------------------------------------------------- chosen values stored by reference
-
-
-def test_a_caught_up_chosen_value_still_loads_after_a_late_accept_of_an_older_ballot(
-        tmp_path: Path) -> None:
-    """A legal history in a cluster of five, seen by replica 2:
-
-    - ballot 1.1: leader 1 proposes v in slot 1; only 1 and 2 accept it.
-    - ballot 2.3: leader 3 (phase 1 with 3, 4, 5: nothing accepted) proposes a no-op in
-      slot 1; only 3 accepts it, its Accept to 2 is delayed.
-    - ballot 3.4: leader 4 (phase 1 with 1, 4, 5: 1 reports v) proposes v; 1, 4 and 5
-      accept it: v is chosen. Replica 2 catches up from 4 and learns v chosen. In a
-      driver that hands messages over as objects (the simulator, the hand-driven tests)
-      that v is the very object replica 2 accepted in ballot 1.1.
-    - the delayed Accept of ballot 2.3 reaches replica 2, which has promised nothing
-      higher than 1.1, so it accepts it: its accepted entry for slot 1 is now the no-op.
-
-    Slot 1's chosen value is v, in memory and after a restart. (A chosen row kept as a
-    reference to the accepted row loaded the no-op: a different value than was chosen.)
-    """
-    config = ReplicaConfig.majority((1, 2, 3, 4, 5))
-    store = SqliteLogStore.open(tmp_path / "log.db", node_id=2, cluster_id="c")
-    replica = Replica(2, config, random.Random(0), kv.KVMachine())
-
-    def obey(ready: LogReady) -> None:
-        store.append(ready.persist)
-        replica.persisted(ready.persist_seq)
-
-    v = Batch((Command(1, 1, kv.encode_request(kv.Request("c", 1, kv.Put("k", b"v")))),))
-    obey(replica.step(Accept(1, Ballot(1, 1), 1, v, 0), 1.0))
-    obey(replica.step(Chosen(4, (Decided(1, v),), 1), 1.1))
-    obey(replica.step(Accept(3, Ballot(2, 3), 1, NOOP, 0), 1.2))
-    assert replica.accepted[1].value == NOOP  # legal: 2 never promised 3.4
-    assert replica.chosen[1] == v
-    store.close()
-    with SqliteLogStore.open(tmp_path / "log.db", node_id=2, cluster_id="c") as reopened:
-        assert reopened.load().chosen[1] == v
 
 
 # ----------------------------------------------------------------- peer transport
