@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -24,7 +25,7 @@ from pnyx.api.binary import NODE_GRACE, close_server, serve_clients
 from pnyx.node import Address, Node, NodeConfig
 from pnyx.node.direct import DirectNode
 from pnyx.node.metrics import Metrics
-from pnyx.node.requests import SHUTTING_DOWN, SHUTTING_DOWN_UNKNOWN
+from pnyx.node.requests import DEADLINE_TICK, SHUTTING_DOWN, SHUTTING_DOWN_UNKNOWN
 from pnyx.protocol.ballot import ZERO
 from pnyx.protocol.multipaxos import Code, LogReady, Outcome, Role
 from pnyx.protocol.multipaxos.messages import Batch, Command
@@ -252,6 +253,113 @@ async def test_submit_with_unknown_outcome_is_reported_at_once_and_never_resubmi
         assert len(proposed) == 1
         assert len(done.outcomes) == 1
         assert node._waiters == {} and live_requests(node) == 0
+
+
+class _AbortOnceReplica:
+    """Stands in for `Replica` to show what `Node.submit` does with an outcome that is
+    `unknown` (the command may still be chosen, which is what `Aborted` means)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[int, bytes]] = []
+
+    def submit(self, request_id: int, payload: bytes, now: float) -> LogReady:
+        self.submitted.append((request_id, payload))
+        if len(self.submitted) == 1:
+            outcome = Outcome(False, error="aborted: the leader changed before it was chosen",
+                              unknown=True)
+        else:
+            outcome = Outcome(True, b"ok", 1)
+        return LogReady(outcomes=[(request_id, outcome)])
+
+    def submit_many(self, requests: list[tuple[int, bytes]], now: float) -> LogReady:
+        ready = LogReady()
+        for request_id, payload in requests:
+            ready.outcomes += self.submit(request_id, payload, now).outcomes
+        return ready
+
+    def cancel(self, request_id: int) -> None:
+        pass
+
+
+def test_awaited_submit_with_unknown_outcome_returns_it_and_never_resubmits() -> None:
+    """The coroutine `Node.submit` does what `submit_nowait` does above: one request is
+    one command in the log, however its outcome turns out."""
+
+    class _Transport:
+        def send(self, dst: int, data: bytes) -> None:
+            pass
+
+    async def scenario() -> tuple[Outcome, list[tuple[int, bytes]]]:
+        members = {1: Address("127.0.0.1", 1)}
+        node = Node(NodeConfig(1, members, Path("/nonexistent")), store=None,
+                    machine=kv.KVMachine())
+        fake = _AbortOnceReplica()
+        node.replica = fake  # type: ignore[assignment]
+        node.transport = _Transport()  # type: ignore[assignment]
+        node.clock = asyncio.get_running_loop()
+        outcome = await node.submit(b"inc", timeout=1.0)
+        return outcome, fake.submitted
+
+    outcome, submitted = asyncio.run(scenario())
+    # An unknown outcome goes back to the caller, who retries under its own
+    # identity (the key-value APIs do, with idempotency keys); nothing is resubmitted.
+    assert not outcome.ok and outcome.unknown
+    ids = {rid for rid, _ in submitted}
+    assert len(ids) == 1, (
+        f"one submit became {len(submitted)} distinct commands {sorted(ids)}; the first "
+        "may still be chosen (that is what 'unknown' means), so both can be applied")
+
+
+class _WholeMillisecondLoop:
+    """The parts of a loop the request machinery uses, with a clock that reads whole
+    milliseconds, as uvloop's does (`loop.time()` is libuv's millisecond clock)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.timers: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        self.timers.append((when, callback))
+        return asyncio.TimerHandle(when, callback, args, self)  # type: ignore[arg-type]
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        pass  # the gathered command is never submitted: there is no replica here
+
+    def _timer_handle_cancelled(self, handle: Any) -> None:
+        pass
+
+    def get_debug(self) -> bool:
+        return False
+
+
+def test_a_request_is_given_up_when_the_deadline_timer_fires_at_its_tick() -> None:
+    """The deadline timer of a tick fires when `loop.time()` reaches the tick; the
+    requests of that tick are then given up at once. (At a time of whole milliseconds,
+    `floor(time / DEADLINE_TICK)` is one tick short for about a third of the ticks, so
+    the bucket was kept and the timer re-armed for a moment already past: under uvloop
+    the loop spun, ~140 wake-ups per tick, for each tick with a request pending.)"""
+    # A tick whose time in whole milliseconds divides one short in floating point.
+    ms = next(m for m in range(2000, 1_000_000, 50)
+              if math.floor((m / 1000) / DEADLINE_TICK) != m // 50
+              and math.ceil((m / 1000) / DEADLINE_TICK) == m // 50
+              and (m / 1000 - 1.0) + 1.0 == m / 1000)
+    tick_time = ms / 1000
+    members = {1: Address("127.0.0.1", 1), 2: Address("127.0.0.1", 2),
+               3: Address("127.0.0.1", 3)}
+    node = Node(NodeConfig(1, members, Path("unused")), MemoryLogStore(node_id=1),
+                kv.KVMachine())
+    loop = _WholeMillisecondLoop(tick_time - 1.0)
+    node.clock = loop  # type: ignore[assignment]
+    outcomes: list[Outcome] = []
+    node.submit_nowait(b"command", outcomes.append, timeout=1.0)  # deadline: tick_time
+    assert [when for when, _ in loop.timers] == [pytest.approx(tick_time)]
+    loop.now = tick_time  # the timer's moment, as the loop reports it
+    node._expire()
+    assert len(outcomes) == 1 and outcomes[0].error.startswith("unavailable")
+    assert node._deadlines == {}
 
 
 # ---------------------------------------------------------------- cancelling
