@@ -409,7 +409,7 @@ def test_dropped_counts_each_bad_input() -> None:
     assert node.dropped == 4
 
 
-# ------------------------------------------------------- known weaknesses
+# ------------------- edges: bytes that are not UTF-8, ballots at the limit, stray persisted
 
 
 INVALID_UTF8_TAG = b"\x92\xa7\x80earned\x01"  # ["learned", 1] with one byte of line noise
