@@ -37,6 +37,9 @@ class Memo:
         return self.data.get(query, b"-")
 
 
+# ------------------------------------------------------------------ filters
+
+
 def everything(dst: int, m: LogMessage) -> bool:
     return True
 
@@ -73,6 +76,9 @@ def but_not(f: Filter) -> Filter:
     return lambda d, m: not f(d, m)
 
 
+# -------------------------------------------------------------- slot values
+
+
 def cmd(origin: int, ident: int, payload: bytes) -> Command:
     return Command(origin, ident, payload)
 
@@ -80,6 +86,9 @@ def cmd(origin: int, ident: int, payload: bytes) -> Command:
 def batch(*payloads: bytes, origin: int = 9) -> Batch:
     """A slot value made of commands from a client of a long-gone member."""
     return Batch(tuple(cmd(origin, k, p) for k, p in enumerate(payloads, 1)))
+
+
+# ------------------------------------------------------------- the network
 
 
 class Net:
@@ -224,4 +233,5 @@ class Net:
 
 
 def chosen_prefix(n: int) -> dict[int, Batch]:
+    """Slots 1..n as a disk holds them chosen, each a distinct one-command value."""
     return {s: batch(b"s%d=%d" % (s, s)) for s in range(1, n + 1)}
