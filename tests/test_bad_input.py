@@ -449,34 +449,42 @@ def test_extreme_ballot_from_the_wire_keeps_outputs_encodable() -> None:
 
 
 # The multi-decree `Replica` at the ballot limit: its messages are the multipaxos ones
-# (imported inside the test, since this file's names are the Synod ones).
+# (imported inside the test, since this file's names are the Synod ones). The scenarios
+# of the rule (a cluster that stays live, replicas far apart that rejoin) are in
+# test_ballot_bound.py.
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LIMIT, not fixed: ballots are finite, so whatever the largest round the wire "
-    "allows, a member that promises it has no higher ballot left. Honest replicas raise "
-    "the round by one per election and never come near 2**62; only a faulty member "
-    "(outside Paxos's crash-fault model) can send such a ballot"))
-def test_after_promising_the_highest_wire_ballot_a_replica_can_still_run_phase_1() -> None:
+def test_after_the_highest_wire_ballot_a_replica_can_still_run_phase_1() -> None:
+    """Issue 11: a member's Prepare with the largest round the wire allows is refused
+    (out of reach: `ballot.sight`), never promised and never the highest seen, so the
+    replica's next Prepare still decodes at its peers and is promised by them."""
     from harness import Memo
+    from pnyx.protocol.ballot import MAX_ROUND_STEP
     from pnyx.protocol.multipaxos import Replica, ReplicaConfig
-    from pnyx.protocol.multipaxos.messages import Prepare, decode, encode
+    from pnyx.protocol.multipaxos.messages import Prepare, Promise, decode, encode
 
     cfg = ReplicaConfig.majority((1, 2, 3), prevote=False)
     node = Replica(1, cfg, random.Random(0), Memo())  # type: ignore[arg-type]
+    peer = Replica(3, cfg, random.Random(3), Memo())  # type: ignore[arg-type]
     wire = encode(Prepare(2, Ballot(MAX_ROUND, 2), 1))
     r = node.receive(wire, 0.0)
-    assert node.dropped == 0 and node.promised == Ballot(MAX_ROUND, 2)
-    node.persisted(r.persist_seq)
+    assert node.dropped == 0 and node.acceptor.refused == 1  # well-formed, but refused
+    assert (r.send, r.persist) == ([], [])
+    assert node.promised == Ballot(0, 0)
+    assert node.highest_seen.round < MAX_ROUND_STEP
     r = node.tick(10.0)  # election timeout: phase 1 with the next ballot
     sent = r.send + node.persisted(r.persist_seq).send
     prepares = [m for _, m in sent if isinstance(m, Prepare)]
     assert prepares
     for m in prepares:
         try:
-            decode(encode(m))
+            m = decode(encode(m))
         except MalformedMessage as exc:
             pytest.fail(f"peers refuse our only possible Prepare {m}: {exc}")
+        assert m.ballot.round <= MAX_ROUND_STEP
+    reply = peer.step(prepares[0], 10.0)  # one Prepare, sent to each member
+    replies = reply.send + peer.persisted(reply.persist_seq).send
+    assert any(isinstance(p, Promise) and p.ballot == prepares[0].ballot for _, p in replies)
 
 
 def test_persisted_for_a_record_never_issued_does_not_release_later_messages() -> None:

@@ -11,7 +11,7 @@ emitted (held until durable).
 
 from __future__ import annotations
 
-from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.ballot import Ballot, sight
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import Outbox
 from pnyx.protocol.multipaxos.messages import (
@@ -48,12 +48,19 @@ class Acceptor:
         self.max_accepted = max(self.accepted, default=0)
         # The highest ballot round this replica ever used as proposer; saved before use.
         self.last_round = durable.last_round
-        # Invariant: >= `promised`: the highest ballot seen in any message.
+        # Invariant: >= `promised`: the highest ballot seen in any message (or the floor
+        # a refused one lifted us to).
         self.highest_seen = self.promised
+        self.refused = 0  # peers' ballots refused as out of reach (`ballot.sight`)
 
-    def observe(self, ballot: Ballot) -> None:
-        if ballot > self.highest_seen:
-            self.highest_seen = ballot
+    def observe(self, ballot: Ballot) -> bool:
+        """A peer's ballot: whether it is within reach, so its message may be acted on.
+        The check of `pnyx.protocol.ballot.sight`: every ballot a peer makes us promise,
+        accept, follow or step down for passes here first."""
+        self.highest_seen, admitted = sight(self.highest_seen, self.last_round, ballot)
+        if not admitted:
+            self.refused += 1
+        return admitted
 
     def next_ballot(self) -> Ballot:
         """A ballot of ours above every one seen, promised or used by us before."""

@@ -192,7 +192,8 @@ class Election:
 
     def on_prepare(self, m: Prepare, now: float) -> None:
         """The acceptor's side of phase 1, and what it means for whom we follow."""
-        self.observe(m.ballot, now)
+        if not self.observe(m.ballot, now):
+            return
         if self.acceptor.on_prepare(m) and m.src != self.node_id and self.leader is not None:
             self.lose_leader()  # a new leader is being elected
 
@@ -244,10 +245,16 @@ class Election:
 
     # ------------------------------------------------ ballots seen, leaders
 
-    def observe(self, ballot: Ballot, now: float) -> None:
-        self.acceptor.observe(ballot)
-        if self.role is not Role.FOLLOWER and ballot > self.ballot:
+    def observe(self, ballot: Ballot, now: float) -> bool:
+        """A peer's ballot, before its message is acted on: whether it is within reach
+        (`pnyx.protocol.ballot.sight`); the caller ignores the message if not. A refused
+        ballot still counts as a higher one seen (we step down), so that an honest
+        replica far ahead of us is caught up with."""
+        admitted = self.acceptor.observe(ballot)
+        seen = ballot if admitted else self.acceptor.highest_seen
+        if self.role is not Role.FOLLOWER and seen > self.ballot:
             self.step_down(now)
+        return admitted
 
     def follow(self, src: int, ballot: Ballot, now: float) -> None:
         """`src` leads with `ballot`, which we did not refuse."""
@@ -285,7 +292,8 @@ class Election:
             self.reads.lose_ballot()
 
     def on_rejected(self, m: Rejected, now: float) -> None:
-        self.observe(m.promised, now)
+        if not self.observe(m.promised, now):
+            return
         if m.ballot == self.ballot and m.promised > self.ballot:
             self.step_down(now)
 
@@ -307,7 +315,8 @@ class Election:
         self.reads.ack(self.confirmed_round)
 
     def on_heartbeat(self, m: Heartbeat, now: float) -> None:
-        self.observe(m.ballot, now)
+        if not self.observe(m.ballot, now):
+            return
         acceptor = self.acceptor
         if m.ballot < acceptor.promised:
             self.out.emit(m.src, Rejected(self.node_id, m.ballot, acceptor.promised))

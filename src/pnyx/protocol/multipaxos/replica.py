@@ -146,8 +146,7 @@ class Replica:
         # The common messages first: a match tries its cases in order.
         match m:
             case Accept():
-                election.observe(m.ballot, now)
-                if self.acceptor.on_accept(m):
+                if election.observe(m.ballot, now) and self.acceptor.on_accept(m):
                     election.follow(m.src, m.ballot, now)
                     self.log.learn_commit(m.ballot, m.commit, now)
             case Accepted():

@@ -125,7 +125,7 @@ class SynodNode:
         self._inform_at: float | None = 0.0 if state.chosen is not None else None
         self._forward: Value | None = None
         self._forward_at: float | None = None
-        self.proposer.observe(state.promised)
+        self.proposer.recall(state.promised)
         if state.chosen is not None:
             self.proposer.finish()
 
@@ -156,13 +156,13 @@ class SynodNode:
         if not isinstance(m, MESSAGE_TYPES) or m.src not in self.config.members:
             self.dropped += 1
             return self._flush()
-        if isinstance(m, Prepare):
-            self.proposer.observe(m.ballot)
+        if isinstance(m, (Prepare, Accept)) and not self.proposer.observe(m.ballot):
+            pass  # out of reach (`pnyx.protocol.ballot.sight`): neither promised nor accepted
+        elif isinstance(m, Prepare):
             reply, changed = self.acceptor.on_prepare(m)
             self._acceptor_reply(m.src, reply, changed)
             self._tell_if_known(m.src)
         elif isinstance(m, Accept):
-            self.proposer.observe(m.ballot)
             reply, changed = self.acceptor.on_accept(m)
             self._acceptor_reply(m.src, reply, changed)
             if isinstance(reply, Accepted):

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.ballot import ZERO, Ballot, sight
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.protocol.synod.messages import Accept, Prepare, Promise, Proposal, Rejected, Value
 
@@ -94,6 +94,7 @@ class Proposer:
         self.phase = Phase.IDLE
         self.ballot = ZERO
         self.highest_seen = ZERO
+        self.refused = 0  # peers' ballots refused as out of reach (`ballot.sight`)
         self.deadline: float | None = None
         self.attempts = 0
         self._promises: dict[int, Proposal | None] = {}
@@ -105,10 +106,17 @@ class Proposer:
             return [self._start_phase1(now)]
         return []
 
-    def observe(self, ballot: Ballot) -> None:
-        """Remember a ballot seen anywhere, so the next one we pick is above it."""
-        if ballot > self.highest_seen:
-            self.highest_seen = ballot
+    def observe(self, ballot: Ballot) -> bool:
+        """Remember a peer's ballot, so the next one we pick is above it; whether it is
+        within reach (`pnyx.protocol.ballot.sight`), else its message is ignored."""
+        self.highest_seen, admitted = sight(self.highest_seen, self.last_round, ballot)
+        if not admitted:
+            self.refused += 1
+        return admitted
+
+    def recall(self, ballot: Ballot) -> None:
+        """A ballot from our own durable state (trusted: no reach check)."""
+        self.highest_seen = max(self.highest_seen, ballot)
 
     def _start_phase1(self, now: float) -> Prepare:
         floor = max(self.highest_seen, Ballot(self.last_round, self.node_id))
@@ -135,8 +143,11 @@ class Proposer:
         return choose_value(reported, own)
 
     def on_rejected(self, m: Rejected, now: float) -> list[Prepare]:
-        self.observe(m.promised)
-        pre_empted = m.ballot == self.ballot and m.promised > self.ballot
+        # A refused `promised` still pre-empts us: our next ballot, above the floor it
+        # lifted, is how an acceptor far ahead is caught up with.
+        admitted = self.observe(m.promised)
+        promised = m.promised if admitted else self.highest_seen
+        pre_empted = m.ballot == self.ballot and promised > self.ballot
         if pre_empted and self.phase in (Phase.PREPARING, Phase.ACCEPTING):
             return self._back_off(now)
         return []
