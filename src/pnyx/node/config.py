@@ -423,7 +423,7 @@ class NodeConfig:
         exposed = []
         if self.consensus and self.peer_tls is None and not is_loopback(self.peer_listen):
             exposed.append(f"peers on {self.peer_listen}")
-        client_tls = getattr(self, "cert_file", None) is not None  # the client ports' TLS
+        client_tls = self.cert_file is not None  # the client ports' TLS (HTTP and binary)
         for what, addr in (("HTTP", self.http), ("binary clients", self.client)):
             if addr is not None and not client_tls and not is_loopback(addr):
                 exposed.append(f"{what} on {addr}")
