@@ -377,7 +377,9 @@ def test_a_forged_prepare_with_the_largest_ballot_from_a_process_that_is_not_a_m
     run_cluster(tmp_path / "nodes", ca if tls else None, scenario)
     forged = Ballot(MAX_ROUND, 1)
     if not tls:
-        assert outcome["promised"].round == forged.round  # type: ignore[attr-defined]
+        # Anyone may speak as a member without TLS; the ballot rule (ballot.sight) still
+        # refuses a round out of reach, so even this control is not promised.
+        assert outcome["promised"].round < forged.round  # type: ignore[attr-defined]
         return
     assert outcome["closed"]
     assert outcome["promised"].round < forged.round  # type: ignore[attr-defined]
