@@ -92,6 +92,19 @@ async def test_put_then_get() -> None:
 
 
 @aio
+async def test_a_key_with_a_newline_or_control_characters_is_a_key_like_any_other() -> None:
+    async with serve() as (c, _):
+        for key, quoted in (("a\nb", "a%0Ab"), ("x\r\ny", "x%0D%0Ay"), ("t\tz", "t%09z")):
+            r = await c.put(raw(f"/v1/kv/{quoted}"), data=b"v")
+            assert r.status == 200, (key, await r.text())
+            r = await c.get(raw(f"/v1/kv/{quoted}"))
+            assert (r.status, await r.read()) == (200, b"v")
+        r = await c.get("/v1/kv/?prefix=")
+        assert {item["key"] for item in (await r.json())["keys"]} == {
+            "a\nb", "x\r\ny", "t\tz"}
+
+
+@aio
 async def test_binary_and_empty_values() -> None:
     async with serve() as (c, _):
         value = bytes(range(256))

@@ -557,7 +557,7 @@ def make_app(
     # by _read_body, which applies max_value itself.
     app = web.Application(middlewares=[h.middleware], client_max_size=max_value + 1)
     app.on_shutdown.append(h.on_shutdown)
-    kv_key = app.router.add_resource("/v1/kv/{key:.*}", name="kv")
+    kv_key = app.router.add_resource("/v1/kv/{key:[\\s\\S]*}", name="kv")
     kv_key.add_route("GET", h.get)
     kv_key.add_route("PUT", h.put)
     kv_key.add_route("DELETE", h.delete)
