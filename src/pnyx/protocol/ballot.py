@@ -35,10 +35,12 @@ Why this keeps the cluster live whatever a member sends:
 
 - *An attacker must climb.* Each message lifts a receiver's floor by at most
   MAX_ROUND_STEP = 2**16, so reaching MAX_ROUND = 2**62 takes 2**46 ≈ 7.0e13
-  messages to each of a quorum of replicas. At 10**6 messages a second — more
-  than a node decodes (DESIGN.md: 1.3 M msgpack pack+unpack a second, before any
-  protocol work) — that is 7.0e7 s, over two years of flooding; if every
-  promise waited for its own fsync (250 µs, DESIGN.md) it would be 560 years.
+  messages to each of a quorum of replicas. A replica's core takes about
+  160,000 such Heartbeats a second (measured on the 2-core machines of
+  DESIGN.md, bytes in, no network): 14 years of flooding. Even at 10**6 a second
+  — more than a node decodes (DESIGN.md: 1.3 M msgpack pack+unpack a second)
+  — it is 2.2 years; if every promise waited for its own fsync (250 µs,
+  DESIGN.md) it would be 560 years. Every refusal is counted (`refused`).
   Below that, a member's ballot only costs elections, as a higher ballot always
   could: with the floor lifted by MAX_ROUND_STEP - 1, the receiver's next ballot
   (floor + MAX_ROUND_STEP) is the highest that a peer at its old floor accepts.
