@@ -562,3 +562,39 @@ def test_pnyx_cluster_runs_its_peers_over_tls_by_default_and_its_commands_work(
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_dialler_refused_for_its_certificate_says_so_once(
+    tmp_path: Path, ca: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node 1 trusts the cluster's CA but presents a certificate of another: node 2 refuses
+    every attempt (logged each time on node 2); node 1 says why once, not once per retry."""
+    from pnyx.node.transport import PeerTransport
+    from pnyx.tls import TlsFiles
+
+    other = tmp_path / "other"
+    certs.init_ca(other)
+    stray = certs.issue_member(other, 1, ["127.0.0.1"])
+
+    async def scenario() -> None:
+        p1, p2 = free_ports(2)
+        members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+        node2 = PeerTransport(2, "pnyx", members, members[2], lambda src, data: None,
+                              tls=TlsFiles(ca / "node-2.pem", ca / "node-2-key.pem",
+                                           ca / "ca.pem"))
+        node1 = PeerTransport(1, "pnyx", members, members[1], lambda src, data: None,
+                              tls=TlsFiles(stray.cert, stray.key, ca / "ca.pem"))
+        await node2.start()
+        await node1.start()
+        try:
+            await asyncio.sleep(3.0)
+            assert 2 <= node2.refused <= 10  # node 1 kept trying, backing off
+        finally:
+            await node1.close()
+            await node2.close()
+
+    with caplog.at_level(logging.WARNING, logger="pnyx.transport"):
+        asyncio.run(scenario())
+    dialler = [r.getMessage() for r in caplog.records if "connection to node 2" in r.getMessage()]
+    assert len(dialler) == 1 and "closed the connection at once" in dialler[0], caplog.text
+    print("dialler:", dialler[0])

@@ -98,6 +98,7 @@ class _Outbound(asyncio.Protocol):
         self.paused = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_resume: Callable[[], None] = lambda: None
+        self.error: Exception | None = None  # why the connection ended, if it failed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -107,6 +108,7 @@ class _Outbound(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.error = exc
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -240,8 +242,6 @@ class PeerTransport:
         for conn in list(self._inbound):
             if conn.transport is not None:
                 conn.transport.abort()
-        for sock in self._listeners:
-            sock.close()
         tasks = [p.task for p in self.peers.values() if p.task] + [
             *self._accepting, *self._handshakes]
         for task in tasks:
@@ -249,6 +249,8 @@ class PeerTransport:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for sock in self._listeners:  # after the accepts are cancelled: no fd reused under them
+            sock.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -323,8 +325,7 @@ class PeerTransport:
                         f"not node {peer.node_id}, the member dialled")
                     await asyncio.sleep(1.0)
                     continue
-                peer.refusal = ""
-            backoff = 0.05
+            made = loop.time()
             try:
                 # The peer may have closed it already, before create_connection returned:
                 # then this attempt is over (the next one comes after the backoff).
@@ -342,6 +343,16 @@ class PeerTransport:
                 self._set_state(peer, False)
                 if link.transport is not None:
                     link.transport.abort()
+            if loop.time() - made >= 1.0:
+                backoff = 0.05  # it was up: reconnect at once
+                peer.refusal = ""
+            elif not self._closing:
+                # Closed at once: the peer refuses us (over TLS 1.3 our certificate is judged
+                # after our side's handshake ends). Say so once, and back off as from a
+                # failed connect, rather than be refused twenty times a second.
+                self._refuse_outbound(peer, "it closed the connection at once (its log says "
+                                      f"why){f': {link.error}' if link.error else ''}")
+                backoff = min(backoff * 2, 1.0)
             await asyncio.sleep(backoff)
 
     def _refuse_outbound(self, peer: _Peer, reason: str) -> None:
