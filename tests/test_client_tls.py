@@ -16,6 +16,7 @@ import io
 import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,43 @@ def test_https_port_with_client_cert_auth_takes_only_clients_with_a_certificate(
         assert server.node.index == 1
 
 
-def test_a_client_that_does_not_trust_the_servers_ca_refuses_it(ca: Path) -> None:
-    with https(ca) as server, pnyx.Client(
-            [server.address], cacert=ca / "other" / "ca.pem", retry_timeout=0.5) as client, \
-            pytest.raises(pnyx.Unavailable) as refused:
-        client.put("k", b"v")
-    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.message
-    assert server.node.index == 0
+def test_a_client_that_does_not_trust_the_servers_ca_refuses_it_at_once(ca: Path) -> None:
+    other_ca = {"cacert": ca / "other" / "ca.pem", "retry_timeout": 30}
+
+    def refused(call: Any) -> pnyx.PnyxError:
+        started = time.monotonic()
+        with pytest.raises(pnyx.PnyxError) as error:
+            call()
+        assert time.monotonic() - started < 5  # not retried for 30 s: no node would do
+        assert not isinstance(error.value, pnyx.Unavailable)
+        assert error.value.code == "tls_untrusted" and "--cacert" in error.value.message
+        return error.value
+
+    async def async_put(address: str) -> None:
+        async with pnyx.AsyncClient([address], **other_ca) as client:
+            await client.put("k", b"v")
+
+    async def async_fast_put(address: str) -> None:
+        async with pnyx.AsyncFastClient([address], **other_ca) as client:
+            await client.put("k", b"v")
+
+    async def binary_address() -> None:
+        async with binary_tls(ca) as (node, address):
+            await asyncio.to_thread(refused, lambda: asyncio.run(async_fast_put(address)))
+
+            def fast_put() -> None:
+                with pnyx.FastClient([address], **other_ca) as client:
+                    client.put("k", b"v")
+
+            await asyncio.to_thread(refused, fast_put)
+            assert node.submitted == []
+
+    with https(ca) as server:
+        with pnyx.Client([server.address], **other_ca) as client:
+            refused(lambda: client.put("k", b"v"))
+        refused(lambda: asyncio.run(async_put(server.address)))
+        assert server.node.index == 0
+    asyncio.run(binary_address())
 
 
 def test_plaintext_http_to_an_https_port_gets_no_answer(ca: Path) -> None:

@@ -457,6 +457,8 @@ class _Handlers:
                     if len(body) > self.max_value:
                         raise too_large
         except TimeoutError:
+            log.info("HTTP client %s: its request body did not arrive within %g s; answered "
+                     "408 and closing its connection", request.remote, self.body_timeout)
             raise ApiError(408, "body_timeout",
                            f"the request body did not arrive within {self.body_timeout:g} s",
                            close=True) from None

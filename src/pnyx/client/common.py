@@ -129,6 +129,14 @@ def tls_context(endpoints: Sequence[str] | str, *, ssl_context: ssl.SSLContext |
         raise ValueError(f"cannot use TLS files {files}: {exc.strerror or exc}") from None
 
 
+def untrusted(where: str, exc: BaseException) -> PnyxError:
+    """A node whose certificate does not check out: raised at once, not retried (every
+    node of a cluster has a certificate from the same CA, so the next would fail too)."""
+    reason = getattr(exc, "verify_message", None) or describe(exc)
+    return PnyxError(f"{where}: TLS: the node's certificate is not trusted ({reason}); "
+                     "give the cluster's CA (cacert=, --cacert)", code="tls_untrusted")
+
+
 def endpoint_name(endpoint: tuple[str, int]) -> str:
     host, port = endpoint
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

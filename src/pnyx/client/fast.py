@@ -64,6 +64,7 @@ from pnyx.client.common import (
     describe,
     error_for,
     page_size,
+    untrusted,
 )
 from pnyx.errors import (
     PnyxError,
@@ -441,6 +442,11 @@ class AsyncFastClient(ClientBase):
                     raise Failed("the client is closed", sent=False)
                 self._conns[i] = conn
                 pending.set_result(conn)
+            except ssl.SSLCertVerificationError as exc:
+                refused = untrusted(self._name(i), exc)
+                pending.set_exception(refused)
+                pending.exception()
+                raise refused from None
             except (OSError, TimeoutError) as exc:
                 failure = Failed(f"cannot connect: {describe(exc)}", sent=False)
                 pending.set_exception(failure)

@@ -49,6 +49,7 @@ from pnyx.client.common import (
     describe,
     error_for,
     page_size,
+    untrusted,
 )
 from pnyx.errors import PnyxError, Unavailable
 
@@ -290,6 +291,8 @@ class Client(_Base):
         for first_try in (True, False):
             try:
                 conn, reused = self._connection(i)
+            except ssl.SSLCertVerificationError as exc:
+                raise untrusted(self._name(i), exc) from None
             except OSError as exc:
                 raise Failed(describe(exc), sent) from exc
             try:
@@ -446,6 +449,8 @@ class AsyncClient(_Base):
                         body = await raw.read()
                         response = _Response(
                             raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    raise untrusted(netloc, exc.certificate_error) from None
                 except aiohttp.ClientConnectorError as exc:
                     # Could not connect: the request never left.
                     attempts.failed(netloc, str(exc), sent=False)
