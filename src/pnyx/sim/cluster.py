@@ -22,15 +22,28 @@ Every run is checked for:
 - L4 linearizability of the clients' history (`pnyx.check`);
 - A2 an acceptor's promise survives a crash;
 - D1 a promise or acceptance leaves a node only once its disk holds the record
-  behind it (checked against the simulated disk, not the replica's own gate).
+  behind it, and a Prepare only once its disk holds the ballot's round (checked
+  against the simulated disk, not the replica's own gate);
+- I1 every unit of every replica keeps the invariants its fields state
+  (`Replica.check_invariants`, after each event; `ClusterConfig.check_invariants`);
+- the wire rules of `LogObserver` (A1, A3, A4, B1, H1, R1).
+
+Adversarial schedules: messages held back and delivered late
+(`NetworkConfig.late`), and reboots aimed at the leader that wait for its next
+Prepare or Accept and strike before the records behind it are durable
+(`FaultConfig.reboots`, `ClusterConfig.reboot_on_send`). `sweep(seed)` is the
+default sweep, mixing them with plain runs of 3 and 5 nodes: every Multi-Paxos
+mutant is caught within a bounded number of its seeds, and the correct protocol
+passes them all.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
 import msgspec
@@ -40,7 +53,14 @@ from pnyx.node.driver import Driver
 from pnyx.node.requests import DEADLINE_TICK, Request
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import Accepted, Batch, LogMessage, Promise, Rejected
+from pnyx.protocol.multipaxos.messages import (
+    Accepted,
+    Batch,
+    LogMessage,
+    Prepare,
+    Promise,
+    Rejected,
+)
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.sim.engine import CALL, Engine, SimTimer
@@ -56,7 +76,11 @@ L3 = "L3 no acknowledged write is lost"
 L4 = "L4 the clients' history is linearizable"
 K1 = "K1 the store answers well-formed requests without errors"
 D1 = "D1 a promise or acceptance leaves a node only once its record is durable"
-CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, *LOG_RULES)
+I1 = "I1 every replica's units keep their stated invariants"
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, I1, *LOG_RULES)
+
+# One set of protocol defaults: the simulator's timing is the replica's.
+_REPLICA_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ReplicaConfig)}
 
 
 class DriverSendsBeforeDurable(Driver):
@@ -90,12 +114,16 @@ class ClusterConfig:
     leader_crashes: float = 0.5  # share of crashes that hit the current leader
     leader_partitions: float = 0.5  # share of partitions that cut the leader off alone
     fsync: float = 0.0005
-    heartbeat: float = 0.02
-    election_timeout: float = 0.1
-    prevote: bool = True
-    window: int = 32
-    max_batch: int = 256
-    promise_bytes: int = 4 << 20  # small: every promise comes in many parts
+    heartbeat: float = _REPLICA_DEFAULTS["heartbeat_interval"]
+    election_timeout: float = _REPLICA_DEFAULTS["election_timeout"]
+    prevote: bool = _REPLICA_DEFAULTS["prevote"]
+    window: int = _REPLICA_DEFAULTS["window"]
+    max_batch: int = _REPLICA_DEFAULTS["max_batch"]
+    promise_bytes: int = _REPLICA_DEFAULTS["promise_bytes"]  # 1: a promise in many parts
+    # A reboot (FaultConfig.reboots) waits for the leader's next Prepare or Accept.
+    reboot_on_send: bool = True
+    # Assert every replica's unit invariants after each event (about +25 % CPU).
+    check_invariants: bool = True
     reads: tuple[ReadMode, ...] = ("linearizable", "quorum")
     op_timeout: float = 0.4  # a client gives up on one attempt after this
     attempts: int = 12  # attempts per operation before the client gives up
@@ -124,6 +152,34 @@ class ClusterConfig:
             prevote=self.prevote, window=self.window, max_batch=self.max_batch,
             promise_bytes=self.promise_bytes,
         )
+
+
+# The default sweep's faults: partitions and crashes (most hitting the leader) for the
+# first 3 s of virtual time; and its network: loss and duplication.
+SWEEP_FAULTS = FaultConfig(partitions=True, crashes=True, until=3.0, partition_rate=2.0,
+                           crash_rate=3.0, max_outage=0.3)
+SWEEP_NETWORK = NetworkConfig(drop=0.1, duplicate=0.05)
+# Half its seeds add 3 % of messages held back 0.1-0.5 s (stale Prepares, Accepts and
+# heartbeats landing after newer ballots) and 5 reboots a second aimed at the leader,
+# striking right after its next Prepare or Accept, before the record behind it is
+# durable. Only half: a rebooted leader is no longer a deposed leader that still
+# believes it leads, which is what a read answered from local state needs to show.
+SWEEP_LATE = NetworkConfig(drop=0.1, duplicate=0.05, late=0.03, late_min=0.1, late_max=0.5)
+SWEEP_REBOOTS = FaultConfig(partitions=True, crashes=True, reboots=True, reboot_rate=5.0,
+                            until=3.0, partition_rate=2.0, crash_rate=3.0, max_outage=0.3)
+
+
+def sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
+    """Seed `seed` of the default sweep: odd seeds run 5 nodes, even seeds 3; seeds
+    2 and 3 (mod 4) are adversarial (late messages, aimed reboots). `kwargs` override."""
+    adversarial = seed % 4 >= 2
+    settings: dict[str, Any] = dict(
+        seed=seed, nodes=5 if seed % 2 else 3, mutant=mutant,
+        network=SWEEP_LATE if adversarial else SWEEP_NETWORK,
+        faults=SWEEP_REBOOTS if adversarial else SWEEP_FAULTS,
+    )
+    settings.update(kwargs)
+    return ClusterConfig(**settings)
 
 
 @dataclass(slots=True)
@@ -229,13 +285,20 @@ class SimNetwork:
 class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     def __init__(self, config: ClusterConfig, trace_sink: IO[bytes] | None = None,
                  trace: bool = False) -> None:
-        super().__init__(config.seed, config.nodes, config.network, config.faults,
-                         config.fsync, config.max_time, trace_sink, trace)
-        self.config = config
-        self.rc = config.replica_config()
         mutant = CLUSTER_MUTANTS.get(config.mutant) if config.mutant else None
         self.replica_class, self.machine_class = mutant or (Replica, kv.KVMachine)
+        # What the records on a disk add up to after a restart (a mutant may replay
+        # them wrongly); needed before the engine makes the empty disks.
+        self.durable_class: type[ReplicaDurable] = getattr(
+            self.replica_class, "durable_class", ReplicaDurable)
         self.driver_class = DRIVER_MUTANTS.get(config.mutant or "", Driver)
+        super().__init__(config.seed, config.nodes, config.network, config.faults,
+                         config.fsync, config.max_time, trace_sink, trace,
+                         reboot_on_send=config.reboot_on_send)
+        self.config = config
+        self.rc = config.replica_config()
+        if config.check_invariants:
+            self.after_event = self._check_invariants
         self.violations: list[Violation] = []
         self.wire = LogObserver(self.violations)  # the acceptor and ballot rules, on the wire
         self.log: dict[int, Batch] = {}
@@ -263,7 +326,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     # ------------------------------------------------------------- processes
 
     def empty_disk(self) -> ReplicaDurable:
-        return ReplicaDurable()
+        return self.durable_class()
 
     def write(self, disk: ReplicaDurable, records: Any) -> ReplicaDurable:
         disk = disk.copy()
@@ -344,7 +407,11 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     def _check_durable(self, src: int, message: Any) -> None:
         """D1, from the disk's side: what the message reports is on the disk already."""
         disk = self.disks[src]
-        if isinstance(message, Promise):
+        if isinstance(message, Prepare):
+            if disk.last_round < message.ballot.round:
+                self._violate(D1, f"node {src} sent Prepare({message.ballot}) with round "
+                                  f"{disk.last_round} durable")
+        elif isinstance(message, Promise):
             if disk.promised < message.ballot:
                 self._violate(D1, f"node {src} sent a promise of {message.ballot} with "
                                   f"only {disk.promised} durable")
@@ -383,6 +450,19 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         elif known != value:
             self._violate(L1, f"node {i} applied {_show(value)} in slot {slot}, "
                               f"others applied {_show(known)}")
+
+    def _check_invariants(self, i: int) -> None:
+        """I1 for the process an event concerned (every live one when it concerned none)."""
+        for j in (i,) if i else self.ids:
+            node = self.nodes[j]
+            replica = node.replica if node is not None else None
+            if replica is None:
+                continue
+            try:
+                replica.check_invariants()
+            except AssertionError as e:
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                self._violate(I1, f"node {j}: {where.name}: {where.line} {e}")
 
     def _violate(self, rule: str, detail: str) -> None:
         self.violations.append(Violation(rule, self.now, detail))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from typing import IO, Any, Generic, Protocol, TypeVar
 
 from pnyx.sim.faults import Fault, FaultConfig, schedule
@@ -49,7 +50,10 @@ P = TypeVar("P", bound=Process)
 D = TypeVar("D")
 
 # Event kinds; the queue holds (time, seq, kind, node, payload, incarnation).
-DELIVER, WAKE, DURABLE, FAULT, CALL, TIMER = range(6)
+DELIVER, WAKE, DURABLE, FAULT, CALL, TIMER, REBOOT = range(7)
+
+# What an armed reboot waits for: a ballot going out (either message family).
+ARMING_MESSAGES = frozenset({"Prepare", "Accept"})
 
 
 class SimTimer:
@@ -77,8 +81,15 @@ class Engine(Generic[P, D]):
         max_time: float,
         trace_sink: IO[bytes] | None = None,
         trace: bool = False,
+        reboot_on_send: bool = False,
     ) -> None:
         self.seed = seed
+        # A reboot waits for its target's next Prepare or Accept (see `reboot`).
+        self.reboot_on_send = reboot_on_send
+        self.armed: int | None = None
+        self.reboots = 0
+        # Called with the event's process (0: none) after each event, if set.
+        self.after_event: Callable[[int], None] | None = None
         self.ids = list(range(1, nodes + 1))
         self.network = Network(self.ids, network, random.Random(f"{seed}/network"))
         self.fsync = fsync
@@ -139,6 +150,7 @@ class Engine(Generic[P, D]):
 
     def run(self) -> None:
         queue = self._queue
+        after_event = self.after_event
         while queue and not self.done():
             time, _, kind, node, payload, incarnation = heapq.heappop(queue)
             if time > self.max_time:
@@ -158,8 +170,15 @@ class Engine(Generic[P, D]):
                 if not timer.cancelled and incarnation == self.incarnation[node] \
                         and self.nodes[node] is not None:
                     timer.callback(*timer.args)
+            elif kind == REBOOT:
+                if incarnation == self.incarnation[node] and self.nodes[node] is not None:
+                    if self.trace:
+                        self.trace.emit(time, "rebooted", node=node)
+                    self._reboot_now(node)
             else:
                 self.call(node, payload)
+            if after_event is not None:
+                after_event(node)
 
     def push(self, time: float, kind: int, node: int, payload: object,
              incarnation: int = 0) -> None:
@@ -212,6 +231,10 @@ class Engine(Generic[P, D]):
     def _send(self, src: int, dst: int, message: Any) -> None:
         self.sent += 1
         self.on_send(src, message)
+        if src == self.armed and type(message).__name__ in ARMING_MESSAGES:
+            # After the rest of this batch leaves, before its records are durable.
+            self.armed = None
+            self.push(self.now, REBOOT, src, None, self.incarnation[src])
         if self.trace:
             self.trace.emit(self.now, "send", dst=dst, msg=describe(message))
         delays = self.network.delays(src, dst)
@@ -278,10 +301,22 @@ class Engine(Generic[P, D]):
 
     def reboot(self, i: int) -> None:
         """Crash the leader (else `i`) and restart it at once from its disk, mid-ballot.
-        The base crash and restart: a subclass's redirection of crashes does not apply."""
+        With `reboot_on_send` the reboot waits until that process next sends a Prepare
+        or an Accept and strikes right after that batch has left, before the records
+        behind it are durable: a process that sends ahead of its disk, or does not
+        save what it must before it sends, loses what it told the others. A later
+        reboot fault re-aims a reboot still waiting."""
         target = self.leader()
         i = target if target is not None else i
+        if self.reboot_on_send:
+            self.armed = i
+        else:
+            self._reboot_now(i)
+
+    def _reboot_now(self, i: int) -> None:
+        """The base crash and restart: a subclass's redirection of crashes does not apply."""
         if self.nodes[i] is not None:
+            self.reboots += 1
             Engine.crash(self, i)
             Engine.restart(self, i)
 

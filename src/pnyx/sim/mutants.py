@@ -12,12 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.multipaxos import Outcome, ReadMode, Replica, Role
+from pnyx.protocol.multipaxos import acceptor as mp_acceptor
 from pnyx.protocol.multipaxos.election import Election
 from pnyx.protocol.multipaxos.log import Log
-from pnyx.protocol.multipaxos.messages import NOOP, Batch, Entry, ReadIndex, ReadIndexReply
+from pnyx.protocol.multipaxos.messages import (
+    NOOP,
+    Batch,
+    Entry,
+    Heartbeat,
+    HeartbeatAck,
+    ReadIndex,
+    ReadIndexReply,
+)
+from pnyx.protocol.multipaxos.messages import Prepare as LogPrepare
 from pnyx.protocol.multipaxos.reads import PendingQuorumRead, Reads
+from pnyx.protocol.multipaxos.records import AcceptRecord, LogRecord, ReplicaDurable
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
 from pnyx.protocol.synod.messages import Message, Prepare, Proposal, Value
@@ -151,6 +162,59 @@ class QuorumReadTakesFreshest(Reads):
         self.out.outcome(read_id, Outcome(True, freshest.result, freshest.index))
 
 
+class PromisesByRound(mp_acceptor.Acceptor):
+    """Compares ballots by round alone, so it promises a ballot equal in round but lower
+    (and lowers its promise to it)."""
+
+    def on_prepare(self, m: LogPrepare) -> bool:
+        if m.ballot.round == self.promised.round and m.ballot < self.promised:
+            self.promised = ZERO  # the round matches: as if nothing higher were promised
+        return super().on_prepare(m)
+
+
+class KeepsLeadingOnHigherBallot(Election):
+    """A leader (or candidate) that sees a higher ballot and does not step down."""
+
+    def observe(self, ballot: Ballot, now: float) -> bool:
+        return self.acceptor.observe(ballot)
+
+
+class AcksDeposedLeader(Election):
+    """A follower that acknowledges a heartbeat below its promise (a deposed leader's),
+    so that leader still counts it towards the quorum confirming its reads."""
+
+    def on_heartbeat(self, m: Heartbeat, now: float) -> None:
+        if m.ballot < self.acceptor.promised:
+            self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
+                                              self.acceptor.max_accepted))
+        super().on_heartbeat(m, now)
+
+
+class RoundNotSaved(mp_acceptor.Acceptor):
+    """Uses a ballot round without saving it: a restart may use the ballot again."""
+
+    def use_round(self, round: int) -> None:
+        self.last_round = round
+
+
+class FirstAcceptWinsOnReplay(ReplicaDurable):
+    """Recovery replay that keeps the first acceptance of a slot, not the last: a restart
+    brings back an older acceptance than the one the acceptor reported."""
+
+    __slots__ = ()
+
+    def apply(self, record: LogRecord) -> None:
+        if isinstance(record, AcceptRecord) and record.entry.slot in self.accepted:
+            self.promised = max(self.promised, record.entry.ballot)
+            return
+        super().apply(record)
+
+    def copy(self) -> FirstAcceptWinsOnReplay:
+        return FirstAcceptWinsOnReplay(
+            self.promised, self.last_round, dict(self.accepted), dict(self.chosen)
+        )
+
+
 class LeaderSkipsGapPhase1(Replica):
     election_class = SkipsGapPhase1
 
@@ -167,10 +231,37 @@ class QuorumReadTakesFreshestReplica(Replica):
     reads_class = QuorumReadTakesFreshest
 
 
+class PromisesEqualRoundLower(Replica):
+    acceptor_class = PromisesByRound
+
+
+class LeaderIgnoresHigherBallot(Replica):
+    election_class = KeepsLeadingOnHigherBallot
+
+
+class FollowerAcksDeposedLeader(Replica):
+    election_class = AcksDeposedLeader
+
+
+class RoundNotSavedBeforeUseReplica(Replica):
+    acceptor_class = RoundNotSaved
+
+
+class FirstAcceptWinsReplica(Replica):
+    # Recovery replay is the meaning of the durable records (`ReplicaDurable.apply`,
+    # which every store implements); the simulator's disks replay with this class.
+    durable_class: type[ReplicaDurable] = FirstAcceptWinsOnReplay
+
+
 CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "leader-skips-gap-phase1": (LeaderSkipsGapPhase1, KVMachine),
     "applies-before-chosen": (AppliesBeforeChosen, KVMachine),
     "no-dedup": (Replica, NoDedupMachine),
     "linearizable-read-from-local-state": (LinearizableReadFromLocalState, KVMachine),
     "quorum-read-takes-freshest": (QuorumReadTakesFreshestReplica, KVMachine),
+    "acceptor-compares-rounds": (PromisesEqualRoundLower, KVMachine),
+    "leader-ignores-higher-ballot": (LeaderIgnoresHigherBallot, KVMachine),
+    "follower-acks-deposed-leader": (FollowerAcksDeposedLeader, KVMachine),
+    "first-accept-wins-on-replay": (FirstAcceptWinsReplica, KVMachine),
+    "round-not-saved-before-use": (RoundNotSavedBeforeUseReplica, KVMachine),
 }
