@@ -348,6 +348,29 @@ def test_binary_connections_over_the_cap_are_refused_at_once_while_the_rest_are_
     asyncio.run(go())
 
 
+def test_connections_over_the_cap_are_refused_under_uvloop_too() -> None:
+    uvloop = pytest.importorskip("uvloop")  # what `pnyx serve` runs on when installed
+
+    async def go() -> None:
+        node = FakeNode()
+        http = await http_api.serve_http(node, "127.0.0.1", 0,
+                                         limits=ClientLimits(max_connections=1))
+        async with binary(max_connections=1) as (_, port):
+            for target in (http.port, port):
+                held = await asyncio.open_connection("127.0.0.1", target)
+                await asyncio.sleep(0.1)
+                reader, writer = await asyncio.open_connection("127.0.0.1", target)
+                data, took = await until_closed(reader)
+                assert (b"too_many_connections" in data or b"too many connections" in data)
+                assert took < 1.5
+                held[1].close()
+                writer.close()
+        await http.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(go())
+
+
 def test_the_in_flight_cap_stops_reading_a_connection_until_requests_finish() -> None:
     class Gated(FakeNode):
         def __init__(self) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 # How long a refused connection may stay open for the client to read its answer.
 REFUSAL_GRACE: Final = 1.0
@@ -71,7 +71,8 @@ class Refusal(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        # uvloop's transports are not asyncio.WriteTransport subclasses, but behave as one.
+        transport = cast(asyncio.WriteTransport, transport)
         transport.write(self.answer)
         if transport.can_write_eof():
             transport.write_eof()
