@@ -14,8 +14,11 @@ import asyncio
 import contextlib
 import io
 import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -253,3 +256,51 @@ def test_tls_is_on_for_https_endpoints_or_any_tls_option(ca: Path) -> None:
     with pytest.raises(ValueError, match="mix"):
         tls_context(["http://a:1", "https://b:2"], ssl_context=None, cacert=None, cert=None,
                     key=None)
+
+
+# --- pnyx serve --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_pnyx_serve_with_cert_file_and_client_cert_auth_serves_both_ports_over_tls(
+        ca: Path, tmp_path: Path) -> None:
+    peer, http_port, client_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "serve", "--id", "1", "--cluster",
+         f"1=127.0.0.1:{peer}", "--data-dir", str(tmp_path / "data"),
+         "--http", f"127.0.0.1:{http_port}", "--client", f"127.0.0.1:{client_port}",
+         "--cert-file", str(ca / "node-1.pem"), "--key-file", str(ca / "node-1-key.pem"),
+         "--client-cert-auth", "--trusted-ca-file", str(ca / "ca.pem")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with pnyx.Client([f"https://127.0.0.1:{http_port}"], retry_timeout=20,
+                         **client_cert(ca)) as client:
+            assert client.put("k", b"v") >= 1
+        with pnyx.FastClient([f"127.0.0.1:{client_port}"], **client_cert(ca)) as fast:
+            assert fast.get("k")[0] == b"v"
+        with pnyx.Client([f"https://127.0.0.1:{http_port}"], cacert=ca / "ca.pem",
+                         retry_timeout=0.5) as anonymous, pytest.raises(pnyx.Unavailable):
+            anonymous.get("k")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert b"clients over TLS with client certificates" in err
+
+
+def test_pnyx_serve_with_unusable_client_tls_files_says_so_in_one_line(
+        ca: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pnyx.cli", "serve", "--id", "1", "--cluster",
+         f"1=127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "data"),
+         "--http", f"127.0.0.1:{free_port()}", "--cert-file", str(ca / "node-1.pem"),
+         "--key-file", str(ca / "client-app-key.pem")],  # a key that is not the cert's
+        capture_output=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "node-1.pem" in lines[0], lines
