@@ -493,3 +493,10 @@ def test_the_documented_size_limits_hold() -> None:
         client.put("k", b"v", idempotency_key="i" * http_api.MAX_IDEMPOTENCY_KEY)
         with pytest.raises(pnyx.BadRequest):
             client.put("k", b"v", idempotency_key="i" * (http_api.MAX_IDEMPOTENCY_KEY + 1))
+
+
+def test_pnyx_serve_and_client_limits_have_the_same_defaults() -> None:
+    config = NodeConfig(1, {1: Address("127.0.0.1", 7001)}, Path("d"))
+    defaults = ClientLimits()
+    for name in ("body_timeout", "idle_timeout", "max_connections", "max_inflight"):
+        assert getattr(config, name) == getattr(defaults, name), name
