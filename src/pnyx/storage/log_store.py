@@ -60,7 +60,7 @@ from typing import Protocol, Self
 
 import msgspec
 
-from pnyx.protocol.ballot import ZERO, Ballot
+from pnyx.protocol.ballot import MAX_ROUND, ZERO, Ballot
 from pnyx.protocol.multipaxos.messages import Batch, Entry
 from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
@@ -479,6 +479,12 @@ class SqliteLogStore:
         except sqlite3.Error as exc:
             conn.close()
             raise _sql_error(path, exc, "cannot open the log store") from None
+        except UnicodeDecodeError:
+            # SQLite's error quotes the damaged schema, which sqlite3 decodes as UTF-8
+            # (found by fuzz/fuzz_store.py).
+            conn.close()
+            raise CorruptStoreError(path, "cannot open the log store: damaged database "
+                                    "schema") from None
         except BaseException:
             conn.close()
             raise
@@ -723,6 +729,11 @@ class SqliteLogStore:
             raise CorruptStoreError(self.path, f"promise row missing or damaged: {promise!r}")
         if last is None or not self._crc_ok(last[1], last[0], 0, 0):
             raise CorruptStoreError(self.path, f"last_round row missing or damaged: {last!r}")
+        # Rows with a right CRC and a round no pnyx writes (found by fuzz/fuzz_store.py):
+        # a replica could not send a ballot made from it.
+        if not (0 <= promise[0] <= MAX_ROUND and 0 <= last[0] <= MAX_ROUND):
+            raise CorruptStoreError(self.path, f"round out of range: promise {promise[0]}, "
+                                    f"last_round {last[0]}")
         return Ballot(promise[0], _node_from_sql(promise[1])), last[0]
 
     @staticmethod
@@ -750,6 +761,9 @@ class SqliteLogStore:
                 ok = False
             if not ok:
                 raise CorruptStoreError(self.path, f"accepted slot {slot}: checksum mismatch")
+            if slot < 1 or not 0 <= rnd <= MAX_ROUND:
+                raise CorruptStoreError(self.path, f"accepted slot {slot}: round {rnd} or "
+                                        "slot out of range")
             ballot = ballots.get((rnd, node))
             if ballot is None:
                 ballot = ballots[(rnd, node)] = Ballot(rnd, _node_from_sql(node))
@@ -773,6 +787,8 @@ class SqliteLogStore:
                 ok = False
             if not ok:
                 raise CorruptStoreError(self.path, f"chosen slot {slot}: checksum mismatch")
+            if slot < 1:
+                raise CorruptStoreError(self.path, f"chosen slot {slot}: out of range")
             if value == SAME_AS_ACCEPTED:
                 entry = accepted.get(slot)
                 if entry is None:
