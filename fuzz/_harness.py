@@ -17,6 +17,7 @@ harness that frames them itself so the fuzzer's bytes reach the message decoder.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -85,11 +86,15 @@ class FakeTransport(asyncio.Transport):
         return 0
 
 
-def main(one_input: Callable[[bytes], None], seeds: list[bytes]) -> None:
+def main(one_input: Callable[[bytes], None], seeds: list[bytes], *, quiet: bool = True) -> None:
     """Run `one_input` under atheris with the command line's libFuzzer options. A
     corpus directory named on the command line that is missing or empty is first
-    filled with `seeds` (valid inputs, for the fuzzer to mutate)."""
+    filled with `seeds` (valid inputs, for the fuzzer to mutate). `quiet` silences
+    logging (refusals are logged, and checked by the harness itself)."""
     import atheris
+
+    if quiet:
+        logging.disable(logging.CRITICAL)
 
     for arg in sys.argv[1:]:
         if not arg.startswith("-"):

@@ -17,7 +17,6 @@ the chunk size. Run: `python fuzz/fuzz_binary.py -max_total_time=120`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 from typing import Any
 
@@ -29,8 +28,6 @@ from pnyx.node.direct import DirectNode
 from pnyx.protocol.multipaxos import Outcome, ReadMode
 from pnyx.statemachine import kv
 from pnyx.wire.framing import FrameDecoder, encode_frame
-
-logging.disable(logging.CRITICAL)
 
 _loop = asyncio.new_event_loop()
 _errors: list[dict[str, Any]] = []

@@ -55,8 +55,8 @@ class _Errors(logging.Handler):
 
 
 _errors = _Errors()
-logging.getLogger().addHandler(_errors)
-logging.getLogger().setLevel(logging.ERROR)
+for _name in ("pnyx", "aiohttp", "asyncio"):
+    logging.getLogger(_name).addHandler(_errors)
 _loop = asyncio.new_event_loop()
 _loop_errors: list[dict[str, Any]] = []
 _loop.set_exception_handler(lambda loop, context: _loop_errors.append(context))
@@ -112,6 +112,9 @@ class _Bytes(io.BytesIO):
 
 
 def _check_answers(answer: bytes, head: bool) -> None:
+    """Every answer in `answer`; with `head` (a HEAD anywhere in the input) only the
+    first one's status: whether an answer has a body then depends on which request it
+    answers, and a request the parser refused has one."""
     stream = _Bytes(answer)
     while stream.tell() < len(answer):
         response = http.client.HTTPResponse(stream, method="HEAD" if head else "GET")
@@ -126,7 +129,7 @@ def _check_answers(answer: bytes, head: bool) -> None:
         if status >= 400 and not head:
             error = json.loads(body)["error"]
             assert isinstance(error["code"], str) and isinstance(error["message"], str), body
-        if response.getheader("Connection", "").lower() == "close":
+        if head or response.getheader("Connection", "").lower() == "close":
             break
 
 
@@ -135,12 +138,13 @@ def one_input(data: bytes) -> None:
         return
     flags, body = data[0], data[1:]
     request = request_of(body) if flags & 1 else body
+    _errors.records.clear()  # only this input's
     try:
         answer = _loop.run_until_complete(_connection(flags, request))
     finally:
         for handle in list(_loop._scheduled):  # type: ignore[attr-defined]
             handle.cancel()  # this connection's timers (keep-alive, body) end with it
-    _check_answers(answer, head=request.startswith(b"HEAD"))
+    _check_answers(answer, head=b"HEAD" in request)
     if _errors.records:
         record = _errors.records.pop()
         _errors.records.clear()
@@ -168,4 +172,4 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    main(one_input, seeds())
+    main(one_input, seeds(), quiet=False)  # an error logged is a finding

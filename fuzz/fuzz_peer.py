@@ -20,7 +20,6 @@ chunk size. Run: `python fuzz/fuzz_peer.py -max_total_time=120` (fuzz/README.md)
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import struct
 from collections.abc import Callable
@@ -33,8 +32,6 @@ from pnyx.protocol.codec import MalformedMessage
 from pnyx.protocol.multipaxos import Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import decode
 from pnyx.protocol.synod import SynodConfig, SynodNode
-
-logging.disable(logging.CRITICAL)  # refusals are logged; the harness checks them itself
 
 MEMBERS = (1, 2, 3)
 CONFIG = ReplicaConfig.majority(MEMBERS)
