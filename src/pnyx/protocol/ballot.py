@@ -31,6 +31,13 @@ compares only for equality with its own (Promise, Accepted, HeartbeatAck,
 PreVoteReply) or never keeps (PreVote, the ballots of reported entries) are not
 observed and need no check. A replica's own durable state is trusted.
 
+Every other field a member sends is trusted, as Paxos trusts its members: pnyx
+tolerates crashes, not liars, and mutual TLS makes sure only members speak as
+members (README, Security). The round is the one field checked because its
+number space can be used up: that lie alone would outlast the liar (a promise on
+disk stops the cluster across restarts), and checking it costs honest replicas
+nothing but a few elections after a long separation.
+
 Why this keeps the cluster live whatever a member sends:
 
 - *An attacker must climb.* Each message lifts a receiver's floor by at most
