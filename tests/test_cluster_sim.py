@@ -24,7 +24,7 @@ from pnyx.protocol.ballot import ZERO
 from pnyx.protocol.multipaxos import ReplicaConfig
 from pnyx.protocol.multipaxos.acceptor import Acceptor
 from pnyx.protocol.multipaxos.election import Election
-from pnyx.protocol.multipaxos.messages import Accept, Promise
+from pnyx.protocol.multipaxos.messages import Accept, Prepare, Promise
 from pnyx.sim.cluster import (
     D1,
     DRIVER_MUTANTS,
@@ -33,6 +33,7 @@ from pnyx.sim.cluster import (
     L3,
     L4,
     ClusterConfig,
+    ClusterSim,
     simulate_cluster,
     sweep,
 )
@@ -161,6 +162,7 @@ def test_the_sweep_runs_five_nodes_late_messages_and_aimed_reboots() -> None:
     assert {(c.nodes, c.faults.reboots, c.network.late > 0) for c in configs} == {
         (3, False, False), (5, False, False), (3, True, True), (5, True, True)}
     assert all(c.reboot_on_send and c.check_invariants for c in configs)
+    assert [c.seed for c in configs if not c.prevote] == [6, 7]
 
 
 def test_batching_puts_many_commands_in_a_slot_under_load() -> None:
@@ -266,6 +268,28 @@ def test_a_reboot_strikes_the_leader_right_after_it_sends_a_prepare_or_an_accept
                      for x in sends}
             assert kinds & {(e["node"], "prepare"), (e["node"], "accept")}, (seed, e, kinds)
     assert rebooted >= 10
+
+
+def test_only_a_reboot_that_waits_for_the_prepare_shows_a_round_used_again_on_the_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With D1's check of the round set aside, B1 still catches a replica that does not
+    save its round before use: a reboot that strikes right after a candidate's Prepare
+    makes it prepare the same ballot again. Rebooting at a random moment does not."""
+    check_durable = ClusterSim._check_durable
+
+    def rounds_unchecked(self: ClusterSim, src: int, message: object) -> None:
+        if not isinstance(message, Prepare):
+            check_durable(self, src, message)
+
+    monkeypatch.setattr(ClusterSim, "_check_durable", rounds_unchecked)
+    seeds = [seed for seed in range(16) if sweep(seed).faults.reboots]
+    mutant = "round-not-saved-before-use"
+    armed = [simulate_cluster(sweep(seed, mutant)) for seed in seeds]
+    assert any(B1 in {v.rule for v in r.violations} for r in armed)
+    assert all(D1 not in {v.rule for v in r.violations} for r in armed)
+    at_once = [simulate_cluster(sweep(seed, mutant, reboot_on_send=False)) for seed in seeds]
+    assert all(r.safe for r in at_once), [r.violations for r in at_once]
 
 
 def test_a_run_without_aimed_reboots_replays_the_same_whether_or_not_reboots_wait() -> None:

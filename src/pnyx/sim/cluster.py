@@ -63,7 +63,7 @@ from pnyx.protocol.multipaxos.messages import (
 )
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.protocol.quorum import QuorumSystem
-from pnyx.sim.engine import CALL, Engine, SimTimer
+from pnyx.sim.engine import ANY, CALL, Engine, SimTimer
 from pnyx.sim.faults import Fault, FaultConfig
 from pnyx.sim.invariants import A2, LOG_RULES, LogObserver, Violation
 from pnyx.sim.mutants import CLUSTER_MUTANTS
@@ -171,12 +171,16 @@ SWEEP_REBOOTS = FaultConfig(partitions=True, crashes=True, reboots=True, reboot_
 
 def sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
     """Seed `seed` of the default sweep: odd seeds run 5 nodes, even seeds 3; seeds
-    2 and 3 (mod 4) are adversarial (late messages, aimed reboots). `kwargs` override."""
+    2 and 3 (mod 4) are adversarial (late messages, aimed reboots), and half of those
+    (6 and 7 mod 8) elect without pre-vote, so a candidate restarted mid-election
+    starts its next phase 1 before anyone tells it of a higher ballot. `kwargs`
+    override."""
     adversarial = seed % 4 >= 2
     settings: dict[str, Any] = dict(
         seed=seed, nodes=5 if seed % 2 else 3, mutant=mutant,
         network=SWEEP_LATE if adversarial else SWEEP_NETWORK,
         faults=SWEEP_REBOOTS if adversarial else SWEEP_FAULTS,
+        prevote=seed % 8 < 6,
     )
     settings.update(kwargs)
     return ClusterConfig(**settings)
@@ -319,6 +323,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         for k, client in enumerate(self.clients):
             client.left = config.ops // config.clients + (k < config.ops % config.clients)
         self._pending_restart: list[int] = []
+        self._reboot_faults = 0
         self.start()
         for client in self.clients:
             self.push(self.rng.uniform(0, config.think), CALL, 0, ("next", client))
@@ -369,6 +374,16 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         if self._leader is not None and self.nodes[self._leader[0]] is not None:
             return self._leader[0]
         return None
+
+    def reboot(self, i: int) -> None:
+        """Every other armed reboot waits for the next Prepare from anyone: a candidate
+        restarted mid-election, before its round is durable. The rest aim at the leader
+        (`Engine.reboot`)."""
+        self._reboot_faults += 1
+        if self.reboot_on_send and self._reboot_faults % 2 == 0:
+            self.armed, self.armed_for = ANY, frozenset({"Prepare"})
+        else:
+            super().reboot(i)
 
     def partition(self, minority: set[int]) -> None:
         if self._leader is not None and self._crash_rng.random() < self.config.leader_partitions:

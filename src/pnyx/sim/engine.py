@@ -54,6 +54,7 @@ DELIVER, WAKE, DURABLE, FAULT, CALL, TIMER, REBOOT = range(7)
 
 # What an armed reboot waits for: a ballot going out (either message family).
 ARMING_MESSAGES = frozenset({"Prepare", "Accept"})
+ANY = 0  # armed for whichever process sends such a message next
 
 
 class SimTimer:
@@ -86,7 +87,8 @@ class Engine(Generic[P, D]):
         self.seed = seed
         # A reboot waits for its target's next Prepare or Accept (see `reboot`).
         self.reboot_on_send = reboot_on_send
-        self.armed: int | None = None
+        self.armed: int | None = None  # a process id, ANY, or None: not armed
+        self.armed_for: frozenset[str] = ARMING_MESSAGES
         self.reboots = 0
         # Called with the event's process (0: none) after each event, if set.
         self.after_event: Callable[[int], None] | None = None
@@ -231,7 +233,9 @@ class Engine(Generic[P, D]):
     def _send(self, src: int, dst: int, message: Any) -> None:
         self.sent += 1
         self.on_send(src, message)
-        if src == self.armed and type(message).__name__ in ARMING_MESSAGES:
+        armed = self.armed
+        if armed is not None and armed in (src, ANY) \
+                and type(message).__name__ in self.armed_for:
             # After the rest of this batch leaves, before its records are durable.
             self.armed = None
             self.push(self.now, REBOOT, src, None, self.incarnation[src])
@@ -309,7 +313,7 @@ class Engine(Generic[P, D]):
         target = self.leader()
         i = target if target is not None else i
         if self.reboot_on_send:
-            self.armed = i
+            self.armed, self.armed_for = i, ARMING_MESSAGES
         else:
             self._reboot_now(i)
 
