@@ -97,7 +97,7 @@ def main(one_input: Callable[[bytes], None], seeds: list[bytes], *, quiet: bool 
         logging.disable(logging.CRITICAL)
 
     for arg in sys.argv[1:]:
-        if not arg.startswith("-"):
+        if not arg.startswith("-") and not Path(arg).is_file():  # a file: replay it
             corpus = Path(arg)
             corpus.mkdir(parents=True, exist_ok=True)
             if not any(corpus.iterdir()):
