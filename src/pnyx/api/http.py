@@ -462,6 +462,13 @@ class _Handlers:
             raise ApiError(408, "body_timeout",
                            f"the request body did not arrive within {self.body_timeout:g} s",
                            close=True) from None
+        except ConnectionResetError:
+            # The client left before its body arrived: nobody reads the answer, and it is
+            # not a bug of ours (was a 500 and a traceback; found by fuzz/fuzz_http.py).
+            log.info("HTTP client %s: its connection closed before the request body "
+                     "arrived", request.remote)
+            raise ApiError(400, "bad_request", "the connection closed before the request "
+                           "body arrived", close=True) from None
         except _Stopping:
             raise ApiError(503, "unavailable", "the node is stopping",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
