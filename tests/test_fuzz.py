@@ -110,3 +110,11 @@ def test_a_request_naming_http_2_1_is_answered_in_the_documented_shape() -> None
     (`HTTP/2.1 412 ...`), which the harness first took for a broken answer. The answer
     is aiohttp's choice, and its status and JSON body are ours: checked, and kept."""
     fuzz_http.one_input(b"\0DELETE /v1/kv/a?prev_index=1 HTTP/2.1\r\nHost: x\r\n\r\n")
+
+
+def test_a_client_gone_before_its_body_arrived_is_not_an_internal_error() -> None:
+    """fuzz_http under atheris: a chunked PUT whose connection closed mid-body was
+    logged as an unhandled error and counted a 500 (a ConnectionResetError from the
+    body read); now a 400 nobody reads, logged at INFO."""
+    fuzz_http.one_input(b"\0PUT /v1/kv/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n1\r\nx\r\n2\r\n\r\n")
