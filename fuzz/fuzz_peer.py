@@ -14,7 +14,8 @@ member's message must never crash a node.
 Flags (the first byte, see `_harness`): bit 0 puts a valid Hello from member 2
 first; bit 1 frames the body's 2-byte-length payloads (so the fuzzer's bytes
 reach the message decoders), else the body is the raw stream; bits 2-4 the
-chunk size. Run: `python fuzz/fuzz_peer.py -max_total_time=120` (fuzz/README.md).
+chunk size; bit 5 makes the replica a leader with a command in flight first.
+Run: `python fuzz/fuzz_peer.py -max_total_time=120` (fuzz/README.md).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from pnyx.node.config import Address
 from pnyx.node.transport import Hello, PeerTransport, _encoder, _Inbound, frame
 from pnyx.protocol.codec import MalformedMessage
 from pnyx.protocol.multipaxos import Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import decode
+from pnyx.protocol.multipaxos.messages import Promise, decode
 from pnyx.protocol.synod import SynodConfig, SynodNode
 
 MEMBERS = (1, 2, 3)
 CONFIG = ReplicaConfig.majority(MEMBERS)
+LEADING = ReplicaConfig.majority(MEMBERS, prevote=False)
 SYNOD = SynodConfig.majority(MEMBERS)
 HELLO = frame(_encoder.encode(Hello("pnyx", 2)))
 PEERS = {i: Address("127.0.0.1", 7000 + i) for i in MEMBERS}
@@ -70,8 +72,27 @@ def _frame_handler(replica: Replica, synod: SynodNode) -> Callable[[int, bytes],
     return on_frame
 
 
+def _leader() -> Replica:
+    """Replica 1, elected by its own and member 3's promise, one command in flight."""
+    replica = Replica(1, LEADING, random.Random(0), _Machine())  # type: ignore[arg-type]
+    ready = replica.tick(1.0)  # past the election timeout: phase 1
+    pending = ready.send + replica.persisted(ready.persist_seq).send
+    while pending:  # its own Prepare, and its own Promise in reply
+        dst, m = pending.pop(0)
+        if dst == 1:
+            ready = replica.step(m, 1.0)
+            pending += ready.send + replica.persisted(ready.persist_seq).send
+    ready = replica.step(Promise(3, replica.ballot, ()), 1.0)
+    replica.persisted(ready.persist_seq)
+    assert replica.is_leader
+    ready = replica.submit(1, b"x", 1.0)
+    replica.persisted(ready.persist_seq)
+    return replica
+
+
 async def _read(flags: int, body: bytes) -> None:
-    replica = Replica(1, CONFIG, random.Random(0), _Machine())  # type: ignore[arg-type]
+    replica = (_leader() if flags & 0x20
+               else Replica(1, CONFIG, random.Random(0), _Machine()))  # type: ignore[arg-type]
     synod = SynodNode(1, SYNOD, random.Random(0))
     on_frame = _frame_handler(replica, synod)
     owner = PeerTransport(1, "pnyx", PEERS, PEERS[1], on_frame)  # type: ignore[arg-type]
@@ -114,7 +135,8 @@ def seeds() -> list[bytes]:
         sy.Accepted(2, b, b"v"), sy.Rejected(2, b, b), sy.Chosen(2, b"v"), sy.Learned(2),
         sy.Forward(2, b"v"),
     )]
-    out = [bytes([3]) + struct.pack(">H", len(m)) + m for m in messages]
+    out = [bytes([flags]) + struct.pack(">H", len(m)) + m
+           for m in messages for flags in (3, 0x23)]
     out.append(bytes([1]) + b"".join(frame(m) for m in messages[:4]))
     return out
 
