@@ -7,9 +7,11 @@ is when liveness can be expected of the protocol.
 
 A "reboot" crashes a process and brings it straight back from its durable
 state, mid-ballot. Its node is only a fallback: the engine aims a reboot at
-whoever leads the run at that moment (`Engine.leader`), and a simulation may
-hold it until that process next sends (see `pnyx.sim.simulation`), so what
-it loses is exactly what was not yet durable when its ballot went out.
+whoever leads the run at that moment (`Engine.leader`), and the engine may
+hold it until that process next sends a Prepare or an Accept
+(`Engine.reboot_on_send`; the cluster aims every other one at the next
+Prepare from anyone, a candidate mid-election), so what it loses is exactly
+what was not yet durable when its ballot went out.
 """
 
 from __future__ import annotations
