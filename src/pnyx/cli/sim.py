@@ -8,10 +8,12 @@ with a progress bar. The same seed replays the same run exactly.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from typing import IO, Any
 
+from pnyx.cli import see
 from pnyx.cli.common import UsageError
 from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.cluster import DRIVER_MUTANTS, ClusterConfig, ClusterResult, simulate_cluster
@@ -86,6 +88,8 @@ def _add_run_flags(p: argparse.ArgumentParser, nodes: int, until_ms: float) -> N
     p.add_argument("--max-time", type=_positive_ms, default=60.0, metavar="MS",
                    help="stop after this much virtual time (default 60000 ms)")
     p.add_argument("--trace", metavar="FILE", help="write every event as JSON lines")
+    p.add_argument("--html", metavar="FILE",
+                   help="write a replay of the run as one self-contained HTML page")
 
 
 def add_parsers(sub: Any) -> None:
@@ -134,6 +138,7 @@ def add_parsers(sub: Any) -> None:
 
     sim.set_defaults(run=run)
     kv.set_defaults(run=run)
+    see.add_parsers(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,11 +202,12 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
 def run_sim(args: argparse.Namespace) -> int:
     if args.seeds is None:
         config = config_from(args, args.seed or 0)
+        html_sink = io.BytesIO() if args.html else None
         if args.trace:
             with open(args.trace, "wb") as sink:
                 result = _run(config, sink)
         else:
-            result = _run(config, trace=True)
+            result = _run(config, html_sink, trace=True)
         if isinstance(result, ClusterResult):
             print(cluster_summary(result))
             if args.history and result.history is not None:
@@ -213,10 +219,14 @@ def run_sim(args: argparse.Namespace) -> int:
                 print(f"\n  trace digest {result.trace_digest[:16]}")
         if args.trace:
             print(f"  trace written to {args.trace}")
+        if args.html:
+            trace = html_sink.getvalue() if html_sink else see.read_file(args.trace)
+            text = summary(result) if isinstance(result, SimResult) else cluster_summary(result)
+            see.write_run_html(args, trace, text, history=getattr(result, "history", None))
         return 0 if result.safe else 1
-    if args.trace or getattr(args, "history", None):
-        raise UsageError(f"pnyx {args.command}: --trace and --history record one run: "
-                         "use them with --seed, not --seeds")
+    if args.trace or args.html or getattr(args, "history", None):
+        raise UsageError(f"pnyx {args.command}: --trace, --html and --history record one "
+                         "run: use them with --seed, not --seeds")
     seeds = args.seeds
     results: list[Any] = []
     bad = 0
