@@ -41,7 +41,7 @@ from pnyx.statemachine import (
     error_result,
     validate,
 )
-from pnyx.statemachine import kv as kv_module
+from pnyx.statemachine.kv import snapshot as kv_module
 
 
 def _load_counter_example() -> ModuleType:

@@ -1,0 +1,280 @@
+"""The key-value machine: what a KV command does to the replicated state.
+
+This module owns `KVMachine`: the rules for each command (including
+compare-and-swap preconditions), exactly-once handling of client requests
+through the de-duplication table, local queries (`Get`, `Keys` listings with
+their lazily kept sorted index), and taking and restoring snapshots. The
+bytes of commands and results are `pnyx.statemachine.kv.messages`', the checks
+that refuse bad ones `pnyx.statemachine.kv.checks`', the snapshot format
+`pnyx.statemachine.kv.snapshot`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, bisect_right
+
+from pnyx.statemachine.base import LogOrderError, SnapshotError
+from pnyx.statemachine.dedup import DedupTable, Kind, Verdict
+from pnyx.statemachine.kv.checks import _parse, _parse_query
+from pnyx.statemachine.kv.messages import (
+    DEFAULT_COMMAND_LIMIT,
+    DEFAULT_MAX_CLIENTS,
+    Command,
+    Delete,
+    Error,
+    ErrorCode,
+    Get,
+    KeyList,
+    Keys,
+    NotFound,
+    Ok,
+    PreconditionFailed,
+    Put,
+    Request,
+    Result,
+    _encoder,
+    encode_result,
+)
+from pnyx.statemachine.kv.snapshot import decode_snapshot, encode_snapshot
+
+
+def _digest(command: Command) -> bytes:
+    # Fingerprint of the decoded command, re-encoded: msgspec encodes a struct
+    # the same way every time, so equal commands give equal digests on every
+    # replica. 16 bytes keeps the table small; collisions are not a concern
+    # for catching a client bug.
+    return hashlib.blake2b(_encoder.encode(command), digest_size=16).digest()
+
+
+
+class KVMachine:
+    """A replicated key-value map with compare-and-swap and exactly-once requests.
+
+    Implements `pnyx.statemachine.StateMachine`. `apply` never raises for any
+    command bytes; it raises `LogOrderError` only if the driver breaks the log
+    contract by giving an index that does not increase.
+
+    Configuration (`max_clients`, `command_limit`) is part of the replicated
+    behaviour: every replica of a group must use the same values, just as they
+    must run the same version of pnyx.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        command_limit: int = DEFAULT_COMMAND_LIMIT,
+    ) -> None:
+        if command_limit < 1:
+            raise ValueError(f"command_limit must be at least 1, not {command_limit}")
+        self.max_clients = max_clients
+        self.command_limit = command_limit
+        self._data: dict[str, tuple[bytes, int]] = {}
+        self._dedup = DedupTable(max_clients)
+        # Log indices start at 1; 0 means nothing has been applied.
+        self._applied_index = 0
+        # The sorted key index for `Keys`, built on the first listing and then
+        # kept up lazily: writes only note which keys were created or removed
+        # (`_moved`), and the next listing folds them in. Overwrites don't
+        # touch it. So a store that never lists pays nothing, and one that
+        # lists pays for the keys that changed, not a full sort each time.
+        # It is derived from `_data` and not part of the replicated state.
+        self._sorted: list[str] | None = None
+        self._moved: set[str] = set()
+
+    # -- reads that do not go through the log --
+
+    @property
+    def applied_index(self) -> int:
+        """The index of the last command applied (0 before the first)."""
+        return self._applied_index
+
+    def read(self, key: str) -> tuple[bytes, int] | None:
+        """`(value, mod_index)` of `key` in this replica's state, or None.
+
+        A local read: as fresh as this replica, not necessarily linearizable.
+        Compare `applied_index` with the log's commit index to know how stale;
+        for a linearizable read, send a `Get` through the log.
+        """
+        return self._data.get(key)
+
+    def query(self, query: bytes) -> bytes:
+        """Answer an encoded `Get` (as `apply` would) or `Keys` from local state, changing nothing.
+
+        The replica calls this for reads outside the log (linearizable read-index,
+        quorum and stale reads); which of those guarantees holds is the caller's.
+        Never raises: a bad query is answered with `Error`.
+        """
+        decoded = _parse_query(query, None)
+        if isinstance(decoded, Error):
+            return encode_result(decoded)
+        if isinstance(decoded, Keys):
+            return encode_result(self._list(decoded))
+        item = self._data.get(decoded.key)
+        return encode_result(NotFound() if item is None else Ok(item[1], item[0]))
+
+    def _list(self, query: Keys) -> KeyList:
+        keys = self._sorted_keys()
+        start = bisect_left(keys, query.prefix)
+        if query.after:
+            start = max(start, bisect_right(keys, query.after))
+        stop = min(len(keys), start + query.limit)
+        items: list[tuple[str, int]] = []
+        for i in range(start, stop):
+            key = keys[i]
+            if not key.startswith(query.prefix):
+                # Keys with the prefix are contiguous in sorted order: past
+                # the first that lacks it, none has it.
+                return KeyList(items, more=False)
+            items.append((key, self._data[key][1]))
+        more = stop < len(keys) and keys[stop].startswith(query.prefix)
+        return KeyList(items, more)
+
+    def _key_moved(self, key: str) -> None:
+        """Note that `key` was created or removed, for the sorted index."""
+        if self._sorted is None:
+            return
+        self._moved.add(key)
+        # Many changes and no listing: forget the index rather than let the
+        # notes grow without bound; the next listing sorts from scratch.
+        if len(self._moved) > max(1024, len(self._sorted)):
+            self._sorted = None
+            self._moved.clear()
+
+    def _sorted_keys(self) -> list[str]:
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self._data)
+        elif len(self._moved) <= 16:
+            # A few changes: insert or delete in place (a memmove each).
+            for key in self._moved:
+                i = bisect_left(keys, key)
+                present = i < len(keys) and keys[i] == key
+                if key in self._data and not present:
+                    keys.insert(i, key)
+                elif key not in self._data and present:
+                    del keys[i]
+        else:
+            # Many: one linear pass drops removed keys; the new ones are
+            # sorted and merged (Timsort merges the two sorted runs in O(n)).
+            added = [
+                key for key in self._moved
+                if key in self._data
+                and not ((i := bisect_left(keys, key)) < len(keys) and keys[i] == key)
+            ]
+            kept = [key for key in keys if key in self._data]
+            kept.extend(added)
+            kept.sort()
+            keys = self._sorted = kept
+        self._moved.clear()
+        return keys
+
+    @property
+    def key_count(self) -> int:
+        """How many keys exist. (Not `__len__`: an empty machine should not be falsy.)"""
+        return len(self._data)
+
+    @property
+    def dedup_size(self) -> int:
+        """How many clients and idempotency keys the de-duplication table remembers."""
+        return len(self._dedup)
+
+    # -- the StateMachine interface --
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        """Apply the log entry at `index`; returns an encoded `Result`."""
+        if index <= self._applied_index:
+            raise LogOrderError(
+                f"log index {index} applied after {self._applied_index}: indices must increase"
+            )
+        # Every entry consumes its index, even one answered with an error.
+        self._applied_index = index
+        parsed = _parse(command, self.command_limit)
+        if isinstance(parsed, Error):
+            # Not remembered in the de-duplication table: it changed nothing,
+            # and a retry gets the same answer anyway.
+            return encode_result(parsed)
+        kind: Kind
+        if isinstance(parsed, Request):
+            kind, ident, seq = "client", parsed.client_id, parsed.seq
+        else:
+            kind, ident, seq = "key", parsed.idempotency_key, 0
+        digest = _digest(parsed.command)
+        verdict, entry = self._dedup.check(kind, ident, seq, digest)
+        if verdict is Verdict.DUPLICATE:
+            assert entry is not None
+            return entry.result  # the very bytes the first copy got
+        if verdict is Verdict.STALE:
+            assert entry is not None
+            return encode_result(Error(
+                f"stale request: client {ident!r} is at seq {entry.seq}; "
+                f"the result of seq {seq} is no longer kept",
+                ErrorCode.STALE,
+            ))
+        if verdict is Verdict.REUSED:
+            what = f"seq {seq} of client {ident!r}" if kind == "client" else f"key {ident!r}"
+            return encode_result(Error(
+                f"{what} was already used for a different command", ErrorCode.REUSED
+            ))
+        result = encode_result(self._execute(parsed.command, index))
+        self._dedup.record(kind, ident, seq, digest, result)
+        return result
+
+    def _execute(self, command: Command, index: int) -> Result:
+        item = self._data.get(command.key)
+        if isinstance(command, Get):
+            return NotFound() if item is None else Ok(item[1], item[0])
+        failed = _precondition(command, item)
+        if failed is not None:
+            return failed
+        if isinstance(command, Put):
+            if item is None:
+                self._key_moved(command.key)
+            self._data[command.key] = (command.value, index)
+            return Ok(index)
+        if item is None:
+            return NotFound()
+        del self._data[command.key]
+        self._key_moved(command.key)
+        return Ok(index)
+
+    def snapshot(self) -> bytes:
+        """Data, de-duplication table and applied index; equal states give equal bytes."""
+        return encode_snapshot(self._applied_index, self._data, self._dedup.entries())
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot; raises `SnapshotError` (state unchanged) if bad."""
+        # Build the new state completely before touching the old one, so a
+        # refused snapshot leaves the machine as it was.
+        applied_index, new_data, sessions = decode_snapshot(data)
+        try:
+            # More entries than this replica's max_clients (a misconfigured
+            # group) are cut down the same way eviction would have.
+            new_dedup = DedupTable.from_entries(self.max_clients, sessions)
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        self._data = new_data
+        self._dedup = new_dedup
+        self._applied_index = applied_index
+        self._sorted = None
+        self._moved.clear()
+
+
+def _precondition(command: Put | Delete, item: tuple[bytes, int] | None) -> Result | None:
+    """The answer if a condition of `command` fails against `item`, else None."""
+    if item is None:
+        needs_key = (
+            command.prev_exist is True
+            or command.prev_value is not None
+            or command.prev_index is not None
+        )
+        return NotFound() if needs_key else None
+    value, mod_index = item
+    if (
+        command.prev_exist is False
+        or (command.prev_value is not None and command.prev_value != value)
+        or (command.prev_index is not None and command.prev_index != mod_index)
+    ):
+        return PreconditionFailed(mod_index, value)
+    return None
