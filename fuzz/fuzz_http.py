@@ -99,6 +99,12 @@ async def _connection(flags: int, data: bytes) -> bytes:
     protocol.connection_lost(None)
     for _ in range(3):
         await asyncio.sleep(0)
+    # What this connection left running (a handler waiting for a body that will never
+    # come) ends with it, as it would when its timeout fired on a live server.
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
     return bytes(transport.out)
 
 
