@@ -25,18 +25,8 @@ from pnyx.protocol.multipaxos import ReplicaConfig
 from pnyx.protocol.multipaxos.acceptor import Acceptor
 from pnyx.protocol.multipaxos.election import Election
 from pnyx.protocol.multipaxos.messages import Accept, Prepare, Promise
-from pnyx.sim.cluster import (
-    D1,
-    DRIVER_MUTANTS,
-    I1,
-    L1,
-    L3,
-    L4,
-    ClusterConfig,
-    ClusterSim,
-    simulate_cluster,
-    sweep,
-)
+from pnyx.sim.cluster import D1, I1, L1, L3, L4, ClusterSim, simulate_cluster
+from pnyx.sim.cluster_config import DRIVER_MUTANTS, ClusterConfig, sweep
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.invariants import A3, A4, B1, H1, R1
 from pnyx.sim.mutants import CLUSTER_MUTANTS

@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from pnyx.sim.cluster import CLUSTER_RULES, ClusterConfig, ClusterResult
+from pnyx.sim.cluster import CLUSTER_RULES, ClusterResult
+from pnyx.sim.cluster_config import ClusterConfig
 from pnyx.sim.faults import Fault
 from pnyx.sim.invariants import RULES, Violation, show
 from pnyx.sim.simulation import SimConfig, SimResult
