@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from pnyx.cli import main
@@ -207,3 +208,43 @@ def test_paging_past_the_end_of_a_trace_is_refused_with_its_length() -> None:
     trace = b'{"t":0.1,"ev":"propose","node":1,"value":"v1"}\n'
     with pytest.raises(TraceError, match="has 1 events"):
         replay_html(trace, title="x", start=5)
+
+
+def _readme_scenarios() -> dict[str, list[str]]:
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## See it work", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for line in section.splitlines():
+        if line.startswith(".venv/bin/pnyx sim") and "--html" in line:
+            argv = line.split("#")[0].split()[1:]
+            out[argv[argv.index("--html") + 1]] = argv
+    return out
+
+
+def test_the_readme_scenario_commands_show_what_the_readme_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = _readme_scenarios()
+    assert set(runs) == {"duel.html", "backoff.html", "distinguished.html", "gaps.html",
+                         "window32.html", "window1.html"}
+    pages = {}
+    for name, argv in runs.items():
+        argv = [str(tmp_path / a) if a == name else a for a in argv]
+        _, out, _ = _run(capsys, *argv)
+        pages[name] = (out, (tmp_path / name).read_text(encoding="utf-8"))
+    assert "chosen    nothing within" in pages["duel.html"][0]
+    assert re.search(r"chosen\s+v\d at", pages["backoff.html"][0])
+    assert re.search(r"chosen\s+v\d at", pages["distinguished.html"][0])
+    # The gap-filling leader sends Accepts whose value is a no-op.
+    assert re.search(r'"y":"accept"[^}]*"v":"no-op"', pages["gaps.html"][1])
+
+    def most_in_flight(page: str) -> int:
+        """The most slots the leader proposed beyond what it knew chosen (from Accepts)."""
+        data = msgspec.json.decode(page.split('id="data">', 1)[1].split("</script>", 1)[0])
+        worst = 0
+        for m in data["msgs"]:
+            if m["y"] == "accept":
+                worst = max(worst, m["n"] - m.get("x", {}).get("commit", 0))
+        return worst
+
+    assert most_in_flight(pages["window32.html"][1]) > 2  # 142 went out before 141 was chosen
+    assert most_in_flight(pages["window1.html"][1]) == 1
