@@ -37,8 +37,9 @@ from pnyx.protocol.ballot import MAX_ROUND, Ballot
 from pnyx.protocol.multipaxos.messages import Batch, Command
 from pnyx.protocol.multipaxos.records import ReplicaDurable
 from pnyx.protocol.synod.node import DurableState
-from pnyx.storage.log_store import SqliteLogStore, StoreError, _row_crc
+from pnyx.storage.log_store import SqliteLogStore, StoreError
 from pnyx.storage.record import _HEADER, MAGIC, CorruptRecord, FileRecord
+from pnyx.storage.rows import row_crc as _row_crc
 
 # Where each input's files go: memory, when the machine has it.
 _DIR = Path(tempfile.mkdtemp(prefix="pnyx-fuzz-store-",

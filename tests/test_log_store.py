@@ -45,7 +45,8 @@ from pnyx.storage import (
     StoreIdentityError,
     StoreLockedError,
 )
-from pnyx.storage.log_store import SCHEMA_VERSION, _row_crc
+from pnyx.storage.rows import row_crc as _row_crc
+from pnyx.storage.schema import SCHEMA_VERSION
 
 CLUSTER = "test-cluster"
 U64 = 2**64 - 1

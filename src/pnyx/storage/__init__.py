@@ -1,15 +1,12 @@
 """Durable storage: the records a process must not lose across a crash."""
 
-from pnyx.storage.log_store import (
+from pnyx.storage.errors import (
     CorruptStoreError,
-    LogStore,
-    LogStoreStats,
-    MemoryLogStore,
-    SqliteLogStore,
     StoreError,
     StoreIdentityError,
     StoreLockedError,
 )
+from pnyx.storage.log_store import LogStore, LogStoreStats, MemoryLogStore, SqliteLogStore
 from pnyx.storage.record import CorruptRecord, FileRecord, MemoryRecord, Record
 
 __all__ = [

@@ -1,0 +1,268 @@
+"""A SQLite log store's schema and metadata: its tables, identity, member list, upgrades.
+
+This module owns the tables (`SCHEMA_VERSION`, `READABLE_VERSIONS`), the
+`APPLICATION_ID` in the SQLite header, the connection settings, creating a
+store so that a file at its path is always complete, the checks on open
+(header, `PRAGMA quick_check`, identity, upgrading an older schema), and the
+member list: reading, recording, and the rule that other member ids are
+refused (`compare_members`, shared with the in-memory store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+
+from pnyx.storage.errors import CorruptStoreError, StoreError, StoreIdentityError, sql_error
+from pnyx.storage.rows import crc_ok, node_from_sql, node_to_sql, row_crc
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 never holds SAME_AS_ACCEPTED: it is upgraded on open
+# Written into the SQLite header, so a pnyx log store is recognisable as one
+# (and any other SQLite database as not one) before a table is read.
+APPLICATION_ID = 0x504E5958  # "PNYX"
+
+_SCHEMA = """
+CREATE TABLE identity (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    schema_version INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    cluster_id TEXT NOT NULL
+);
+CREATE TABLE promise (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    round INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE last_round (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    round INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE accepted (
+    slot INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE chosen (
+    slot INTEGER PRIMARY KEY,
+    value BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+"""
+
+# Made by `check_members` when missing: stores created before it have no member list,
+# and an older pnyx ignores the table, so the schema version stays the same.
+_MEMBERS_TABLE = """
+CREATE TABLE IF NOT EXISTS members (
+    node_id INTEGER PRIMARY KEY,
+    address BLOB NOT NULL,
+    crc INTEGER NOT NULL
+)
+"""
+
+
+def pragmas(conn: sqlite3.Connection, fsync: bool) -> None:
+    # The lock is taken at the first read and held until close: a second
+    # node process started on the same data directory is refused instead
+    # of interleaving its promises with ours. (It also keeps the WAL index
+    # in process memory: no -shm file.)
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    # Detect a damaged page when it is read, not only in quick_check.
+    conn.execute("PRAGMA cell_size_check = ON")
+    # FULL in WAL mode: every commit fsyncs the WAL before returning.
+    conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'OFF'}")
+    # On macOS plain fsync does not flush the drive's cache; F_FULLFSYNC
+    # does. No effect elsewhere.
+    conn.execute(f"PRAGMA fullfsync = {'ON' if fsync else 'OFF'}")
+
+
+def create(path: Path, *, node_id: int, cluster_id: str, fsync: bool) -> None:
+    # Build the database beside its final name and rename it into place, so
+    # a file at `path` is always a complete store with its identity: a crash
+    # during creation leaves nothing that could later pass for an empty log.
+    tmp = path.with_name(path.name + ".init")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        pragmas(conn, fsync)
+        conn.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the header
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("BEGIN")
+        # Not executescript(): it would commit the open transaction first.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO identity VALUES (1, ?, ?, ?)",
+            (SCHEMA_VERSION, node_to_sql(node_id), cluster_id),
+        )
+        conn.execute("INSERT INTO promise VALUES (1, 0, 0, ?)", (row_crc(0, 0, 0),))
+        conn.execute("INSERT INTO last_round VALUES (1, 0, ?)", (row_crc(0, 0, 0),))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()  # checkpoints the WAL into the file (and fsyncs it, when FULL)
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def connect(path: Path, *, fsync: bool) -> sqlite3.Connection:
+    try:
+        # timeout=0: a store locked by another process is refused at once.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               timeout=0)
+    except sqlite3.Error as exc:
+        raise StoreError(path, f"cannot open the log store: {exc}") from None
+    # TEXT comes back as bytes: a damaged type byte can turn a value blob
+    # into TEXT that is not UTF-8, which sqlite3 would fail to decode.
+    conn.text_factory = bytes
+    try:
+        pragmas(conn, fsync)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise sql_error(path, exc, "cannot open the log store") from None
+    except UnicodeDecodeError:
+        # SQLite's error quotes the damaged schema, which sqlite3 decodes as UTF-8
+        # (found by fuzz/fuzz_store.py).
+        conn.close()
+        raise CorruptStoreError(path, "cannot open the log store: damaged database "
+                                "schema") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def check(conn: sqlite3.Connection, path: Path, *, node_id: int, cluster_id: str) -> None:
+    """Header, integrity, then identity (upgrading an older schema): that `conn` is
+    the store of node `node_id` of cluster `cluster_id`, or the `StoreError` why not."""
+    try:
+        # The first read: takes the lock, recovers the WAL after a crash.
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    except sqlite3.Error as exc:
+        raise sql_error(path, exc, "cannot read the database header") from None
+    if app_id != APPLICATION_ID:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                # SQLite reads an empty file as an empty database; ours never is.
+                raise CorruptStoreError(path, "empty file (0 bytes), not a log store")
+        raise CorruptStoreError(
+            path, f"not a pnyx log store (SQLite application_id {app_id:#x}, "
+            f"expected {APPLICATION_ID:#x})"
+        )
+    try:
+        problems = [row[0].decode(errors="replace")
+                    for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.Error as exc:
+        raise sql_error(path, exc, "integrity check failed") from None
+    if problems != ["ok"]:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise CorruptStoreError(path, f"damaged database: {problems[0]}{more}")
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        identity = conn.execute(
+            "SELECT schema_version, node_id, cluster_id FROM identity WHERE only = 1"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise sql_error(path, exc, "cannot read the store identity") from None
+    if mode != b"wal":
+        raise StoreError(path, f"cannot use WAL mode (journal_mode is {mode!r})")
+    if identity is None or not (
+        type(identity[0]) is int and type(identity[1]) is int
+        and type(identity[2]) is bytes
+    ):
+        raise CorruptStoreError(path, f"identity row missing or malformed: {identity!r}")
+    version, stored_node, stored_cluster = identity
+    try:
+        stored_cluster = stored_cluster.decode()
+    except UnicodeDecodeError:
+        raise CorruptStoreError(path, f"cluster id is not UTF-8: {stored_cluster!r}"
+                                ) from None
+    stored_node = node_from_sql(stored_node)
+    if version not in READABLE_VERSIONS:
+        raise StoreIdentityError(
+            path, f"log store schema version {version}; this pnyx reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    if (stored_node, stored_cluster) != (node_id, cluster_id):
+        raise StoreIdentityError(
+            path, f"this data belongs to node {stored_node} of cluster "
+            f"{stored_cluster!r}, not to node {node_id} of cluster "
+            f"{cluster_id!r}"
+        )
+    if version < SCHEMA_VERSION:
+        try:  # the only difference is a new kind of chosen row; mark the file as one
+            conn.execute("UPDATE identity SET schema_version = ? WHERE only = 1",
+                         (SCHEMA_VERSION,))
+        except sqlite3.Error as exc:
+            raise sql_error(path, exc, "cannot upgrade the store") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _members_text(members: Mapping[int, str]) -> str:
+    return ",".join(f"{i}={members[i]}" for i in sorted(members))
+
+
+def compare_members(path: Path | None, recorded: Mapping[int, str],
+                    members: Mapping[int, str]) -> str | None:
+    """The rule of `check_members`: `StoreIdentityError` if the ids differ, a line to
+    warn with if only addresses do, None if nothing changed or nothing was recorded."""
+    if not recorded or dict(recorded) == dict(members):
+        return None
+    if set(recorded) != set(members):
+        raise StoreIdentityError(
+            path, f"this data was created with members {_members_text(recorded)}, not "
+            f"{_members_text(members)}; restart with the original list (changing the "
+            "members of a cluster is not supported yet, and a restart cannot do it safely)")
+    moved = {i: members[i] for i in sorted(members) if members[i] != recorded[i]}
+    was = {i: recorded[i] for i in moved}
+    return (f"{path}: member addresses changed since the last start: was "
+            f"{_members_text(was)}, now {_members_text(moved)} (recorded)")
+
+
+def read_members(conn: sqlite3.Connection, path: Path) -> dict[int, str]:
+    """The member list recorded with the store (empty if none yet), making its table."""
+    try:
+        conn.execute(_MEMBERS_TABLE)
+        rows = conn.execute("SELECT node_id, address, crc FROM members").fetchall()
+    except sqlite3.Error as exc:
+        raise sql_error(path, exc, "cannot read the member list") from None
+    recorded: dict[int, str] = {}
+    for node, address, crc in rows:
+        if not crc_ok(crc, node, 0, 0, address):
+            raise CorruptStoreError(path, f"member row {node!r} damaged")
+        recorded[node_from_sql(node)] = address.decode(errors="replace")
+    return recorded
+
+
+def write_members(conn: sqlite3.Connection, members: Mapping[int, str]) -> None:
+    """Replace the recorded member list in one transaction; raises `sqlite3.Error`."""
+    rows = []
+    for node_id, address in members.items():
+        node, value = node_to_sql(node_id), address.encode()
+        rows.append((node, value, row_crc(node, 0, 0, value)))
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM members")
+    conn.executemany("INSERT INTO members VALUES (?, ?, ?)", rows)
+    conn.execute("COMMIT")
