@@ -80,6 +80,17 @@ def write_run_html(args: argparse.Namespace, trace: bytes, summary: str,
     size = _replay(args.html, trace, title=title, summary=summary,
                    kv=args.command == "sim-kv", nodes=args.nodes, name="the run's trace")
     print(f"  replay written to {args.html} ({size / 1e6:.2f} MB)")
+    if history is not None:
+        # The clients' history beside it, the failing part highlighted when there is one.
+        from pnyx.check import check
+        from pnyx.check.html import write_history_html
+
+        path = Path(args.html)
+        path = path.with_name(path.stem + "-history.html")
+        result = check(history, budget_seconds=10)
+        size = write_history_html(path, history, result,
+                                  title=f"pnyx sim-kv --seed {seed}: the clients' history")
+        print(f"  history view written to {path} ({size / 1e6:.2f} MB): {result.verdict}")
 
 
 def load_history(path: str) -> Any:

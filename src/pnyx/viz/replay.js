@@ -60,6 +60,7 @@
           n.role = "leader"; n.leader = e[2]; raise(n, m.b);
           if (x.commit > n.commit) n.commit = x.commit;
           if (m.n > n.hi) n.hi = m.n;
+          n.slots[m.n] = [m.b, m.v]; // the leader accepts its own proposal too
         } else { n.role = "phase 2: accept " + m.b + "=" + m.v; n.value = m.v; }
       } else if (y === "accepted") {
         raise(n, m.b);
