@@ -248,3 +248,12 @@ def test_the_readme_scenario_commands_show_what_the_readme_says(
 
     assert most_in_flight(pages["window32.html"][1]) > 2  # 142 went out before 141 was chosen
     assert most_in_flight(pages["window1.html"][1]) == 1
+
+
+def test_html_and_trace_together_write_the_same_run_to_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace, page = tmp_path / "t.jsonl", tmp_path / "p.html"
+    code, _, err = _run(capsys, "sim", "--seed", "1", "--trace", str(trace), "--html", str(page))
+    assert code == 0, err
+    events = len(trace.read_bytes().splitlines())
+    assert f'"total":{events},' in page.read_text(encoding="utf-8")

@@ -202,7 +202,7 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
 def run_sim(args: argparse.Namespace) -> int:
     if args.seeds is None:
         config = config_from(args, args.seed or 0)
-        html_sink = io.BytesIO() if args.html else None
+        html_sink = io.BytesIO() if args.html and not args.trace else None
         if args.trace:
             with open(args.trace, "wb") as sink:
                 result = _run(config, sink)
