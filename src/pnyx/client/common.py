@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -173,6 +173,25 @@ class ClientBase:
 
     def _attempts(self, now: float, *, write: bool, key: str | None = None) -> Attempts:
         return Attempts(now, self.retry_timeout, write=write, key=key)
+
+    def _turns(self, attempts: Attempts, clock: Callable[[], float]) -> Iterator[int | None]:
+        """The nodes one call tries, in turn: a node's index for each attempt, and None
+        after each whole round that failed (the caller then waits `attempts.pause`).
+
+        A caller that is done returns from its loop; one that goes on is moved on
+        from the node it tried (`_move_on`). Raises `attempts.give_up()` once the
+        call's time is up, checked after each failed attempt and after each pause.
+        """
+        while True:
+            for _ in self.endpoints:
+                i = self._current
+                yield i
+                self._move_on(i)
+                if attempts.expired(clock()):
+                    raise attempts.give_up()
+            yield None
+            if attempts.expired(clock()):
+                raise attempts.give_up()
 
     def _move_on(self, i: int) -> None:
         """Node `i` failed: the next call starts at the next node (once, however many

@@ -374,34 +374,31 @@ class AsyncFastClient(ClientBase):
                                 f"limit of {_MAX_PAYLOAD}", status=413, code="value_too_large")
         loop = asyncio.get_running_loop()
         attempts = self._attempts(loop.time(), write=write, key=key)
-        while True:
-            for _ in self.endpoints:
-                i = self._current
-                try:
-                    conn = self._conns.get(i)
-                    if conn is None or conn._writable is not None:
-                        conn = await self._ready(loop, i, conn)
-                    # Not a coroutine of its own: on the fast path a call is one
-                    # frame and one future, nothing more.
-                    response = await self._request(conn, op, payload, mode, loop.time(),
-                                                   attempts.deadline)
-                except Failed as failed:
-                    attempts.failed(self._name(i), failed.reason, sent=failed.sent)
-                    if self._closed:
-                        raise attempts.give_up("the client was closed during the call") from None
-                else:
-                    if response.ok or response.code is not ErrorCode.UNAVAILABLE:
-                        return response
-                    attempts.failed(self._name(i), response.error, sent=response.unknown,
-                                    status=503)
-                # Many calls fail together when a node goes: move on once, not once each.
-                self._move_on(i)
-                if attempts.expired(loop.time()):
-                    raise attempts.give_up()
-            # A whole round failed: wait a little before the next one.
-            await asyncio.sleep(attempts.pause(loop.time()))
-            if attempts.expired(loop.time()):
-                raise attempts.give_up()
+        # After a failed attempt `_turns` moves on from the node: many calls fail
+        # together when a node goes, and move on once, not once each.
+        for i in self._turns(attempts, loop.time):
+            if i is None:
+                # A whole round failed: wait a little before the next one.
+                await asyncio.sleep(attempts.pause(loop.time()))
+                continue
+            try:
+                conn = self._conns.get(i)
+                if conn is None or conn._writable is not None:
+                    conn = await self._ready(loop, i, conn)
+                # Not a coroutine of its own: on the fast path a call is one
+                # frame and one future, nothing more.
+                response = await self._request(conn, op, payload, mode, loop.time(),
+                                               attempts.deadline)
+            except Failed as failed:
+                attempts.failed(self._name(i), failed.reason, sent=failed.sent)
+                if self._closed:
+                    raise attempts.give_up("the client was closed during the call") from None
+            else:
+                if response.ok or response.code is not ErrorCode.UNAVAILABLE:
+                    return response
+                attempts.failed(self._name(i), response.error, sent=response.unknown,
+                                status=503)
+        raise AssertionError("unreachable: _turns ends only by raising")
 
     async def _ready(self, loop: asyncio.AbstractEventLoop, i: int,
                      conn: _Connection | None) -> _Connection:

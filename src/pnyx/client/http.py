@@ -45,6 +45,7 @@ from pnyx.client.common import (
     PathLike,
     as_bytes,
     check_consistency,
+    check_key,
     check_keys_args,
     describe,
     error_for,
@@ -58,11 +59,9 @@ if TYPE_CHECKING:
 
 
 def _quote_key(key: str) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"key must be str, not {type(key).__name__}")
     # Encode "/" (a key is one path segment) and "." (so that keys "." and
     # ".." are not read as dot segments and normalized away).
-    return quote(key, safe="").replace(".", "%2E")
+    return quote(check_key(key), safe="").replace(".", "%2E")
 
 
 def _query(params: dict[str, bytes | str | int | None]) -> str:
@@ -128,20 +127,10 @@ def _error(response: _Response) -> PnyxError:
 class _Base(ClientBase):
     """What both HTTP clients share: how each call is built and its answer read."""
 
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-                 ssl_context: ssl.SSLContext | None = None, cacert: PathLike | None = None,
-                 cert: PathLike | None = None, key: PathLike | None = None) -> None:
-        super().__init__(endpoints, timeout=timeout, connect_timeout=connect_timeout,
-                         retry_timeout=retry_timeout, ssl_context=ssl_context,
-                         cacert=cacert, cert=cert, key=key)
-
     def _write_headers(self, idempotency_key: str | None) -> dict[str, str]:
         # The caller's own key is checked by the node (a 400 names the header).
         key = idempotency_key or self._idempotency_keys.key(None)
         return {"Idempotency-Key": key}
-
 
     def _put_call(self, key: str, value: bytes | str, prev_value: bytes | str | None,
                   prev_index: int | None, prev_exist: bool | None,
@@ -321,24 +310,20 @@ class Client(_Base):
     def _send_locked(self, call: _Call) -> _Response:
         attempts = self._attempts(time.monotonic(), write=call.write,
                                   key=call.headers.get("Idempotency-Key"))
-        while True:
-            for _ in self.endpoints:
-                i = self._current
-                try:
-                    response = self._attempt(i, call)
-                except Failed as failed:
-                    attempts.failed(self._name(i), failed.reason, sent=failed.sent)
-                else:
-                    if response.status < 300:
-                        return response
-                    _answered_unavailable(attempts, self._name(i), response)
-                self._move_on(i)
-                if attempts.expired(time.monotonic()):
-                    raise attempts.give_up()
-            # A whole round failed: wait a little before the next one.
-            time.sleep(attempts.pause(time.monotonic()))
-            if attempts.expired(time.monotonic()):
-                raise attempts.give_up()
+        for i in self._turns(attempts, time.monotonic):
+            if i is None:
+                # A whole round failed: wait a little before the next one.
+                time.sleep(attempts.pause(time.monotonic()))
+                continue
+            try:
+                response = self._attempt(i, call)
+            except Failed as failed:
+                attempts.failed(self._name(i), failed.reason, sent=failed.sent)
+            else:
+                if response.status < 300:
+                    return response
+                _answered_unavailable(attempts, self._name(i), response)
+        raise AssertionError("unreachable: _turns ends only by raising")
 
 
 class AsyncClient(_Base):
@@ -434,39 +419,35 @@ class AsyncClient(_Base):
         scheme = "http" if self.ssl is None else "https"
         attempts = self._attempts(loop.time(), write=call.write,
                                   key=call.headers.get("Idempotency-Key"))
-        while True:
-            for _ in self.endpoints:
-                i = self._current
-                netloc = self._name(i)
-                # encoded=True: the path is already quoted; yarl must not
-                # re-quote it (it would turn %2E back into ".").
-                url = URL(f"{scheme}://{netloc}{call.path}", encoded=True)
-                try:
-                    async with self._session.request(
-                        call.method, url, data=call.body if call.body else None,
-                        headers=call.headers,
-                    ) as raw:
-                        body = await raw.read()
-                        response = _Response(
-                            raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
-                except aiohttp.ClientConnectorCertificateError as exc:
-                    raise untrusted(netloc, exc.certificate_error) from None
-                except aiohttp.ClientConnectorError as exc:
-                    # Could not connect: the request never left.
-                    attempts.failed(netloc, str(exc), sent=False)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # Connected, so the request may have reached the node.
-                    attempts.failed(netloc, describe(exc), sent=True)
-                else:
-                    if response.status < 300:
-                        return response
-                    _answered_unavailable(attempts, netloc, response)
-                self._move_on(i)
-                if attempts.expired(loop.time()):
-                    raise attempts.give_up()
-            await asyncio.sleep(attempts.pause(loop.time()))
-            if attempts.expired(loop.time()):
-                raise attempts.give_up()
+        for i in self._turns(attempts, loop.time):
+            if i is None:
+                await asyncio.sleep(attempts.pause(loop.time()))
+                continue
+            netloc = self._name(i)
+            # encoded=True: the path is already quoted; yarl must not
+            # re-quote it (it would turn %2E back into ".").
+            url = URL(f"{scheme}://{netloc}{call.path}", encoded=True)
+            try:
+                async with self._session.request(
+                    call.method, url, data=call.body if call.body else None,
+                    headers=call.headers,
+                ) as raw:
+                    body = await raw.read()
+                    response = _Response(
+                        raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise untrusted(netloc, exc.certificate_error) from None
+            except aiohttp.ClientConnectorError as exc:
+                # Could not connect: the request never left.
+                attempts.failed(netloc, str(exc), sent=False)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Connected, so the request may have reached the node.
+                attempts.failed(netloc, describe(exc), sent=True)
+            else:
+                if response.status < 300:
+                    return response
+                _answered_unavailable(attempts, netloc, response)
+        raise AssertionError("unreachable: _turns ends only by raising")
 
 
 def _answered_unavailable(attempts: Attempts, where: str, response: _Response) -> None:
