@@ -462,6 +462,14 @@ class _Handlers:
             raise ApiError(408, "body_timeout",
                            f"the request body did not arrive within {self.body_timeout:g} s",
                            close=True) from None
+        except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+            # A body the parser refused once its handler had begun reading it (aiohttp's
+            # Python parser; its C parser answers these itself): bad input, not a bug.
+            # Found by fuzz/fuzz_http.py.
+            log.debug("HTTP client %s: malformed request body: %r", request.remote, exc)
+            request.content.feed_eof()  # nothing more to read: aiohttp must not linger on it
+            raise ApiError(400, "bad_request", "the request body is malformed (its chunked "
+                           "encoding or length)", close=True) from None
         except ConnectionResetError:
             # The client left before its body arrived: nobody reads the answer, and it is
             # not a bug of ours (was a 500 and a traceback; found by fuzz/fuzz_http.py).
