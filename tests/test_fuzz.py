@@ -118,3 +118,20 @@ def test_a_client_gone_before_its_body_arrived_is_not_an_internal_error() -> Non
     body read); now a 400 nobody reads, logged at INFO."""
     fuzz_http.one_input(b"\0PUT /v1/kv/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
                         b"\r\n\r\n1\r\nx\r\n2\r\n\r\n")
+
+
+def test_a_body_aiohttps_python_parser_refuses_mid_read_is_a_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fuzz_http under atheris, with aiohttp's Python parser (what runs where its C
+    extension is missing): a chunk-size line refused after the handler had begun reading
+    the body reached it as an exception, answered 500 with a traceback logged."""
+    import aiohttp.http_parser
+    import aiohttp.web_protocol
+
+    monkeypatch.setattr(aiohttp.web_protocol, "HttpRequestParser",
+                        aiohttp.http_parser.HttpRequestParserPy)
+    fuzz_http.one_input(b"\x04PUT /v1/kv/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n1\x97\nx\r\n1\r\n\r\n")
+    fuzz_http.one_input(b"\x04PUT /v1/kv/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n1\r\nxx\r\n0\r\n\r\n")
