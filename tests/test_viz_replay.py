@@ -257,3 +257,45 @@ def test_html_and_trace_together_write_the_same_run_to_both(
     assert code == 0, err
     events = len(trace.read_bytes().splitlines())
     assert f'"total":{events},' in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_million_event_trace_is_paged_and_each_page_opens_in_seconds(
+        chromium: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """10^6 events: `pnyx replay` writes a page of the first MAX_EVENTS and says so;
+    `--from` gives the others; the browser opens a full page within seconds."""
+    import time
+
+    from pnyx.viz.replay import MAX_EVENTS
+
+    one = tmp_path / "one.jsonl"
+    _run(capsys, "sim-kv", "--seed", "1", "--ops", "1000", "--no-invariants",
+         "--trace", str(one))
+    lines = one.read_bytes().splitlines()
+    span = msgspec.json.decode(lines[-1])["t"] + 0.001
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as sink:
+        n = 0
+        while n < 1_000_000:
+            for line in lines[: 1_000_000 - n]:
+                record = msgspec.json.decode(line)
+                record["t"] = round(record["t"] + span * (n // len(lines)), 9)
+                sink.write(msgspec.json.encode(record) + b"\n")
+            n += min(len(lines), 1_000_000 - n)
+    for start in (0, 900_000):
+        page = tmp_path / f"page{start}.html"
+        started = time.perf_counter()
+        code, _, err = _run(capsys, "replay", str(big), "--html", str(page),
+                              "--from", str(start))
+        assert code == 0, err
+        assert time.perf_counter() - started < 30
+        seconds = open_page(chromium, page)
+        assert seconds < 10
+        shown = min(MAX_EVENTS, 1_000_000 - start)
+        assert chromium.execute_script("return pnyxReplay.events") == shown
+        banner = _text(chromium, "banner")
+        assert f"events {start + 1:,}".replace(",", "") in banner.replace(",", "")
+        assert "of 1000000" in banner
+        print(f"page from {start}: {page.stat().st_size / 1e6:.1f} MB, open in {seconds:.2f} s")
+        _key(chromium, END)
+        assert console_errors(chromium) == []
