@@ -43,6 +43,12 @@ pnyx, never bad input.
 `serve_http(node, host, port, limits=, ssl=)` serves the application with the
 connection limits of `pnyx.api.limits` and, with `ssl`, HTTPS only.
 
+This module owns the routes and their handlers (`make_app`) and `serve_http`.
+Its parts are modules of their own: `http_errors` (the error body, `ApiError`,
+the `HTTP_FAILURES` table), `http_parse` (reading a request, its limits),
+`http_serve` (aiohttp's server with the connection cap and parser errors);
+the names callers use are re-exported here.
+
 **Exactly once.** Every write is sent as a `kv.IdempotentRequest`: under the
 client's `Idempotency-Key` header if it gave one (so the client's own retries,
 to this node or another, are answered with the first result), else under a
@@ -57,44 +63,71 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, NamedTuple, NoReturn
-from urllib.parse import unquote_to_bytes
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NoReturn
 
 from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
 
-from pnyx.api.limits import ClientLimits, Refusal
+from pnyx.api.http_errors import (
+    HTTP_FAILURES,
+    RETRY_AFTER_SECONDS,
+    ApiError,
+    HttpFailure,
+    error_response,
+)
+from pnyx.api.http_parse import (
+    GET_PARAMS,
+    IDEMPOTENCY_HEADER,
+    LIST_PARAMS,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_URL_BYTES,
+    WRITE_PARAMS,
+    idempotency_key,
+    int_param,
+    parse_conditions,
+    parse_consistency,
+    parse_key,
+    parse_params,
+    text_param,
+)
+from pnyx.api.http_serve import HttpServer, parser_error, start_server
+from pnyx.api.limits import ClientLimits
 from pnyx.api.node_api import NodeAPI
-from pnyx.protocol.multipaxos import READ_MODES, Code, Outcome, ReadMode
+from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
+
+__all__ = [
+    "APPLIED_INDEX_HEADER",
+    "DEFAULT_LIST_LIMIT",
+    "DEFAULT_MAX_VALUE",
+    "HTTP_FAILURES",
+    "IDEMPOTENCY_HEADER",
+    "INDEX_HEADER",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_LIST_LIMIT",
+    "MAX_URL_BYTES",
+    "RETRY_AFTER_SECONDS",
+    "ApiError",
+    "HttpFailure",
+    "HttpServer",
+    "error_response",
+    "make_app",
+    "parser_error",
+    "serve_http",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_VALUE: Final = 1 << 20
 DEFAULT_LIST_LIMIT: Final = kv.DEFAULT_KEYS_LIMIT
 MAX_LIST_LIMIT: Final = kv.MAX_KEYS_LIMIT
-MAX_INT: Final = (1 << 63) - 1  # MessagePack carries 64-bit integers; larger is bad input
 
 INDEX_HEADER: Final = "X-Pnyx-Index"
 APPLIED_INDEX_HEADER: Final = "X-Pnyx-Applied-Index"
-IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
-RETRY_AFTER_SECONDS: Final = 1
-
-# What the HTTP parser takes: a request line (method, URL, version) up to MAX_URL_BYTES,
-# each header up to MAX_HEADER_BYTES, at most MAX_HEADERS of them. The two sizes differ
-# by design: the parser's error says which limit was hit, so the answer can say which.
-MAX_URL_BYTES: Final = 8192
-MAX_HEADER_BYTES: Final = 8190
-MAX_HEADERS: Final = 128
-
-# Idempotency keys are namespaced so that a key a client chose can never
-# collide with one this layer generated, nor with keys other callers of the
-# machine (embedded users) put in the log.
-_CLIENT_KEY_PREFIX: Final = "h:"
-_GENERATED_KEY_PREFIX: Final = "g:"
-MAX_IDEMPOTENCY_KEY: Final = kv.MAX_ID_BYTES - len(_CLIENT_KEY_PREFIX)
 
 # Metric labels must stay bounded: a method outside this set is counted as "other".
 _METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", "PATCH"})
@@ -104,207 +137,6 @@ _METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", 
 _NODE_GRACE: Final = 1.0
 _RETRY_FIRST_DELAY: Final = 0.01
 _RETRY_MAX_DELAY: Final = 0.2
-
-
-
-class HttpFailure(NamedTuple):
-    """How an API answers a failed outcome: status, error code, and whether to say when to
-    retry (`Retry-After`)."""
-
-    status: int
-    code: str
-    retry_after: bool
-
-
-_UNAVAILABLE: Final = HttpFailure(503, "unavailable", True)
-
-# The one table from an outcome's `Code` to its HTTP answer. Every code is here (a test
-# checks); `NONE` on a failure is a node that did not say why: unavailable, retry.
-HTTP_FAILURES: Final[dict[Code, HttpFailure]] = {
-    Code.NONE: _UNAVAILABLE,
-    Code.TOO_LARGE: HttpFailure(413, "value_too_large", False),
-    Code.BAD_REQUEST: HttpFailure(400, "invalid", False),
-    Code.ABORTED: _UNAVAILABLE,
-    Code.NOT_LEADER: _UNAVAILABLE,
-    Code.NO_LEADER: _UNAVAILABLE,
-    Code.TIMEOUT: _UNAVAILABLE,
-    Code.READ_DISAGREED: _UNAVAILABLE,
-    Code.SHUTTING_DOWN: _UNAVAILABLE,
-    Code.INTERNAL: HttpFailure(500, "internal", False),
-}
-
-_WRITE_PARAMS: Final = frozenset({"prev_value", "prev_index", "prev_exist"})
-_GET_PARAMS: Final = frozenset({"consistency"})
-_LIST_PARAMS: Final = frozenset({"prefix", "after", "limit", "consistency"})
-
-
-class ApiError(Exception):
-    """An HTTP error response, raised anywhere below a handler and rendered by the middleware."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-        close: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-        self.close = close  # close the connection after answering
-
-    def response(self) -> web.Response:
-        response = error_response(self.status, self.code, self.message,
-                                  headers=self.headers, extra=self.extra)
-        if self.close:
-            response.force_close()
-        return response
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> web.Response:
-    body = {"error": {"code": code, "message": message, **(extra or {})}}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
-
-
-def _bad(code: str, message: str) -> NoReturn:
-    raise ApiError(400, code, message)
-
-
-# --- parsing ----------------------------------------------------------------
-
-
-def _unquote(raw: str, what: str, *, plus_is_space: bool) -> bytes:
-    if plus_is_space:
-        raw = raw.replace("+", " ")
-    try:
-        return unquote_to_bytes(raw)
-    except UnicodeError:
-        # The HTTP parser may hand over lone surrogates for raw non-UTF-8 bytes
-        # in the request line; unquote_to_bytes cannot encode them.
-        _bad("bad_param" if what != "key" else "bad_key", f"{what} is not valid UTF-8")
-
-
-def _utf8(data: bytes, what: str, code: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        _bad(code, f"{what} is not valid UTF-8")
-
-
-def parse_key(request: web.Request) -> str:
-    """The key named by the path, checked as the machine would check it."""
-    # Split the *raw* path: "/" separates segments there, while an encoded
-    # "%2F" is part of the key. Splitting the decoded path would conflate them,
-    # and yarl leaves undecodable escapes like %FF in place.
-    parts = request.rel_url.raw_path.split("/", 3)
-    raw = parts[3] if len(parts) == 4 else ""
-    key = _utf8(_unquote(raw, "key", plus_is_space=False), "key", "bad_key")
-    if not key:
-        _bad("bad_key", "key must not be empty")
-    size = len(key.encode("utf-8"))
-    if size > kv.MAX_KEY_BYTES:
-        _bad("bad_key", f"key is {size} bytes, longer than {kv.MAX_KEY_BYTES}")
-    return key
-
-
-def parse_params(request: web.Request, allowed: frozenset[str]) -> dict[str, bytes]:
-    """The query string as name -> raw bytes; unknown or repeated names are bad input."""
-    params: dict[str, bytes] = {}
-    raw_query = request.rel_url.raw_query_string
-    if not raw_query:
-        return params
-    for part in raw_query.split("&"):
-        if not part:
-            continue
-        raw_name, _, raw_value = part.partition("=")
-        name_bytes = _unquote(raw_name, "parameter name", plus_is_space=True)
-        name = name_bytes.decode("utf-8", "backslashreplace")
-        if name not in allowed:
-            expected = ", ".join(sorted(allowed)) or "none"
-            _bad("bad_param", f"unknown query parameter {name!r} (expected: {expected})")
-        if name in params:
-            _bad("bad_param", f"query parameter {name!r} given more than once")
-        params[name] = _unquote(raw_value, name, plus_is_space=True)
-    return params
-
-
-def _int_param(params: dict[str, bytes], name: str, default: int | None,
-               lo: int, hi: int) -> int | None:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    text = raw.decode("ascii", "replace")
-    # Digits only: int() would also take "+5", " 5", "5_000" and "٥".
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not lo <= int(text) <= hi:
-        _bad("bad_param", f"{name} must be an integer from {lo} to {hi}, not {text[:40]!r}")
-    return int(text)
-
-
-def _bool_param(params: dict[str, bytes], name: str) -> bool | None:
-    raw = params.get(name)
-    if raw is None:
-        return None
-    text = raw.decode("ascii", "replace").lower()
-    if text not in ("true", "false"):
-        _bad("bad_param", f"{name} must be true or false, not {text[:40]!r}")
-    return text == "true"
-
-
-def _text_param(params: dict[str, bytes], name: str) -> str:
-    text = _utf8(params.get(name, b""), name, "bad_param")
-    if len(text.encode("utf-8")) > kv.MAX_KEY_BYTES:
-        _bad("bad_param", f"{name} is longer than {kv.MAX_KEY_BYTES} bytes")
-    return text
-
-
-def parse_consistency(params: dict[str, bytes]) -> ReadMode:
-    raw = params.get("consistency", b"linearizable").decode("utf-8", "replace")
-    for mode in READ_MODES:
-        if raw == mode:
-            return mode
-    _bad("bad_param",
-         f"consistency must be one of {', '.join(READ_MODES)}, not {raw[:40]!r}")
-
-
-def parse_conditions(params: dict[str, bytes]) -> dict[str, Any]:
-    """`prev_value`, `prev_index`, `prev_exist` as keyword arguments of `Put`/`Delete`."""
-    return {
-        "prev_value": params.get("prev_value"),
-        "prev_index": _int_param(params, "prev_index", None, 0, MAX_INT),
-        "prev_exist": _bool_param(params, "prev_exist"),
-    }
-
-
-def idempotency_key(request: web.Request) -> str:
-    """The request's identity in the machine's de-duplication table."""
-    given = request.headers.getall(IDEMPOTENCY_HEADER, [])
-    if not given:
-        return _GENERATED_KEY_PREFIX + uuid.uuid4().hex
-    if len(given) > 1:
-        raise ApiError(400, "bad_header", f"{IDEMPOTENCY_HEADER} given more than once")
-    key = given[0]
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
-        raise ApiError(
-            400, "bad_header",
-            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-        )
-    return _CLIENT_KEY_PREFIX + key
-
-
-# --- handlers ---------------------------------------------------------------
 
 
 def _route_label(request: web.Request) -> str:
@@ -493,13 +325,13 @@ class _Handlers:
 
     async def put(self, request: web.Request) -> web.Response:
         key = parse_key(request)
-        conditions = parse_conditions(parse_params(request, _WRITE_PARAMS))
+        conditions = parse_conditions(parse_params(request, WRITE_PARAMS))
         value = await self._read_body(request)
         return await self._write(request, kv.Put(key, value, **conditions))
 
     async def delete(self, request: web.Request) -> web.Response:
         key = parse_key(request)
-        conditions = parse_conditions(parse_params(request, _WRITE_PARAMS))
+        conditions = parse_conditions(parse_params(request, WRITE_PARAMS))
         return await self._write(request, kv.Delete(key, **conditions))
 
     async def get(self, request: web.Request) -> web.Response:
@@ -507,7 +339,7 @@ class _Handlers:
         if len(raw) < 4 or raw[3] == "":
             return await self.list_keys(request)
         key = parse_key(request)
-        mode = parse_consistency(parse_params(request, _GET_PARAMS))
+        mode = parse_consistency(parse_params(request, GET_PARAMS))
         result, outcome = await self._read(kv.encode_query(key), mode)
         headers = {APPLIED_INDEX_HEADER: str(outcome.index)} if mode == "stale" else {}
         if isinstance(result, kv.Ok):
@@ -519,10 +351,10 @@ class _Handlers:
         raise error
 
     async def list_keys(self, request: web.Request) -> web.Response:
-        params = parse_params(request, _LIST_PARAMS)
-        prefix = _text_param(params, "prefix")
-        after = _text_param(params, "after")
-        limit = _int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+        params = parse_params(request, LIST_PARAMS)
+        prefix = text_param(params, "prefix")
+        after = text_param(params, "after")
+        limit = int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         assert limit is not None
         mode = parse_consistency(params)
         result, outcome = await self._read(kv.encode_keys_query(prefix, after, limit), mode)
@@ -588,119 +420,6 @@ class _Stopping(Exception):
     """Thrown into a request body's reader when the node stops."""
 
 
-# --- serving: limits and the parser's errors ------------------------------------------
-
-
-def parser_error(exc: BaseException | None, message: str | None) -> tuple[int, str, str]:
-    """Status, code and message for a request the HTTP parser refused."""
-    text = (message or (str(exc) if exc is not None else "") or "bad request").strip()
-    first = text.splitlines()[0].strip().rstrip(":") if text else "bad request"
-    if isinstance(exc, http_exceptions.LineTooLong):
-        limit = exc.args[1] if len(exc.args) > 1 else None
-        if limit == MAX_URL_BYTES:
-            return 414, "url_too_long", f"the request line is longer than {MAX_URL_BYTES} bytes"
-        return 431, "header_too_large", f"a header is longer than {MAX_HEADER_BYTES} bytes"
-    if isinstance(exc, http_exceptions.BadHttpMethod):
-        if "HTTPS" in first:
-            return 400, "bad_request", ("TLS on a plain HTTP port: use http://, or serve "
-                                        "HTTPS with --cert-file and --key-file")
-        return 501, "unknown_method", "unknown HTTP method"
-    if isinstance(exc, http_exceptions.BadHttpMessage) and "Too many headers" in first:
-        return 431, "header_too_large", f"more than {MAX_HEADERS} headers"
-    if isinstance(exc, http_exceptions.HttpProcessingError):
-        return 400, "bad_request", first[:200]
-    return 500, "internal", "internal error; see the node's log"
-
-
-class _RequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering what its parser refuses in our JSON shape."""
-
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # as aiohttp's: an answer has begun already
-            raise ConnectionError("an answer has been sent already; cannot send an error")
-        if status >= 500 and not isinstance(exc, http_exceptions.HttpProcessingError):
-            log.error("error serving a request from %s", request.remote, exc_info=exc)
-            answer = (500, "internal", "internal error; see the node's log")
-        else:
-            answer = parser_error(exc, message)
-            log.debug("refused a request from %s: %s", request.remote, answer[2])
-        response = error_response(*answer)
-        response.force_close()
-        return response
-
-
-class _Server(web.Server):
-    """aiohttp's server, with our connection handler and a cap on connections."""
-
-    max_connections: int = ClientLimits().max_connections
-    refusal: bytes = b""
-    refused: int = 0
-
-    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
-        if len(self._connections) >= self.max_connections:
-            self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                log.warning("HTTP: %d connections refused so far (at most %d at once; "
-                            "--max-connections)", self.refused, self.max_connections)
-            return Refusal(self.refusal)
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-def _refusal(limits: ClientLimits) -> bytes:
-    body = (b'{"error": {"code": "too_many_connections", "message": "too many connections '
-            b'to this node (at most %d); try another node or later"}}' % limits.max_connections)
-    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
-            % (RETRY_AFTER_SECONDS, len(body))) + body
-
-
-class _Runner(web.AppRunner):
-    def __init__(self, app: web.Application, limits: ClientLimits, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.limits = limits
-
-    async def _make_server(self) -> web.Server:
-        # aiohttp builds its Server in here; ours is the same with two methods replaced
-        # (it reads the same private fields aiohttp's own __call__ does).
-        base = await super()._make_server()
-        server = _Server(base.request_handler, request_factory=base.request_factory,
-                         handler_cancellation=base.handler_cancellation, loop=base._loop,
-                         **base._kwargs)
-        server.max_connections = self.limits.max_connections
-        server.refusal = _refusal(self.limits)
-        return server
-
-
-class _Site(web.TCPSite):
-    """A TCP site whose TLS handshakes must finish within the body timeout."""
-
-    def __init__(self, runner: _Runner, host: str, port: int,
-                 ssl_context: ssl_module.SSLContext | None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        self.handshake_timeout = runner.limits.body_timeout
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        assert self._runner.server is not None
-        self._server = await loop.create_server(
-            self._runner.server, self._host, self._port, ssl=self._ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context else None,
-            backlog=self._backlog, reuse_address=self._reuse_address)
-        self._bound_port = self._server.sockets[0].getsockname()[1]
-
-
-class HttpServer(NamedTuple):
-    """A running HTTP API: `port` is the bound one; stop it with `await close()`."""
-
-    runner: web.AppRunner
-    port: int
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
-
-
 async def serve_http(
     node: NodeAPI,
     host: str,
@@ -718,21 +437,6 @@ async def serve_http(
     limits = limits or ClientLimits()
     app = make_app(node, max_value=max_value, request_timeout=request_timeout,
                    body_timeout=limits.body_timeout)
-    runner = _Runner(
-        app, limits, access_log=None,
-        # A request waiting for its outcome is answered within the request timeout.
-        shutdown_timeout=request_timeout + _NODE_GRACE,
-        keepalive_timeout=limits.idle_timeout,
-        # A body left unread (an early 413, a DELETE with a body) is drained this long
-        # before the connection is closed.
-        lingering_time=min(limits.body_timeout, 1.0),
-        max_line_size=MAX_URL_BYTES, max_field_size=MAX_HEADER_BYTES,
-        max_headers=MAX_HEADERS)
-    await runner.setup()
-    site = _Site(runner, host, port, ssl)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return HttpServer(runner, site.port)
+    # A request waiting for its outcome is answered within the request timeout.
+    return await start_server(app, host, port, limits=limits, ssl=ssl,
+                              shutdown_timeout=request_timeout + _NODE_GRACE)
