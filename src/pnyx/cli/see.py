@@ -127,3 +127,19 @@ def run_check(args: argparse.Namespace) -> int:
         size = write_history_html(args.html, history, result, title=f"history {args.history}")
         print(f"history view written to {args.html} ({size / 1e6:.2f} MB)")
     return 0 if result.ok else 1
+
+
+def print_narration(args: argparse.Namespace, trace: bytes, result: Any) -> None:
+    """`pnyx sim --narrate`: the run in words, then a blank line."""
+    from pnyx.viz.narrate import narrate
+    from pnyx.viz.replay import TraceError, records
+
+    try:
+        recs = list(records(trace, "the run's trace"))
+    except TraceError as exc:
+        raise StartError(str(exc)) from None
+    chosen = result.chosen.decode() if result.chosen is not None else None
+    for line in narrate(recs, nodes=args.nodes, safe=result.safe, chosen=chosen,
+                        mutant=args.mutant, command="pnyx sim"):
+        print(line)
+    print()

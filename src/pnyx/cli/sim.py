@@ -108,6 +108,8 @@ def add_parsers(sub: Any) -> None:
     sim.add_argument("--no-backoff", action="store_true",
                      help="retry at once instead of after a random backoff (livelocks)")
     sim.add_argument("--mutant", choices=sorted(MUTANTS), help="run a deliberately broken variant")
+    sim.add_argument("--narrate", action="store_true",
+                     help="tell the run step by step in words before the summary")
 
     kv = sub.add_parser(
         "sim-kv",
@@ -202,7 +204,8 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
 def run_sim(args: argparse.Namespace) -> int:
     if args.seeds is None:
         config = config_from(args, args.seed or 0)
-        html_sink = io.BytesIO() if args.html and not args.trace else None
+        narrate = getattr(args, "narrate", False)
+        html_sink = io.BytesIO() if (args.html or narrate) and not args.trace else None
         if args.trace:
             with open(args.trace, "wb") as sink:
                 result = _run(config, sink)
@@ -214,6 +217,9 @@ def run_sim(args: argparse.Namespace) -> int:
                 result.history.dump(args.history)
                 print(f"\n  history written to {args.history}")
         else:
+            if narrate:
+                trace = html_sink.getvalue() if html_sink else see.read_file(args.trace)
+                see.print_narration(args, trace, result)
             print(summary(result))
             if result.trace_digest:
                 print(f"\n  trace digest {result.trace_digest[:16]}")
@@ -224,9 +230,10 @@ def run_sim(args: argparse.Namespace) -> int:
             text = summary(result) if isinstance(result, SimResult) else cluster_summary(result)
             see.write_run_html(args, trace, text, history=getattr(result, "history", None))
         return 0 if result.safe else 1
-    if args.trace or args.html or getattr(args, "history", None):
-        raise UsageError(f"pnyx {args.command}: --trace, --html and --history record one "
-                         "run: use them with --seed, not --seeds")
+    if args.trace or args.html or getattr(args, "history", None) \
+            or getattr(args, "narrate", False):
+        raise UsageError(f"pnyx {args.command}: --trace, --html, --narrate and --history "
+                         "record one run: use them with --seed, not --seeds")
     seeds = args.seeds
     results: list[Any] = []
     bad = 0

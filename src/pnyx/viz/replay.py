@@ -61,6 +61,12 @@ def _lines(data: bytes, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield n, record
 
 
+def records(data: bytes, name: str = "trace") -> Iterator[dict[str, Any]]:
+    """The events of a trace, in order (a `TraceError` of one line for a bad file)."""
+    for _, record in _lines(data, name):
+        yield record
+
+
 def load_trace(path: str | Path) -> bytes:
     """The bytes of a trace file, checked to be a readable trace (one-line errors)."""
     data = Path(path).read_bytes()
