@@ -291,11 +291,15 @@
 
   // ----------------------------------------------------------------- drawing
   const stage = $("stage"), logSvg = $("log");
-  const W = 640, H = 440, CX = W / 2, CY = H / 2 - 6;
+  // A phone gets a tall stage, so the text stays readable at its width.
+  const PHONE = window.innerWidth < 600;
+  const W = PHONE ? 400 : 640, H = PHONE ? 640 : 440, CX = W / 2, CY = H / 2 - 6;
+  const CW = PHONE ? 140 : 172, CHARS = PHONE ? 24 : 30;
+  stage.setAttribute("viewBox", "0 0 " + W + " " + H);
   const POS = {};
   IDS.forEach((id, j) => {
     const a = -Math.PI / 2 + (2 * Math.PI * j) / IDS.length;
-    POS[id] = [CX + (W / 2 - 92) * Math.cos(a), CY + (H / 2 - 58) * Math.sin(a)];
+    POS[id] = [CX + (W / 2 - CW / 2 - 6) * Math.cos(a), CY + (H / 2 - 58) * Math.sin(a)];
   });
   const COLORS = { prepare: "#2b6cb0", promise: "#3182ce", accept: "#c05621", accepted: "#dd6b20",
     rejected: "#c53030", chosen: "#2f855a", heartbeat: "#b794f4", heartbeatack: "#d6bcfa",
@@ -341,10 +345,11 @@
     for (const id of IDS) {
       const n = s.nodes[id], p = POS[id];
       const cls = ["node", n.up ? "" : "down", cut && cut.has(id) ? "cut" : "", KV && n.role === "leader" && n.up ? "leader" : "", id === active ? "active" : ""].join(" ");
-      const g = el("g", { class: cls, "data-node": id, transform: "translate(" + (p[0] - 86) + "," + (p[1] - 34) + ")" });
-      g.appendChild(el("rect", { width: 172, height: 68, rx: 8 }));
+      const g = el("g", { class: cls, "data-node": id, transform: "translate(" + (p[0] - CW / 2) + "," + (p[1] - 34) + ")" });
+      g.appendChild(el("rect", { width: CW, height: 68, rx: 8 }));
       g.appendChild(el("text", { x: 8, y: 16, class: "name" }, "node " + id + (cut && cut.has(id) ? "  (partitioned)" : "")));
-      nodeLines(n, id).forEach((t, j) => g.appendChild(el("text", { x: 8, y: 32 + 14 * j, class: n.up ? "" : "down-label" }, t)));
+      nodeLines(n, id).forEach((t, j) => g.appendChild(el("text", { x: 8, y: 32 + 14 * j, class: n.up ? "" : "down-label" },
+        t.length > CHARS ? t.slice(0, CHARS - 1) + "…" : t)));
       frag.appendChild(g);
     }
     const rows = Object.keys(s.flights);
