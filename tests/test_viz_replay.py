@@ -299,3 +299,46 @@ def test_a_million_event_trace_is_paged_and_each_page_opens_in_seconds(
         print(f"page from {start}: {page.stat().st_size / 1e6:.1f} MB, open in {seconds:.2f} s")
         _key(chromium, END)
         assert console_errors(chromium) == []
+
+
+def _resolve(dotted: str) -> object:
+    """`pnyx.a.b.C.f` -> the object, importing the longest module prefix."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("argv", [
+    ("sim", "--seed", "1", "--crashes", "--partitions", "--drop", "0.05"),
+    ("sim", "--seed", "1", "--distinguished", "2"),
+    ("sim-kv", "--seed", "3", "--ops", "80", "--crashes", "--partitions", "--drop", "0.05"),
+])
+def test_every_event_names_a_seed_rule_and_functions_that_exist(
+        chromium: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        argv: tuple[str, ...]) -> None:
+    page = tmp_path / "run.html"
+    _run(capsys, *argv, "--html", str(page))
+    open_page(chromium, page)
+    found = chromium.execute_script("""
+        const missing = [], fns = new Set();
+        for (let i = 0; i < pnyxReplay.events; i++) {
+          const x = pnyxReplay.explain(i);
+          if (!x.rule || !x.fn || !x.why) missing.push(i + ": " + JSON.stringify(x));
+          fns.add(x.fn);
+        }
+        return [missing.slice(0, 5), [...fns]];""")
+    missing, fns = found
+    assert missing == []
+    names = {m for fn in fns for m in re.findall(r"pnyx(?:\.\w+)+", fn)}
+    assert len(names) > 5
+    for name in sorted(names):
+        _resolve(name)  # raises if the page names a function that is not there

@@ -247,6 +247,15 @@
         y === "prevote" ? "node " + e[2] + " asks whether the others miss the leader too, before raising its ballot to " + m.b
           : "node " + e[2] + (x.granted ? " grants" : " refuses") + " the pre-vote for " + m.b);
     }
+    if (!KV && (y === "chosen" || y === "learned" || y === "forward")) {
+      if (y === "forward") {
+        return r(SEED.any, P + "synod.node.SynodNode (forwards to the distinguished proposer)",
+          "node " + e[2] + " hands its client's value " + m.v + " to the distinguished proposer " + e[3]);
+      }
+      return r(SEED.learners, P + "synod.node.SynodNode (Chosen / Learned), " + P + "synod.learner.Learner.on_chosen",
+        y === "chosen" ? "node " + e[2] + " tells node " + e[3] + " that " + m.v + " is chosen"
+          : "node " + e[2] + " acknowledges: it now knows the chosen value");
+    }
     if (y === "forward" || y === "aborted") {
       return r(SEED.any, P + "multipaxos.pipeline.Pipeline.route, Pipeline.on_forward",
         y === "forward" ? "node " + e[2] + " forwards " + (x.cmds || "commands") + " to the leader" : "the old leader aborts what was forwarded to it");
