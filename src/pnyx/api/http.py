@@ -97,6 +97,7 @@ from pnyx.api.limits import ClientLimits
 from pnyx.api.node_api import NodeAPI
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
+from pnyx.viz.live import add_live_routes
 
 __all__ = [
     "APPLIED_INDEX_HEADER",
@@ -413,6 +414,7 @@ def make_app(
     app.router.add_resource("/v1/kv", name="kv_list").add_route("GET", h.list_keys)
     app.router.add_resource("/v1/status", name="status").add_route("GET", h.status)
     app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
+    add_live_routes(app, node)  # /ui and /ui/events: the live view (pnyx.viz.live)
     return app
 
 

@@ -1,0 +1,69 @@
+"""The live view of a real cluster (`/ui` on any member, fed by server-sent events),
+checked in headless Chromium against three `pnyx serve` processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pnyx.testing import Cluster, request
+from viz_browser import browser, console_errors, screenshot
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.stop_everything()
+
+
+def _wait(driver: Any, script: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {script}")
+
+
+def test_the_page_and_its_stream_are_served_by_every_member(cluster: Cluster) -> None:
+    for i in cluster.ids:
+        page = request("GET", cluster.url(i, "/ui"))
+        assert page.status == 200 and b"pnyx cluster, live" in page.body
+
+
+def test_the_live_view_shows_a_new_leader_within_seconds_of_the_old_one_being_killed(
+        cluster: Cluster) -> None:
+    members = ",".join(f"127.0.0.1:{cluster.http_ports[i]}" for i in cluster.ids)
+    leader = cluster.leader()
+    watch = next(i for i in cluster.ids if i != leader)  # the page is served by a follower
+    with browser() as driver:
+        driver.get(cluster.url(watch, f"/ui?members={members}"))
+        shown = _wait(driver, "return document.body.dataset.leader", 10)
+        assert int(shown) == leader
+        _wait(driver, "return document.querySelectorAll('.card:not(.down)').length === 3", 5)
+        for n in range(20):
+            cluster.put(watch, f"k{n}", b"v")
+        screenshot(driver, "live-3-nodes.png")
+        cluster.kill(leader)
+        killed = time.monotonic()
+        new = _wait(driver, f"const l = document.body.dataset.leader; "
+                            f"return l && l !== '{leader}' ? l : null", 10)
+        took = time.monotonic() - killed
+        assert int(new) != leader and took < 5, took
+        # The killed member shows as unreachable; the others keep answering.
+        down = _wait(driver, "return [...document.querySelectorAll('.card.down')]"
+                             ".map(c => c.dataset.addr)", 5)
+        assert down == [f"127.0.0.1:{cluster.http_ports[leader]}"]
+        print(f"new leader shown {took:.2f} s after SIGKILL")
+        screenshot(driver, "live-after-leader-killed.png")
+        errors = [e for e in console_errors(driver) if "ui/events" not in e]
+        assert errors == []  # the killed member's stream failing is expected
