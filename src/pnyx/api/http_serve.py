@@ -71,7 +71,8 @@ class _RequestHandler(RequestHandler):
         # aiohttp's Python parser hands a malformed body it was draining after the answer
         # (a 404's, say) to this log as an error: the client's fault, not ours (found by
         # fuzz/fuzz_http.py).
-        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+        if isinstance(kw.get("exc_info"),
+                      (web.RequestPayloadError, http_exceptions.HttpProcessingError)):
             self.log_debug("dropped a malformed request body: %s", kw["exc_info"])
             return
         super().log_exception(*args, **kw)
