@@ -140,5 +140,5 @@ def test_a_body_aiohttps_python_parser_refuses_mid_read_is_a_400(
     fuzz_http.one_input(b".PUT /v0/kv" + b"%" * 53 + b"/b HTTP/1.1\r\nHost: x\r\n"
                         b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\x1a0\r\n\r\n")
     fuzz_http.one_input(b"\x06PUT /v1/nv/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
-                        b"\r\n\r\n" + bytes.fromhex(
-                            "00000000fbf5ab8d9e910000" + "ff" * 32 + "730000000000000000660d0a4554"))
+                        b"\r\n\r\n" + bytes.fromhex("00000000fbf5ab8d9e910000" + "ff" * 32
+                                                      + "730000000000000000660d0a4554"))
