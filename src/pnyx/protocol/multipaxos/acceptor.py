@@ -112,6 +112,13 @@ class Acceptor:
         self.out.emit(m.src, Accepted(self.node_id, m.ballot, slot))
         return True
 
+    def accepted_in(self, first: int, last: int) -> dict[int, Entry]:
+        """Read-only, for observers: the entries accepted in slots first..last (a walk of
+        that range only)."""
+        accepted = self.accepted
+        return {s: e for s in range(max(1, first), last + 1)
+                if (e := accepted.get(s)) is not None}
+
     def check_invariants(self) -> None:
         top = self.max_accepted
         assert top == 0 or top in self.accepted, top

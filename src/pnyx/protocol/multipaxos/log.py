@@ -120,6 +120,12 @@ class Log:
         few slots past it, not of the whole log)."""
         return tuple(s for s in range(self.commit + 2, self.max_chosen + 1) if s in self.chosen)
 
+    def chosen_in(self, first: int, last: int) -> dict[int, Batch]:
+        """Read-only, for observers: the slots in first..last known chosen, with their
+        values (a walk of that range only)."""
+        chosen = self.chosen
+        return {s: v for s in range(max(1, first), last + 1) if (v := chosen.get(s)) is not None}
+
     def learn_commit(self, ballot: Ballot, commit: int, now: float) -> None:
         """The leader of `ballot` says slots up to `commit` are chosen. A slot we
         accepted in that very ballot holds the chosen value; others we fetch."""

@@ -244,6 +244,12 @@ class Pipeline:
             else:
                 self.out.send(origin, Aborted(self.node_id, tuple(ids)))
 
+    def in_flight(self) -> list[tuple[int, Ballot, tuple[int, ...]]]:
+        """Read-only, for observers: each slot in flight as (slot, ballot, the acceptors
+        that accepted it so far), in slot order. At most `window` slots and a few more."""
+        return [(slot, p.ballot, tuple(sorted(p.voters)))
+                for slot, p in sorted(self.inflight.items())]
+
     def check_invariants(self) -> None:
         leading = self.election.role is Role.LEADER
         assert leading or not (self.inflight or self.queue), "proposals without leading"
