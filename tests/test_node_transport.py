@@ -247,3 +247,47 @@ def test_an_outbound_link_the_peer_closes_while_it_is_set_up_is_retried_until_it
             await sender.close()
 
     uvloop_runner(main())
+
+
+def test_a_hello_without_the_advertised_addresses_still_decodes_and_advertises_none() -> None:
+    old = msgspec.msgpack.encode(("hello", "pnyx", 1))  # as it was: cluster and node only
+    hello = msgspec.msgpack.decode(old, type=Hello)
+    assert (hello.node_id, hello.http, hello.client) == (1, "", "")
+    new = msgspec.msgpack.encode(Hello("pnyx", 2, "https://h:8002", "h:9002"))
+    assert msgspec.msgpack.decode(new, type=Hello).http == "https://h:8002"
+
+
+def test_each_member_learns_where_its_peers_serve_clients_from_their_hello(
+        tmp_path: Path) -> None:
+    ports = free_ports(9)
+    members = {i: Address("127.0.0.1", ports[i - 1]) for i in (1, 2, 3)}
+
+    async def scenario() -> None:
+        nodes = []
+        for i in members:
+            config = NodeConfig(i, members, tmp_path / f"n{i}", heartbeat_interval=0.02,
+                                election_timeout=0.15,
+                                http=Address("0.0.0.0", ports[2 + i]),
+                                client=Address("127.0.0.1", ports[5 + i]))
+            store = SqliteLogStore.open(config.data_dir / "log.db", node_id=i,
+                                        cluster_id=config.cluster_id)
+            nodes.append(Node(config, store, kv.KVMachine()))
+        for n in nodes:
+            await n.start()
+        try:
+            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            for n in nodes:
+                for _ in range(100):
+                    seen = n.status()["members"]
+                    if all(m["http"] for m in seen.values()):
+                        break
+                    await asyncio.sleep(0.02)
+                # A wildcard bind is advertised under the host the peers dial.
+                assert {pid: (m["http"], m["client"]) for pid, m in seen.items()} == {
+                    str(i): (f"http://127.0.0.1:{ports[2 + i]}", f"127.0.0.1:{ports[5 + i]}")
+                    for i in members}
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(scenario())

@@ -10,7 +10,8 @@ simulator runs that same class. This module supplies the real ports:
 - the **network** is `PeerTransport` (TCP), messages encoded once per broadcast;
 
 and the asyncio face of the requests (`submit` and `read`, awaited) and the
-node's `status`.
+node's `status` (each member's role as seen here, and where it serves clients, as
+its peer Hello advertised) and `recent_log` (the last slots, for observers).
 
 A storage fault stops the node (`Driver.disk_failed`): it closes its peer
 links at once, so no member counts it as reachable, reports itself
@@ -37,6 +38,27 @@ from pnyx.protocol.multipaxos.messages import LogMessage, MalformedMessage, deco
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 
 log = logging.getLogger("pnyx.node")
+
+MAX_RECENT = 256  # slots `recent_log` describes at most, however many are asked for
+_WILDCARD = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def advertised(config: NodeConfig) -> tuple[str, str]:
+    """Where this member serves clients, as its peers are told: the HTTP base URL
+    (https with client-port TLS) and the binary client address; "" for none. A
+    wildcard bind is advertised under the host the peers dial this member at."""
+    def address(bound: Any) -> str:
+        if bound is None:
+            return ""
+        host = bound.host
+        if host in _WILDCARD:
+            host = self_host.host
+        return f"[{host}]:{bound.port}" if ":" in host else f"{host}:{bound.port}"
+
+    self_host = config.members[config.node_id]
+    http = address(config.http)
+    scheme = "https" if config.cert_file is not None else "http"
+    return (f"{scheme}://{http}" if http else "", address(config.client))
 
 __all__ = ["NO_QUORUM", "SHUTTING_DOWN", "AsyncioDisk", "Node", "Request", "TcpNetwork"]
 
@@ -122,10 +144,12 @@ class Node(Driver):
         loop = asyncio.get_running_loop()
         self._faulted = loop.create_future()
         durable: ReplicaDurable = self.store.load()
+        http, client = advertised(self.config)
         self.transport = PeerTransport(
             self.node_id, self.config.cluster_id, self.config.members,
             self.config.peer_listen, self._on_frame,
             on_peer_state=self._on_peer_state, tls=self.config.peer_tls,
+            http=http, client=client,
         )
         self._disk = AsyncioDisk(self.store, loop, lambda: self._replica().is_leader)
         # Request ids must never repeat across restarts: a random start in 2^62.
@@ -188,14 +212,21 @@ class Node(Driver):
         r = self._replica()
         transport = self.transport
         stopped = self.closed  # the replica's last role is history, not a claim
-        members = {
-            str(pid): {
+        own = advertised(self.config)
+        heard = transport.advertised if transport is not None else {}
+        members = {}
+        for pid, addr in sorted(self.config.members.items()):
+            hello = heard.get(pid)
+            # Where it serves clients: as its last Hello said (None: not heard from yet).
+            http, client = own if pid == self.node_id else (
+                (hello.http, hello.client) if hello is not None else (None, None))
+            members[str(pid)] = {
                 "address": str(addr),
                 "reachable": not stopped and (
                     pid == self.node_id or (transport is not None and transport.reachable(pid))),
+                "http": http or None,
+                "client": client or None,
             }
-            for pid, addr in sorted(self.config.members.items())
-        }
         return {
             "id": self.node_id,
             "role": "stopped" if stopped else r.role.value,
@@ -208,9 +239,52 @@ class Node(Driver):
             "applied_index": r.applied_index,
             "commit_slot": r.commit,
             "applied_slot": r.applied,
+            "in_flight_slots": len(r.pipeline.inflight),
             "members": members,
             # Served beyond loopback without TLS, because `--insecure` said so.
             "insecure": self.config.insecure,
+        }
+
+    def recent_log(self, n: int) -> dict[str, Any]:
+        """The last `n` slots of this replica (at most `MAX_RECENT`), oldest first: each
+        chosen, accepted but not known chosen, in flight (the leader's, with the
+        acceptors that accepted it so far) or a gap; with its ballot where known and its
+        number of commands (0: a no-op). Computed when asked, over those slots only."""
+        r = self._replica()
+        n = max(0, min(n, MAX_RECENT))
+        flying = r.pipeline.in_flight()
+        top = max(r.log.max_chosen, r.acceptor.max_accepted, flying[-1][0] if flying else 0)
+        first = max(1, top - n + 1)
+        chosen = r.log.chosen_in(first, top)
+        accepted = r.acceptor.accepted_in(first, top)
+        voting = {slot: (ballot, voters) for slot, ballot, voters in flying}
+        slots: list[dict[str, Any]] = []
+        for slot in range(first, top + 1) if n else ():
+            entry = accepted.get(slot)
+            value = chosen.get(slot)
+            row: dict[str, Any] = {"slot": slot}
+            if value is not None:
+                # The ballot it was chosen in is known when this acceptor holds that value.
+                same = entry is not None and (entry.value is value or entry.value == value)
+                row.update(state="chosen", ballot=str(entry.ballot) if same else None,
+                           commands=len(value.commands))
+            elif slot in voting:
+                ballot, voters = voting[slot]
+                row.update(state="in_flight", ballot=str(ballot), votes=list(voters),
+                           commands=len(entry.value.commands) if entry is not None else None)
+            elif entry is not None:
+                row.update(state="accepted", ballot=str(entry.ballot),
+                           commands=len(entry.value.commands))
+            else:
+                row.update(state="gap")
+            slots.append(row)
+        return {
+            "id": self.node_id,
+            "commit_slot": r.commit,
+            "applied_slot": r.applied,
+            "slots": slots,
+            "in_flight": [{"slot": slot, "ballot": str(ballot), "votes": list(voters)}
+                          for slot, ballot, voters in flying[:MAX_RECENT]],
         }
 
     # ------------------------------------------------------------- plumbing

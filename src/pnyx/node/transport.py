@@ -4,11 +4,13 @@ A frame is `pnyx.wire.framing`'s: a 4-byte big-endian length and that many
 bytes of payload. Each node opens one outbound connection to every peer, and
 sends its messages on it; it receives on the connections its peers open to
 it. The first frame on a connection is a `Hello` naming the cluster and the
-sender, so a node can refuse strangers. Outbound connections reconnect with exponential backoff;
-each has a bounded queue (a slow or dead peer drops the oldest messages
-rather than exhausting memory — Paxos copes with loss). A frame over the size
-limit, a bad Hello, a sender outside the configuration, or garbage closes
-that connection with a logged reason; the node keeps running.
+sender, so a node can refuse strangers; it also advertises where the sender
+serves clients (`advertised`, what `/v1/status` shows of each member).
+Outbound connections reconnect with exponential backoff; each has a bounded
+queue (a slow or dead peer drops the oldest messages rather than exhausting
+memory — Paxos copes with loss). A frame over the size limit, a bad Hello, a
+sender outside the configuration, or garbage closes that connection with a
+logged reason; the node keeps running.
 
 With TLS files (`tls`), every peer connection is mutual TLS against the
 cluster's CA (`pnyx.tls`), and a Hello is believed only when the node id it
@@ -57,6 +59,11 @@ HELLO_LIMIT = 4096  # bytes: a Hello is tiny; anything longer is not one
 class Hello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
     cluster_id: str
     node_id: int
+    # Where the sender serves clients, for observers (the live view, `/v1/status`): its
+    # HTTP base URL and binary client address, "" for none. Trailing with defaults, so a
+    # Hello without them still decodes (and a newer one's extra fields are ignored).
+    http: str = ""
+    client: str = ""
 
 
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -196,8 +203,14 @@ class PeerTransport:
         max_frame: int = DEFAULT_MAX_FRAME,
         on_peer_state: Callable[[int, bool], None] | None = None,
         tls: TlsFiles | None = None,
+        http: str = "",
+        client: str = "",
     ) -> None:
         self.node_id = node_id
+        # What our Hello advertises, and what each peer's last accepted Hello did.
+        self.http = http
+        self.client = client
+        self.advertised: dict[int, Hello] = {}
         # TLS between members, or None for plaintext: contexts rebuilt when the files change.
         self.tls = tls
         self._server_tls = Reloading(tls, peer_server_context) if tls is not None else None
@@ -331,8 +344,8 @@ class PeerTransport:
                 # then this attempt is over (the next one comes after the backoff).
                 transport = link.transport
                 if transport is not None and not transport.is_closing():
-                    transport.write(frame(_encoder.encode(Hello(self.cluster_id,
-                                                                self.node_id))))
+                    transport.write(frame(_encoder.encode(Hello(
+                        self.cluster_id, self.node_id, self.http, self.client))))
                     link.on_resume = lambda peer=peer: self._flush(peer)
                     peer.link = link
                     self._set_state(peer, True)
@@ -411,6 +424,7 @@ class PeerTransport:
         if self.tls is not None and certified != hello.node_id:
             raise FrameError(f"hello claims node {hello.node_id} but its certificate names "
                              f"{_named(certified, self.cluster_id)}")
+        self.advertised[hello.node_id] = hello
         return hello.node_id
 
 
