@@ -67,3 +67,29 @@ def test_the_live_view_shows_a_new_leader_within_seconds_of_the_old_one_being_ki
         screenshot(driver, "live-after-leader-killed.png")
         errors = [e for e in console_errors(driver) if "ui/events" not in e]
         assert errors == []  # the killed member's stream failing is expected
+
+
+def test_status_names_every_members_http_address_and_the_log_shows_the_recent_slots(
+        cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for n in range(12):
+        cluster.put(leader, f"k{n}", b"v")
+    want = {str(i): f"http://127.0.0.1:{cluster.http_ports[i]}" for i in cluster.ids}
+    deadline = time.monotonic() + 5
+    while True:  # a member learns a peer's address from the Hello of the peer's own link
+        seen = {i: {p: m["http"] for p, m in cluster.status(i)["members"].items()}
+                for i in cluster.ids}
+        if all(s == want for s in seen.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(s == want for s in seen.values()), seen
+    assert cluster.status(leader)["in_flight_slots"] == 0  # nothing being written now
+    recent = request("GET", cluster.url(leader, "/v1/log?recent=5")).json()
+    commit = recent["commit_slot"]
+    assert commit >= 12 and recent["in_flight"] == []
+    assert [s["slot"] for s in recent["slots"]] == list(range(commit - 4, commit + 1))
+    assert all(s["state"] == "chosen" and s["commands"] >= 1 and s["ballot"]
+               for s in recent["slots"]), recent
+    capped = request("GET", cluster.url(leader, "/v1/log?recent=100000")).json()
+    assert len(capped["slots"]) == min(commit, 256)
+    assert request("GET", cluster.url(leader, "/v1/log?recent=x")).status == 400
