@@ -24,14 +24,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop_everything()
 
 
-def _wait(driver: Any, script: str, timeout: float) -> Any:
+def _wait(driver: Any, script: str, timeout: float, show: str | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = driver.execute_script(script)
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {script}")
+    seen = f"; the page showed {driver.execute_script(show)}" if show else ""
+    raise AssertionError(f"not within {timeout} s: {script}{seen}")
 
 
 def test_the_page_and_its_stream_are_served_by_every_member(cluster: Cluster) -> None:
@@ -93,3 +94,44 @@ def test_status_names_every_members_http_address_and_the_log_shows_the_recent_sl
     capped = request("GET", cluster.url(leader, "/v1/log?recent=100000")).json()
     assert len(capped["slots"]) == min(commit, 256)
     assert request("GET", cluster.url(leader, "/v1/log?recent=x")).status == 400
+
+
+_CARDS = ("return [...document.querySelectorAll('.card')].map(c => ({node: c.dataset.node, "
+          "down: c.classList.contains('down'), role: c.querySelector('.role').textContent, "
+          "chosen: Number(c.dataset.chosen || 0), top: Number(c.dataset.top || 0), "
+          "seq: Number(c.dataset.seq || 0)}))")
+
+
+def test_one_member_s_page_shows_every_member_its_slots_and_a_killed_one_as_down(
+        cluster: Cluster) -> None:
+    leader = cluster.leader()
+    watch, other = (i for i in cluster.ids if i != leader)
+    with browser() as driver:
+        driver.get(cluster.url(watch, "/ui"))  # one member's page, told of no other
+        _wait(driver, "return document.querySelectorAll('.card:not(.down)').length === 3", 10)
+        cards = {int(c["node"]): c for c in driver.execute_script(_CARDS)}
+        assert sorted(cards) == cluster.ids
+        assert [i for i, c in cards.items() if c["role"] == "leader"] == [leader]
+        assert all(c["role"].startswith("follower") for i, c in cards.items() if i != leader)
+        for n in range(20):
+            cluster.put(watch, f"k{n}", b"v")
+        # Every member's slot strip shows the 20 writes chosen.
+        _wait(driver, "return [...document.querySelectorAll('.card')]"
+                      ".every(c => Number(c.dataset.chosen) >= 20)", 5, _CARDS)
+        screenshot(driver, "live-one-member-slots.png")
+        cluster.kill(other)
+        _wait(driver, f"const c = document.querySelector('.card[data-node=\"{other}\"]'); "
+                      "return c && c.classList.contains('down')", 5)
+        before = {int(c["node"]): c for c in driver.execute_script(_CARDS)}
+        for n in range(5):
+            cluster.put(leader, f"after{n}", b"v")
+        # The two left keep updating: new samples, and the writes after the kill in the strip.
+        _wait(driver, "return [...document.querySelectorAll('.card:not(.down)')]"
+                      f".every(c => Number(c.dataset.top) >= {before[leader]['top'] + 5})", 5)
+        after = {int(c["node"]): c for c in driver.execute_script(_CARDS)}
+        assert [i for i, c in after.items() if c["down"]] == [other]
+        assert all(after[i]["seq"] > before[i]["seq"] for i in (leader, watch))
+        assert after[other]["seq"] == before[other]["seq"]
+        screenshot(driver, "live-one-member-after-kill.png")
+        errors = [e for e in console_errors(driver) if "ui/events" not in e]
+        assert errors == []
