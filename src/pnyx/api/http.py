@@ -13,6 +13,7 @@ Routes (`make_app`)::
     DELETE /v1/kv/{key}                           ?prev_value=&prev_index=&prev_exist=
     GET    /v1/kv/           -> {"keys", "more", "next"}  ?prefix=&after=&limit=&consistency=
     GET    /v1/status        -> node.status()
+    GET    /v1/log           -> node.recent_log(N)  ?recent=N (pnyx.viz.live; capped)
     GET    /metrics          -> Prometheus text
 
 Keys are the path after `/v1/kv/`, percent-decoded to bytes and then read as
