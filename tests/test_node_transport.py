@@ -291,3 +291,15 @@ def test_each_member_learns_where_its_peers_serve_clients_from_their_hello(
                 await n.stop()
 
     asyncio.run(scenario())
+
+
+def test_with_client_tls_the_advertised_http_address_is_https(tmp_path: Path) -> None:
+    from pnyx.node.runtime import advertised
+
+    members = {1: Address("db1.example", 7001), 2: Address("db2.example", 7002)}
+    plain = NodeConfig(1, members, tmp_path, http=Address("0.0.0.0", 8001))
+    assert advertised(plain) == ("http://db1.example:8001", "")
+    secure = NodeConfig(1, members, tmp_path, http=Address("10.0.0.1", 8001),
+                        client=Address("::", 9001), cert_file=tmp_path / "c.pem",
+                        key_file=tmp_path / "k.pem")
+    assert advertised(secure) == ("https://10.0.0.1:8001", "db1.example:9001")

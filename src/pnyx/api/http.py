@@ -415,7 +415,7 @@ def make_app(
     app.router.add_resource("/v1/kv", name="kv_list").add_route("GET", h.list_keys)
     app.router.add_resource("/v1/status", name="status").add_route("GET", h.status)
     app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
-    add_live_routes(app, node)  # /ui and /ui/events: the live view (pnyx.viz.live)
+    add_live_routes(app, node)  # /ui, /ui/events, /v1/log: the live view (pnyx.viz.live)
     return app
 
 
