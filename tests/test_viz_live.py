@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness import Net, accept_for, accepted_for
+from pnyx.node.runtime import recent_slots
 from pnyx.testing import Cluster, request
 from viz_browser import browser, console_errors, screenshot
 
@@ -135,3 +137,31 @@ def test_one_member_s_page_shows_every_member_its_slots_and_a_killed_one_as_down
         screenshot(driver, "live-one-member-after-kill.png")
         errors = [e for e in console_errors(driver) if "ui/events" not in e]
         assert errors == []
+
+
+def test_the_recent_log_names_each_slot_chosen_in_flight_with_its_votes_accepted_or_a_gap(
+        ) -> None:
+    net = Net()
+    leader = net.elect(1)
+    net.submit(1, 1, b"a=1")
+    net.deliver()  # slot 1 chosen
+    net.submit(1, 2, b"b=2")  # slot 2: only the leader's own acceptor accepts it
+    net.submit(1, 3, b"c=3")  # slot 3: only node 3 accepts it, and its vote is lost
+    net.deliver(lambda d, m: accept_for(2, dst=1)(d, m) or accepted_for(2, src=1)(d, m)
+                or accept_for(3, dst=3)(d, m))
+    ballot = str(leader.ballot)
+    assert recent_slots(net.nodes[1], 10) == {
+        "commit_slot": 1, "applied_slot": 1,
+        "slots": [
+            {"slot": 1, "state": "chosen", "ballot": ballot, "commands": 1},
+            {"slot": 2, "state": "in_flight", "ballot": ballot, "votes": [1], "commands": 1},
+            {"slot": 3, "state": "in_flight", "ballot": ballot, "votes": [], "commands": 1},
+        ],
+        "in_flight": [{"slot": 2, "ballot": ballot, "votes": [1]},
+                      {"slot": 3, "ballot": ballot, "votes": []}],
+    }
+    # Node 3 heard slot 3's Accept (which told it slot 1 is chosen) but not slot 2's.
+    assert [(s["slot"], s["state"]) for s in recent_slots(net.nodes[3], 10)["slots"]] == [
+        (1, "chosen"), (2, "gap"), (3, "accepted")]
+    assert [s["slot"] for s in recent_slots(net.nodes[1], 2)["slots"]] == [2, 3]
+    assert recent_slots(net.nodes[1], 0)["slots"] == []

@@ -33,7 +33,7 @@ from pnyx.node.driver import Driver
 from pnyx.node.metrics import Metrics
 from pnyx.node.requests import NO_QUORUM, SHUTTING_DOWN, Request
 from pnyx.node.transport import PeerTransport
-from pnyx.protocol.multipaxos import Machine, Outcome, ReadMode
+from pnyx.protocol.multipaxos import Machine, Outcome, ReadMode, Replica
 from pnyx.protocol.multipaxos.messages import LogMessage, MalformedMessage, decode, encode
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 
@@ -246,46 +246,8 @@ class Node(Driver):
         }
 
     def recent_log(self, n: int) -> dict[str, Any]:
-        """The last `n` slots of this replica (at most `MAX_RECENT`), oldest first: each
-        chosen, accepted but not known chosen, in flight (the leader's, with the
-        acceptors that accepted it so far) or a gap; with its ballot where known and its
-        number of commands (0: a no-op). Computed when asked, over those slots only."""
-        r = self._replica()
-        n = max(0, min(n, MAX_RECENT))
-        flying = r.pipeline.in_flight()
-        top = max(r.log.max_chosen, r.acceptor.max_accepted, flying[-1][0] if flying else 0)
-        first = max(1, top - n + 1)
-        chosen = r.log.chosen_in(first, top)
-        accepted = r.acceptor.accepted_in(first, top)
-        voting = {slot: (ballot, voters) for slot, ballot, voters in flying}
-        slots: list[dict[str, Any]] = []
-        for slot in range(first, top + 1) if n else ():
-            entry = accepted.get(slot)
-            value = chosen.get(slot)
-            row: dict[str, Any] = {"slot": slot}
-            if value is not None:
-                # The ballot it was chosen in is known when this acceptor holds that value.
-                same = entry is not None and (entry.value is value or entry.value == value)
-                row.update(state="chosen", ballot=str(entry.ballot) if same else None,
-                           commands=len(value.commands))
-            elif slot in voting:
-                ballot, voters = voting[slot]
-                row.update(state="in_flight", ballot=str(ballot), votes=list(voters),
-                           commands=len(entry.value.commands) if entry is not None else None)
-            elif entry is not None:
-                row.update(state="accepted", ballot=str(entry.ballot),
-                           commands=len(entry.value.commands))
-            else:
-                row.update(state="gap")
-            slots.append(row)
-        return {
-            "id": self.node_id,
-            "commit_slot": r.commit,
-            "applied_slot": r.applied,
-            "slots": slots,
-            "in_flight": [{"slot": slot, "ballot": str(ballot), "votes": list(voters)}
-                          for slot, ballot, voters in flying[:MAX_RECENT]],
-        }
+        """The last `n` slots of this replica (`recent_slots`)."""
+        return {"id": self.node_id, **recent_slots(self._replica(), n)}
 
     # ------------------------------------------------------------- plumbing
 
@@ -308,3 +270,43 @@ class Node(Driver):
     def _on_peer_state(self, peer: int, up: bool) -> None:
         if self.metrics is not None:
             self.metrics.peer_state(peer, up)
+
+
+def recent_slots(r: Replica, n: int) -> dict[str, Any]:
+    """The last `n` slots of replica `r` (at most `MAX_RECENT`), oldest first: each
+    chosen, accepted but not known chosen, in flight (the leader's, with the acceptors
+    that accepted it so far) or a gap; with its ballot where known and its number of
+    commands (0: a no-op). Read through the units' accessors, over those slots only."""
+    n = max(0, min(n, MAX_RECENT))
+    flying = r.pipeline.in_flight()
+    top = max(r.log.max_chosen, r.acceptor.max_accepted, flying[-1][0] if flying else 0)
+    first = max(1, top - n + 1)
+    chosen = r.log.chosen_in(first, top)
+    accepted = r.acceptor.accepted_in(first, top)
+    voting = {slot: (ballot, voters, size) for slot, ballot, voters, size in flying}
+    slots: list[dict[str, Any]] = []
+    for slot in range(first, top + 1) if n else ():
+        entry = accepted.get(slot)
+        value = chosen.get(slot)
+        row: dict[str, Any] = {"slot": slot}
+        if value is not None:
+            # The ballot it was chosen in is known when this acceptor holds that value.
+            same = entry is not None and (entry.value is value or entry.value == value)
+            row.update(state="chosen", ballot=str(entry.ballot) if same else None,
+                       commands=len(value.commands))
+        elif slot in voting:
+            ballot, voters, size = voting[slot]
+            row.update(state="in_flight", ballot=str(ballot), votes=list(voters), commands=size)
+        elif entry is not None:
+            row.update(state="accepted", ballot=str(entry.ballot),
+                       commands=len(entry.value.commands))
+        else:
+            row.update(state="gap")
+        slots.append(row)
+    return {
+        "commit_slot": r.commit,
+        "applied_slot": r.applied,
+        "slots": slots,
+        "in_flight": [{"slot": slot, "ballot": str(ballot), "votes": list(voters)}
+                      for slot, ballot, voters, _ in flying[:MAX_RECENT]],
+    }

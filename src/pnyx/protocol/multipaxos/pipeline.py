@@ -244,10 +244,11 @@ class Pipeline:
             else:
                 self.out.send(origin, Aborted(self.node_id, tuple(ids)))
 
-    def in_flight(self) -> list[tuple[int, Ballot, tuple[int, ...]]]:
+    def in_flight(self) -> list[tuple[int, Ballot, tuple[int, ...], int]]:
         """Read-only, for observers: each slot in flight as (slot, ballot, the acceptors
-        that accepted it so far), in slot order. At most `window` slots and a few more."""
-        return [(slot, p.ballot, tuple(sorted(p.voters)))
+        that accepted it so far, its number of commands), in slot order. At most
+        `window` slots and a few more."""
+        return [(slot, p.ballot, tuple(sorted(p.voters)), len(p.value.commands))
                 for slot, p in sorted(self.inflight.items())]
 
     def check_invariants(self) -> None:
