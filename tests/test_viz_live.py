@@ -165,3 +165,25 @@ def test_the_recent_log_names_each_slot_chosen_in_flight_with_its_votes_accepted
         (1, "chosen"), (2, "gap"), (3, "accepted")]
     assert [s["slot"] for s in recent_slots(net.nodes[1], 2)["slots"]] == [2, 3]
     assert recent_slots(net.nodes[1], 0)["slots"] == []
+
+
+def test_a_member_no_one_has_heard_from_shows_as_down_until_it_starts(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    try:
+        c.start(1, wait=False)
+        c.start(2, wait=False)
+        c.wait_ready(1)
+        c.wait_ready(2)
+        with browser() as driver:
+            driver.get(c.url(1, "/ui"))
+            _wait(driver, "return document.querySelectorAll('.card:not(.down)').length === 2",
+                  10, _CARDS)
+            cards = {int(x["node"]): x for x in driver.execute_script(_CARDS)}
+            assert sorted(cards) == [1, 2, 3] and cards[3]["down"]
+            assert "no member knows where it serves" in cards[3]["role"]
+            c.start(3)  # its Hello tells the others where it serves: the page follows it
+            _wait(driver, "return document.querySelectorAll('.card:not(.down)').length === 3",
+                  10, _CARDS)
+            assert console_errors(driver) == []
+    finally:
+        c.stop_everything()
