@@ -239,7 +239,6 @@ class Node(Driver):
             "applied_index": r.applied_index,
             "commit_slot": r.commit,
             "applied_slot": r.applied,
-            "in_flight_slots": len(r.pipeline.inflight),
             "members": members,
             # Served beyond loopback without TLS, because `--insecure` said so.
             "insecure": self.config.insecure,
