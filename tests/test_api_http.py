@@ -691,3 +691,11 @@ def test_requests_decode_to_idempotent_puts() -> None:
     decoded = kv._request_decoder.decode(node.submitted[0])
     assert decoded == IdempotentRequest("h:i", Put("k", b"v", prev_index=0))
     assert decode_result(node.machine.query(kv.encode_query("k"))) == kv.NotFound()
+
+
+@aio
+async def test_the_recent_log_of_a_node_without_one_is_a_404_in_the_error_shape() -> None:
+    async with serve() as (c, _):  # the fake node, like a node without consensus, has no log
+        r = await c.get("/v1/log?recent=5")
+        error = await error_of(r, 404, "no_log")
+        assert "without consensus" in error["message"]
