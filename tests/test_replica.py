@@ -98,6 +98,19 @@ def test_a_follower_whose_leader_changes_fails_its_forwarded_commands_fast() -> 
     assert (net.outcomes[2][7].ok, net.outcomes[2][7].unknown) == (False, True)
 
 
+def test_a_leader_proposes_no_forwarded_command_that_names_another_origin() -> None:
+    """A member forwards only its own clients' commands. A command in member 2's
+    Forward that names member 3 as its origin would, once applied at 3, answer 3's
+    client request of that id with another command's result: the leader drops it and
+    proposes the rest."""
+    net = Net()
+    net.elect(1)
+    ready = net.step(1, Forward(2, (cmd(3, 7, b"x=forged"), cmd(2, 8, b"y=2"))))
+    proposed = [c for _, m in ready.send if isinstance(m, Accept) for c in m.value.commands]
+    assert proposed and {c.origin for c in proposed} == {2}
+    assert all(c.payload != b"x=forged" for c in proposed)
+
+
 # -------------------------------------------------------------- batching
 
 

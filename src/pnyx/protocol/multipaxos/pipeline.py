@@ -118,7 +118,13 @@ class Pipeline:
 
     def on_forward(self, m: Forward, now: float) -> None:
         if self.election.role is Role.LEADER:
-            self.queue.extend(m.commands)
+            # A member forwards only the commands its own clients gave it. One naming
+            # another origin would, once applied there, answer that member's client
+            # request of the same id with someone else's result: it is not proposed.
+            commands = m.commands
+            if any(c.origin != m.src for c in commands):
+                commands = tuple(c for c in commands if c.origin == m.src)
+            self.queue.extend(commands)
             self.fill_window(now)
         else:
             self.out.send(m.src, Aborted(self.node_id, tuple(c.id for c in m.commands)))
