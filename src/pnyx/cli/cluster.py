@@ -187,7 +187,7 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             print(f"  node {i}   peers {peers[i]}   HTTP http://{https[i]}{binary}   "
                   f"log {logs / f'node-{i}.log'}")
         first = https[1]
-        print(f"\nWatch it live: http://{first}/ui?members={endpoints}")
+        print(f"\nWatch it live (any member shows them all): http://{first}/ui")
         # Show the command as the user can type it (./dev.sh runs .venv/bin/pnyx).
         pnyx = sys.argv[0] if Path(sys.argv[0]).name == "pnyx" else "pnyx"
         print(f"""
