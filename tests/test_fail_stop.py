@@ -330,3 +330,51 @@ def test_a_register_process_whose_record_cannot_be_saved_stops_and_the_rest_choo
             assert await register.learn(via=3, timeout=5) == b"green"
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------- the asyncio disk port
+
+
+def test_a_cancelled_write_in_a_thread_is_reported_failed_not_durable() -> None:
+    """A write the loop stopped waiting for may or may not be on disk: the disk port
+    must never report it done, or messages waiting for it could leave."""
+    import threading
+
+    from pnyx.node.runtime import AsyncioDisk
+
+    release = threading.Event()
+
+    class SlowStore:
+        def append(self, records: list[object]) -> None:
+            release.wait(5)
+
+    async def run() -> list[BaseException | None]:
+        heard: list[BaseException | None] = []
+        disk = AsyncioDisk(SlowStore(), asyncio.get_running_loop(), lambda: True)
+        disk.write([], heard.append)
+        assert disk.pending is not None
+        disk.pending.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        return heard
+
+    heard = asyncio.run(run())
+    assert len(heard) == 1 and heard[0] is not None
+
+
+def test_a_write_the_executor_cannot_take_is_reported_failed_not_raised() -> None:
+    from pnyx.node.runtime import AsyncioDisk
+
+    class Store:
+        def append(self, records: list[object]) -> None:
+            raise AssertionError("never reached")
+
+    async def run() -> list[BaseException | None]:
+        loop = asyncio.get_running_loop()
+        await loop.shutdown_default_executor()
+        heard: list[BaseException | None] = []
+        AsyncioDisk(Store(), loop, lambda: True).write([], heard.append)
+        return heard
+
+    heard = asyncio.run(run())
+    assert len(heard) == 1 and isinstance(heard[0], RuntimeError)

@@ -369,10 +369,10 @@ class Driver:
     def _written(self, error: BaseException | None, seq: int, count: int,
                  started: float) -> None:
         self._writing = False
+        if self.closed:
+            return  # stopping (or stopped by an earlier failure): nothing more is sent
         if error is not None:
             self.disk_failed(error)
-            return
-        if self.closed:
             return
         if self.metrics is not None:
             self.metrics.observe_commit(time.perf_counter() - started, count)

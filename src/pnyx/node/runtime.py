@@ -79,8 +79,16 @@ class AsyncioDisk:
             # The leader's own acceptance is one vote of several: the followers can
             # choose a slot while its disk is slow, and its loop goes on serving
             # clients meanwhile. So it writes in a thread.
-            future = self.loop.run_in_executor(None, self.store.append, records)
-            future.add_done_callback(lambda f: done(None if f.cancelled() else f.exception()))
+            try:
+                future = self.loop.run_in_executor(None, self.store.append, records)
+            except RuntimeError as exc:  # the executor is shut down: nothing was written
+                done(exc)
+                return
+            # A cancelled write is not known to be durable: it is reported as failed,
+            # never as done, so no message waiting for it can leave.
+            future.add_done_callback(lambda f: done(
+                asyncio.CancelledError("the write was cancelled") if f.cancelled()
+                else f.exception()))
             self.pending = future
             return
         # Everything a follower would answer waits for this write anyway; writing on
