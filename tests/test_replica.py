@@ -98,6 +98,24 @@ def test_a_follower_whose_leader_changes_fails_its_forwarded_commands_fast() -> 
     assert (net.outcomes[2][7].ok, net.outcomes[2][7].unknown) == (False, True)
 
 
+def test_only_the_leader_a_command_was_forwarded_to_can_abort_it() -> None:
+    """`Aborted` from a member that is not the leader a command was forwarded to, or
+    naming a request that was never forwarded (still waiting for a leader), changes
+    nothing; from that leader it fails the command fast, as unknown."""
+    net = Net()
+    net.elect(1)
+    net.submit(2, 7, b"d=4")
+    net.drop(of_type(Forward))
+    net.step(2, Aborted(3, (7,)))  # not the leader it went to
+    assert 7 not in net.outcomes[2]
+    net.step(2, Aborted(1, (7,)))
+    assert (net.outcomes[2][7].ok, net.outcomes[2][7].unknown) == (False, True)
+    lonely = Net()
+    lonely.submit(2, 9, b"e=5")  # no leader known: not forwarded, waiting for one
+    lonely.step(2, Aborted(1, (9,)))
+    assert 9 not in lonely.outcomes[2]
+
+
 def test_a_leader_proposes_no_forwarded_command_that_names_another_origin() -> None:
     """A member forwards only its own clients' commands. A command in member 2's
     Forward that names member 3 as its origin would, once applied at 3, answer 3's

@@ -130,8 +130,14 @@ class Pipeline:
             self.out.send(m.src, Aborted(self.node_id, tuple(c.id for c in m.commands)))
 
     def on_aborted(self, m: Aborted) -> None:
+        # Only the leader a command was forwarded to can abort it, and only a command it
+        # was forwarded: once we follow another leader (or none), `lose_leader` has
+        # aborted everything forwarded to the old one already.
+        if m.src != self.election.leader:
+            return
         for request_id in m.ids:
-            self.abort_waiter(request_id, "the leader lost its ballot before it was chosen")
+            if request_id in self.forwarded:
+                self.abort_waiter(request_id, "the leader lost its ballot before it was chosen")
 
     def abort_waiter(self, request_id: int, why: str) -> None:
         if self.waiting.pop(request_id, None) is not None:
