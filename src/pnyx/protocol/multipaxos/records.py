@@ -8,6 +8,7 @@ meaning, used by the simulator's disk and by real storage alike.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import msgspec
@@ -54,7 +55,35 @@ class ChosenRecord(_Record, tag="chosen"):
     accepted: bool = False
 
 
-LogRecord = PromiseRecord | RoundRecord | AcceptRecord | ChosenRecord
+class CompactRecord(_Record, tag="compact"):
+    """Slots 1..`upto` are in a durable snapshot: their accepted entries and chosen
+    values are forgotten. The replica asks for it only once a snapshot at a slot
+    >= `upto` is durable (see `pnyx.protocol.multipaxos.log.Log.compact`)."""
+
+    upto: int
+
+
+class Standing(enum.IntEnum):
+    """Whether this replica may vote (promise and accept), as its disk says.
+
+    A replica that lost its disk has lost its promises: were it to vote again
+    under the same identity, a quorum counting its new votes could miss what
+    it promised or accepted before (see `pnyx.protocol.multipaxos.standing`).
+    """
+
+    VOTER = 0  # votes; every store made before standings existed is one
+    NEW = 1  # an empty store: votes once every other member reports it is empty too
+    LEARNER = 2  # started empty in a cluster with history: learns, never votes
+
+
+class StandingRecord(_Record, tag="standing"):
+    """This replica's standing changed (NEW -> VOTER or NEW -> LEARNER, once)."""
+
+    standing: Standing
+
+
+LogRecord = (PromiseRecord | RoundRecord | AcceptRecord | ChosenRecord | CompactRecord
+             | StandingRecord)
 
 
 @dataclass(slots=True)
@@ -65,6 +94,9 @@ class ReplicaDurable:
     last_round: int = 0
     accepted: dict[int, Entry] = field(default_factory=dict)
     chosen: dict[int, Batch] = field(default_factory=dict)
+    # Slots 1..compacted are in a durable snapshot: no accepted or chosen entry is kept.
+    compacted: int = 0
+    standing: Standing = Standing.VOTER
 
     def apply(self, record: LogRecord) -> None:
         if isinstance(record, PromiseRecord):
@@ -74,10 +106,25 @@ class ReplicaDurable:
         elif isinstance(record, AcceptRecord):
             self.accepted[record.entry.slot] = record.entry
             self.promised = max(self.promised, record.entry.ballot)
+        elif isinstance(record, ChosenRecord):
+            if record.slot > self.compacted:
+                self.chosen[record.slot] = record.value
+        elif isinstance(record, CompactRecord):
+            self.compact(record.upto)
         else:
-            self.chosen[record.slot] = record.value
+            self.standing = record.standing
+
+    def compact(self, upto: int) -> None:
+        """Forget every accepted and chosen entry in slots 1..`upto`."""
+        if upto <= self.compacted:
+            return
+        self.compacted = upto
+        for table in (self.accepted, self.chosen):
+            for slot in [s for s in table if s <= upto]:
+                del table[slot]
 
     def copy(self) -> ReplicaDurable:
         return ReplicaDurable(
-            self.promised, self.last_round, dict(self.accepted), dict(self.chosen)
+            self.promised, self.last_round, dict(self.accepted), dict(self.chosen),
+            self.compacted, self.standing,
         )
