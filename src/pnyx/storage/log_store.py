@@ -2,12 +2,13 @@
 
 This module owns the `LogStore` interface and its two stores: where the
 records a `Replica` asks to make durable (`PromiseRecord`, `RoundRecord`,
-`AcceptRecord`, `ChosenRecord`) go, and the way back to the `ReplicaDurable`
-they add up to. Their meaning is `ReplicaDurable.apply`; both stores here
-implement exactly that meaning. The SQLite store's parts are modules of their
-own: `schema` (tables, identity, member list, upgrades), `group_commit`
-(`append`), `load` (reading back, verified), `rows` (row encoding and CRCs),
-`errors` (the `StoreError` family).
+`AcceptRecord`, `ChosenRecord`, `CompactRecord`, `StandingRecord`) go, and
+the way back to the `ReplicaDurable` they add up to. Their meaning is
+`ReplicaDurable.apply`; both stores here implement exactly that meaning.
+The SQLite store's parts are modules of their own: `schema` (tables,
+identity, member list, upgrades), `group_commit` (`append`), `load` (reading
+back, verified), `rows` (row encoding and CRCs), `errors` (the `StoreError`
+family). Snapshot files are `snapshots`.
 
 `SqliteLogStore` keeps everything in one SQLite database in WAL mode:
 
@@ -16,6 +17,12 @@ own: `schema` (tables, identity, member list, upgrades), `group_commit`
   group commit: the node runtime hands over every record produced while the
   previous commit was in flight, so one fsync covers them all.
 - `load()` rebuilds the `ReplicaDurable` after a restart.
+- `CompactRecord(upto)` deletes the accepted and chosen rows of slots 1..upto
+  in the same transaction (SQLite reuses the freed pages: the file stays the
+  size of the live log). An `AcceptRecord` at or below the compacted slot is
+  refused with `ValueError` before anything is written (see `group_commit`).
+- A store created by `open` starts with standing NEW (`created` is True); an
+  existing store keeps its own, and one from before standings is a VOTER.
 - The database records the cluster identity (node id, cluster id, schema
   version) when it is created; a data directory of another node or cluster is
   refused with `StoreIdentityError`, never reused or reset.
@@ -31,7 +38,7 @@ own: `schema` (tables, identity, member list, upgrades), `group_commit`
 
 `MemoryLogStore` is the in-memory twin for tests and the simulator.
 
-Schema (version 2; version 1 is read too); `slot INTEGER PRIMARY KEY` makes the
+Schema (version 3; versions 1 and 2 are upgraded on open); `slot INTEGER PRIMARY KEY` makes the
 slot the rowid, so a table is one b-tree in slot order and `load()` is a
 sequential scan:
 
@@ -41,6 +48,9 @@ sequential scan:
     accepted   slot PK, round, node_id, value, crc     -- value: MessagePack `Batch`
     chosen     slot PK, value, crc                    -- value: MessagePack `Batch`, or
                                                       --   b"": the accepted row's value
+    compacted  (one row)  upto, crc                    -- slots 1..upto are forgotten
+    standing   (one row)  value, crc                   -- a `Standing` (0 voter, 1 new,
+                                                      --   2 learner)
     members    node_id PK, address, crc               -- address: b"host:port"; made by
                                                       --   the first check_members (a
                                                       --   version 2 store may lack it)
@@ -60,7 +70,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from pnyx.protocol.ballot import ZERO
-from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
+from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable, Standing
 from pnyx.storage import group_commit, schema
 from pnyx.storage.errors import StoreError, sql_error
 from pnyx.storage.group_commit import Net
@@ -81,6 +91,7 @@ class LogStoreStats:
 class LogStore(Protocol):
     node_id: int
     cluster_id: str
+    created: bool  # this store was made empty when opened (no earlier life to recover)
 
     @property
     def stats(self) -> LogStoreStats: ...
@@ -95,17 +106,23 @@ class LogStore(Protocol):
 class MemoryLogStore:
     """The in-memory twin: the same interface, "durable" for the life of the object."""
 
-    def __init__(self, *, node_id: int = 0, cluster_id: str = "") -> None:
+    def __init__(self, *, node_id: int = 0, cluster_id: str = "",
+                 standing: Standing = Standing.VOTER, created: bool = True) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
-        self._state = ReplicaDurable()
+        # A new object holds nothing; `created=False` lets a test stand it for a
+        # reopened store. Its standing stays `ReplicaDurable`'s default (VOTER)
+        # unless given: the simulator's and tests' replicas vote from the start.
+        self.created = created
+        self._state = ReplicaDurable(standing=Standing(standing))
         self._stats = LogStoreStats()
         self._closed = False
         self._members: dict[int, str] = {}
 
     @classmethod
-    def open(cls, *, node_id: int = 0, cluster_id: str = "") -> MemoryLogStore:
-        return cls(node_id=node_id, cluster_id=cluster_id)
+    def open(cls, *, node_id: int = 0, cluster_id: str = "",
+             standing: Standing = Standing.VOTER) -> MemoryLogStore:
+        return cls(node_id=node_id, cluster_id=cluster_id, standing=standing)
 
     @property
     def stats(self) -> LogStoreStats:
@@ -116,7 +133,12 @@ class MemoryLogStore:
             raise StoreError(None, "memory log store is closed")
         if not records:
             return
-        Net.of(records)  # refuse a non-record before applying any (all or nothing)
+        # Refuse a non-record, or an accept in a compacted slot, before applying any
+        # (all or nothing), as the SQLite store does.
+        net = Net.of(records)
+        if net.lowest_accept is not None and net.lowest_accept <= self._state.compacted:
+            raise ValueError(f"accept for slot {net.lowest_accept}, at or below the "
+                             f"compacted slot {self._state.compacted}")
         for record in records:
             self._state.apply(record)
         self._stats.appends += 1
@@ -150,22 +172,25 @@ class SqliteLogStore:
     """A replica's durable state in one SQLite database. Open with `SqliteLogStore.open`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, *, node_id: int,
-                 cluster_id: str, fsync: bool) -> None:
+                 cluster_id: str, fsync: bool, created: bool = False) -> None:
         self.path = path
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.fsync = fsync
+        self.created = created  # `open` made the file (it did not exist)
         self._conn: sqlite3.Connection | None = conn
         # append() runs in a worker thread (asyncio.to_thread); the lock keeps a
         # close() or load() from another thread out of an open transaction.
         self._lock = threading.Lock()
         self._stats = LogStoreStats()
         self._failed: str | None = None
-        # Mirrors of the two single-row values, so an append can write their
-        # new maximum (and its CRC) without reading them first. Safe because
-        # the connection holds an exclusive lock: nobody else writes.
+        # Mirrors of the single-row values, so an append can write their new
+        # value (and its CRC) without reading them first. Safe because the
+        # connection holds an exclusive lock: nobody else writes.
         self._promised = ZERO
         self._last_round = 0
+        self._compacted = 0
+        self._standing = Standing.VOTER
 
     # -------------------------------------------------------------- opening
 
@@ -178,24 +203,31 @@ class SqliteLogStore:
         append returns before its records are on disk, so a power loss can
         break a promise the node already reported.
 
+        A store made here starts with standing NEW and `created` True.
+
         Raises `StoreIdentityError` if the store belongs to another node id,
         cluster or schema version, `CorruptStoreError` if it cannot be read as
         a pnyx log store, `StoreLockedError` if another process has it open.
         """
         path = Path(path)
+        created = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 schema.create(path, node_id=node_id, cluster_id=cluster_id, fsync=fsync)
+                created = True
         except sqlite3.Error as exc:
             raise StoreError(path, f"cannot create the log store: {exc}") from None
         except OSError as exc:
             raise StoreError(path, f"cannot create the log store: {exc.strerror or exc}") from None
         conn = schema.connect(path, fsync=fsync)
-        store = cls(path, conn, node_id=node_id, cluster_id=cluster_id, fsync=fsync)
+        store = cls(path, conn, node_id=node_id, cluster_id=cluster_id, fsync=fsync,
+                    created=created)
         try:
             schema.check(conn, path, node_id=node_id, cluster_id=cluster_id)
-            store._promised, store._last_round = read_singletons(conn, path)
+            single = read_singletons(conn, path)
+            store._promised, store._last_round = single.promised, single.last_round
+            store._compacted, store._standing = single.compacted, single.standing
         except BaseException:
             conn.close()
             raise
@@ -212,6 +244,8 @@ class SqliteLogStore:
 
         Raises `StoreError` if the write fails; the store then refuses every
         later append, since after a failed fsync nobody knows what is on disk.
+        Raises `ValueError`, writing nothing, for a record that cannot be stored
+        (an integer beyond 64 bits) or an accept at or below the compacted slot.
         """
         if not records:
             return
@@ -221,8 +255,9 @@ class SqliteLogStore:
             if self._failed is not None:
                 raise StoreError(self.path, f"an earlier append failed: {self._failed}")
             try:
-                rows = group_commit.encode(net, self._promised, self._last_round)
-            except (struct.error, OverflowError) as exc:
+                rows = group_commit.encode(net, self._promised, self._last_round,
+                                           self._compacted, self._standing)
+            except (struct.error, OverflowError, ValueError) as exc:
                 raise ValueError(f"{self.path}: record not storable: {exc}") from None
             try:
                 elapsed = group_commit.write(conn, rows)
@@ -234,6 +269,7 @@ class SqliteLogStore:
                 self._rollback(conn)
                 raise
             self._promised, self._last_round = rows.promised, rows.last_round
+            self._compacted, self._standing = rows.compacted, rows.standing
             self._stats.appends += 1
             self._stats.records += len(records)
             self._stats.commit_seconds += elapsed

@@ -16,11 +16,14 @@ import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+from pnyx.protocol.multipaxos.records import Standing
 from pnyx.storage.errors import CorruptStoreError, StoreError, StoreIdentityError, sql_error
 from pnyx.storage.rows import crc_ok, node_from_sql, node_to_sql, row_crc
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 never holds SAME_AS_ACCEPTED: it is upgraded on open
+SCHEMA_VERSION = 3
+# Older versions are upgraded on open: version 1 never holds SAME_AS_ACCEPTED, and
+# versions 1 and 2 lack the `compacted` and `standing` tables (see `_upgrade`).
+READABLE_VERSIONS = (1, 2, 3)
 # Written into the SQLite header, so a pnyx log store is recognisable as one
 # (and any other SQLite database as not one) before a table is read.
 APPLICATION_ID = 0x504E5958  # "PNYX"
@@ -56,6 +59,26 @@ CREATE TABLE chosen (
     crc INTEGER NOT NULL
 );
 """
+
+# Added in version 3; `_upgrade` makes them in an older store.
+_V3_SCHEMA = """
+CREATE TABLE IF NOT EXISTS compacted (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    upto INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS standing (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    value INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    # Not executescript(): it would commit the open transaction first.
+    return [s for s in script.split(";") if s.strip()]
+
 
 # Made by `check_members` when missing: stores created before it have no member list,
 # and an older pnyx ignores the table, so the schema version stays the same.
@@ -96,16 +119,15 @@ def create(path: Path, *, node_id: int, cluster_id: str, fsync: bool) -> None:
         conn.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the header
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("BEGIN")
-        # Not executescript(): it would commit the open transaction first.
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in _statements(_SCHEMA + _V3_SCHEMA):
+            conn.execute(statement)
         conn.execute(
             "INSERT INTO identity VALUES (1, ?, ?, ?)",
             (SCHEMA_VERSION, node_to_sql(node_id), cluster_id),
         )
         conn.execute("INSERT INTO promise VALUES (1, 0, 0, ?)", (row_crc(0, 0, 0),))
         conn.execute("INSERT INTO last_round VALUES (1, 0, ?)", (row_crc(0, 0, 0),))
+        _insert_v3_rows(conn, Standing.NEW)  # a new store has voted for nothing yet
         conn.execute("COMMIT")
     finally:
         conn.close()  # checkpoints the WAL into the file (and fsyncs it, when FULL)
@@ -205,11 +227,33 @@ def check(conn: sqlite3.Connection, path: Path, *, node_id: int, cluster_id: str
             f"{cluster_id!r}"
         )
     if version < SCHEMA_VERSION:
-        try:  # the only difference is a new kind of chosen row; mark the file as one
-            conn.execute("UPDATE identity SET schema_version = ? WHERE only = 1",
-                         (SCHEMA_VERSION,))
-        except sqlite3.Error as exc:
-            raise sql_error(path, exc, "cannot upgrade the store") from None
+        _upgrade(conn, path)
+
+
+def _insert_v3_rows(conn: sqlite3.Connection, standing: Standing) -> None:
+    conn.execute("INSERT OR IGNORE INTO compacted VALUES (1, 0, ?)", (row_crc(0, 0, 0),))
+    conn.execute("INSERT OR IGNORE INTO standing VALUES (1, ?, ?)",
+                 (int(standing), row_crc(int(standing), 0, 0)))
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    # Version 2 added a new kind of chosen row (SAME_AS_ACCEPTED): nothing to convert.
+    # Version 3 added `compacted` (nothing compacted yet) and `standing`: a store
+    # made before standings existed has voted, so it is a VOTER. One transaction:
+    # a crash leaves the old version, upgraded again at the next open.
+    try:
+        conn.execute("BEGIN")
+        for statement in _statements(_V3_SCHEMA):
+            conn.execute(statement)
+        _insert_v3_rows(conn, Standing.VOTER)
+        conn.execute("UPDATE identity SET schema_version = ? WHERE only = 1",
+                     (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise sql_error(path, exc, "cannot upgrade the store") from None
 
 
 def _fsync_dir(path: Path) -> None:
