@@ -6,6 +6,13 @@ free ports, starts the nodes, waits until they answer, kills them for real
 — call it in a `finally`. Requests go over HTTP with the standard library, so
 what uses this depends on nothing but the node itself. pnyx's own tests use
 it; so can yours.
+
+`Cluster(..., namespaces=True)` puts each node in a network namespace of its
+own, with its own address (`pnyx.netns`: veth pairs on a bridge; root only,
+`pnyx.netns.unavailable()` says why not), so the network between nodes can
+be cut for real: `cut(a, b, kind)`, `partition(groups, kind)` and `heal()`,
+by blackhole routes or silent loss. Clients here still reach every node.
+`stop_everything` then also removes the namespaces.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from pnyx.netns import CutKind, NetnsNetwork
 
 
 def free_ports(count: int) -> list[int]:
@@ -59,13 +68,25 @@ def request(method: str, url: str, body: bytes | None = None, timeout: float = 5
 
 class Cluster:
     def __init__(self, root: Path, nodes: int = 3, election_ms: int = 300,
-                 heartbeat_ms: int = 50, extra_args: tuple[str, ...] = ()) -> None:
+                 heartbeat_ms: int = 50, extra_args: tuple[str, ...] = (), *,
+                 namespaces: bool = False) -> None:
         self.root = root
         self.ids = list(range(1, nodes + 1))
-        ports = free_ports(2 * nodes)
-        self.peer_ports = dict(zip(self.ids, ports[:nodes], strict=True))
-        self.http_ports = dict(zip(self.ids, ports[nodes:], strict=True))
-        self.spec = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
+        self.net: NetnsNetwork | None = None
+        if namespaces:
+            # Each node alone in its namespace: the same ports everywhere, its own address.
+            self.net = NetnsNetwork(self.ids).setup()
+            self.hosts = {i: self.net.address(i) for i in self.ids}
+            self.peer_ports = dict.fromkeys(self.ids, 7001)
+            self.http_ports = dict.fromkeys(self.ids, 8001)
+            self.client_ports = dict.fromkeys(self.ids, 9001)
+        else:
+            ports = free_ports(3 * nodes)
+            self.hosts = dict.fromkeys(self.ids, "127.0.0.1")
+            self.peer_ports = dict(zip(self.ids, ports[:nodes], strict=True))
+            self.http_ports = dict(zip(self.ids, ports[nodes:2 * nodes], strict=True))
+            self.client_ports = dict(zip(self.ids, ports[2 * nodes:], strict=True))
+        self.spec = ",".join(f"{i}={self.hosts[i]}:{self.peer_ports[i]}" for i in self.ids)
         self.election_ms = election_ms
         self.heartbeat_ms = heartbeat_ms
         self.extra_args = extra_args
@@ -73,16 +94,28 @@ class Cluster:
         self.everything: list[subprocess.Popen[bytes]] = []
 
     def url(self, i: int, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_ports[i]}{path}"
+        return f"http://{self.hosts[i]}:{self.http_ports[i]}{path}"
+
+    def http_endpoint(self, i: int) -> str:
+        return f"{self.hosts[i]}:{self.http_ports[i]}"
+
+    def client_endpoint(self, i: int) -> str:
+        """Node `i`'s binary client port (served only with `namespaces=True`)."""
+        return f"{self.hosts[i]}:{self.client_ports[i]}"
 
     def start(self, i: int, wait: bool = True) -> None:
         log = open(self.root / f"node-{i}.log", "ab")  # noqa: SIM115 - closed with the process
         cmd = [
             sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", self.spec,
-            "--http", f"127.0.0.1:{self.http_ports[i]}", "--data-dir",
+            "--http", f"{self.hosts[i]}:{self.http_ports[i]}", "--data-dir",
             str(self.root / f"node-{i}"), "--election-timeout", str(self.election_ms),
             "--heartbeat", str(self.heartbeat_ms), *self.extra_args,
         ]
+        if self.net is not None:
+            # Beyond loopback, plaintext is refused unless asked for; `ip netns exec`
+            # execs the command, so the process is the node itself.
+            cmd = [*self.net.exec_prefix(i), *cmd, "--insecure",
+                   "--client", self.client_endpoint(i)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
@@ -147,12 +180,34 @@ class Cluster:
         return request("GET", self.url(i, f"/v1/kv/{key}?consistency={consistency}"),
                        timeout=timeout)
 
+    # -- the network between nodes (namespaces=True only) --
+
+    def _network(self) -> NetnsNetwork:
+        if self.net is None:
+            raise RuntimeError("the network can be cut only in a Cluster(namespaces=True)")
+        return self.net
+
+    def cut(self, a: int, b: int, kind: CutKind = "blackhole") -> None:
+        """Nodes `a` and `b` no longer reach each other, both ways."""
+        self._network().cut(a, b, kind)
+
+    def partition(self, groups: list[list[int]], kind: CutKind = "blackhole") -> None:
+        """Cut every pair of nodes in different groups."""
+        self._network().partition(groups, kind)
+
+    def heal(self) -> None:
+        self._network().heal()
+
     def stop_everything(self) -> None:
-        for proc in self.everything:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.kill()
-        for proc in self.everything:
-            with contextlib.suppress(Exception):
-                proc.wait(10)
+        try:
+            for proc in self.everything:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGCONT)
+                        proc.kill()
+            for proc in self.everything:
+                with contextlib.suppress(Exception):
+                    proc.wait(10)
+        finally:
+            if self.net is not None:
+                self.net.teardown()
