@@ -256,6 +256,135 @@ def test_load_returns_a_copy_the_caller_may_change(make_store) -> None:
     assert store.load() == applied(EVERY_KIND)
 
 
+# ------------------------------------------------------------------ compaction, standing
+
+
+def test_compaction_forgets_accepted_and_chosen_entries_up_to_it_and_never_goes_back(
+        make_store) -> None:
+    records: list[LogRecord] = []
+    for n in range(1, 11):
+        records += [AcceptRecord(Entry(n, Ballot(1, 1), batch(n))), ChosenRecord(n, batch(n))]
+    records += [CompactRecord(6), CompactRecord(3)]  # the lower one changes nothing
+    make_store().append(records)
+    state = make_store().load()
+    assert state == applied(records)
+    assert state.compacted == 6
+    assert sorted(state.accepted) == sorted(state.chosen) == [7, 8, 9, 10]
+
+
+def test_a_chosen_value_for_a_compacted_slot_is_ignored(make_store) -> None:
+    store = make_store()
+    store.append([CompactRecord(5)])
+    store.append([ChosenRecord(5, batch(5)), ChosenRecord(6, batch(6))])
+    store.append([CompactRecord(7), ChosenRecord(7, batch(7)), ChosenRecord(8, batch(8))])
+    assert sorted(make_store().load().chosen) == [8]
+
+
+def test_a_compaction_in_the_same_batch_forgets_what_the_batch_accepted_before_it(
+        make_store) -> None:
+    records: list[LogRecord] = [
+        AcceptRecord(Entry(2, Ballot(1, 1), batch(2))),
+        ChosenRecord(2, batch(2), accepted=True),
+        AcceptRecord(Entry(3, Ballot(1, 1), batch(3))),
+        CompactRecord(2),
+        ChosenRecord(3, batch(3), accepted=True),
+    ]
+    make_store().append(records)
+    state = make_store().load()
+    assert state == applied(records)
+    assert (list(state.accepted), list(state.chosen), state.compacted) == ([3], [3], 2)
+
+
+@pytest.mark.parametrize("batches", [
+    [[CompactRecord(4)], [AcceptRecord(Entry(4, Ballot(1, 1), batch(4)))]],
+    [[CompactRecord(4), AcceptRecord(Entry(3, Ballot(1, 1), batch(3)))]],
+], ids=["after-the-commit", "in-the-same-batch"])
+def test_an_accept_in_a_compacted_slot_is_refused_before_anything_is_written(
+        make_store, batches: list[list[LogRecord]]) -> None:
+    store = make_store()
+    *before, refused = batches
+    for records in before:
+        store.append(records)
+    expected = store.load()
+    with pytest.raises(ValueError, match="compacted"):
+        store.append([RoundRecord(9), *refused])
+    assert store.load() == expected
+    store.append([AcceptRecord(Entry(5, Ballot(1, 1), batch(5)))])  # still usable
+    assert 5 in make_store().load().accepted
+
+
+def test_compaction_deletes_the_rows_from_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_store(path, slots=50)
+    with open_sqlite(path) as store:
+        store.append([CompactRecord(40)])
+    conn = sqlite3.connect(path)
+    try:
+        for table in ("accepted", "chosen"):
+            assert conn.execute(f"SELECT min(slot), count(*) FROM {table}").fetchone() == (
+                41, 10)
+        assert conn.execute("SELECT upto FROM compacted").fetchall() == [(40,)]
+    finally:
+        conn.close()
+
+
+def test_the_standing_round_trips_and_the_last_one_wins(make_store) -> None:
+    store = make_store()
+    store.append([StandingRecord(Standing.LEARNER)])
+    assert make_store().load().standing == Standing.LEARNER
+    make_store().append([StandingRecord(Standing.NEW), StandingRecord(Standing.VOTER)])
+    assert make_store().load().standing == Standing.VOTER
+
+
+def test_a_standing_that_is_none_is_refused_before_anything_is_written(make_store) -> None:
+    store = make_store()
+    with pytest.raises(ValueError):
+        store.append([RoundRecord(3), StandingRecord(7)])  # type: ignore[arg-type]
+    assert store.load() == applied([])
+
+
+def test_a_store_created_by_open_is_new_and_says_so_and_a_reopened_one_is_not(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with open_sqlite(path) as store:
+        assert store.created
+        assert store.load().standing == Standing.NEW
+        store.append([StandingRecord(Standing.VOTER)])
+    with open_sqlite(path) as store:
+        assert not store.created
+        assert store.load().standing == Standing.VOTER
+
+
+def test_a_memory_store_is_a_voter_unless_given_a_standing() -> None:
+    assert MemoryLogStore().load() == ReplicaDurable()
+    assert MemoryLogStore().created
+    assert MemoryLogStore(standing=Standing.LEARNER).load().standing == Standing.LEARNER
+    assert not MemoryLogStore(created=False).created
+
+
+def test_a_version_2_store_is_upgraded_as_a_voter_with_nothing_compacted(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    expected = written_store(path, slots=5)
+    # What a version 2 store is: no compacted or standing table.
+    tamper(path, "DROP TABLE compacted")
+    tamper(path, "DROP TABLE standing")
+    tamper(path, "UPDATE identity SET schema_version = 2")
+    with open_sqlite(path) as store:
+        assert not store.created
+        state = store.load()
+    expected.standing = Standing.VOTER  # it has voted: it must keep its promises
+    assert state == expected and state.compacted == 0
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT schema_version FROM identity").fetchone() == (3,)
+    finally:
+        conn.close()
+    with open_sqlite(path) as store:  # and it stays one
+        store.append([CompactRecord(2)])
+    assert open_and_load(path).compacted == 2
+
+
 # ------------------------------------------------------------------ interface
 
 
@@ -524,6 +653,44 @@ def test_a_damaged_promise_is_refused_not_read_as_a_lower_one(tmp_path: Path) ->
     assert_refused_as_corrupt(path, "promise")
 
 
+@pytest.mark.parametrize(("sql", "part"), [
+    ("UPDATE compacted SET upto = 2", "compacted row"),
+    ("UPDATE standing SET value = 2", "standing row"),
+    ("DELETE FROM compacted", "compacted row missing"),
+    ("DELETE FROM standing", "standing row missing"),
+], ids=["compacted-lowered", "standing-changed", "compacted-gone", "standing-gone"])
+def test_a_damaged_compacted_or_standing_row_is_refused_as_corrupt(
+        tmp_path: Path, sql: str, part: str) -> None:
+    path = tmp_path / "log.db"
+    with open_sqlite(path) as store:
+        store.append([CompactRecord(5)])
+    tamper(path, sql)
+    assert_refused_as_corrupt(path, part)
+
+
+def test_a_standing_this_pnyx_does_not_know_is_refused_even_with_its_checksum(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_store(path, slots=2)
+    tamper(path, "UPDATE standing SET value = 9, crc = ?", _row_crc(9, 0, 0))
+    assert_refused_as_corrupt(path, "standing 9")
+
+
+@pytest.mark.parametrize("table", ["accepted", "chosen"])
+def test_a_row_at_or_below_the_compacted_slot_is_refused_as_corrupt(
+        tmp_path: Path, table: str) -> None:
+    # A compaction deletes them in its own transaction: one left means damage (or a
+    # writer that is not pnyx), and loading it would bring back a forgotten slot.
+    path = tmp_path / "log.db"
+    written_store(path, slots=20)
+    with open_sqlite(path) as store:
+        store.append([CompactRecord(10)])
+    tamper(path, "UPDATE compacted SET upto = 12, crc = ?", _row_crc(12, 0, 0))
+    other = "chosen" if table == "accepted" else "accepted"
+    tamper(path, f"DELETE FROM {other} WHERE slot <= 12")  # leave only `table`'s rows
+    assert_refused_as_corrupt(path, f"{table} slot 11", "compacted slot 12")
+
+
 def test_a_missing_table_is_refused_as_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     written_store(path)
@@ -541,17 +708,21 @@ def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
 
 # Shared by the child that writes and the test that checks: append number n
 # writes 4 slots of 1 KiB (so the WAL fills and checkpoints run while the child
-# may be killed), promises ballot n.1 and records round n.
+# may be killed), promises ballot n.1 and records round n; every fifth append
+# also compacts all but the last 8 slots (deleting rows, in the same transaction).
 RECORDS_OF = r"""
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
-from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, PromiseRecord, RoundRecord
+from pnyx.protocol.multipaxos.records import (AcceptRecord, ChosenRecord, CompactRecord,
+                                             PromiseRecord, RoundRecord)
 
 def records_of(n):
     records = [PromiseRecord(Ballot(n, 1)), RoundRecord(n)]
     for slot in range(4 * n - 3, 4 * n + 1):
         value = Batch((Command(1, slot, bytes([slot % 251]) * 1024),))
         records += [AcceptRecord(Entry(slot, Ballot(n, 1), value)), ChosenRecord(slot, value)]
+    if n % 5 == 0:
+        records.append(CompactRecord(4 * n - 8))
     return records
 """
 
