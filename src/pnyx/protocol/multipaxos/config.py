@@ -29,6 +29,16 @@ class ReplicaConfig:
     promise_bytes: int = 4 << 20  # entries per Promise message; more go in more parts
     read_timeout: float = 0.5
     quorum_read_attempts: int = 20
+    # Snapshots (`pnyx.protocol.multipaxos.log`): one is taken once this many commands,
+    # or this many bytes of them, were applied since the last (0: never on that count);
+    # `snapshot_tail` chosen slots below it are kept for followers a little behind.
+    snapshot_every: int = 0
+    snapshot_bytes: int = 0
+    snapshot_tail: int = 1000
+    snapshot_chunk: int = 1 << 20  # bytes of a snapshot per SnapshotChunk message
+    # How long a snapshot a peer is fetching is kept (and the log above it not
+    # compacted) after its last request for a chunk.
+    snapshot_hold: float = 10.0
 
     @classmethod
     def majority(cls, members: Iterable[int], **kwargs: object) -> ReplicaConfig:
@@ -40,6 +50,9 @@ class ReplicaConfig:
             raise ValueError("every member is an acceptor: quorums must be over the members")
         if self.window < 1 or self.max_batch < 1 or self.max_command < 1:
             raise ValueError("window, max_batch and max_command must be at least 1")
+        if min(self.snapshot_every, self.snapshot_bytes, self.snapshot_tail) < 0 \
+                or self.snapshot_chunk < 1:
+            raise ValueError("snapshot thresholds and tail must be >= 0, the chunk >= 1")
         if not 0 < self.heartbeat_interval < self.election_timeout:
             raise ValueError("need 0 < heartbeat_interval < election_timeout")
 

@@ -21,6 +21,67 @@ from pnyx.protocol.multipaxos.records import ChosenRecord, LogRecord
 LAZY_RECORDS = 64  # chosen records held back for the next write, at most
 
 
+# What the replica asks of the driver's snapshot store (`pnyx.node.ports.SnapshotPort`);
+# each answers with an event (`Replica.snapshotted`, `staged`, `installed`).
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Capture the machine NOW (its state after slot `slot`, `index` commands applied:
+    before the next event reaches it) and write it durably; then `snapshotted`."""
+
+    slot: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendChunk:
+    """Send peer `dst` the bytes of snapshot `slot` from `offset` on, at most `size`
+    (a `SnapshotChunk`), or tell the replica the file is gone (`snapshot_gone`)."""
+
+    dst: int
+    slot: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BeginStaging:
+    """A transfer of snapshot `slot` begins or resumes: keep what is staged of it (a
+    transfer cut short by a crash), drop any other; then `staged(slot, size)`."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageChunk:
+    """Append `data`, bytes `offset`.. of snapshot `slot`, to the transfer staged; then
+    `staged(slot, size)`."""
+
+    slot: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """The staged snapshot `slot` is complete: verify it, make it the node's snapshot,
+    restore the machine from it; then `installed` (or `staged(slot, 0)` if refused)."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepSnapshots:
+    """Snapshot files other than these slots may be deleted."""
+
+    slots: tuple[int, ...]
+
+
+SnapshotOp = (TakeSnapshot | SendChunk | BeginStaging | StageChunk | InstallSnapshot
+              | KeepSnapshots)
+
+
 @dataclass(slots=True)
 class LogReady:
     """Effects of one event. Write `persist` in order, call `persisted(persist_seq)`
@@ -31,6 +92,8 @@ class LogReady:
     send: list[tuple[int, LogMessage]] = field(default_factory=list)
     outcomes: list[tuple[int, Outcome]] = field(default_factory=list)
     applied: list[tuple[int, Batch]] = field(default_factory=list)  # (slot, value) in order
+    snapshots: list[SnapshotOp] = field(default_factory=list)
+    installed: int = 0  # the slot of a snapshot the machine was restored from (observers)
     wake_at: float | None = None
 
 
@@ -73,6 +136,9 @@ class Outbox:
     def emit(self, dst: int, message: LogMessage) -> None:
         """A message that reports acceptor state: held until that state is durable."""
         self.gate.send(dst, message, self.ready.send)
+
+    def snapshot(self, op: SnapshotOp) -> None:
+        self.ready.snapshots.append(op)
 
     def send(self, dst: int, message: LogMessage) -> None:
         """A message that reports nothing durable: it may leave at once."""

@@ -14,6 +14,12 @@ promises it becomes the LEADER and re-proposes each recovered slot with the
 highest-numbered value reported for it, or a no-op (`pick_value`). Any
 replica that sees a higher ballot steps down; a leader cut off from a
 quorum for two election timeouts steps down too, so clients fail over.
+
+A replica that does not vote (`pnyx.protocol.multipaxos.standing`) never
+stands for election, grants a pre-vote or acks a heartbeat: it only follows.
+A candidate told by a promise that the acceptor compacted slots it would have
+to recover (`Promise.compacted` >= its first slot) cannot recover them by
+phase 1: it gives up the election and catches up from that acceptor first.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
     from pnyx.protocol.multipaxos.log import Log
     from pnyx.protocol.multipaxos.pipeline import Pipeline
     from pnyx.protocol.multipaxos.reads import Reads
+    from pnyx.protocol.multipaxos.standing import Standings
 
 
 class Role(enum.Enum):
@@ -77,6 +84,7 @@ class Election:
     log: Log
     pipeline: Pipeline
     reads: Reads
+    standings: Standings
 
     def __init__(self, node_id: int, config: ReplicaConfig, rng: random.Random, out: Outbox,
                  now: float) -> None:
@@ -150,6 +158,8 @@ class Election:
             return
         if self.leader is not None:
             self.lose_leader()
+        if not self.standings.votes:
+            return  # a learner waits for a leader; it never stands
         if self.config.prevote and self.others:
             self._enter(Stage.PRE_CANDIDATE)
             self.prevote_ballot = self.acceptor.next_ballot()
@@ -165,7 +175,8 @@ class Election:
         )
 
     def on_prevote(self, m: PreVote, now: float) -> None:
-        granted = m.ballot > self.acceptor.promised and self.misses_leader(now)
+        granted = (self.standings.votes and m.ballot > self.acceptor.promised
+                   and self.misses_leader(now))
         self.out.send(m.src, PreVoteReply(self.node_id, m.ballot, granted))
 
     def on_prevote_reply(self, m: PreVoteReply, now: float) -> None:
@@ -208,6 +219,14 @@ class Election:
         if len(parts) < m.parts or any(p.parts != m.parts for p in parts.values()):
             return True
         # Every part is in: the promise counts, with all the entries it reports.
+        if any(p.compacted >= self.first for p in parts.values()):
+            # It forgot slots we would recover: they are chosen, and only its snapshot
+            # has them. We cannot lead before we have them.
+            self._enter(Stage.FOLLOWER)
+            self.promises = {}
+            self.promise_parts = {}
+            self.log.catch_up(now, m.src)
+            return True
         self.promises[m.src] = Promise(
             m.src, m.ballot, tuple(e for i in range(m.parts) for e in parts[i].entries))
         if self.quorums.is_phase1_quorum(self.promises):
@@ -322,8 +341,9 @@ class Election:
             self.out.emit(m.src, Rejected(self.node_id, m.ballot, acceptor.promised))
             return
         self.follow(m.src, m.ballot, now)
-        self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
-                                          acceptor.max_accepted))
+        if self.standings.votes:  # a learner's ack would count toward a quorum
+            self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
+                                              acceptor.max_accepted))
         self.log.learn_commit(m.ballot, m.commit, now)
 
     def on_heartbeat_ack(self, m: HeartbeatAck, now: float) -> None:

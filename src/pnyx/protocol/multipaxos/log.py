@@ -8,6 +8,19 @@ they accepted in the leader's very ballot holds the chosen value) or, for a
 slot they lack, from a `Chosen` reply to their `CatchUp`. Chosen values are
 applied to the state machine strictly in slot order, each exactly once.
 Their records are saved lazily: losing one in a crash breaks no promise.
+
+It also owns the log's long life: a snapshot of the machine is taken once
+`snapshot_every` commands (or `snapshot_bytes` bytes of them) were applied
+since the last (`TakeSnapshot`, written by the driver off the event loop);
+once it is durable the slots below it, but for a tail of `snapshot_tail`, are
+compacted (`compact`: the one place that decides what is forgotten, and why it
+is safe); a replica that needs compacted slots installs a snapshot fetched
+from a peer (`pnyx.protocol.multipaxos.transfer`, then `install`).
+
+        applied commands ----> TakeSnapshot(slot) ---> snapshotted(slot)
+                                                          |
+        chosen: [ forgotten | tail ........ | since the snapshot ...]
+                          floor        snapshot_slot      applied  commit
 """
 
 from __future__ import annotations
@@ -17,10 +30,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos.config import ReplicaConfig
-from pnyx.protocol.multipaxos.effects import Outbox
+from pnyx.protocol.multipaxos.effects import KeepSnapshots, Outbox, TakeSnapshot
 from pnyx.protocol.multipaxos.election import Role
 from pnyx.protocol.multipaxos.messages import Batch, CatchUp, Chosen, Decided, size_of
-from pnyx.protocol.multipaxos.records import ChosenRecord
+from pnyx.protocol.multipaxos.records import ChosenRecord, CompactRecord
 from pnyx.protocol.quorum import QuorumSystem
 
 if TYPE_CHECKING:
@@ -28,6 +41,16 @@ if TYPE_CHECKING:
     from pnyx.protocol.multipaxos.election import Election
     from pnyx.protocol.multipaxos.pipeline import Pipeline
     from pnyx.protocol.multipaxos.reads import Reads
+    from pnyx.protocol.multipaxos.transfer import Transfer
+
+
+class SnapshotBase(Protocol):
+    """A durable snapshot the machine was restored from: its slot, the commands
+    applied up to it (`index`) and the size of its file in bytes."""
+
+    slot: int
+    index: int
+    size: int
 
 
 class Machine(Protocol):
@@ -65,33 +88,51 @@ class Log:
     election: Election
     pipeline: Pipeline
     reads: Reads
+    transfer: Transfer
 
     def __init__(self, node_id: int, config: ReplicaConfig, rng: random.Random,
-                 machine: Machine, out: Outbox, chosen: dict[int, Batch]) -> None:
+                 machine: Machine, out: Outbox, chosen: dict[int, Batch],
+                 compacted: int = 0, snapshot: SnapshotBase | None = None) -> None:
         self.node_id = node_id
         self.config = config
         self.rng = rng
         self.machine = machine
         self.out = out
         self.others = tuple(m for m in config.members if m != node_id)
-        # slot -> value, for every slot known chosen. Invariant: never overwritten.
-        self.chosen: dict[int, Batch] = dict(chosen)
-        # Invariant: the highest slot in `chosen`, 0 if none.
-        self.max_chosen = max(self.chosen, default=0)
-        # Invariant: every slot 1..commit is in `chosen`, and commit + 1 is not.
-        self.commit = 0
-        # Invariant: applied <= commit; slots 1..applied were applied, in order, once.
-        self.applied = 0
+        base = snapshot.slot if snapshot is not None else 0
+        if base < compacted:
+            raise ValueError(f"the log is compacted up to slot {compacted}, but the "
+                             f"snapshot is of slot {base}: slots in between are lost")
+        # Invariant: slots 1..floor are in the machine's state (from a snapshot) and
+        # none of them is in `chosen`; floor <= applied.
+        self.floor = base
+        # slot -> value, for every slot above `floor` known chosen. Never overwritten.
+        self.chosen: dict[int, Batch] = {s: v for s, v in chosen.items() if s > base}
+        # Invariant: the highest slot in `chosen`, or `floor` if none is above it.
+        self.max_chosen = max(self.chosen, default=base)
+        # Invariant: every slot floor+1..commit is in `chosen`, and commit + 1 is not.
+        self.commit = base
+        # Invariant: floor <= applied <= commit; slots floor+1..applied were applied,
+        # in order, once (those up to floor came with the snapshot).
+        self.applied = base
         # Commands applied: the index a state machine sees. Never decreases.
-        self.applied_index = 0
+        self.applied_index = snapshot.index if snapshot is not None else 0
         # When a CatchUp went out unanswered: time to ask again (None: not waiting).
         self.catchup_at: float | None = None
+        # Durable snapshots kept: slot -> (index, size). The newest is `snapshot_slot`.
+        self.snapshots: dict[int, tuple[int, int]] = {}
+        self.snapshot_slot = self.snapshot_index = self.snapshot_size = 0
+        if snapshot is not None and base:
+            self._keep_snapshot(base, snapshot.index, snapshot.size)
+        self.taking = 0  # the slot of a snapshot being written, 0 if none
+        self.since_commands = 0  # commands applied since the last snapshot was taken
+        self.since_bytes = 0  # their bytes, counted only with a `snapshot_bytes` bound
         self.advance_commit()
 
     def learn(self, slot: int, value: Batch, ballot: Ballot | None = None) -> None:
         """`value` is chosen in `slot`: in `ballot`, when the caller knows it."""
         chosen = self.chosen
-        if slot in chosen:
+        if slot in chosen or slot <= self.floor:
             return  # known chosen: nothing may overwrite it
         chosen[slot] = value
         if slot > self.max_chosen:
@@ -149,6 +190,9 @@ class Log:
     def apply_chosen(self) -> None:
         """Apply chosen slots strictly in order, each exactly once."""
         node_id = self.node_id
+        if self.applied >= self.commit:
+            return
+        count_bytes = self.config.snapshot_bytes > 0
         while self.applied < self.commit:
             slot = self.applied + 1
             value = self.chosen[slot]
@@ -157,20 +201,134 @@ class Log:
                 result = self.machine.apply(c.payload, self.applied_index)
                 if c.origin == node_id:
                     self.pipeline.done(c.id, result, self.applied_index)
+            self.since_commands += len(value.commands)
+            if count_bytes:
+                self.since_bytes += size_of(value)
             self.applied = slot
             self.out.ready.applied.append((slot, value))
         reads = self.reads
         if reads.by_index or reads.held:
             reads.advance()
+        self.maybe_snapshot()
+
+    # ---------------------------------------------------- snapshots, compaction
+
+    def maybe_snapshot(self) -> None:
+        """Take a snapshot at the slot applied last, once enough was applied since the
+        last one. The driver captures the machine before the next event changes it."""
+        config = self.config
+        if self.taking or not (
+            (config.snapshot_every and self.since_commands >= config.snapshot_every)
+            or (config.snapshot_bytes and self.since_bytes >= config.snapshot_bytes)
+        ):
+            return
+        self.taking = self.applied
+        self.since_commands = self.since_bytes = 0
+        self.out.snapshot(TakeSnapshot(self.applied, self.applied_index))
+
+    def snapshotted(self, slot: int, index: int, size: int, now: float) -> None:
+        """The snapshot of `slot` is durable (`size` > 0), or could not be written (0:
+        the log stays as it was, and the next threshold tries again)."""
+        if slot == self.taking:
+            self.taking = 0
+        if size <= 0 or slot <= self.snapshot_slot:
+            return
+        self._keep_snapshot(slot, index, size)
+        self.compact(now)
+
+    def _keep_snapshot(self, slot: int, index: int, size: int) -> None:
+        self.snapshots[slot] = (index, size)
+        if slot > self.snapshot_slot:
+            self.snapshot_slot, self.snapshot_index, self.snapshot_size = slot, index, size
+
+    def kept_snapshots(self, now: float) -> tuple[int, ...]:
+        """The snapshot files still needed: the newest, and those peers are fetching."""
+        keep = {self.snapshot_slot, *self.transfer.held_slots(now)} & set(self.snapshots)
+        for slot in [s for s in self.snapshots if s not in keep]:
+            del self.snapshots[slot]
+        return tuple(sorted(keep))
+
+    def compact(self, now: float) -> None:
+        """Forget the chosen slots and accepted entries the newest durable snapshot
+        holds, but for a tail of `snapshot_tail` slots (for followers a little behind)
+        and the slots above any snapshot a peer is fetching (so the log it continues
+        from after installing is still here: no snapshot loop).
+
+        Why this is safe — the one place it is decided:
+
+        - only slots at or below a DURABLE snapshot are forgotten (`snapshotted` calls
+          this after the driver wrote it, and `CompactRecord` is saved after that), so
+          a crash at any point restarts from a snapshot at or above the compacted
+          floor, and the state of every forgotten slot is in it;
+        - only applied slots are forgotten (a snapshot is taken at `applied`), and so
+          only chosen ones: no value that is still being decided is lost;
+        - the promise is never forgotten (`promised` is not touched), and neither is
+          the fact of the forgetting: the acceptor reports `compacted` in every
+          `Promise`, so a candidate never takes "no entry" for a forgotten slot as
+          "accepted nothing" (it must catch up before it may lead: `on_promise`);
+          an `Accept` for a forgotten slot carries its chosen value (a leader may only
+          propose there after a phase 1 that saw it), and is acknowledged unrecorded.
+        """
+        upto = self.snapshot_slot - self.config.snapshot_tail
+        held = self.transfer.held_slots(now)
+        if held:
+            upto = min(upto, held[0])
+        upto = min(upto, self.applied)
+        if upto > self.floor:
+            chosen = self.chosen
+            for slot in range(self.floor + 1, upto + 1):
+                chosen.pop(slot, None)
+            self.floor = upto
+            if self.max_chosen < upto:
+                self.max_chosen = upto
+            self.acceptor.forget(upto)
+            self.out.save(CompactRecord(upto))
+        self.out.snapshot(KeepSnapshots(self.kept_snapshots(now)))
+
+    def install(self, slot: int, index: int, size: int, now: float) -> None:
+        """The machine was restored from the durable snapshot of `slot` (fetched from a
+        peer): the log continues from it. Everything at or below it is forgotten, as
+        by `compact`, and for the same reasons; our commands that may have been chosen
+        there will never be applied here, so their clients hear their outcome is
+        unknown (their retries are de-duplicated)."""
+        if slot <= self.applied:
+            return  # stale: we applied past it meanwhile (the machine was restored from
+            # an older state than ours: the driver refuses that before calling us)
+        chosen = self.chosen
+        for s in [s for s in chosen if s <= slot]:
+            del chosen[s]
+        if self.taking <= slot:
+            self.taking = 0  # a snapshot of ours being written is older: it is ignored
+        self.floor = self.applied = slot
+        self.commit = max(self.commit, slot)
+        self.max_chosen = max(self.max_chosen, slot)
+        self.applied_index = index
+        self.since_commands = self.since_bytes = 0
+        self._keep_snapshot(slot, index, size)
+        self.acceptor.forget(slot)
+        self.out.save(CompactRecord(slot))
+        self.out.ready.installed = slot
+        self.pipeline.abort_forwarded()
+        self.advance_commit()
+        self.apply_chosen()
+        reads = self.reads
+        if reads.by_index or reads.held:
+            reads.advance()
+        self.transfer.installed(slot)
+        self.out.snapshot(KeepSnapshots(self.kept_snapshots(now)))
+        self.catch_up(now)
 
     # ------------------------------------------------------------ catch-up
 
-    def catch_up(self, now: float) -> None:
+    def catch_up(self, now: float, source: int | None = None) -> None:
         election = self.election
         if election.role is Role.LEADER:
             return  # phase 1 recovered every slot a leader does not know: it never catches up
+        if self.transfer.fetch is not None:
+            return  # a snapshot is on its way; the log after it comes once it is in
         leader = election.leader
-        source = leader if leader not in (None, self.node_id) else None
+        if source is None and leader not in (None, self.node_id):
+            source = leader
         if source is None and self.others:
             source = self.rng.choice(self.others)
         if source is not None:
@@ -187,6 +345,9 @@ class Log:
             self.catch_up(now)
 
     def on_catch_up(self, m: CatchUp) -> None:
+        if m.first <= self.floor or (m.first <= self.commit and m.first not in self.chosen):
+            self.transfer.offer(m.src)  # compacted here: only a snapshot has them
+            return
         entries = []
         size = 0
         slot = m.first
@@ -217,9 +378,16 @@ class Log:
             self.catch_up(now)
 
     def check_invariants(self) -> None:
-        assert 0 <= self.applied <= self.commit <= self.max_chosen, (
-            self.applied, self.commit, self.max_chosen)
+        assert 0 <= self.floor <= self.applied <= self.commit <= self.max_chosen, (
+            self.floor, self.applied, self.commit, self.max_chosen)
         assert self.commit + 1 not in self.chosen, self.commit
-        assert self.commit == 0 or self.commit in self.chosen, self.commit
-        assert self.max_chosen == 0 or self.max_chosen in self.chosen, self.max_chosen
+        assert self.commit == self.floor or self.commit in self.chosen, self.commit
+        assert self.max_chosen == self.floor or self.max_chosen in self.chosen, (
+            self.max_chosen)
+        assert self.floor + 1 in self.chosen or self.commit == self.floor, self.floor
+        assert self.floor not in self.chosen, self.floor
         assert self.applied_index >= 0
+        assert self.snapshot_slot <= self.applied, (self.snapshot_slot, self.applied)
+        assert self.floor <= self.snapshot_slot, (self.floor, self.snapshot_slot)
+        assert not self.taking or self.snapshot_slot < self.taking <= self.applied, (
+            self.taking, self.snapshot_slot)

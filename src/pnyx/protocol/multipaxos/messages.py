@@ -89,6 +89,10 @@ class Promise(_Msg, tag="promise"):
     entries: tuple[Entry, ...]
     part: Index = 0
     parts: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # Slots 1..compacted are chosen and in this acceptor's snapshot: it no longer keeps
+    # what it accepted there, so `entries` cannot report them. A candidate whose phase 1
+    # starts at or below it must learn them (catch up) before it may lead.
+    compacted: Index = 0
 
 
 class Accept(_Msg, tag="accept"):
@@ -152,6 +156,43 @@ class Chosen(_Msg, tag="chosen"):
     commit: Index
 
 
+class SnapshotOffer(_Msg, tag="snapshot-offer"):
+    """The slots asked for are compacted here: fetch snapshot `slot` (`index` commands
+    applied, `size` bytes), then catch up from the slot after it."""
+
+    slot: Slot
+    index: Index
+    size: Index
+
+
+class SnapshotRequest(_Msg, tag="snapshot-request"):
+    """Send me the bytes of snapshot `slot` from `offset` on."""
+
+    slot: Slot
+    offset: Index
+
+
+class SnapshotChunk(_Msg, tag="snapshot-chunk"):
+    """Bytes offset..offset+len(data) of snapshot `slot`'s file of `total` bytes; `crc`
+    is the CRC-32 of `data` (a chunk that fails it is dropped and asked for again)."""
+
+    slot: Slot
+    offset: Index
+    total: Index
+    data: bytes
+    crc: Index
+
+
+class Probe(_Msg, tag="probe"):
+    """From a replica that started with an empty disk: is yours empty too?"""
+
+
+class ProbeReply(_Msg, tag="probe-reply"):
+    """`empty`: this replica never used a round, promised, accepted or learned anything."""
+
+    empty: bool
+
+
 class Forward(_Msg, tag="forward"):
     """Client commands a member received, handed to the leader."""
 
@@ -195,12 +236,13 @@ class QuorumReadReply(_Msg, tag="quorum-read-reply"):
 LogMessage = (
     Prepare | Promise | Accept | Accepted | Rejected | Heartbeat | HeartbeatAck | PreVote
     | PreVoteReply | CatchUp | Chosen | Forward | Aborted | ReadIndex | ReadIndexReply
-    | QuorumRead | QuorumReadReply
+    | QuorumRead | QuorumReadReply | SnapshotOffer | SnapshotRequest | SnapshotChunk | Probe
+    | ProbeReply
 )
 LOG_MESSAGE_TYPES: tuple[type, ...] = (
     Prepare, Promise, Accept, Accepted, Rejected, Heartbeat, HeartbeatAck, PreVote,
     PreVoteReply, CatchUp, Chosen, Forward, Aborted, ReadIndex, ReadIndexReply, QuorumRead,
-    QuorumReadReply,
+    QuorumReadReply, SnapshotOffer, SnapshotRequest, SnapshotChunk, Probe, ProbeReply,
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pnyx.protocol.multipaxos.acceptor import Acceptor
     from pnyx.protocol.multipaxos.election import Election
     from pnyx.protocol.multipaxos.log import Log, Machine
+    from pnyx.protocol.multipaxos.standing import Standings
 
 _R = TypeVar("_R")
 MAX_HELD = 10_000  # quorum reads of others held until we apply their read slot, at most
@@ -68,6 +69,7 @@ class Reads:
     acceptor: Acceptor
     election: Election
     log: Log
+    standings: Standings
 
     def __init__(self, node_id: int, config: ReplicaConfig, machine: Machine,
                  out: Outbox) -> None:
@@ -244,6 +246,8 @@ class Reads:
     # ------------------------------------------------------ quorum reads
 
     def on_quorum_read(self, m: QuorumRead) -> None:
+        if not self.standings.votes:
+            return  # a quorum read counts acceptors; a learner is none
         if self.log.applied >= m.min_applied:
             self._answer_quorum_read(m.src, m)
         elif len(self.held) < MAX_HELD:

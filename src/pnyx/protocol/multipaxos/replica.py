@@ -15,6 +15,8 @@ package's docstring for the diagrams):
   the window of slots in flight and their votes;
 - `log.Log`: the chosen log, commit, applying in order, catch-up;
 - `reads.Reads`: read index and quorum reads;
+- `transfer.Transfer`: snapshots fetched from and sent to peers;
+- `standing.Standings`: whether this replica votes (an empty disk asks first);
 - `effects.Outbox`: the effects they produce, persist-before-send.
 
 The facade routes each message to the unit it concerns (`step`), passes the
@@ -34,7 +36,7 @@ from pnyx.protocol.multipaxos.acceptor import Acceptor
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import LogReady, Outbox
 from pnyx.protocol.multipaxos.election import Election, Role
-from pnyx.protocol.multipaxos.log import Log, Machine
+from pnyx.protocol.multipaxos.log import Log, Machine, SnapshotBase
 from pnyx.protocol.multipaxos.messages import (
     LOG_MESSAGE_TYPES,
     Aborted,
@@ -51,21 +53,28 @@ from pnyx.protocol.multipaxos.messages import (
     Prepare,
     PreVote,
     PreVoteReply,
+    Probe,
+    ProbeReply,
     Promise,
     QuorumRead,
     QuorumReadReply,
     ReadIndex,
     ReadIndexReply,
     Rejected,
+    SnapshotChunk,
+    SnapshotOffer,
+    SnapshotRequest,
     decode,
 )
 from pnyx.protocol.multipaxos.outcome import ReadMode
 from pnyx.protocol.multipaxos.pipeline import Pipeline
 from pnyx.protocol.multipaxos.reads import Reads
-from pnyx.protocol.multipaxos.records import ReplicaDurable
+from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
+from pnyx.protocol.multipaxos.standing import Standings
+from pnyx.protocol.multipaxos.transfer import Transfer
 from pnyx.protocol.quorum import QuorumSystem
 
-__all__ = ["LogReady", "Machine", "Replica", "ReplicaConfig", "Role"]
+__all__ = ["LogReady", "Machine", "Replica", "ReplicaConfig", "Role", "SnapshotBase"]
 
 
 class Replica:
@@ -74,6 +83,7 @@ class Replica:
     pipeline_class: type[Pipeline] = Pipeline
     log_class: type[Log] = Log
     reads_class: type[Reads] = Reads
+    transfer_class: type[Transfer] = Transfer
 
     def __init__(
         self,
@@ -83,7 +93,10 @@ class Replica:
         machine: Machine,
         durable: ReplicaDurable | None = None,
         now: float = 0.0,
+        snapshot: SnapshotBase | None = None,
     ) -> None:
+        """`snapshot`: the durable snapshot `machine` was restored from, if any (its
+        slot must be at or above the compacted floor of `durable`)."""
         if node_id not in config.members:
             raise ValueError(f"node {node_id} is not a member of {config.members}")
         d = durable if durable is not None else ReplicaDurable()
@@ -95,17 +108,26 @@ class Replica:
         self._members = frozenset(config.members)
         self.out = out = Outbox(node_id, config.members)
         self.acceptor = acceptor = self.acceptor_class(node_id, config, out, d)
-        self.log = log = self.log_class(node_id, config, rng, machine, out, d.chosen)
+        self.log = log = self.log_class(node_id, config, rng, machine, out, d.chosen,
+                                        d.compacted, snapshot)
         self.election = election = self.election_class(node_id, config, rng, out, now)
         self.pipeline = pipeline = self.pipeline_class(node_id, config, out)
         self.reads = reads = self.reads_class(node_id, config, machine, out)
+        self.transfer = transfer = self.transfer_class(node_id, config, out)
+        self.standings = standings = Standings(node_id, config, out, d.standing)
         election.acceptor, election.log, election.pipeline, election.reads = (
             acceptor, log, pipeline, reads)
+        election.standings = acceptor.standings = reads.standings = standings
         log.acceptor, log.election, log.pipeline, log.reads = acceptor, election, pipeline, reads
+        log.transfer = transfer
         pipeline.election, pipeline.log = election, log
         reads.acceptor, reads.election, reads.log = acceptor, election, log
+        transfer.log = log
+        standings.acceptor, standings.log = acceptor, log
         log.apply_chosen()
         out.ready.outcomes.clear()
+        out.ready.snapshots.clear()  # replaying the tail takes no snapshot before start
+        log.taking = 0
 
     # =========================================================== events in
 
@@ -182,12 +204,47 @@ class Replica:
                 self.reads.on_quorum_read(m)
             case QuorumReadReply():
                 self.reads.on_quorum_read_reply(m)
+            case SnapshotChunk():
+                self.transfer.on_chunk(m, now)
+            case SnapshotRequest():
+                self.transfer.on_request(m, now)
+            case SnapshotOffer():
+                self.transfer.on_offer(m, now)
+            case Probe():
+                self.standings.on_probe(m)
+            case ProbeReply():
+                self.standings.on_probe_reply(m)
         return self._flush()
 
     def tick(self, now: float) -> LogReady:
+        self.standings.tick(now)
         self.election.tick(now)
         self.log.tick(now)
+        self.transfer.tick(now)
         self.reads.expire(now)
+        return self._flush()
+
+    # The snapshot store's answers (see `effects.SnapshotOp`).
+
+    def snapshotted(self, slot: int, index: int, size: int, now: float) -> LogReady:
+        """The snapshot asked for by `TakeSnapshot(slot, index)` is durable, `size` bytes
+        (0: it could not be written; the log is kept whole)."""
+        self.log.snapshotted(slot, index, size, now)
+        return self._flush()
+
+    def staged(self, slot: int, size: int, now: float) -> LogReady:
+        """`size` bytes of snapshot `slot` are staged (0 after it was refused)."""
+        self.transfer.staged(slot, size, now)
+        return self._flush()
+
+    def installed(self, slot: int, index: int, size: int, now: float) -> LogReady:
+        """The machine was restored from snapshot `slot` (now the node's durable one)."""
+        self.log.install(slot, index, size, now)
+        return self._flush()
+
+    def snapshot_gone(self, dst: int) -> LogReady:
+        """A `SendChunk` for `dst` found no file: offer it the one we have."""
+        self.transfer.gone(dst)
         return self._flush()
 
     def persisted(self, seq: int) -> LogReady:
@@ -203,6 +260,9 @@ class Replica:
             deadlines.append(election.hb_at)
         if self.log.catchup_at is not None:
             deadlines.append(self.log.catchup_at)
+        for deadline in (self.transfer.next_deadline(), self.standings.next_deadline()):
+            if deadline is not None:
+                deadlines.append(deadline)
         reads = self.reads.next_deadline(leading)
         if reads is not None:
             deadlines.append(reads)
@@ -215,7 +275,8 @@ class Replica:
     def durable(self) -> ReplicaDurable:
         """The state the records so far add up to (whether or not yet durable)."""
         a = self.acceptor
-        return ReplicaDurable(a.promised, a.last_round, dict(a.accepted), dict(self.log.chosen))
+        return ReplicaDurable(a.promised, a.last_round, dict(a.accepted), dict(self.log.chosen),
+                              a.compacted, self.standings.standing)
 
     def check_invariants(self) -> None:
         """Assert every unit's invariants (cheap: a simulator may call it after each
@@ -226,9 +287,17 @@ class Replica:
         self.election.check_invariants()
         self.pipeline.check_invariants()
         self.reads.check_invariants()
+        self.transfer.check_invariants()
+        self.standings.check_invariants()
+        assert self.acceptor.compacted <= self.log.floor, (
+            self.acceptor.compacted, self.log.floor)
         if self.election.role is Role.LEADER:
             assert self.log.commit < self.pipeline.next_slot, (
                 self.log.commit, self.pipeline.next_slot)
+
+    @property
+    def standing(self) -> Standing:
+        return self.standings.standing
 
     @property
     def is_leader(self) -> bool:

@@ -1,0 +1,103 @@
+"""Standing: whether this replica may vote, and how a replica with an empty disk finds out.
+
+An acceptor's promises and acceptances are Paxos state: a replica that lost its
+disk has forgotten what it promised and accepted, and were it to vote again
+under its old identity, a quorum counting its new votes could miss a value it
+helped choose before. Its empty disk looks exactly like the disk of a member
+of a brand-new cluster, so a replica that starts empty (`Standing.NEW`) asks
+every other member (`Probe`) and votes only once EVERY other member has
+answered that it is empty too (`ProbeReply(empty=True)`). If any member reports
+history, the replica is a `LEARNER` for good: it learns the log (snapshots and
+catch-up), serves reads through the leader and forwards writes, but never
+promises, accepts, acks a heartbeat, grants a pre-vote, stands for election or
+answers a quorum read. (Making it a voter again is a membership change: a
+new identity.)
+
+Why every other member, and why that is enough: a vote of ours can only have
+counted if some proposer asked for it, and a proposer durably records its ballot
+round before its Prepare or Accept leaves (rule D1), so it reports "not empty"
+from then on. If that proposer was another member, its answer tells us. If it
+was us, our vote counted only together with another member's vote (a quorum of
+one exists only in a cluster of one), and that member recorded its promise or
+acceptance before answering us: it too reports "not empty". Replies of "empty"
+can go stale only by members starting to vote after they answered, which they
+cannot do on our forgotten votes. A cluster of one has no one to ask: its
+only member's empty disk is the whole cluster's, and it votes.
+
+The answer is durable (`StandingRecord`) before this replica's first vote
+leaves (persist-before-send orders it before the promise records).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pnyx.protocol.multipaxos.config import ReplicaConfig
+from pnyx.protocol.multipaxos.effects import Outbox
+from pnyx.protocol.multipaxos.messages import Probe, ProbeReply
+from pnyx.protocol.multipaxos.records import Standing, StandingRecord
+
+if TYPE_CHECKING:
+    from pnyx.protocol.multipaxos.acceptor import Acceptor
+    from pnyx.protocol.multipaxos.log import Log
+
+
+class Standings:
+    acceptor: Acceptor
+    log: Log
+
+    def __init__(self, node_id: int, config: ReplicaConfig, out: Outbox,
+                 standing: Standing) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.out = out
+        self.others = tuple(m for m in config.members if m != node_id)
+        # Invariant: VOTER or LEARNER never changes again; NEW changes once.
+        self.standing = standing
+        self.empty: set[int] = set()  # NEW: the members that answered they are empty
+        self.probe_at = 0.0  # NEW: when to ask again those that did not answer
+        if standing is Standing.NEW and not self.others:
+            self._decide(Standing.VOTER)
+
+    @property
+    def votes(self) -> bool:
+        """Whether this replica may promise, accept and count in any quorum."""
+        return self.standing is Standing.VOTER
+
+    def _decide(self, standing: Standing) -> None:
+        self.standing = standing
+        self.out.save(StandingRecord(standing))
+
+    def tick(self, now: float) -> None:
+        if self.standing is Standing.NEW and now >= self.probe_at:
+            self.probe_at = now + self.config.heartbeat_interval
+            for member in self.others:
+                if member not in self.empty:
+                    self.out.send(member, Probe(self.node_id))
+
+    def is_empty(self) -> bool:
+        """Never used a round, promised, accepted or learned anything (in memory, which
+        is at least what the disk holds: "not empty" is the safe error)."""
+        a, log = self.acceptor, self.log
+        return (a.last_round == 0 and a.promised.round == 0 and a.max_accepted == 0
+                and log.max_chosen == 0 and log.floor == 0 and log.applied == 0)
+
+    def on_probe(self, m: Probe) -> None:
+        self.out.send(m.src, ProbeReply(self.node_id, self.is_empty()))
+
+    def on_probe_reply(self, m: ProbeReply) -> None:
+        if self.standing is not Standing.NEW:
+            return
+        if not m.empty:
+            self._decide(Standing.LEARNER)
+            return
+        self.empty.add(m.src)
+        if self.empty.issuperset(self.others):
+            self._decide(Standing.VOTER)
+
+    def next_deadline(self) -> float | None:
+        return self.probe_at if self.standing is Standing.NEW else None
+
+    def check_invariants(self) -> None:
+        assert self.standing in Standing, self.standing
+        assert self.empty <= set(self.others), self.empty
