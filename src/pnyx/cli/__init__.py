@@ -5,7 +5,8 @@
 - `pnyx.cli.kv`: `pnyx put/get/del/cas/keys/status` against a running cluster;
 - `pnyx.cli.sim`: `pnyx sim` and `pnyx sim-kv`, the deterministic simulator;
 - `pnyx.cli.certs`: `pnyx certs init/issue`, the certificates of mutual TLS;
-- `pnyx.cli.bench`: `pnyx bench`, the benchmark of a source checkout's bench/.
+- `pnyx.cli.bench`: `pnyx bench`, the benchmark of a source checkout's bench/;
+- `pnyx.cli.chaos`: `pnyx chaos`, a local cluster in namespaces under a nemesis, judged.
 
 Each group adds its subcommands (`add_parsers`) and sets `run`. Every wrong
 flag gives a one-line error and exit status 2; a command that cannot start
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pnyx.cli import bench, certs, cluster, kv, serve, sim
+from pnyx.cli import bench, certs, chaos, cluster, kv, serve, sim
 from pnyx.cli.common import Parser, StartError, UsageError
 from pnyx.protocol.quorum import QuorumError
 
@@ -27,7 +28,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> Parser:
     parser = Parser(prog="pnyx", description="Multi-Paxos for Python.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (sim, serve, cluster, kv, certs, bench):
+    for group in (sim, serve, cluster, kv, certs, bench, chaos):
         group.add_parsers(sub)
     return parser
 
