@@ -385,6 +385,34 @@ def test_a_version_2_store_is_upgraded_as_a_voter_with_nothing_compacted(
     assert open_and_load(path).compacted == 2
 
 
+def test_the_file_stays_the_size_of_the_live_log_as_compaction_frees_pages(
+        tmp_path: Path) -> None:
+    # 20k slots, compacted every 1k down to a tail of 200: SQLite reuses the pages
+    # compaction frees, so the file (the WAL checkpointed into it at close) after
+    # the second 10k is about its size after the first, not twice it.
+    path = tmp_path / "log.db"
+
+    def write(store: SqliteLogStore, first: int, last: int) -> None:
+        for start in range(first, last + 1, 100):
+            records: list[LogRecord] = []
+            for n in range(start, start + 100):
+                value = batch(n, size=200)
+                records += [AcceptRecord(Entry(n, Ballot(1, 1), value)),
+                            ChosenRecord(n, value, accepted=True)]
+                if n % 1000 == 0:
+                    records.append(CompactRecord(n - 200))
+            store.append(records)
+
+    with open_sqlite(path, fsync=False) as store:
+        write(store, 1, 10_000)
+    after_10k = path.stat().st_size
+    with open_sqlite(path, fsync=False) as store:
+        write(store, 10_001, 20_000)
+    after_20k = path.stat().st_size
+    assert after_20k <= 1.2 * after_10k, (after_10k, after_20k)
+    assert len(open_and_load(path).accepted) == 200
+
+
 # ------------------------------------------------------------------ interface
 
 
