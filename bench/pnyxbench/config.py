@@ -109,6 +109,15 @@ class Config:
     start_timeout: float
     keep: bool
     seed: int
+    # --open-loop (pnyxbench.openrun): offered rates instead of closed-loop clients.
+    open_loop: bool = False
+    rates: list[float] | None = None  # fixed rates; None: search for each system's max-rate
+    rate_start: float = 2000.0
+    rate_max: float = 1_000_000.0
+    bound: float = 1.0
+    success: float = 0.9
+    arrivals: str = "poisson"
+    overload: float = 0.0
 
     @property
     def curve(self) -> str | None:
@@ -162,6 +171,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       help="how long a system may take to answer and elect a leader (default 20)")
     a("--keep", action="store_true", help="keep the scratch directory (logs, data)")
     a("--seed", default="1", help="seed of the clients' key choices (default 1)")
+    a("--open-loop", action="store_true",
+      help="offer requests at fixed rates instead of closed-loop clients: with --rate, "
+      "those rates; without, search each system's max-rate (the highest rate at which "
+      "--success of the requests are answered ok within --bound)")
+    a("--rate", metavar="R,...", help="open loop: offered writes per second, or a list")
+    a("--rate-start", default="2000", metavar="R",
+      help="open-loop search: the first rate tried, doubled until it fails (default 2000)")
+    a("--bound", default="1", metavar="SECONDS",
+      help="open loop: a request succeeds if answered ok within this (default 1)")
+    a("--success", default="0.9", metavar="F",
+      help="open-loop search: the fraction that must succeed (default 0.9)")
+    a("--arrivals", default="poisson", help="open loop: poisson (default) or paced")
+    a("--overload", default="0", metavar="F",
+      help="open-loop search: then offer F times the first pnyx system's max-rate to "
+      "every system (the overload run; 0: none)")
 
 
 def _ints(text: str, flag: str, lo: int, hi: int) -> list[int]:
@@ -267,6 +291,25 @@ def config_from(args: argparse.Namespace) -> Config:
         start_timeout=_number(args.start_timeout, "--start-timeout", 1.0, 600.0),
         keep=bool(args.keep), seed=_ints(args.seed, "--seed", 0, 2**31)[0],
     )
+    if args.open_loop:
+        if args.arrivals not in ("poisson", "paced"):
+            raise UsageError(f"--arrivals: {args.arrivals!r} is not poisson or paced")
+        if len(clients) > 1 or len(sizes) > 1 or len(ratios) > 1 or nodes:
+            raise UsageError("--open-loop: no curve over clients, value size, reads or nodes")
+        if ratios != [0.0]:
+            raise UsageError("--open-loop offers writes only (no --read-ratio)")
+        cfg.open_loop = True
+        if args.rate:
+            cfg.rates = [_number(r, "--rate", 1.0, 10_000_000.0) for r in args.rate.split(",")]
+        cfg.rate_start = _number(args.rate_start, "--rate-start", 1.0, 10_000_000.0)
+        cfg.bound = _number(args.bound, "--bound", 0.001, 600.0)
+        cfg.success = _number(args.success, "--success", 0.01, 1.0)
+        cfg.arrivals = args.arrivals
+        cfg.overload = _number(args.overload, "--overload", 0.0, 100.0)
+        if any(s.kind == "etcd" for s in systems):
+            raise UsageError("--open-loop speaks pnyx's binary protocol: not etcd")
+    elif args.rate:
+        raise UsageError("--rate needs --open-loop")
     for s in systems:
         check_available(s)
     return cfg

@@ -19,6 +19,7 @@ from pnyxbench.common import (
     UsageError,
 )
 from pnyxbench.config import add_arguments, config_from
+from pnyxbench.openrun import format_open_report, run_open_loop
 from pnyxbench.processes import Processes
 from pnyxbench.report import format_report, plot
 from pnyxbench.run import run_benchmark
@@ -38,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        report = run_benchmark(cfg, procs)
-        report["config"]["curve"] = cfg.curve
+        if cfg.open_loop:
+            report = run_open_loop(cfg, procs)
+        else:
+            report = run_benchmark(cfg, procs)
+            report["config"]["curve"] = cfg.curve
     except BenchError as exc:
         print(f"pnyx bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
-    text = format_report(report)
+    text = format_open_report(report) if cfg.open_loop else format_report(report)
     try:
         if cfg.json_path == "-":
             print(text, file=sys.stderr)
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             if cfg.json_path:
                 Path(cfg.json_path).write_text(json.dumps(report, indent=2) + "\n")
                 print(f"\nJSON written to {cfg.json_path}")
-        if cfg.plot_path:
+        if cfg.plot_path and not cfg.open_loop:
             plot(report, cfg.plot_path)
             print(f"plot written to {cfg.plot_path}")
     except OSError as exc:
