@@ -1,4 +1,4 @@
-"""Durable storage: the records a process must not lose across a crash."""
+"""Durable storage: the records a process must not lose across a crash, and snapshots."""
 
 from pnyx.storage.errors import (
     CorruptStoreError,
@@ -8,6 +8,14 @@ from pnyx.storage.errors import (
 )
 from pnyx.storage.log_store import LogStore, LogStoreStats, MemoryLogStore, SqliteLogStore
 from pnyx.storage.record import CorruptRecord, FileRecord, MemoryRecord, Record
+from pnyx.storage.snapshots import (
+    MemorySnapshotStore,
+    SnapshotGone,
+    SnapshotInfo,
+    SnapshotMeta,
+    Snapshots,
+    SnapshotStore,
+)
 
 __all__ = [
     "CorruptRecord",
@@ -17,7 +25,13 @@ __all__ = [
     "LogStoreStats",
     "MemoryLogStore",
     "MemoryRecord",
+    "MemorySnapshotStore",
     "Record",
+    "SnapshotGone",
+    "SnapshotInfo",
+    "SnapshotMeta",
+    "SnapshotStore",
+    "Snapshots",
     "SqliteLogStore",
     "StoreError",
     "StoreIdentityError",
