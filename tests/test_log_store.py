@@ -212,6 +212,15 @@ def without_accepts_in_compacted_slots(records: list[LogRecord]) -> list[LogReco
     return kept
 
 
+def test_a_compaction_that_cannot_be_stored_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    with open_sqlite(tmp_path / "log.db") as store:
+        for bad in (CompactRecord(2**63), CompactRecord("7")):  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                store.append([RoundRecord(3), bad])
+        assert store.load() == applied([])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_records_in_any_batch_split_load_as_applying_them_in_order(
