@@ -11,6 +11,7 @@ contract; `pnyx.statemachine.kv` is the machine pnyx ships, and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol, runtime_checkable
 
 
@@ -64,7 +65,9 @@ class StateMachine(Protocol):
     same bytes), so replicas can compare snapshots by digest. `restore` must
     raise `SnapshotError` for bytes it cannot load and leave the state as it was.
 
-    The methods are called from one thread, one at a time.
+    The methods are called from one thread, one at a time. (The one exception
+    is the iterator of the optional `snapshot_chunks`: see
+    `StreamingStateMachine`.)
 
     Example (see `examples/counter_machine.py` for the full version)::
 
@@ -104,6 +107,53 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot; raise `SnapshotError` if it is not one."""
         ...
+
+
+@runtime_checkable
+class StreamingStateMachine(StateMachine, Protocol):
+    """A `StateMachine` that can be snapshotted without stopping `apply` (optional).
+
+    A large state takes long to serialize; done in one call on the thread that
+    applies commands, it stops service for that long. A machine that also
+    implements `snapshot_chunks` lets its driver take the snapshot at a moment
+    and write it out afterwards, in another thread, while commands go on being
+    applied. Use the module-level `snapshot_chunks(machine)` to snapshot any
+    machine, streaming or not.
+    """
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """The state at this call, as an iterator of chunks of `snapshot()`'s bytes.
+
+        - The call itself captures the state and returns quickly: it must not
+          serialize (O(small), well under a millisecond whatever the state's
+          size). It is made on the thread that calls `apply`, between two calls.
+        - The iterator may be consumed later, possibly in *another* thread
+          while `apply` (and `query`) go on in this one. Its chunks concatenate
+          to exactly the bytes `snapshot()` would have returned at the moment
+          of the call, which `restore` accepts; later commands do not show.
+        - Each `next()` does bounded work (a few milliseconds at most, whatever
+          the size), so a thread writing the chunks never holds the interpreter
+          for long.
+
+        A machine usually gets there by copy-on-write: the call hands its
+        current data over, frozen, and the first later write to a frozen part
+        copies that part (see `pnyx.statemachine.kv.KVMachine`).
+        """
+        ...
+
+
+def snapshot_chunks(machine: StateMachine) -> Iterator[bytes]:
+    """A snapshot of `machine` at this call, as chunks whose concatenation is `snapshot()`.
+
+    Uses the machine's own `snapshot_chunks` if it has one (see
+    `StreamingStateMachine`; `SafeApply` passes it through). A machine without
+    it is serialized in one call, here, on the caller's thread, and the
+    iterator yields that one chunk.
+    """
+    chunks: Callable[[], Iterator[bytes]] | None = getattr(machine, "snapshot_chunks", None)
+    if chunks is not None:
+        return chunks()
+    return iter([machine.snapshot()])
 
 
 ERROR_PREFIX: Final = b"error: "
@@ -159,11 +209,16 @@ class SafeApply:
     `RecursionError` (see `_ENVIRONMENTAL`) and `LogOrderError` are not
     caught. A result that is not `bytes` is reported as a `TypeError` result.
     `restore` turns any exception into `SnapshotError`; `snapshot` is passed
-    through.
+    through, and so is `snapshot_chunks` when the wrapped machine has one (only
+    then does the wrapper have it, so `snapshot_chunks(SafeApply(m))` does what
+    `snapshot_chunks(m)` does).
     """
 
     def __init__(self, machine: StateMachine) -> None:
         self.machine = machine
+        chunks = getattr(machine, "snapshot_chunks", None)
+        if chunks is not None:
+            self.snapshot_chunks: Callable[[], Iterator[bytes]] = chunks
 
     def apply(self, command: bytes, index: int) -> bytes:
         try:

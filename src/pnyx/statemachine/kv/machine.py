@@ -3,9 +3,11 @@
 This module owns `KVMachine`: the rules for each command (including
 compare-and-swap preconditions), exactly-once handling of client requests
 through the de-duplication table, local queries (`Get`, `Keys` listings with
-their lazily kept sorted index), and taking and restoring snapshots. The
-bytes of commands and results are `pnyx.statemachine.kv.messages`', the checks
-that refuse bad ones `pnyx.statemachine.kv.checks`', the snapshot format
+their lazily kept sorted index), and taking and restoring snapshots, including
+the copy-on-write that lets a snapshot be written while commands keep being
+applied. The bytes of commands and results are
+`pnyx.statemachine.kv.messages`', the checks that refuse bad ones
+`pnyx.statemachine.kv.checks`', the snapshot format and the sharding of keys
 `pnyx.statemachine.kv.snapshot`'s.
 """
 
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Mapping
+from itertools import chain
+from zlib import crc32
 
 from pnyx.statemachine.base import LogOrderError, SnapshotError
 from pnyx.statemachine.dedup import DedupTable, Kind, Verdict
@@ -36,7 +41,9 @@ from pnyx.statemachine.kv.messages import (
     _encoder,
     encode_result,
 )
-from pnyx.statemachine.kv.snapshot import decode_snapshot, encode_snapshot
+from pnyx.statemachine.kv.snapshot import SHARDS, Item, decode_snapshot, encode_chunks, shard_of
+
+_MASK = SHARDS - 1
 
 
 def _digest(command: Command) -> bytes:
@@ -46,6 +53,24 @@ def _digest(command: Command) -> bytes:
     # for catching a client bug.
     return hashlib.blake2b(_encoder.encode(command), digest_size=16).digest()
 
+
+class _DataView(Mapping[str, Item]):
+    """The machine's whole map, read-only, across its shards (for tests and debugging)."""
+
+    def __init__(self, machine: KVMachine) -> None:
+        self._machine = machine
+
+    def __getitem__(self, key: str) -> Item:
+        item = self._machine.read(key)
+        if item is None:
+            raise KeyError(key)
+        return item
+
+    def __iter__(self) -> Iterator[str]:
+        return chain.from_iterable(self._machine._shards)
+
+    def __len__(self) -> int:
+        return self._machine.key_count
 
 
 class KVMachine:
@@ -58,6 +83,16 @@ class KVMachine:
     Configuration (`max_clients`, `command_limit`) is part of the replicated
     behaviour: every replica of a group must use the same values, just as they
     must run the same version of pnyx.
+
+    **Snapshots without stopping.** The map is kept in `SHARDS` dicts, a key in
+    `shard_of(key)`. `snapshot_chunks()` hands the current dicts to the snapshot
+    and marks them all frozen, in O(`SHARDS`); the first write to a frozen
+    shard replaces it by a copy (one dict of about n/`SHARDS` keys), so the
+    snapshot's dicts are never written again and may be encoded in another
+    thread. The de-duplication table does the same (`DedupTable.capture`).
+    A shard stays frozen until its next write even once the snapshot is done:
+    one extra copy per written shard per snapshot, in exchange for no
+    coordination with the thread that writes the snapshot.
     """
 
     def __init__(
@@ -70,7 +105,9 @@ class KVMachine:
             raise ValueError(f"command_limit must be at least 1, not {command_limit}")
         self.max_clients = max_clients
         self.command_limit = command_limit
-        self._data: dict[str, tuple[bytes, int]] = {}
+        self._shards: list[dict[str, Item]] = [{} for _ in range(SHARDS)]
+        self._frozen = [False] * SHARDS  # shards a snapshot holds: copy before writing
+        self._count = 0  # keys in all shards
         self._dedup = DedupTable(max_clients)
         # Log indices start at 1; 0 means nothing has been applied.
         self._applied_index = 0
@@ -79,7 +116,7 @@ class KVMachine:
         # (`_moved`), and the next listing folds them in. Overwrites don't
         # touch it. So a store that never lists pays nothing, and one that
         # lists pays for the keys that changed, not a full sort each time.
-        # It is derived from `_data` and not part of the replicated state.
+        # It is derived from the shards and not part of the replicated state.
         self._sorted: list[str] | None = None
         self._moved: set[str] = set()
 
@@ -97,7 +134,12 @@ class KVMachine:
         Compare `applied_index` with the log's commit index to know how stale;
         for a linearizable read, send a `Get` through the log.
         """
-        return self._data.get(key)
+        return self._shards[shard_of(key)].get(key)
+
+    @property
+    def _data(self) -> Mapping[str, Item]:
+        """The whole map, read-only (a view across the shards)."""
+        return _DataView(self)
 
     def query(self, query: bytes) -> bytes:
         """Answer an encoded `Get` (as `apply` would) or `Keys` from local state, changing nothing.
@@ -111,7 +153,7 @@ class KVMachine:
             return encode_result(decoded)
         if isinstance(decoded, Keys):
             return encode_result(self._list(decoded))
-        item = self._data.get(decoded.key)
+        item = self.read(decoded.key)
         return encode_result(NotFound() if item is None else Ok(item[1], item[0]))
 
     def _list(self, query: Keys) -> KeyList:
@@ -127,7 +169,9 @@ class KVMachine:
                 # Keys with the prefix are contiguous in sorted order: past
                 # the first that lacks it, none has it.
                 return KeyList(items, more=False)
-            items.append((key, self._data[key][1]))
+            item = self.read(key)
+            assert item is not None  # the index holds exactly the stored keys
+            items.append((key, item[1]))
         more = stop < len(keys) and keys[stop].startswith(query.prefix)
         return KeyList(items, more)
 
@@ -145,25 +189,29 @@ class KVMachine:
     def _sorted_keys(self) -> list[str]:
         keys = self._sorted
         if keys is None:
-            keys = self._sorted = sorted(self._data)
+            keys = self._sorted = sorted(chain.from_iterable(self._shards))
         elif len(self._moved) <= 16:
             # A few changes: insert or delete in place (a memmove each).
             for key in self._moved:
                 i = bisect_left(keys, key)
                 present = i < len(keys) and keys[i] == key
-                if key in self._data and not present:
+                stored = self.read(key) is not None
+                if stored and not present:
                     keys.insert(i, key)
-                elif key not in self._data and present:
+                elif not stored and present:
                     del keys[i]
         else:
             # Many: one linear pass drops removed keys; the new ones are
             # sorted and merged (Timsort merges the two sorted runs in O(n)).
+            # A key of the index that is no longer stored was removed, so it is
+            # among the moved keys: the pass tests membership in that set.
+            removed = {key for key in self._moved if self.read(key) is None}
             added = [
                 key for key in self._moved
-                if key in self._data
+                if key not in removed
                 and not ((i := bisect_left(keys, key)) < len(keys) and keys[i] == key)
             ]
-            kept = [key for key in keys if key in self._data]
+            kept = [key for key in keys if key not in removed] if removed else keys[:]
             kept.extend(added)
             kept.sort()
             keys = self._sorted = kept
@@ -173,7 +221,7 @@ class KVMachine:
     @property
     def key_count(self) -> int:
         """How many keys exist. (Not `__len__`: an empty machine should not be falsy.)"""
-        return len(self._data)
+        return self._count
 
     @property
     def dedup_size(self) -> int:
@@ -222,39 +270,78 @@ class KVMachine:
         return result
 
     def _execute(self, command: Command, index: int) -> Result:
-        item = self._data.get(command.key)
+        key = command.key
+        # `shard_of(key)`, inlined on the hot path: a key in a command was
+        # decoded from MessagePack, so it is valid UTF-8 and encode() cannot fail.
+        shard = crc32(key.encode()) & _MASK
+        data = self._shards[shard]
+        item = data.get(key)
         if isinstance(command, Get):
             return NotFound() if item is None else Ok(item[1], item[0])
         failed = _precondition(command, item)
         if failed is not None:
             return failed
         if isinstance(command, Put):
+            if self._frozen[shard]:
+                data = self._thaw(shard)
             if item is None:
-                self._key_moved(command.key)
-            self._data[command.key] = (command.value, index)
+                self._count += 1
+                self._key_moved(key)
+            data[key] = (command.value, index)
             return Ok(index)
         if item is None:
             return NotFound()
-        del self._data[command.key]
-        self._key_moved(command.key)
+        if self._frozen[shard]:
+            data = self._thaw(shard)
+        del data[key]
+        self._count -= 1
+        self._key_moved(key)
         return Ok(index)
 
+    def _thaw(self, shard: int) -> dict[str, Item]:
+        """The first write to a shard since a snapshot: the snapshot keeps the old dict."""
+        copy = self._shards[shard] = self._shards[shard].copy()
+        self._frozen[shard] = False
+        return copy
+
     def snapshot(self) -> bytes:
-        """Data, de-duplication table and applied index; equal states give equal bytes."""
-        return encode_snapshot(self._applied_index, self._data, self._dedup.entries())
+        """Data, de-duplication table and applied index; equal states give equal bytes.
+
+        Exactly `b"".join(self.snapshot_chunks())`, serialized on the caller's thread.
+        """
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """The state at this call, as chunks of `snapshot()`'s bytes, to be written later.
+
+        The call is O(`SHARDS`): it hands the shards and the de-duplication
+        table over, frozen, and encodes nothing. The iterator may then run in
+        another thread while `apply` goes on in this one; each step sorts one
+        shard and encodes about 64 KiB. See the class docstring.
+        """
+        shards: list[dict[str, Item] | None] = list(self._shards)
+        self._frozen = [True] * SHARDS
+        # A stand-in table (the simulator's mutants) may have only `entries()`.
+        sessions = (self._dedup.capture() if isinstance(self._dedup, DedupTable)
+                    else self._dedup.entries())
+        return encode_chunks(self._applied_index, sessions, shards)
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot; raises `SnapshotError` (state unchanged) if bad."""
         # Build the new state completely before touching the old one, so a
         # refused snapshot leaves the machine as it was.
-        applied_index, new_data, sessions = decode_snapshot(data)
+        applied_index, shards, sessions = decode_snapshot(data)
         try:
             # More entries than this replica's max_clients (a misconfigured
             # group) are cut down the same way eviction would have.
             new_dedup = DedupTable.from_entries(self.max_clients, sessions)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
-        self._data = new_data
+        # The old shards are not written again: a snapshot still being written
+        # from them is unaffected.
+        self._shards = shards
+        self._frozen = [False] * SHARDS
+        self._count = sum(map(len, shards))
         self._dedup = new_dedup
         self._applied_index = applied_index
         self._sorted = None
