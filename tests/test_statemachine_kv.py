@@ -469,6 +469,7 @@ def test_equal_states_give_equal_snapshot_bytes() -> None:
 
 
 def _forged(body: kv_module._SnapshotBody) -> bytes:
+    """A version-1 snapshot (still read) with a valid checksum."""
     data = msgspec.msgpack.encode(body)
     envelope = kv_module._SnapshotEnvelope("pnyx.kv", 1, kv_module._checksum(data), data)
     return msgspec.msgpack.encode(envelope)
@@ -478,7 +479,8 @@ def test_restore_rejects_corrupt_bytes_with_a_typed_error_and_keeps_state() -> N
     d = _busy_driver()
     before = d.machine.snapshot()
     flipped = bytearray(before)
-    flipped[-1] ^= 0x01  # inside the body: still decodes, checksum catches it
+    value = before.index(b"\xc4\x014")  # y's value b"4", a MessagePack bin 8
+    flipped[value + 2] ^= 0x01  # b"5": still decodes, the checksum catches it
     wrong_version = msgspec.msgpack.encode(["pnyx.kv", 2, b"", b""])
     duplicate_key = _forged(kv_module._SnapshotBody(
         5, [kv_module._KeyRecord("k", b"v", 1), kv_module._KeyRecord("k", b"w", 2)], []
