@@ -1,4 +1,9 @@
-"""Specs of the HTTP API (`pnyx.api.http`) against a fake in-process node."""
+"""Specs of the HTTP API (`pnyx.api.http`) against a fake in-process node.
+
+Every spec runs against both servers of the API: the httptools one `serve_http`
+runs (`pnyx.api.http_h1`, "h1") and the aiohttp application of `make_app`
+("aiohttp"): one contract, two implementations.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -19,6 +24,7 @@ from yarl import URL
 from fake_node import FakeNode, ServerThread
 from pnyx.api import NodeAPI, make_app
 from pnyx.api import http as api_http
+from pnyx.api.limits import ClientLimits
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import MAX_KEY_BYTES, IdempotentRequest, Put, decode_result, kv
 
@@ -35,12 +41,55 @@ def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     return wrapper
 
 
+SERVERS = ("h1", "aiohttp")
+_server = {"kind": "h1"}
+
+
+@pytest.fixture(autouse=True, params=SERVERS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """Which server `serve` starts: every spec here runs against each."""
+    _server["kind"] = request.param
+    return str(request.param)
+
+
+class H1TestServer(BaseTestServer):  # type: ignore[misc]
+    """`serve_http` (the httptools server) for aiohttp's `TestClient`."""
+
+    def __init__(self, node: FakeNode, **kwargs: Any) -> None:
+        super().__init__(host="127.0.0.1")
+        self.node = node
+        self.kwargs = kwargs
+        self.served: Any = None
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.served is not None:
+            return
+        limits = {}
+        if "body_timeout" in self.kwargs:
+            limits["body_timeout"] = self.kwargs.pop("body_timeout")
+        self.served = await api_http.serve_http(self.node, "127.0.0.1", 0,
+                                                limits=ClientLimits(**limits), **self.kwargs)
+        self.port = self.served.port
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+    async def close(self) -> None:
+        if self.served is not None:
+            await self.served.close()
+            self.served = None
+
+
 @asynccontextmanager
 async def serve(node: FakeNode | None = None, **kwargs: Any,
                 ) -> AsyncIterator[tuple[TestClient, FakeNode]]:
     node = node if node is not None else FakeNode()
     kwargs.setdefault("request_timeout", 0.2)
-    async with TestClient(TestServer(make_app(node, **kwargs))) as client:
+    server: BaseTestServer = (H1TestServer(node, **kwargs) if _server["kind"] == "h1"
+                              else TestServer(make_app(node, **kwargs)))
+    async with TestClient(server) as client:
         yield client, node
 
 
@@ -583,9 +632,13 @@ async def test_a_node_bug_is_a_500_json_not_a_crash() -> None:
 # --- fuzzing: no input is a 500 ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fuzz_server() -> Any:
-    with ServerThread(request_timeout=0.2, max_value=1000) as server:
+@pytest.fixture(scope="module", params=SERVERS)
+def fuzz_server(request: pytest.FixtureRequest) -> Any:
+    if request.param == "h1":
+        server = ServerThread(serve_kwargs={"request_timeout": 0.2, "max_value": 1000})
+    else:
+        server = ServerThread(request_timeout=0.2, max_value=1000)
+    with server:
         yield server
 
 
@@ -649,7 +702,9 @@ def test_fuzz_no_request_is_a_500(fuzz_server: ServerThread, method: bytes, targ
     headers = [] if idem is None else [b"Idempotency-Key: " + idem]
     status = _raw_request(fuzz_server.port, method, target, headers, body)
     assert status != 0, "the server answered nothing"
-    assert status < 500, (method, target, idem, status)
+    # 501 is the documented answer to a method HTTP does not know (`serve_http`; see
+    # test_limits), not a failure of the server.
+    assert status < 500 or (status, method) == (501, b"BREW"), (method, target, idem, status)
 
 
 def test_fuzz_errors_are_json(fuzz_server: ServerThread) -> None:

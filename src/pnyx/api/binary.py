@@ -29,7 +29,10 @@ finishes without waiting (a status, a refused command, a node that answers at
 once) is answered without creating a task; the rest cost one task each (the
 node's API is coroutines). Each connection has at most `max_inflight`
 requests at the node: past that, and while the client is not reading its
-answers, the server stops reading from it (TCP backpressure).
+answers, the server stops reading from it (TCP backpressure). Admission
+control (`ClientLimits.max_pending`, over every client port of the node): a
+request past it is answered at once, `ok=False`, code `unavailable`, words
+starting `overloaded`, and never reaches the node.
 
 **Limits and TLS.** `serve_clients(..., limits=ClientLimits(...), ssl=ctx)`:
 a frame started and not finished within `body_timeout` closes the connection,
@@ -55,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import msgspec
 
 from pnyx import wire
-from pnyx.api.limits import ClientLimits, Refusal
+from pnyx.api.limits import OVERLOADED, Admission, ClientLimits, Refusal, admission_for
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
 from pnyx.wire import ErrorCode
@@ -187,9 +190,12 @@ class _ClientConnection(FramedProtocol):
     """One client's connection: its requests in flight and its outgoing answers."""
 
     def __init__(self, node: NodeAPI, members: set[_ClientConnection], max_frame: int,
-                 max_command: int, max_inflight: int) -> None:
+                 max_command: int, max_inflight: int, admission: Admission | None = None,
+                 ) -> None:
         super().__init__(max_frame)
         self.node = node
+        self.admission = admission if admission is not None else Admission(
+            ClientLimits().max_pending)
         self.members = members
         self.max_command = max_command
         self.max_inflight = max_inflight
@@ -298,6 +304,13 @@ class _ClientConnection(FramedProtocol):
             too_large = op == "submit" and exc.code == kv.ErrorCode.TOO_LARGE
             self._fail(rid, Code.TOO_LARGE if too_large else Code.BAD_REQUEST, exc.message)
             return True
+        if not self.admission.try_enter():
+            # Admission control: the node has all the requests it takes; refused at once,
+            # not queued (see `pnyx.api.limits`). `unavailable` is retried by every client.
+            self._error(rid, ErrorCode.UNAVAILABLE, f"{OVERLOADED}: this node has as many "
+                        f"requests in flight as it takes ({self.admission.limit}); retry "
+                        "after a pause")
+            return True
         # In flight from here: a node that answers before returning finds the entry.
         self.inflight[rid] = (self.loop.time() + request.timeout + NODE_GRACE, None)
         pending: Cancellable | None
@@ -351,6 +364,7 @@ class _ClientConnection(FramedProtocol):
     def _finished(self, rid: int, outcome: Outcome) -> None:
         if self.inflight.pop(rid, None) is None:
             return  # `_sweep` gave up on it and answered
+        self.admission.leave()
         if outcome.ok:
             self.send(wire.ClientResponse(rid, True, outcome.result, outcome.index))
         else:
@@ -386,6 +400,7 @@ class _ClientConnection(FramedProtocol):
         expired = [rid for rid, (deadline, _) in self.inflight.items() if deadline <= now]
         for rid in expired:
             _, task = self.inflight.pop(rid)
+            self.admission.leave()
             self._fail(rid, Code.TIMEOUT, "the node did not answer in time", unknown=True)
             if task is not None:
                 task.cancel()
@@ -424,6 +439,7 @@ async def serve_clients(
     loop = asyncio.get_running_loop()
     served = _Served(limits)
     members = served.members
+    admission = admission_for(node, limits.max_pending)
 
     def accept() -> asyncio.Protocol:
         if len(members) >= limits.max_connections:
@@ -433,7 +449,7 @@ async def serve_clients(
                             "once; --max-connections)", served.refused,
                             limits.max_connections)
             return Refusal(served.refusal)
-        return _ClientConnection(node, members, max_frame, max_command, inflight)
+        return _ClientConnection(node, members, max_frame, max_command, inflight, admission)
 
     server = await loop.create_server(
         accept, host, port, ssl=ssl,

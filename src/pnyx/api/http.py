@@ -36,18 +36,23 @@ or more than `MAX_HEADERS` of them (`header_too_large`); 501 a method the
 parser does not know (`unknown_method`); 503 with `Retry-After` when the node
 could not get a quorum or a leader within the request timeout
 (`unavailable`, with `unknown` saying whether a write may still take
-effect), or when the port has `max_connections` already
-(`too_many_connections`). Every error body, the parser's included, is
+effect), when the node already has `max_pending` requests at it (admission
+control: `overloaded`, answered at once, never applied), or when the port
+has `max_connections` already (`too_many_connections`). Every error body, the parser's included, is
 `{"error": {"code": ..., "message": ...}}`. A 500 (`internal`) means a bug in
 pnyx, never bad input.
 
-`serve_http(node, host, port, limits=, ssl=)` serves the application with the
-connection limits of `pnyx.api.limits` and, with `ssl`, HTTPS only.
+`serve_http(node, host, port, limits=, ssl=)` serves the API with the
+connection limits of `pnyx.api.limits` and, with `ssl`, HTTPS only, on the
+httptools server of `pnyx.api.http_h1` (chosen by measurement: see that
+module); `PNYX_HTTP_SERVER=aiohttp` serves `make_app` instead. Both keep
+one contract (tests/test_api_http.py runs every spec against each).
 
 This module owns the routes and their handlers (`make_app`) and `serve_http`.
 Its parts are modules of their own: `http_errors` (the error body, `ApiError`,
 the `HTTP_FAILURES` table), `http_parse` (reading a request, its limits),
-`http_serve` (aiohttp's server with the connection cap and parser errors);
+`http_serve` (aiohttp's server with the connection cap and parser errors),
+`http_h1` (the httptools server);
 the names callers use are re-exported here.
 
 **Exactly once.** Every write is sent as a `kv.IdempotentRequest`: under the
@@ -62,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +82,7 @@ from pnyx.api.http_errors import (
     HttpFailure,
     error_response,
 )
+from pnyx.api.http_h1 import H1Server
 from pnyx.api.http_parse import (
     GET_PARAMS,
     IDEMPOTENCY_HEADER,
@@ -94,7 +101,7 @@ from pnyx.api.http_parse import (
     text_param,
 )
 from pnyx.api.http_serve import HttpServer, parser_error, start_server
-from pnyx.api.limits import ClientLimits
+from pnyx.api.limits import Admission, ClientLimits, admission_for
 from pnyx.api.node_api import NodeAPI
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
@@ -137,6 +144,10 @@ _METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", 
 # Grace on top of the node's own deadline before the HTTP layer stops waiting:
 # the node is meant to answer by `timeout`, this only guards against one that hangs.
 _NODE_GRACE: Final = 1.0
+
+# `PNYX_HTTP_SERVER=aiohttp` serves the API with aiohttp (`make_app`) instead of the
+# httptools server (`pnyx.api.http_h1`): for comparing the two (bench/http_wrk.py).
+SERVER_ENV: Final = "PNYX_HTTP_SERVER"
 _RETRY_FIRST_DELAY: Final = 0.01
 _RETRY_MAX_DELAY: Final = 0.2
 
@@ -148,8 +159,9 @@ def _route_label(request: web.Request) -> str:
 
 class _Handlers:
     def __init__(self, node: NodeAPI, max_value: int, request_timeout: float,
-                 body_timeout: float) -> None:
+                 body_timeout: float, admission: Admission) -> None:
         self.node = node
+        self.admission = admission
         self.max_value = max_value
         self.request_timeout = request_timeout
         self.body_timeout = body_timeout
@@ -202,7 +214,22 @@ class _Handlers:
         the same bytes, so de-duplication answers a retry of a command that did
         get chosen. A read is retried on any failure another attempt may mend: it
         changes nothing. The answer to a failure is `HTTP_FAILURES[outcome.code]`.
+        Past the node's admission bound (`ClientLimits.max_pending`), refused at once
+        with 503 `overloaded`.
         """
+        if not self.admission.try_enter():
+            # Refused before the node saw it: a write is certainly not applied.
+            raise ApiError(503, "overloaded", "this node has as many requests in flight as "
+                           f"it takes ({self.admission.limit}); retry after a pause",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                           extra={"unknown": False} if write else None)
+        try:
+            return await self._attempts(call, write=write)
+        finally:
+            self.admission.leave()
+
+    async def _attempts(self, call: Callable[[float], Awaitable[Outcome]],
+                        *, write: bool) -> tuple[kv.Result, Outcome]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         delay = _RETRY_FIRST_DELAY
@@ -388,6 +415,7 @@ def make_app(
     max_value: int = DEFAULT_MAX_VALUE,
     request_timeout: float = 5.0,
     body_timeout: float = ClientLimits().body_timeout,
+    max_pending: int = ClientLimits().max_pending,
 ) -> web.Application:
     """The aiohttp application serving `node`; run it with `aiohttp.web.AppRunner`.
 
@@ -403,7 +431,8 @@ def make_app(
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive, not {body_timeout}")
-    h = _Handlers(node, max_value, request_timeout, body_timeout)
+    h = _Handlers(node, max_value, request_timeout, body_timeout,
+                  admission_for(node, max_pending))
     # client_max_size is aiohttp's limit for request.read(); bodies are read
     # by _read_body, which applies max_value itself.
     app = web.Application(middlewares=[h.middleware], client_max_size=max_value + 1)
@@ -438,8 +467,16 @@ async def serve_http(
     cannot be bound. Stopping waits for requests at the node (up to the request timeout)
     but not for bodies that have not arrived."""
     limits = limits or ClientLimits()
-    app = make_app(node, max_value=max_value, request_timeout=request_timeout,
-                   body_timeout=limits.body_timeout)
-    # A request waiting for its outcome is answered within the request timeout.
-    return await start_server(app, host, port, limits=limits, ssl=ssl,
-                              shutdown_timeout=request_timeout + _NODE_GRACE)
+    if os.environ.get(SERVER_ENV, "h1") == "aiohttp":
+        app = make_app(node, max_value=max_value, request_timeout=request_timeout,
+                       body_timeout=limits.body_timeout, max_pending=limits.max_pending)
+        # A request waiting for its outcome is answered within the request timeout.
+        return await start_server(app, host, port, limits=limits, ssl=ssl,
+                                  shutdown_timeout=request_timeout + _NODE_GRACE)
+    if max_value < 0:
+        raise ValueError(f"max_value must not be negative, not {max_value}")
+    if not request_timeout > 0:
+        raise ValueError(f"request_timeout must be positive, not {request_timeout}")
+    server = H1Server(node, max_value=max_value, request_timeout=request_timeout,
+                      limits=limits, shutdown_timeout=request_timeout + _NODE_GRACE)
+    return HttpServer(server, await server.start(host, port, ssl))

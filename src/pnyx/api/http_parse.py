@@ -65,10 +65,16 @@ def _utf8(data: bytes, what: str, code: str) -> str:
 
 def parse_key(request: web.Request) -> str:
     """The key named by the path, checked as the machine would check it."""
+    return key_from_path(request.rel_url.raw_path)
+
+
+def key_from_path(raw_path: str) -> str:
+    """The key named by a raw (still percent-encoded) path `/v1/kv/KEY`, checked as the
+    machine would check it; any server's."""
     # Split the *raw* path: "/" separates segments there, while an encoded
     # "%2F" is part of the key. Splitting the decoded path would conflate them,
     # and yarl leaves undecodable escapes like %FF in place.
-    parts = request.rel_url.raw_path.split("/", 3)
+    parts = raw_path.split("/", 3)
     raw = parts[3] if len(parts) == 4 else ""
     key = _utf8(_unquote(raw, "key", plus_is_space=False), "key", "bad_key")
     if not key:
@@ -81,8 +87,12 @@ def parse_key(request: web.Request) -> str:
 
 def parse_params(request: web.Request, allowed: frozenset[str]) -> dict[str, bytes]:
     """The query string as name -> raw bytes; unknown or repeated names are bad input."""
+    return params_from_query(request.rel_url.raw_query_string, allowed)
+
+
+def params_from_query(raw_query: str, allowed: frozenset[str]) -> dict[str, bytes]:
+    """A raw query string as name -> raw bytes; unknown or repeated names are bad input."""
     params: dict[str, bytes] = {}
-    raw_query = request.rel_url.raw_query_string
     if not raw_query:
         return params
     for part in raw_query.split("&"):
@@ -149,9 +159,14 @@ def parse_conditions(params: dict[str, bytes]) -> dict[str, Any]:
 
 def idempotency_key(request: web.Request) -> str:
     """The request's identity in the machine's de-duplication table."""
-    given = request.headers.getall(IDEMPOTENCY_HEADER, [])
+    return idempotency_key_of(request.headers.getall(IDEMPOTENCY_HEADER, []))
+
+
+def idempotency_key_of(given: list[str], fresh: str | None = None) -> str:
+    """The identity of a request whose `Idempotency-Key` headers are `given`: the client's,
+    or `fresh` (a unique string the server made; a random one if None) when it gave none."""
     if not given:
-        return _GENERATED_KEY_PREFIX + uuid.uuid4().hex
+        return _GENERATED_KEY_PREFIX + (fresh if fresh is not None else uuid.uuid4().hex)
     if len(given) > 1:
         raise ApiError(400, "bad_header", f"{IDEMPOTENCY_HEADER} given more than once")
     key = given[0]

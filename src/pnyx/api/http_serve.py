@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
@@ -139,10 +139,15 @@ class _Site(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
-class HttpServer(NamedTuple):
-    """A running HTTP API: `port` is the bound one; stop it with `await close()`."""
+class _Runner_(Protocol):
+    async def cleanup(self) -> None: ...
 
-    runner: web.AppRunner
+
+class HttpServer(NamedTuple):
+    """A running HTTP API: `port` is the bound one; stop it with `await close()`.
+    `runner` is what serves it (`pnyx.api.http_h1.H1Server`, or aiohttp's runner)."""
+
+    runner: _Runner_
     port: int
 
     async def close(self) -> None:

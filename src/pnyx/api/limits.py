@@ -18,9 +18,19 @@ client connection is bounded in time and number (`ClientLimits`, set by
   `ClientResponse` with id 0, `ok=False`, code `unavailable`) and closed,
   while the node serves the rest. Counted once a connection is established
   (after its TLS handshake, which `body_timeout` bounds).
-- `max_inflight`: requests of one binary connection at the node at once.
-  Past it the node stops reading that connection (TCP backpressure) until
-  some finish; nothing is refused, so a client that pipelines more only waits.
+- `max_inflight`: requests of one connection at the node at once. Past it
+  the node stops reading that connection (TCP backpressure) until some
+  finish; nothing is refused, so a client that pipelines more only waits.
+- `max_pending`: admission control, requests at the node at once over every
+  client connection and port of the node (`Admission`, one per node). A
+  request past it is refused at once instead of queueing: HTTP answers 503
+  `overloaded` with `Retry-After`; the binary protocol `ok=False`, code
+  `unavailable` (which every client already retries after a pause), `unknown`
+  false, and words starting `overloaded`. Without a bound a node offered more
+  than it can commit queues without end: latency grows until every request
+  times out and memory with it. The default is well above what the closed-loop
+  benchmark keeps in flight (1,024 clients) and, at the rate a 3-node cluster
+  commits on a small machine, below a second of queue.
 
 `Refusal` is the protocol that answers a connection over the cap.
 """
@@ -28,11 +38,18 @@ client connection is bounded in time and number (`ClientLimits`, set by
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 
 # How long a refused connection may stay open for the client to read its answer.
 REFUSAL_GRACE: Final = 1.0
+
+DEFAULT_MAX_PENDING: Final = 4096
+
+# What a refusal by admission control says, on every port (the binary protocol's words
+# start with it).
+OVERLOADED: Final = "overloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +60,13 @@ class ClientLimits:
     idle_timeout: float = 60.0
     max_connections: int = 4096
     max_inflight: int = 4096
+    max_pending: int = DEFAULT_MAX_PENDING
 
     def __post_init__(self) -> None:
         for name in ("body_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
-        for name in ("max_connections", "max_inflight"):
+        for name in ("max_connections", "max_inflight", "max_pending"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
 
@@ -89,3 +107,43 @@ class Refusal(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+
+
+class Admission:
+    """A node's requests at the node at once, over all its client ports; see `max_pending`."""
+
+    __slots__ = ("__weakref__", "current", "limit", "refused")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_pending must be at least 1, not {limit!r}")
+        self.limit = limit
+        self.current = 0
+        self.refused = 0  # since the node started
+
+    def try_enter(self) -> bool:
+        """Take a place for one request; False (and counted) if the node has none free."""
+        if self.current >= self.limit:
+            self.refused += 1
+            return False
+        self.current += 1
+        return True
+
+    def leave(self) -> None:
+        self.current -= 1
+
+
+# One per node, shared by its HTTP and binary servers: the node is what overloads.
+_admissions: weakref.WeakKeyDictionary[Any, Admission] = weakref.WeakKeyDictionary()
+
+
+def admission_for(node: Any, limit: int) -> Admission:
+    """The node's `Admission` (made on first use with `limit`; the first server's limit
+    holds for every port of the node)."""
+    try:
+        return _admissions[node]
+    except KeyError:
+        admission = _admissions[node] = Admission(limit)
+        return admission
+    except TypeError:  # a node that cannot be weakly referenced: its own, per server
+        return Admission(limit)
