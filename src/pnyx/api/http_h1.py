@@ -44,6 +44,7 @@ import itertools
 import json
 import logging
 import secrets
+import socket
 import ssl as ssl_module
 import time
 from collections import deque
@@ -179,6 +180,7 @@ class H1Server:
         self.metrics = node.metrics
         self.fast = hasattr(node, "submit_nowait") and hasattr(node, "read_nowait")
         self.conns: set[_Connection] = set()
+        self.calls: set[_Call] = set()  # requests at a node with the callback API
         self.listener: asyncio.Server | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = False
@@ -191,6 +193,20 @@ class H1Server:
         self._fresh = itertools.count(1)
         self.loop = asyncio.get_running_loop()
         self._page: str | None = None
+        # (route, method, status) -> the metrics' recorder: the label sets are few (fixed
+        # routes, known methods, statuses the server answers), the lookups many.
+        self.recorders: dict[tuple[str, str, int], Callable[[float], None]] = {}
+
+    def record(self, label: str, method: str, status: int, seconds: float) -> None:
+        key = (label, method, status)
+        recorder = self.recorders.get(key)
+        if recorder is None:
+            make = getattr(self.metrics, "request_recorder", None)
+            if make is None:  # a node's own metrics without it: the plain call
+                self.metrics.request(label, method, status, seconds)
+                return
+            recorder = self.recorders[key] = make(label, method, status)
+        recorder(seconds)
 
     @property
     def server(self) -> H1Server:
@@ -221,6 +237,8 @@ class H1Server:
         self.timer = None
         now = self.loop.time()
         limits = self.limits
+        for call in [c for c in self.calls if c.give_up_at <= now]:
+            call.hung(call.attempts)
         for conn in list(self.conns):
             conn.check_time(now, limits.body_timeout, limits.idle_timeout)
         if not self.stopping:
@@ -297,12 +315,18 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.loop.time()
         # The request being read.
         self.url = bytearray()
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_count = 0
+        self.content_length: int | None = None
+        self.expect_continue = False
+        self.idempotency: list[str] = []
         self.body = bytearray()
         self.in_body = False
         self.headers_at = 0.0
         self.discard = False  # its body is over the limit: answered already, dropped
         self.waiting = 0  # requests at the node (their slots not done)
+        # Those at a node with the callback API: the server's, so the sweep finds them
+        # after their connection has gone too.
+        self.calls: set[_Call] = server.calls
         self.closing = False  # nothing more is read; close once the queue is written
         self.read_paused = False
         self.write_paused = False
@@ -314,6 +338,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.server.conns.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # An answer is one write: send it now, not when the last one is acknowledged.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -378,7 +407,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url.clear()
-        self.headers = []
+        self.header_count = 0
+        self.content_length = None
+        self.expect_continue = False
+        self.idempotency = []
         self.body = bytearray()
         self.discard = False
 
@@ -392,21 +424,24 @@ class _Connection(asyncio.Protocol):
         if len(name) + len(value) + 2 > MAX_HEADER_BYTES:
             raise _Refused(431, "header_too_large",
                            f"a header is longer than {MAX_HEADER_BYTES} bytes")
-        if len(self.headers) >= MAX_HEADERS:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
             raise _Refused(431, "header_too_large", f"more than {MAX_HEADERS} headers")
-        self.headers.append((name, value))
+        # Only three headers matter here; their lengths sort out the rest cheaply.
+        n = len(name)
+        if n == 14 and name.lower() == b"content-length":
+            value = value.strip()
+            self.content_length = int(value) if value.isdigit() else None
+        elif n == 15 and name.lower() == _IDEMPOTENCY_LOWER:
+            self.idempotency.append(value.decode("latin-1"))
+        elif n == 6 and name.lower() == b"expect":
+            self.expect_continue = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self.in_body = True
         self.headers_at = self.loop.time()
-        length = None
-        expect = False
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = int(value) if value.strip().isdigit() else None
-            elif lower == b"expect" and value.strip().lower() == b"100-continue":
-                expect = True
+        length = self.content_length
+        expect = self.expect_continue
         if length is not None and length > self.server.max_value and \
                 self.parser.get_method() == b"PUT":
             # Answered now, before a body nobody will read arrives; the rest is dropped.
@@ -527,8 +562,8 @@ class _Connection(asyncio.Protocol):
     # -- requests --
 
     def _metric(self, label: str, method: str, status: int, started: float) -> None:
-        self.server.metrics.request(label, method if method in _METHODS else "other", status,
-                                    time.perf_counter() - started)
+        self.server.record(label, method if method in _METHODS else "other", status,
+                           time.perf_counter() - started)
 
     def _dispatch(self) -> None:
         parser = self.parser
@@ -540,9 +575,7 @@ class _Connection(asyncio.Protocol):
         target = self.url.decode("utf-8", "surrogateescape")
         target = target.partition("#")[0]
         path, _, query = target.partition("?")
-        idempotency = [v.decode("latin-1") for n, v in self.headers
-                       if n.lower() == _IDEMPOTENCY_LOWER]
-        request = _Request(method, path, query, idempotency, slot, method == "HEAD")
+        request = _Request(method, path, query, self.idempotency, slot, method == "HEAD")
         label = "unmatched"
         try:
             if path.startswith("/v1/kv/"):
@@ -686,12 +719,14 @@ class _Connection(asyncio.Protocol):
         envelope = kv.IdempotentRequest(idempotency_key_of(request.idempotency,
                                                            server.fresh_key()), command)
         encoded = kv.encode_request(envelope)
-        try:
-            # Rules only (empty key, contradictory conditions): the size was checked on
-            # the value, and the node enforces its own limit.
-            kv.validate(encoded, limit=len(encoded))
-        except kv.CommandError as exc:
-            raise ApiError(400, "invalid", exc.message) from None
+        if command.prev_value is not None or command.prev_index is not None \
+                or command.prev_exist is not None:
+            try:
+                # Rules only (contradictory conditions): the key was checked when parsed,
+                # the size on the value, and the node enforces its own limit.
+                kv.validate(encoded, limit=len(encoded))
+            except kv.CommandError as exc:
+                raise ApiError(400, "invalid", exc.message) from None
         self._call(request, _KV_LABEL, write=True, encoded=encoded, mode="linearizable",
                    key=key)
 
@@ -719,8 +754,8 @@ class _Call:
     while its outcome is unknown (a write) or another attempt may mend it (a read), with
     the same bytes, until the request timeout."""
 
-    __slots__ = ("attempts", "conn", "deadline", "delay", "encoded", "guard", "key", "label",
-                 "mode", "over", "request", "unknown", "write")
+    __slots__ = ("attempts", "conn", "deadline", "delay", "encoded", "give_up_at", "guard",
+                 "key", "label", "mode", "over", "request", "unknown", "write")
 
     def __init__(self, conn: _Connection, request: _Request, label: str, write: bool,
                  encoded: bytes, mode: ReadMode, key: str | None) -> None:
@@ -735,6 +770,7 @@ class _Call:
         self.delay = _RETRY_FIRST_DELAY
         self.attempts = 0
         self.guard: asyncio.TimerHandle | None = None
+        self.give_up_at = 0.0
         self.over = False
         self.unknown = False  # an earlier attempt's outcome was unknown: the write may apply
 
@@ -761,10 +797,18 @@ class _Call:
             self.done(n, Outcome.failed(Code.INTERNAL, f"{type(exc).__name__}; see the log"))
             return
         if not self.over and self.attempts == n:
-            self.guard = conn.loop.call_later(remaining + server.node_grace, self.hung, n)
+            give_up_at = conn.loop.time() + remaining + server.node_grace
+            if server.fast:
+                # The node answers by the timeout; the server's sweep catches one that
+                # does not (no timer per request on the hot path).
+                self.give_up_at = give_up_at
+                conn.calls.add(self)
+            else:
+                self.guard = conn.loop.call_at(give_up_at, self.hung, n)
 
     def hung(self, n: int) -> None:
         self.guard = None
+        self.conn.calls.discard(self)
         self.done(n, Outcome.failed(Code.NO_LEADER, "the node did not answer in time",
                                     unknown=True))
 
@@ -775,6 +819,7 @@ class _Call:
             self.guard.cancel()
             self.guard = None
         conn = self.conn
+        conn.calls.discard(self)
         if outcome.ok:
             self._finish(*self._success(outcome))
             return
@@ -823,9 +868,12 @@ class _Call:
         headers = {"X-Pnyx-Applied-Index": str(outcome.index)} if stale else {}
         if self.write:
             if isinstance(result, kv.Ok):
-                return 200, response_bytes(200, b'{"index": %d}' % result.index,
-                                           headers={"X-Pnyx-Index": str(result.index)},
-                                           close=close)
+                body = b'{"index": %d}' % result.index
+                return 200, (b"HTTP/1.1 200 OK\r\nContent-Type: application/json; "
+                             b"charset=utf-8\r\nX-Pnyx-Index: %d\r\n%sContent-Length: %d"
+                             b"\r\n\r\n%s" % (result.index,
+                                                b"Connection: close\r\n" if close else b"",
+                                                len(body), body))
         elif self.key is None:
             if isinstance(result, kv.KeyList):
                 body = json.dumps({
