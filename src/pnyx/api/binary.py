@@ -196,6 +196,8 @@ class _ClientConnection(FramedProtocol):
         self.node = node
         self.admission = admission if admission is not None else Admission(
             ClientLimits().max_pending)
+        self._overloaded = (f"{OVERLOADED}: this node has as many requests in flight as it "
+                            f"takes ({self.admission.limit}); retry after a pause")
         self.members = members
         self.max_command = max_command
         self.max_inflight = max_inflight
@@ -290,26 +292,27 @@ class _ClientConnection(FramedProtocol):
             self._error(rid, ErrorCode.BAD_REQUEST, f"request id {rid} is already in flight")
             return True
         op = request.op
+        if op == "status":
+            self._status(rid)
+            return True
+        if not self.admission.try_enter():
+            # Admission control: the node has all the requests it takes; refused at once,
+            # not queued (see `pnyx.api.limits`), and before any other work: under
+            # overload, refusing must cost the node as little as it can.
+            # `unavailable` is retried by every client.
+            self._error(rid, ErrorCode.UNAVAILABLE, self._overloaded)
+            return True
         try:
             if op == "submit":
                 kv.validate(request.payload, self.max_command)
-            elif op == "read":
-                kv.validate_query(request.payload, self.max_command)
             else:
-                self._status(rid)
-                return True
+                kv.validate_query(request.payload, self.max_command)
         except kv.CommandError as exc:
+            self.admission.leave()
             # Only a command is ever too large (to store); an oversized query is a bad
             # one, as the HTTP API answers an overlong key.
             too_large = op == "submit" and exc.code == kv.ErrorCode.TOO_LARGE
             self._fail(rid, Code.TOO_LARGE if too_large else Code.BAD_REQUEST, exc.message)
-            return True
-        if not self.admission.try_enter():
-            # Admission control: the node has all the requests it takes; refused at once,
-            # not queued (see `pnyx.api.limits`). `unavailable` is retried by every client.
-            self._error(rid, ErrorCode.UNAVAILABLE, f"{OVERLOADED}: this node has as many "
-                        f"requests in flight as it takes ({self.admission.limit}); retry "
-                        "after a pause")
             return True
         # In flight from here: a node that answers before returning finds the entry.
         self.inflight[rid] = (self.loop.time() + request.timeout + NODE_GRACE, None)
