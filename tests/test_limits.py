@@ -498,5 +498,6 @@ def test_the_documented_size_limits_hold() -> None:
 def test_pnyx_serve_and_client_limits_have_the_same_defaults() -> None:
     config = NodeConfig(1, {1: Address("127.0.0.1", 7001)}, Path("d"))
     defaults = ClientLimits()
-    for name in ("body_timeout", "idle_timeout", "max_connections", "max_inflight"):
+    for name in ("body_timeout", "idle_timeout", "max_connections", "max_inflight",
+                 "max_pending"):
         assert getattr(config, name) == getattr(defaults, name), name

@@ -28,9 +28,11 @@ client connection is bounded in time and number (`ClientLimits`, set by
   `unavailable` (which every client already retries after a pause), `unknown`
   false, and words starting `overloaded`. Without a bound a node offered more
   than it can commit queues without end: latency grows until every request
-  times out and memory with it. The default is well above what the closed-loop
-  benchmark keeps in flight (1,024 clients) and, at the rate a 3-node cluster
-  commits on a small machine, below a second of queue.
+  times out and memory with it. The default (1024, `pnyx serve --max-pending`)
+  takes the closed-loop benchmark's largest load (1,024 clients, a request
+  each) and, at the rate a 3-node cluster commits on a 2-core machine, is
+  about 60 ms of queue: measured, 4096 gave the same throughput under 2x
+  overload at four times the latency (bench/results/2026-12-03-perf).
 
 `Refusal` is the protocol that answers a connection over the cap.
 """
@@ -45,7 +47,7 @@ from typing import Any, Final, cast
 # How long a refused connection may stay open for the client to read its answer.
 REFUSAL_GRACE: Final = 1.0
 
-DEFAULT_MAX_PENDING: Final = 4096
+DEFAULT_MAX_PENDING: Final = 1024
 
 # What a refusal by admission control says, on every port (the binary protocol's words
 # start with it).

@@ -122,7 +122,7 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException 
     clients: asyncio.Server | None = None
     limits = ClientLimits(body_timeout=config.body_timeout, idle_timeout=config.idle_timeout,
                           max_connections=config.max_connections,
-                          max_inflight=config.max_inflight)
+                          max_inflight=config.max_inflight, max_pending=config.max_pending)
     tls = client_ssl(config)
     fault: BaseException | None = None
     try:

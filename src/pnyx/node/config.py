@@ -214,6 +214,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max_inflight", "--max-inflight", "count",
             "requests of one binary connection at the node at once; past that the node "
             "stops reading from it until some finish"),
+    Setting("max_pending", "--max-pending", "count",
+            "admission control: client requests at the node at once, over every "
+            "connection and port; past that one is refused at once (HTTP 503 overloaded)"),
     Setting("insecure", "--insecure", "on",
             "serve on a non-loopback address without TLS (refused otherwise)",
             off="serve on a non-loopback address without TLS (refused otherwise; logs a "
@@ -345,6 +348,7 @@ class NodeConfig:
     idle_timeout: float = 60.0
     max_connections: int = 4096
     max_inflight: int = 4096
+    max_pending: int = 1024
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -364,7 +368,7 @@ class NodeConfig:
         if self.client_cert_auth and (self.cert_file is None or self.trusted_ca_file is None):
             raise ConfigError("--client-cert-auth needs --cert-file, --key-file and "
                               "--trusted-ca-file: client certificates are checked over TLS")
-        for name in ("max_connections", "max_inflight"):
+        for name in ("max_connections", "max_inflight", "max_pending"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("request_timeout", "read_timeout", "body_timeout", "idle_timeout"):
