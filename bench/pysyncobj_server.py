@@ -234,7 +234,14 @@ async def _serve_clients(node: SyncObjNode, host: str, port: int) -> Any:
     except ImportError:
         loop = asyncio.get_running_loop()
         return await loop.create_server(lambda: _WireProtocol(node), host, port)
-    return await serve_clients(node, host, port)
+    from pnyx.api.limits import ClientLimits
+
+    # PySyncObj has no admission control and no bound on requests in flight: pnyx's
+    # front door must not add them (its batching wants thousands in flight).
+    unbounded = 1 << 30
+    return await serve_clients(node, host, port,
+                               limits=ClientLimits(max_inflight=unbounded,
+                                                   max_pending=unbounded))
 
 
 async def _main(args: argparse.Namespace) -> int:
