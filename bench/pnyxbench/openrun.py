@@ -7,8 +7,8 @@ offered, committed, refused (`overloaded`) and how fast. `search` doubles the
 rate from `--rate-start` until fewer than `--success` of the requests due in
 the window succeed within `--bound`, then bisects to within 10 %; the highest
 rate that passed is the system's max-rate. `--overload F` then offers F times
-the first pnyx system's max-rate to every system (the issue's 2x overload
-run), and reports committed throughput against that max-rate, the p99 of the
+the first pnyx system's max-rate to every replicated system (the issue's 2x
+overload run), and reports committed throughput against that max-rate, the p99 of the
 writes admitted, and the nodes' largest resident memory during the run.
 """
 
@@ -238,7 +238,7 @@ def run_open_loop(cfg: Config, procs: Processes, progress_stream: Any = None) ->
             if reference is not None:
                 rate = reference.rate * cfg.overload
                 for rnd in range(cfg.rounds):
-                    for s in cfg.systems:
+                    for s in (x for x in cfg.systems if x.replicated):
                         overload.append(_one(s, rate, cfg, procs, ports, root, progress,
                                              f"{cfg.overload:g}x", f"{token}-x{rnd}-{s.name}"))
     finally:

@@ -1,0 +1,37 @@
+#!/bin/bash
+# The sitting behind README.md here: every command, in the order run, alternating the
+# systems and the HTTP servers. Run from a checkout (or a `git archive` of one) with
+# the venv of /work/main: PNYX=. bash bench/results/2026-12-03-perf/run.sh OUTDIR
+set -u
+OUT=${1:?output directory}
+mkdir -p "$OUT"
+PY=${PY:-/work/main/.venv/bin/python}
+cd "$(dirname "$0")/../../.."
+export PYTHONPATH="$PWD/src:$PWD/bench"
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/sitting.log"; }
+
+for round in 1 2; do
+  log "HTTP round $round: h1"
+  $PY bench/http_wrk.py --server h1 --duration 8 --rounds 1 --json "$OUT/http-h1-$round.json" \
+      2>&1 | tee -a "$OUT/http.txt"
+  log "HTTP round $round: aiohttp"
+  $PY bench/http_wrk.py --server aiohttp --duration 8 --rounds 1 \
+      --json "$OUT/http-aiohttp-$round.json" 2>&1 | tee -a "$OUT/http.txt"
+done
+log "HTTP, 32 connections"
+$PY bench/http_wrk.py --server h1 --connections 32 --duration 8 --rounds 1 \
+    --json "$OUT/http-h1-32.json" 2>&1 | tee -a "$OUT/http.txt"
+$PY bench/http_wrk.py --server aiohttp --connections 32 --duration 8 --rounds 1 \
+    --json "$OUT/http-aiohttp-32.json" 2>&1 | tee -a "$OUT/http.txt"
+
+log "closed loop: the issue's table"
+(cd bench && $PY -m pnyxbench --systems pnyx3,pnyx1-direct,pysyncobj3,pysyncobj3-nobatch \
+    --clients 1,256,1024 --duration 5 --warmup 1 --rounds 2 --no-probe \
+    --json "$OUT/closed.json") > "$OUT/closed.txt" 2>&1
+
+log "open loop: max-rate search and 2x overload"
+(cd bench && $PY -m pnyxbench --open-loop \
+    --systems pnyx3,pysyncobj3,pysyncobj3-nobatch,pnyx1-direct,trivial \
+    --rate-start 4000 --duration 5 --warmup 1 --rounds 2 --overload 2 \
+    --json "$OUT/open.json") > "$OUT/open.txt" 2>&1
+log "done"
