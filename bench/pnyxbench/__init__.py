@@ -5,7 +5,9 @@ This package lives in a source checkout's bench/, not in the installed `pnyx`:
 in bench/ runs it too. Its modules, in the order a run uses them: `config`
 (systems, flags), `processes` (starting and stopping them), `loadgen` (the
 closed-loop clients), `measure` (one point), `summary`, `run` (every system,
-every round), `report` (ratios, targets, table, plot), `main` (entry points).
+every round), `report` (ratios, targets, table, plot), `main` (entry points);
+for `--open-loop`, `openloop` (the paced generator) and `openrun` (the
+max-rate search, the overload run, their report).
 
     pnyx bench --systems pnyx3,pnyx3-nofsync,pnyx1-direct,pysyncobj3 \\
         --clients 32 --value-size 100 --duration 10 --rounds 2 --json out.json
@@ -46,6 +48,18 @@ own, and is measured against the trivial server at the same load, so a
 reader can see how close each system came to what the generator can drive.
 The servers and the generator share the machine's cores: on a 2-core
 machine every number is a lower bound for a machine with cores to spare.
+
+**Open loop** (`--open-loop`). Requests arrive at a fixed offered rate
+(`--arrivals poisson` or `paced`), whatever the system answers, with latency
+counted from when each was due. With `--rate R,...` it measures those rates;
+without, it searches each system's max-rate: the highest rate at which at
+least `--success` (90 %) of the requests are answered ok within `--bound`
+(1 s), as PySyncObj's own benchmark searches; `--overload 2` then offers
+twice the first pnyx system's max-rate to every replicated system. The report
+shows offered, sent, committed, the share refused as `overloaded`, p50/p99 and
+the largest node's memory during the run.
+
+    pnyx bench --open-loop --systems pnyx3,pysyncobj3 --overload 2 --json out.json
 
 **Curves.** Give one of `--clients`, `--value-size`, `--read-ratio` or
 `--nodes` as a list (`--clients 1,4,16,64,256`) for a scaling curve; `--plot`

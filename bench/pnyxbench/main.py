@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="pnyx bench",
         description="Benchmark pnyx against PySyncObj and against itself unreplicated: start "
-        "each system on 127.0.0.1, drive it with a closed-loop load, and report throughput and "
+        "each system on 127.0.0.1, drive it with a closed-loop load (or, with --open-loop, "
+        "offered rates and a search for each system's max-rate), and report throughput and "
         "latency side by side. Give one of --clients, --value-size, --read-ratio or --nodes as "
         "a comma-separated list for a scaling curve.")
     add_arguments(parser)
