@@ -403,8 +403,8 @@ def _forgeries(good: bytes) -> dict[str, bytes]:
     header, sessions, body = payloads[0], payloads[1], payloads[2:-1]
     records = [f for f in frames if isinstance(f, snap._Records)]
     first = records[0]
-    key, (value, mod_index) = first.records[0]
-    other_shard = next(r for r in records if r.shard != first.shard)
+    key, item = first.records[0]
+    other = next(r for r in records if r.shard != first.shard)
     return {
         "frames reordered": _reframe([header, sessions, *reversed(body)]),
         "records frame twice": _reframe([header, sessions, body[0], *body]),
@@ -414,16 +414,17 @@ def _forgeries(good: bytes) -> dict[str, bytes]:
         "no header": _reframe([sessions, *body]),
         "end frame in the middle": _reframe([header, sessions, payloads[-1], *body]),
         "key in the wrong shard": _reframe([header, sessions, _encode(
-            snap._Records(other_shard.shard, [(key, (value, mod_index)),
-                                              *other_shard.records]))]),
+            snap._Records(other.shard, [(key, item), *other.records]))]),
         "mod_index after the applied index": _reframe([header, sessions, _encode(
-            snap._Records(first.shard, [(key, (value, 10**6))]))]),
+            snap._Records(first.shard, [(key, snap.Item(item.value, 10**6))]))]),
         "mod_index zero": _reframe([header, sessions, _encode(
-            snap._Records(first.shard, [(key, (value, 0))]))]),
+            snap._Records(first.shard, [(key, snap.Item(item.value, 0))]))]),
+        "a record without its mod_index": _reframe([header, sessions, _encode(
+            ["records", first.shard, [[key, [item.value]]]])], records=1),
         "empty records frame": _reframe([header, sessions, _encode(
             snap._Records(first.shard, [])), *body]),
         "shard out of range": _reframe([header, sessions, *body, _encode(
-            snap._Records(snap.SHARDS, [("zz", (b"", 1))]))]),
+            snap._Records(snap.SHARDS, [("zz", snap.Item(b"", 1))]))]),
         "wrong record count": _reframe([header, sessions, *body], records=len(records) + 1),
         "wrong session count": _reframe([_encode(snap._Header(2, 41, snap.SHARDS, 1)),
                                          sessions, *body]),
@@ -492,3 +493,11 @@ def test_sessions_keep_their_order_through_v2() -> None:
     restored = _restored(d.machine.snapshot(), max_clients=8)
     assert restored._dedup.entries() == entries
     assert all(isinstance(e, DedupEntry) for e in entries)
+
+
+def test_a_shard_sorted_in_runs_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _loaded(3000)  # ~12 keys a shard: runs of 5 make several per shard
+    whole = d.machine.snapshot()
+    monkeypatch.setattr(snap, "_SORT_RUN", 5)
+    assert not isinstance(snap._sorted_items(d.machine._shards[0]), list)
+    assert d.machine.snapshot() == whole

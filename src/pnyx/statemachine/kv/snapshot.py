@@ -28,6 +28,7 @@ Frames hold at most `_FRAME_RECORDS` entries and close once past
 from __future__ import annotations
 
 import hashlib
+import heapq
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sized
@@ -43,13 +44,34 @@ _encoder = msgspec.msgpack.Encoder()
 _SNAPSHOT_FORMAT: Final = "pnyx.kv"
 _SNAPSHOT_VERSION: Final = 2
 
-SHARDS: Final = 4096
-"""Parts the key space is split into; fixed by the format (records are in shard order)."""
+SHARDS: Final = 256
+"""Parts the key space is split into; fixed by the format (records are in shard order).
+
+Few enough that the shards' own objects stay in the CPU caches (with 4096,
+a `Put` through `apply` was measurably slower); a shard larger than `_SORT_RUN`
+keys is sorted in runs (see `_sorted_keys`), so no step of the encoder grows
+with the shard's size.
+"""
 
 _MASK: Final = SHARDS - 1
 
-Item = tuple[bytes, int]
-"""A key's `(value, mod_index)`."""
+class Item(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What the map holds for a key: its value and `mod_index`.
+
+    Not a tuple: a tuple is tracked by the garbage collector, and so is a dict
+    holding one, and a collection walks every entry of every tracked dict of
+    its generation (~100 ms at 1M keys; the shards copied after a snapshot are
+    young, so even the frequent young collections would walk them). A struct
+    with `gc=False` is never tracked, nor is a dict of them: no collection
+    ever walks the map, however large.
+    """
+
+    value: bytes
+    mod_index: int
+
+
+Shard = dict[str, Item]
+"""One shard of the map: the keys `shard_of` puts there."""
 
 
 def shard_of(key: str) -> int:
@@ -72,6 +94,9 @@ _FRAME_BYTES: Final = 1 << 16
 # The encoder yields a chunk once it holds this many bytes of frames.
 _CHUNK_BYTES: Final = 1 << 16
 
+# The most keys sorted in one call (one call holds the interpreter throughout).
+_SORT_RUN: Final = 4096
+
 
 class _Frame(msgspec.Struct, frozen=True, array_like=True, tag_field="frame"):
     pass
@@ -90,7 +115,7 @@ class _Sessions(_Frame, tag="sessions"):
 
 class _Records(_Frame, tag="records"):
     shard: int
-    records: list[tuple[str, tuple[bytes, int]]]  # sorted by key
+    records: list[tuple[str, Item]]  # sorted by key
 
 
 class _End(_Frame, tag="end"):
@@ -131,15 +156,26 @@ class _Writer:
         return chunk
 
 
+def _sorted_items(shard: Shard) -> Iterable[tuple[str, Item]]:
+    """A shard's items by key, never sorting more than `_SORT_RUN` in one call."""
+    # Keys are unique, so sorting the pairs never compares two items.
+    if len(shard) <= _SORT_RUN:
+        return sorted(shard.items())
+    items = list(shard.items())
+    runs = [sorted(items[i:i + _SORT_RUN]) for i in range(0, len(items), _SORT_RUN)]
+    return heapq.merge(*runs)
+
+
 def encode_chunks(
-    applied_index: int, sessions: Sessions, shards: list[dict[str, Item] | None]
+    applied_index: int, sessions: Sessions, shards: list[Shard | None]
 ) -> Iterator[bytes]:
     """The bytes of a version-2 snapshot, in chunks; equal states give equal bytes.
 
     `shards` (indexed by `shard_of`) and `sessions` must not change while the
     iterator runs: the machine hands over dicts it will never write again. Each
     shard is dropped from `shards` once written, so its memory can go early.
-    Each step sorts at most one shard and encodes about `_CHUNK_BYTES`.
+    Each step encodes about `_CHUNK_BYTES` (and sorts the next shard, in runs
+    of at most `_SORT_RUN` keys).
     """
     out = _Writer()
     if (chunk := out.add(_Header(_SNAPSHOT_VERSION, applied_index, SHARDS, len(sessions)))):
@@ -161,26 +197,27 @@ def encode_chunks(
         shards[shard] = None
         if not data:
             continue
-        items = sorted(data.items())  # keys are unique: the values are never compared
-        del data
-        start, end = 0, len(items)
-        while start < end:
-            stop, size = start, 0
-            limit = min(end, start + _FRAME_RECORDS)
-            while stop < limit and size < _FRAME_BYTES:
-                key, (value, _) = items[stop]
-                size += len(key) + len(value)
-                stop += 1
-            records += stop - start
-            if (chunk := out.add(_Records(shard, items[start:stop]))):
+        part: list[tuple[str, Item]] = []
+        size = 0
+        for pair in _sorted_items(data):
+            part.append(pair)
+            size += len(pair[0]) + len(pair[1].value)
+            if len(part) < _FRAME_RECORDS and size < _FRAME_BYTES:
+                continue
+            records += len(part)
+            if (chunk := out.add(_Records(shard, part))):
                 yield chunk
-            start = stop
+            part, size = [], 0
+        if part:
+            records += len(part)
+            if (chunk := out.add(_Records(shard, part))):
+                yield chunk
     digest = out.checksum.digest()
     out.add(_End(records, digest))
     yield out.take()
 
 
-def _decode_v2(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry]]:
+def _decode_v2(data: bytes) -> tuple[int, list[Shard], list[DedupEntry]]:
     view = memoryview(data)
     frames: list[tuple[int, memoryview]] = []  # (offset of the frame, its payload)
     pos, total = 0, len(data)
@@ -222,7 +259,7 @@ def _decode_v2(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry
         raise SnapshotError(f"negative applied index {applied_index}")
 
     sessions: list[DedupEntry] = []
-    shards: list[dict[str, Item]] = [{} for _ in range(SHARDS)]
+    shards: list[Shard] = [{} for _ in range(SHARDS)]
     count = 0
     shard = -1  # the shard of the last records frame
     last: str | None = None  # the last key of that shard so far
@@ -248,14 +285,14 @@ def _decode_v2(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry
             raise SnapshotError(f"records of shard {frame.shard} after shard {shard}")
         if frame.shard != shard:
             shard, last = frame.shard, None
-        for key, (_, mod_index) in frame.records:
+        for key, item in frame.records:
             if last is not None and key <= last:
                 raise SnapshotError(f"key {key!r} out of order or twice in shard {shard}")
             if zlib.crc32(key.encode()) & _MASK != shard:
                 raise SnapshotError(f"key {key!r} is not in shard {shard}")
-            if not 1 <= mod_index <= applied_index:
+            if not 1 <= item.mod_index <= applied_index:
                 raise SnapshotError(
-                    f"key {key!r} has mod_index {mod_index} outside 1..{applied_index}"
+                    f"key {key!r} has mod_index {item.mod_index} outside 1..{applied_index}"
                 )
             last = key
         shards[shard].update(frame.records)
@@ -302,7 +339,7 @@ def _checksum(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
-def _decode_v1(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry]]:
+def _decode_v1(data: bytes) -> tuple[int, list[Shard], list[DedupEntry]]:
     try:
         envelope = _envelope_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -320,7 +357,7 @@ def _decode_v1(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry
         raise SnapshotError(f"corrupt KV snapshot body: {exc}") from None
     if body.applied_index < 0:
         raise SnapshotError(f"negative applied index {body.applied_index}")
-    shards: list[dict[str, Item]] = [{} for _ in range(SHARDS)]
+    shards: list[Shard] = [{} for _ in range(SHARDS)]
     for record in body.data:
         shard = shards[shard_of(record.key)]
         if record.key in shard:
@@ -330,16 +367,16 @@ def _decode_v1(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry
                 f"key {record.key!r} has mod_index {record.mod_index} "
                 f"outside 1..{body.applied_index}"
             )
-        shard[record.key] = (record.value, record.mod_index)
+        shard[record.key] = Item(record.value, record.mod_index)
     return body.applied_index, shards, body.sessions
 
 
-def decode_snapshot(data: bytes) -> tuple[int, list[dict[str, Item]], list[DedupEntry]]:
+def decode_snapshot(data: bytes) -> tuple[int, list[Shard], list[DedupEntry]]:
     """`(applied_index, shards, sessions)` of a snapshot of version 2 or 1.
 
-    `shards` is `SHARDS` fresh dicts, key -> `(value, mod_index)`, each key in
-    `shards[shard_of(key)]`. Raises `SnapshotError` if the bytes are not a
-    whole, intact, well-ordered snapshot.
+    `shards` is `SHARDS` fresh `Shard`s, each key in `shards[shard_of(key)]`.
+    Raises `SnapshotError` if the bytes are not a whole, intact, well-ordered
+    snapshot.
     """
     # A version-1 snapshot is a MessagePack array of 4 (0x94); a version-2 one
     # starts with a frame length, whose first byte is 0 for any header.
