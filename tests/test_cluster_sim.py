@@ -25,7 +25,7 @@ from pnyx.protocol.multipaxos import ReplicaConfig
 from pnyx.protocol.multipaxos.acceptor import Acceptor
 from pnyx.protocol.multipaxos.election import Election
 from pnyx.protocol.multipaxos.messages import Accept, Prepare, Promise
-from pnyx.sim.cluster import D1, I1, L1, L3, L4, ClusterSim, simulate_cluster
+from pnyx.sim.cluster import D1, I1, L1, L3, L4, S1, S2, ClusterSim, simulate_cluster
 from pnyx.sim.cluster_config import DRIVER_MUTANTS, ClusterConfig, sweep
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.invariants import A3, A4, B1, H1, R1
@@ -101,7 +101,8 @@ EXPECTED = {
     "leader-skips-gap-phase1": {L1, L3, L4},
     # A slot applied before it is chosen breaks the log's stated invariant at once.
     "applies-before-chosen": {I1, L1, L3, L4},
-    "no-dedup": {L4},
+    # A machine with no de-duplication table: its snapshots lack one too (S1).
+    "no-dedup": {L4, S1},
     "linearizable-read-from-local-state": {L4},
     "quorum-read-takes-freshest": {L4},
     # The rule-level breakages the unit tests caught and the simulator once missed.
@@ -114,6 +115,13 @@ EXPECTED = {
     "first-accept-wins-on-replay": {D1, A4},
     # D1: a Prepare leaves before its round is durable; B1: the ballot is used again.
     "round-not-saved-before-use": {D1, B1},
+    # The log's floor passes its newest durable snapshot (I1); a crash in between finds
+    # slots in neither (S2, see the test without invariants below).
+    "compacts-before-snapshot-durable": {I1, S2},
+    # The log claims to hold slots below the snapshot it skipped (I1).
+    "install-keeps-log": {I1},
+    # A restored replica lacks the table (S1), or applies a retry twice (L3, L4).
+    "snapshot-without-dedup": {S1, L3, L4},
 }
 BOUND = 100  # seeds of the default sweep within which each mutant must be caught
 
@@ -131,6 +139,38 @@ def test_cluster_mutant_is_caught_within_bound(mutant: str) -> None:
             assert rule in EXPECTED[mutant], (mutant, seed, str(result.violations[0]))
             return
     pytest.fail(f"{mutant} survived {BOUND} seeds: the checks are too weak")
+
+
+def test_compaction_before_the_snapshot_is_durable_is_caught_by_a_restart_alone() -> None:
+    """Not only the replica's own invariants see it: with them off, a crash between
+    taking the snapshot and its write finds the log compacted past every snapshot."""
+    for seed in range(BOUND):
+        result = simulate_cluster(sweep(seed, "compacts-before-snapshot-durable",
+                                        check_invariants=False))
+        if not result.safe:
+            assert result.violations[0].rule == S2, str(result.violations[0])
+            return
+    pytest.fail("compaction before a durable snapshot survived without invariants")
+
+
+def test_a_wiped_replica_rejoins_as_a_learner_through_a_snapshot() -> None:
+    """A replica that loses its disk mid-run comes back empty, finds the others have
+    history, never votes again (its promises are gone) and catches up by installing a
+    snapshot fetched from a peer; every check holds."""
+    from pnyx.protocol.multipaxos.records import Standing
+    from pnyx.sim.faults import Fault
+    config = sweep(0, faults=FaultConfig(until=1.0, script=(
+        Fault(0.5, "wipe", (2,)), Fault(0.6, "restart", (2,)))), snapshot_failures=0.0)
+    sim = ClusterSim(config)
+    sim.run()
+    result = sim.finish()
+    assert result.safe, [str(v) for v in result.violations]
+    node = sim.nodes[2]
+    assert node is not None and node.replica is not None
+    assert node.replica.standing is Standing.LEARNER
+    assert sim.installs >= 1
+    others = [sim.nodes[i].replica for i in (1, 3)]  # type: ignore[union-attr]
+    assert node.replica.applied == max(r.applied for r in others)  # type: ignore[union-attr]
 
 
 def test_the_correct_store_passes_every_seed_of_the_sweep_that_catches_the_mutants() -> None:

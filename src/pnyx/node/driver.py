@@ -25,6 +25,13 @@ over virtual time, a simulated network and simulated disks. It owns:
   a command whose `apply` raises gets a deterministic error result on every
   replica, instead of stopping one mid-slot (where a retry would apply the
   slot's earlier commands twice);
+- **snapshots**: each `SnapshotOp` the replica asks for goes to the
+  `SnapshotPort`, and its answer back to the replica. A snapshot is captured
+  from the machine by the replica the moment it asks (`snapshot_chunks`: the
+  machine's copy-on-write view) and serialized and written off the event
+  loop by the port; a snapshot that cannot be written (a full disk) is not a
+  broken promise, so it is logged and the log kept whole, not fail-stop. A
+  fetched snapshot restores the machine before the replica hears `installed`;
 - **metrics**, when given one: slots and commands learned chosen since start
   (not the log replayed from disk), roles, leaders, group commits;
 - **fail-stop on storage faults**, the one rule for every durable write: a
@@ -46,15 +53,26 @@ import logging
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pnyx.node.ports import Clock, Disk, Network, Timer
+from pnyx.node.ports import Clock, Disk, Network, SnapshotPort, Timer
 from pnyx.node.requests import DEADLINE_TICK, RETRY_PAUSE, SHUTTING_DOWN, Request
 from pnyx.protocol.multipaxos import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import LogMessage
+from pnyx.protocol.multipaxos.effects import (
+    BeginStaging,
+    InstallSnapshot,
+    KeepSnapshots,
+    SendChunk,
+    SnapshotOp,
+    StageChunk,
+    TakeSnapshot,
+)
+from pnyx.protocol.multipaxos.log import SnapshotBase
+from pnyx.protocol.multipaxos.messages import LogMessage, SnapshotChunk
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
-from pnyx.statemachine.base import SafeApply
+from pnyx.statemachine.base import SafeApply, SnapshotError
 
 if TYPE_CHECKING:
     from pnyx.node.metrics import Metrics
@@ -95,6 +113,9 @@ class Driver:
         self.clock: Clock | None = None
         self.disk: Disk | None = None
         self.network: Network | None = None
+        self.snapshots: SnapshotPort | None = None
+        self.snapshot_failures = 0  # snapshots that could not be written
+        self.last_snapshot_seconds = 0.0  # how long the last one took to write
         # Called with every LogReady the replica returns, before the driver obeys it
         # (the simulator's checks); None on the node.
         self.observe: Callable[[LogReady], None] | None = None
@@ -125,14 +146,19 @@ class Driver:
     # ------------------------------------------------------------ lifecycle
 
     def open(self, clock: Clock, disk: Disk, network: Network, durable: ReplicaDurable,
-             rng: random.Random, first_request_id: int) -> Replica:
-        """Build the replica from `durable` (what the disk holds); nothing runs until
+             rng: random.Random, first_request_id: int,
+             snapshots: SnapshotPort | None = None,
+             snapshot: SnapshotBase | None = None) -> Replica:
+        """Build the replica from `durable` (what the disk holds) and `snapshot` (the
+        durable snapshot the machine was restored from, if any); nothing runs until
         `begin`. Request ids count up from `first_request_id`: they must never repeat
-        across restarts, or an old command still applied could complete a new request."""
+        across restarts, or an old command still applied could complete a new request.
+        Without `snapshots`, snapshots are never taken nor fetched."""
         self.clock, self.disk, self.network = clock, disk, network
+        self.snapshots = snapshots
         self._next_id = first_request_id
         self.replica = self.replica_class(self.node_id, self.replica_config, rng, self.machine,
-                                          durable, now=clock.time())
+                                          durable, now=clock.time(), snapshot=snapshot)
         self._replayed = self.replica.applied
         return self.replica
 
@@ -337,6 +363,9 @@ class Driver:
             self._persist(ready.persist, ready.persist_seq)
         if ready.send:
             self._send(ready.send)
+        if ready.snapshots:
+            for op in ready.snapshots:
+                self._snapshot_op(op)
         for request_id, outcome in ready.outcomes:
             request = self._waiters.pop(request_id, None)
             if request is not None:
@@ -379,6 +408,82 @@ class Driver:
         self._handle(self._replica().persisted(seq))
         if self._records:
             self._flush()
+
+    # ------------------------------------------------------------ snapshots
+
+    def _snapshot_op(self, op: SnapshotOp) -> None:
+        port = self.snapshots
+        if port is None:
+            if isinstance(op, TakeSnapshot):  # nowhere to write it: the log stays whole
+                self._clock().call_soon(self._snapshotted, op.slot, op.index, 0.0, 0,
+                                        OSError("this node keeps no snapshots"))
+            return
+        match op:
+            case TakeSnapshot(slot=slot, index=index, chunks=chunks):
+                started = time.perf_counter()
+                port.save(slot, index, chunks, lambda size, error: self._snapshotted(
+                    slot, index, started, size, error))
+            case SendChunk(dst=dst, slot=slot, offset=offset, size=size):
+                port.read(slot, offset, size,
+                          lambda data, total: self._chunk_read(dst, slot, offset, data, total))
+            case BeginStaging(slot=slot):
+                port.begin_staging(slot, lambda size: self._staged(slot, size))
+            case StageChunk(slot=slot, offset=offset, data=data):
+                port.stage(slot, offset, data, lambda size: self._staged(slot, size))
+            case InstallSnapshot(slot=slot):
+                port.install(slot, lambda info, body, error: self._install(slot, info, body,
+                                                                           error))
+            case KeepSnapshots(slots=slots):
+                port.keep(slots)
+
+    def _snapshotted(self, slot: int, index: int, started: float, size: int,
+                     error: BaseException | None) -> None:
+        if self.closed:
+            return
+        if error is not None:
+            self.snapshot_failures += 1
+            log.warning("node %s: snapshot of slot %s not written (%s); the log is kept "
+                        "whole and the next snapshot tries again", self.node_id, slot,
+                        " ".join(str(error).split()) or type(error).__name__)
+            size = 0
+        elif started:
+            self.last_snapshot_seconds = time.perf_counter() - started
+        self._handle(self._replica().snapshotted(slot, index, size, self._now()))
+
+    def _chunk_read(self, dst: int, slot: int, offset: int, data: bytes | None,
+                    total: int) -> None:
+        if self.closed:
+            return
+        if data is None:
+            self._handle(self._replica().snapshot_gone(dst))
+            return
+        assert self.network is not None
+        self.network.send(dst, SnapshotChunk(self.node_id, slot, offset, total, data,
+                                             zlib.crc32(data)))
+
+    def _staged(self, slot: int, size: int) -> None:
+        if not self.closed:
+            self._handle(self._replica().staged(slot, size, self._now()))
+
+    def _install(self, slot: int, info: SnapshotBase | None, body: bytes | None,
+                 error: BaseException | None) -> None:
+        if self.closed:
+            return
+        replica = self._replica()
+        if error is not None or info is None or body is None:
+            log.warning("node %s: snapshot of slot %s from a peer refused (%s); fetching "
+                        "it again", self.node_id, slot, error)
+            self._handle(replica.staged(slot, 0, self._now()))
+            return
+        if info.slot > replica.applied:  # else we applied past it meanwhile: ours is newer
+            try:
+                self.machine.restore(body)  # type: ignore[attr-defined]
+            except SnapshotError as exc:
+                # It passed the file's checksum, so the machine and the file disagree on
+                # the format: another version of the machine. Nothing safe to go on with.
+                self.disk_failed(exc)
+                return
+        self._handle(replica.installed(info.slot, info.index, info.size, self._now()))
 
     def _send(self, send: list[tuple[int, LogMessage]]) -> None:
         network = self.network

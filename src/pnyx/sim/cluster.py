@@ -31,6 +31,11 @@ Every run is checked for:
   against the simulated disk, not the replica's own gate);
 - I1 every unit of every replica keeps the invariants its fields state
   (`Replica.check_invariants`, after each event; `ClusterConfig.check_invariants`);
+- S1 a machine restored from a snapshot (installed from a peer, or at a restart)
+  holds exactly the state of the agreed log up to the snapshot's slot (replayed
+  into a fresh, correct `KVMachine`);
+- S2 a replica restarts from what its disk holds: its log is never compacted
+  beyond its newest durable snapshot;
 - the wire rules of `LogObserver` (A1, A3, A4, B1, H1, R1).
 
 Adversarial schedules: messages held back and delivered late
@@ -64,13 +69,13 @@ from pnyx.protocol.multipaxos.messages import (
     Promise,
     Rejected,
 )
-from pnyx.protocol.multipaxos.records import ReplicaDurable
+from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
 from pnyx.sim.cluster_config import DRIVER_MUTANTS, ClusterConfig
 from pnyx.sim.engine import ANY, CALL, Engine
 from pnyx.sim.faults import Fault
 from pnyx.sim.invariants import A2, LOG_RULES, LogObserver, Violation
 from pnyx.sim.mutants import CLUSTER_MUTANTS
-from pnyx.sim.ports import SimClock, SimDisk, SimNetwork
+from pnyx.sim.ports import SimClock, SimDisk, SimNetwork, SimSnapshotFile, SimSnapshots
 from pnyx.statemachine import kv
 
 L1 = "L1 replicas agree on every slot"
@@ -80,7 +85,9 @@ L4 = "L4 the clients' history is linearizable"
 K1 = "K1 the store answers well-formed requests without errors"
 D1 = "D1 a promise or acceptance leaves a node only once its record is durable"
 I1 = "I1 every replica's units keep their stated invariants"
-CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, I1, *LOG_RULES)
+S1 = "S1 a snapshot restores exactly the agreed log's state at its slot"
+S2 = "S2 a restart finds a durable snapshot at or above its compacted log"
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, I1, S1, S2, *LOG_RULES)
 
 
 @dataclass(slots=True)
@@ -140,6 +147,15 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         self.durable_class: type[ReplicaDurable] = getattr(
             self.replica_class, "durable_class", ReplicaDurable)
         self.driver_class = DRIVER_MUTANTS.get(config.mutant or "", Driver)
+        # Each node's snapshot files and staged transfer: on its disk, so they outlive a
+        # crash (not a wipe).
+        self.snapshot_files: dict[int, dict[int, SimSnapshotFile]] = {
+            i: {} for i in range(1, config.nodes + 1)}
+        self.staged: dict[int, tuple[int, bytearray] | None] = dict.fromkeys(
+            range(1, config.nodes + 1))
+        self._snapshot_rng = random.Random(f"{config.seed}/snapshot-writes")
+        self.installs = 0
+        self.violations: list[Violation] = []
         super().__init__(config.seed, config.nodes, config.network, config.faults,
                          config.fsync, config.max_time, trace_sink, trace,
                          reboot_on_send=config.reboot_on_send)
@@ -147,7 +163,6 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         self.rc = config.replica_config()
         if config.check_invariants:
             self.after_event = self._check_invariants
-        self.violations: list[Violation] = []
         self.wire = LogObserver(self.violations)  # the acceptor and ballot rules, on the wire
         self.log: dict[int, Batch] = {}
         self._applied_upto = dict.fromkeys(self.ids, 0)
@@ -175,7 +190,23 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     # ------------------------------------------------------------- processes
 
     def empty_disk(self) -> ReplicaDurable:
-        return self.durable_class()
+        # Every disk starts empty, as a new node's store does: its replica asks the
+        # others before it votes (`pnyx.protocol.multipaxos.standing`).
+        return self.durable_class(standing=Standing.NEW)
+
+    def wipe(self, i: int) -> None:
+        if self.nodes[i] is None:
+            return  # down already: its restart is someone else's
+        super().wipe(i)
+        self._pending_restart.append(i)
+        self.snapshot_files[i] = {}
+        self.staged[i] = None
+        # Its promises are gone with its disk (A2 holds for crashes, not for this): it
+        # must not vote again, which the wire rules see if it does.
+        self._promised.pop(i, None)
+
+    def snapshot_write_fails(self) -> bool:
+        return self._snapshot_rng.random() < self.config.snapshot_failures
 
     def write(self, disk: ReplicaDurable, records: Any) -> ReplicaDurable:
         disk = disk.copy()
@@ -185,14 +216,45 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
 
     def make_process(self, i: int, rng: random.Random) -> Driver:
         self._applied_upto[i] = 0
-        driver = self.driver_class(i, self.rc, self.machine_class(),
+        machine = self.machine_class()
+        files = self.snapshot_files[i]
+        snapshot = files[max(files)] if files else None
+        disk = self.disks[i]
+        if snapshot is not None:
+            machine.restore(snapshot.body)
+            self._applied_upto[i] = snapshot.slot
+            self._check_restored(i, snapshot.slot, machine)
+        if disk.compacted > (snapshot.slot if snapshot else 0):
+            self._violate(S2, f"node {i} restarts with its log compacted up to slot "
+                              f"{disk.compacted}, its newest snapshot is of "
+                              f"{snapshot.slot if snapshot else 'no'} slot")
+            disk = disk.copy()
+            disk.compacted = snapshot.slot if snapshot else 0  # to end the run cleanly
+        driver = self.driver_class(i, self.rc, machine,
                                    request_timeout=self.config.op_timeout,
                                    replica_class=self.replica_class)
         driver.observe = functools.partial(self.after, i)
         first_request_id = rng.getrandbits(62)
-        driver.open(SimClock(self, i), SimDisk(self, i), SimNetwork(self, i), self.disks[i],
-                    rng, first_request_id)
+        driver.open(SimClock(self, i), SimDisk(self, i), SimNetwork(self, i), disk,
+                    rng, first_request_id, SimSnapshots(self, i), snapshot)
         return driver
+
+    def _check_restored(self, i: int, slot: int, machine: Any) -> None:
+        """S1: `machine`, restored from a snapshot of `slot`, against the agreed log."""
+        reference = kv.KVMachine()
+        index = 0
+        for s in range(1, slot + 1):
+            value = self.log.get(s)
+            if value is None:
+                self._violate(S1, f"node {i} holds a snapshot of slot {slot}, but slot "
+                                  f"{s} was never applied anywhere")
+                return
+            for command in value.commands:
+                index += 1
+                reference.apply(command.payload, index)
+        if machine.snapshot() != reference.snapshot():
+            self._violate(S1, f"node {i}'s machine restored from the snapshot of slot "
+                              f"{slot} differs from the agreed log's state there")
 
     def start(self) -> None:
         super().start()
@@ -281,13 +343,24 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                                       f"{entry.ballot}, its disk holds {held}")
         elif isinstance(message, Accepted):
             held = disk.accepted.get(message.slot)
+            if held is None and message.slot <= disk.compacted \
+                    and disk.promised >= message.ballot:
+                return  # a slot its durable snapshot holds: acknowledged, not recorded
             if held is None or held.ballot < message.ballot or disk.promised < message.ballot:
                 self._violate(D1, f"node {src} sent Accepted({message.ballot}, slot "
                                   f"{message.slot}) with {held} durable")
 
     def after(self, i: int, ready: LogReady) -> None:
+        if ready.installed:
+            self.installs += 1
+            self._applied_upto[i] = ready.installed
         for slot, value in ready.applied:
             self._check_applied(i, slot, value)
+        if ready.installed:
+            # The machine now: restored, then the slots applied after it in this event.
+            node = self.nodes[i]
+            if node is not None and node.replica is not None:
+                self._check_restored(i, node.replica.applied, node.machine.machine)  # type: ignore[attr-defined]
         node = self.nodes[i]
         replica = node.replica if node is not None else None
         if replica is not None and replica.is_leader and (

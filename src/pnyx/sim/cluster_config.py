@@ -71,6 +71,13 @@ class ClusterConfig:
     max_time: float = 60.0
     check_budget: float = 10.0  # seconds for the linearizability checker
     mutant: str | None = None
+    # Snapshots: every this many commands applied (0: never), keeping a tail of slots,
+    # sent to laggards in chunks of this many bytes; a share of snapshot writes fail
+    # (a full disk).
+    snapshot_every: int = 0
+    snapshot_tail: int = 2
+    snapshot_chunk: int = 256
+    snapshot_failures: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 15:
@@ -90,7 +97,8 @@ class ClusterConfig:
             ids, QuorumSystem.majority(ids),
             heartbeat_interval=self.heartbeat, election_timeout=self.election_timeout,
             prevote=self.prevote, window=self.window, max_batch=self.max_batch,
-            promise_bytes=self.promise_bytes,
+            promise_bytes=self.promise_bytes, snapshot_every=self.snapshot_every,
+            snapshot_tail=self.snapshot_tail, snapshot_chunk=self.snapshot_chunk,
         )
 
 
@@ -113,7 +121,9 @@ def sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
     """Seed `seed` of the default sweep: odd seeds run 5 nodes, even seeds 3; seeds
     2 and 3 (mod 4) are adversarial (late messages, aimed reboots), and half of those
     (6 and 7 mod 8) elect without pre-vote, so a candidate restarted mid-election
-    starts its next phase 1 before anyone tells it of a higher ballot. `kwargs`
+    starts its next phase 1 before anyone tells it of a higher ballot. Every seed takes
+    snapshots every 8 commands (one write in ten fails, as on a full disk) and compacts
+    the log; every third seed has a replica lose its disk and rejoin empty. `kwargs`
     override."""
     adversarial = seed % 4 >= 2
     settings: dict[str, Any] = dict(
@@ -121,6 +131,11 @@ def sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
         network=SWEEP_LATE if adversarial else SWEEP_NETWORK,
         faults=SWEEP_REBOOTS if adversarial else SWEEP_FAULTS,
         prevote=seed % 8 < 6,
+        snapshot_every=8, snapshot_failures=0.1,
     )
+    if seed % 3 == 0:
+        faults = settings["faults"]
+        settings["faults"] = FaultConfig(**{**{f.name: getattr(faults, f.name)
+                                               for f in fields(faults)}, "wipes": 1})
     settings.update(kwargs)
     return ClusterConfig(**settings)

@@ -299,6 +299,12 @@ class Engine(Generic[P, D]):
             self.nodes[i] = self.make_process(i, self._rng(i))
             self.on_restart(i)
 
+    def wipe(self, i: int) -> None:
+        """Crash `i` (itself: a wipe is never redirected) and erase its disk: it
+        restarts (at its "restart") empty."""
+        Engine.crash(self, i)
+        self.disks[i] = self.empty_disk()
+
     def leader(self) -> int | None:
         """The process a leader-aimed fault hits now, if the run has a leader."""
         return None
@@ -337,3 +343,5 @@ class Engine(Generic[P, D]):
             self.restart(fault.nodes[0])
         elif fault.kind == "reboot":
             self.reboot(fault.nodes[0])
+        elif fault.kind == "wipe":
+            self.wipe(fault.nodes[0])

@@ -12,6 +12,9 @@ hold it until that process next sends a Prepare or an Accept
 (`Engine.reboot_on_send`; the cluster aims every other one at the next
 Prepare from anyone, a candidate mid-election), so what it loses is exactly
 what was not yet durable when its ballot went out.
+
+A "wipe" crashes a process and erases its disk (log and snapshots): it comes
+back empty at its "restart", a replica that lost its disk.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Fault:
     time: float
-    kind: str  # "partition", "heal", "crash", "restart", "reboot"
+    kind: str  # "partition", "heal", "crash", "restart", "reboot", "wipe"
     nodes: tuple[int, ...]
 
 
@@ -39,6 +42,8 @@ class FaultConfig:
     reboots: bool = False  # crash-and-restart at once, aimed at the leader
     reboot_rate: float = 20.0  # reboots per second, on average
     script: tuple[Fault, ...] = ()  # faults at set times, added to the random ones
+    # Processes that lose their disk entirely (crash, and restart empty after an outage).
+    wipes: int = 0
 
 
 def schedule(nodes: list[int], config: FaultConfig, rng: random.Random) -> list[Fault]:
@@ -64,5 +69,13 @@ def schedule(nodes: list[int], config: FaultConfig, rng: random.Random) -> list[
         while t < config.until:
             faults.append(Fault(t, "reboot", (rng.choice(nodes),)))
             t += rng.expovariate(config.reboot_rate)
+    if config.wipes:
+        # Drawn after the others, so adding wipes leaves the other faults of a seed as
+        # they were.
+        for _ in range(config.wipes):
+            t = rng.uniform(0, config.until)
+            node = rng.choice(nodes)
+            end = min(config.until, t + rng.uniform(0.001, config.max_outage))
+            faults += [Fault(t, "wipe", (node,)), Fault(end, "restart", (node,))]
     faults.sort(key=lambda f: f.time)
     return faults

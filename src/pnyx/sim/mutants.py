@@ -28,13 +28,18 @@ from pnyx.protocol.multipaxos.messages import (
 )
 from pnyx.protocol.multipaxos.messages import Prepare as LogPrepare
 from pnyx.protocol.multipaxos.reads import PendingQuorumRead, Reads
-from pnyx.protocol.multipaxos.records import AcceptRecord, LogRecord, ReplicaDurable
+from pnyx.protocol.multipaxos.records import (
+    AcceptRecord,
+    CompactRecord,
+    LogRecord,
+    ReplicaDurable,
+)
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
 from pnyx.protocol.synod.messages import Message, Prepare, Proposal, Value
 from pnyx.protocol.synod.node import SynodNode
 from pnyx.protocol.synod.proposer import Proposer
-from pnyx.statemachine.dedup import Verdict
+from pnyx.statemachine.dedup import DedupTable, Verdict
 from pnyx.statemachine.kv import KVMachine
 
 
@@ -133,6 +138,51 @@ class NoDedupMachine(KVMachine):
     def __init__(self) -> None:
         super().__init__()
         self._dedup = _ForgetfulTable()  # type: ignore[assignment]
+
+
+class SnapshotWithoutDedupMachine(KVMachine):
+    """The key-value machine whose snapshots leave the de-duplication table out: a
+    replica restored from one applies a retried request a second time."""
+
+    def restore(self, data: bytes) -> None:
+        super().restore(data)
+        self._dedup = DedupTable(self.max_clients)
+
+
+class LogCompactsBeforeSnapshotIsDurable(Log):
+    """Compacts the log as soon as a snapshot is taken, not once it is durable: a crash
+    in between leaves slots neither in the log nor in any snapshot."""
+
+    def maybe_snapshot(self) -> None:
+        super().maybe_snapshot()
+        upto = self.taking - self.config.snapshot_tail
+        if self.taking and upto > self.floor:
+            for slot in range(self.floor + 1, upto + 1):
+                self.chosen.pop(slot, None)
+            self.floor = upto
+            self.acceptor.forget(upto)
+            self.out.save(CompactRecord(upto))
+
+
+class LogInstallKeepsLog(Log):
+    """Installs a snapshot without resetting the log beneath it: the chosen slots and
+    accepted entries it replaces stay, and the floor with them."""
+
+    def install(self, slot: int, index: int, size: int, now: float) -> None:
+        if slot <= self.applied:
+            super().install(slot, index, size, now)
+            return
+        floor = self.floor
+        super().install(slot, index, size, now)
+        self.floor = floor
+
+
+class CompactsBeforeDurable(Replica):
+    log_class = LogCompactsBeforeSnapshotIsDurable
+
+
+class InstallKeepsLog(Replica):
+    log_class = LogInstallKeepsLog
 
 
 class ReadsLocalState(Reads):
@@ -264,4 +314,7 @@ CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "follower-acks-deposed-leader": (FollowerAcksDeposedLeader, KVMachine),
     "first-accept-wins-on-replay": (FirstAcceptWinsReplica, KVMachine),
     "round-not-saved-before-use": (RoundNotSavedBeforeUseReplica, KVMachine),
+    "compacts-before-snapshot-durable": (CompactsBeforeDurable, KVMachine),
+    "install-keeps-log": (InstallKeepsLog, KVMachine),
+    "snapshot-without-dedup": (Replica, SnapshotWithoutDedupMachine),
 }

@@ -1,15 +1,18 @@
-"""The simulated ports a driver runs on in the cluster simulator: clock, disk, network.
+"""The simulated ports a driver runs on in the cluster simulator: clock, disk, network,
+snapshots.
 
 This module owns `SimClock` (virtual time; a crash of the node cancels its
 timers), `SimDisk` (a write is durable one fsync after the disk is free, and a
-crash before then loses it) and `SimNetwork` (sends through the seeded
-network). Each is the simulator's side of a port in `pnyx.node.ports`; the
-engine they call into is `pnyx.sim.cluster.ClusterSim`.
+crash before then loses it), `SimNetwork` (sends through the seeded
+network) and `SimSnapshots` (snapshot files, written and installed in virtual
+time, lost if their node crashes first). Each is the simulator's side of a port
+in `pnyx.node.ports`; the engine they call into is `pnyx.sim.cluster.ClusterSim`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pnyx.protocol.multipaxos.messages import LogMessage
@@ -71,3 +74,112 @@ class SimNetwork:
 
     def send(self, dst: int, message: LogMessage) -> None:
         self.sim.send(self.i, dst, message)
+
+
+class SimSnapshotFile:
+    """A snapshot file on a simulated disk: the machine's bytes and what they hold."""
+
+    __slots__ = ("body", "index", "slot")
+
+    def __init__(self, slot: int, index: int, body: bytes) -> None:
+        self.slot, self.index, self.body = slot, index, body
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + FILE_OVERHEAD
+
+    def data(self) -> bytes:
+        """The file's bytes: index, CRC of the body, body."""
+        return (self.index.to_bytes(8, "big") + zlib.crc32(self.body).to_bytes(4, "big")
+                + self.body)
+
+    @classmethod
+    def parse(cls, slot: int, data: bytes) -> SimSnapshotFile | None:
+        if len(data) < FILE_OVERHEAD:
+            return None
+        body = data[FILE_OVERHEAD:]
+        if zlib.crc32(body) != int.from_bytes(data[8:12], "big"):
+            return None
+        return cls(slot, int.from_bytes(data[:8], "big"), body)
+
+
+FILE_OVERHEAD = 12
+
+
+class SimSnapshots:
+    """One node's snapshot files on its simulated disk. A snapshot is drawn from the
+    machine's chunks only when its write completes (so the machine goes on applying
+    meanwhile, as it does on a node) and is durable one fsync after that; a crash
+    before then loses it. Staged bytes of a fetched snapshot survive a crash (a
+    transfer resumes); `install` verifies them first."""
+
+    def __init__(self, sim: ClusterSim, i: int) -> None:
+        self.sim = sim
+        self.i = i
+
+    @property
+    def files(self) -> dict[int, SimSnapshotFile]:
+        return self.sim.snapshot_files[self.i]
+
+    def _later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+        self.sim.timer(self.i, self.sim.now + delay, callback, args)
+
+    def save(self, slot: int, index: int, chunks: Iterator[bytes],
+             done: Callable[[int, BaseException | None], None]) -> None:
+        self._later(2 * self.sim.fsync, self._saved, slot, index, chunks, done)
+
+    def _saved(self, slot: int, index: int, chunks: Iterator[bytes],
+               done: Callable[[int, BaseException | None], None]) -> None:
+        body = b"".join(chunks)
+        if self.sim.snapshot_write_fails():
+            done(0, OSError(28, "No space left on device (simulated)"))
+            return
+        file = SimSnapshotFile(slot, index, body)
+        self.files[slot] = file
+        done(file.size, None)
+
+    def read(self, slot: int, offset: int, size: int,
+             done: Callable[[bytes | None, int], None]) -> None:
+        file = self.files.get(slot)
+        if file is None:
+            self._later(0.0, done, None, 0)
+            return
+        data = file.data()
+        self._later(0.0, done, data[offset:offset + size], len(data))
+
+    def begin_staging(self, slot: int, done: Callable[[int], None]) -> None:
+        staged = self.sim.staged[self.i]
+        if staged is None or staged[0] != slot:
+            staged = self.sim.staged[self.i] = (slot, bytearray())
+        self._later(0.0, done, len(staged[1]))
+
+    def stage(self, slot: int, offset: int, data: bytes, done: Callable[[int], None]) -> None:
+        staged = self.sim.staged[self.i]
+        if staged is None or staged[0] != slot or len(staged[1]) != offset:
+            self._later(0.0, done, 0)
+            self.sim.staged[self.i] = None
+            return
+        staged[1].extend(data)
+        self._later(0.0, done, len(staged[1]))
+
+    def install(self, slot: int, done: Callable[[Any, bytes | None, BaseException | None],
+                                                None]) -> None:
+        self._later(self.sim.fsync, self._install, slot, done)
+
+    def _install(self, slot: int, done: Callable[[Any, bytes | None, BaseException | None],
+                                                 None]) -> None:
+        staged = self.sim.staged[self.i]
+        self.sim.staged[self.i] = None
+        file = SimSnapshotFile.parse(slot, bytes(staged[1])) if (
+            staged is not None and staged[0] == slot) else None
+        if file is None:
+            done(None, None, ValueError(f"staged snapshot {slot} is incomplete or damaged"))
+            return
+        self.files[slot] = file
+        done(file, file.body, None)
+
+    def keep(self, slots: Collection[int]) -> None:
+        files = self.files
+        newest = max(files, default=0)
+        for slot in [s for s in files if s not in slots and s != newest]:
+            del files[slot]

@@ -11,6 +11,7 @@ gathered effects to the driver as one `LogReady` (`take`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pnyx.protocol.durability import DurabilityGate
@@ -27,11 +28,13 @@ LAZY_RECORDS = 64  # chosen records held back for the next write, at most
 
 @dataclass(frozen=True, slots=True)
 class TakeSnapshot:
-    """Capture the machine NOW (its state after slot `slot`, `index` commands applied:
-    before the next event reaches it) and write it durably; then `snapshotted`."""
+    """Write durably the machine's state after slot `slot` (`index` commands applied),
+    captured at that moment as `chunks` (drawn by the store, off the event loop, while
+    the machine goes on applying); then `snapshotted`."""
 
     slot: int
     index: int
+    chunks: Iterator[bytes]
 
 
 @dataclass(frozen=True, slots=True)

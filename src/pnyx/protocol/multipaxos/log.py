@@ -26,6 +26,7 @@ from a peer (`pnyx.protocol.multipaxos.transfer`, then `install`).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from pnyx.protocol.ballot import Ballot
@@ -59,6 +60,19 @@ class Machine(Protocol):
     def apply(self, command: bytes, index: int) -> bytes: ...
 
     def query(self, query: bytes) -> bytes: ...
+
+    def snapshot(self) -> bytes: ...
+
+
+def capture(machine: Machine) -> Iterator[bytes]:
+    """The machine's state now, as chunks that may be drawn later, in another thread
+    (its `snapshot_chunks`, copy-on-write; through a wrapper's `machine` too) — or, for
+    a machine without one, serialized at once in one piece."""
+    take = getattr(machine, "snapshot_chunks", None)
+    inner = getattr(machine, "machine", None)
+    if take is None and inner is not None:
+        take = getattr(inner, "snapshot_chunks", None)
+    return take() if take is not None else iter((machine.snapshot(),))
 
 
 class Votes:
@@ -224,7 +238,10 @@ class Log:
             return
         self.taking = self.applied
         self.since_commands = self.since_bytes = 0
-        self.out.snapshot(TakeSnapshot(self.applied, self.applied_index))
+        # Captured here, between two applies: later slots of this very event must not
+        # show in it. Drawn later, off the event loop (`Machine.snapshot_chunks`).
+        self.out.snapshot(TakeSnapshot(self.applied, self.applied_index,
+                                       capture(self.machine)))
 
     def snapshotted(self, slot: int, index: int, size: int, now: float) -> None:
         """The snapshot of `slot` is durable (`size` > 0), or could not be written (0:
@@ -292,8 +309,10 @@ class Log:
         there will never be applied here, so their clients hear their outcome is
         unknown (their retries are de-duplicated)."""
         if slot <= self.applied:
-            return  # stale: we applied past it meanwhile (the machine was restored from
-            # an older state than ours: the driver refuses that before calling us)
+            # Stale: we applied past it meanwhile (the driver did not restore it).
+            self.transfer.installed(slot)
+            self.catch_up(now)
+            return
         chosen = self.chosen
         for s in [s for s in chosen if s <= slot]:
             del chosen[s]

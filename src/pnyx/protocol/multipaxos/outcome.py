@@ -32,6 +32,10 @@ class Code(enum.StrEnum):
     READ_DISAGREED = "read_disagreed"  # a quorum read's replies never agreed
     SHUTTING_DOWN = "shutting_down"  # the node is stopping
     INTERNAL = "internal"  # a bug or a failing state machine; see the node's log
+    # This member reaches no leader (nor, leading, a quorum), and has not for a while:
+    # answered at once, so the client asks another member rather than wait here (an
+    # API does not retry it at the same member).
+    CUT_OFF = "cut_off"
 
     @property
     def retryable(self) -> bool:

@@ -165,7 +165,8 @@ class Transfer:
         fetch = self.fetch
         if fetch is None or fetch.staging:
             return
-        if now - fetch.asked_at >= self.config.election_timeout:
+        # The very sum `next_deadline` woke us for (a difference may round below it).
+        if now >= fetch.asked_at + self.config.election_timeout:
             fetch.retries += 1
             if fetch.retries > RETRIES:
                 self.fetch = None  # the source is gone: catch-up finds another
