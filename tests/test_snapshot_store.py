@@ -34,7 +34,14 @@ from pnyx.storage import (
     StoreIdentityError,
 )
 from pnyx.storage import snapshots as snapshots_module
-from pnyx.storage.snapshots import END_MAGIC, MAGIC, file_name, read_info, write_file
+from pnyx.storage.snapshots import (
+    END_MAGIC,
+    MAGIC,
+    file_name,
+    read_info,
+    save_file,
+    write_file,
+)
 
 CLUSTER = "test-cluster"
 MEMBERS = (1, 2, 3)
@@ -590,6 +597,35 @@ def test_a_snapshot_file_is_written_at_any_path_from_a_stream_of_its_body(
     assert os.listdir(tmp_path) == ["backup.pnyx"]
     restored = open_dir(tmp_path / "new").import_file(tmp_path / "backup.pnyx")
     assert open_dir(tmp_path / "new").body(restored) == body
+
+
+@pytest.mark.parametrize("chunk", [1, 777, 1 << 20])
+def test_a_stream_of_a_whole_snapshot_file_is_saved_at_any_path_verified(
+        make_store, tmp_path: Path, chunk: int) -> None:
+    store = make_store()
+    info = write(store, 12, body_of(12, 5000))
+    data, _ = store.read_chunk(12, 0, info.size)
+    saved = save_file(tmp_path / "backup.pnyx", chunks(data, chunk), cluster_id=CLUSTER)
+    assert (tmp_path / "backup.pnyx").read_bytes() == data
+    assert read_info(tmp_path / "backup.pnyx") == saved
+
+
+@pytest.mark.parametrize("cut", ["damaged", "truncated", "extended", "other-cluster"])
+def test_a_stream_that_is_not_a_whole_sound_snapshot_leaves_nothing_at_the_path(
+        tmp_path: Path, cut: str) -> None:
+    store = MemorySnapshotStore(cluster_id=CLUSTER)
+    info = write(store, 12)
+    data = bytearray(store.read_chunk(12, 0, info.size)[0])
+    if cut == "damaged":
+        data[info.body_offset + 7] ^= 0x10
+    elif cut == "truncated":
+        del data[-1]
+    elif cut == "extended":
+        data += b"\0"
+    with pytest.raises(StoreError):
+        save_file(tmp_path / "backup.pnyx", chunks(bytes(data), 500),
+                  cluster_id="elsewhere" if cut == "other-cluster" else CLUSTER)
+    assert os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------ a full disk

@@ -2,8 +2,8 @@
 
 This module owns the snapshot file format, `SnapshotStore` (the files of one
 directory, e.g. `<data-dir>/snapshots/`), its in-memory twin
-`MemorySnapshotStore`, and helpers for any path (`write_file`, `read_info`)
-used by backup and restore. A snapshot is the state machine's bytes after
+`MemorySnapshotStore`, and helpers for any path (`write_file`, `save_file`,
+`read_info`) used by backup and restore. A snapshot is the state machine's bytes after
 every command of slots 1..slot was applied; once one is durable, the log
 store may forget those slots (`CompactRecord`).
 
@@ -344,6 +344,41 @@ def _rewrite(f: BinaryIO, name: Path, dest: Path, *, expect_cluster: str | None,
     # The source's trailer is checked after its last chunk, before the copy's
     # trailer is written: a damaged source leaves no copy.
     return write_file(dest, meta, _body_chunks(f, name, meta, head), fsync=fsync)
+
+
+class _ChunkReader:
+    """A stream of chunks read as a file (`read(n)` only)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._current = b""
+        self._at = 0  # in `_current`: a big chunk is sliced, never copied whole again
+
+    def read(self, n: int) -> bytes:
+        parts = []
+        while n:
+            if self._at >= len(self._current):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._current, self._at = chunk, 0
+                continue
+            part = self._current[self._at:self._at + n]
+            self._at += len(part)
+            n -= len(part)
+            parts.append(part)
+        return b"".join(parts)
+
+
+def save_file(path: str | os.PathLike[str], file_chunks: Iterable[bytes], *,
+              cluster_id: str | None = None, fsync: bool = True) -> SnapshotInfo:
+    """Write a stream of a whole snapshot file's bytes (e.g. `pnyx backup` fetching
+    one over HTTP) at `path`, atomically, verifying it as it comes: nothing is left
+    at `path` unless the stream was a whole, sound snapshot (of `cluster_id`, if
+    given). Errors are those of `read_info` and `write_file`."""
+    path = Path(path)
+    return _rewrite(_ChunkReader(file_chunks), path, path,  # type: ignore[arg-type]
+                    expect_cluster=cluster_id, new_cluster=None, fsync=fsync)
 
 
 # ------------------------------------------------------------------ the stores
