@@ -34,6 +34,9 @@ Sending a snapshot to a peer is `read_chunk` (one range of the file, the
 whole file never in memory); receiving it is `staged` / `stage` (appending
 to `incoming-<slot>.pnyx.part`, which survives a restart so a transfer
 resumes) and `install_staged` (verified whole, fsynced, renamed into place).
+Staged chunks are not fsynced one by one: a crash may lose the last ones (the
+transfer resumes from what is there) or leave a torn tail, which the
+checksum refuses at install (the transfer then starts over).
 Errors about what a peer sent are `CorruptStoreError` / `StoreIdentityError`
 naming the staged file (the staged file is deleted; ask for the snapshot
 again); an error of the local disk is a plain `StoreError`.
