@@ -129,6 +129,23 @@ class Cluster:
             self.start(i, wait=False)
         for i in self.ids:
             self.wait_ready(i)
+        self.wait_formed()
+
+    def wait_formed(self, timeout: float = 20.0) -> None:
+        """Wait until no member is still asking whether the cluster is new (a member that
+        started empty votes once every other one answered it is empty too: see
+        `pnyx.protocol.multipaxos.standing`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            standings = set()
+            for i, proc in self.procs.items():
+                if proc.poll() is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        standings.add(self.status(i).get("standing"))
+            if standings and "new" not in standings:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the members never all answered that the cluster is new")
 
     def wait_ready(self, i: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

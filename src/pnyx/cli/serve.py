@@ -84,8 +84,10 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException 
     from pnyx.node.direct import DirectNode
     from pnyx.node.metrics import Metrics
     from pnyx.node.runtime import Node
+    from pnyx.statemachine.base import SnapshotError
     from pnyx.statemachine.kv import KVMachine
     from pnyx.storage.log_store import SqliteLogStore, StoreError
+    from pnyx.storage.snapshots import SnapshotStore
 
     metrics = Metrics()
     node: Node | DirectNode
@@ -104,12 +106,21 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException 
             raise StartError(str(exc)) from None
         if moved is not None:
             log.warning("%s", moved)
-        node = Node(config, store, KVMachine(max_clients=65536), metrics)
+        try:  # a damaged snapshot, or one of another cluster, is refused naming the file
+            snapshots = SnapshotStore.open(config.data_dir / "snapshots",
+                                           cluster_id=config.cluster_id, fsync=config.fsync)
+        except StoreError as exc:
+            store.close()
+            raise StartError(str(exc)) from None
+        node = Node(config, store, KVMachine(max_clients=65536), metrics, snapshots)
         try:
             await node.start()
         except StoreError as exc:  # a damaged row is found when the log is read
             store.close()
             raise StartError(str(exc)) from None
+        except (SnapshotError, ValueError) as exc:  # the snapshot and the log disagree
+            store.close()
+            raise StartError(f"{config.data_dir}: {exc}") from None
         except OSError as exc:
             store.close()
             raise StartError(f"cannot listen for peers on {config.peer_listen}: "

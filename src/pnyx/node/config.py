@@ -181,6 +181,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "chosen slots per catch-up message", replica=True),
     Setting("catchup_bytes", "--catchup-bytes", "bytes",
             "bytes of chosen values per catch-up message", replica=True),
+    Setting("snapshot_every", "--snapshot-every", "count",
+            "take a snapshot once this many commands were applied since the last "
+            "(0: never on this count)", replica=True),
+    Setting("snapshot_bytes", "--snapshot-every-bytes", "bytes",
+            "take a snapshot once this many bytes of commands were applied since the "
+            "last (0: never on this count)", replica=True),
+    Setting("snapshot_tail", "--snapshot-tail", "count",
+            "chosen slots kept below a snapshot, for followers a little behind",
+            replica=True),
     # TLS between members (etcd's names): all three, or none for plaintext peers.
     Setting("peer_cert_file", "--peer-cert-file", "path",
             "this member's certificate for its peers (`pnyx certs issue`); with the next "
@@ -336,6 +345,10 @@ class NodeConfig:
     max_command: int = _default("max_command")
     catchup_chunk: int = _default("catchup_chunk")
     catchup_bytes: int = _default("catchup_bytes")
+    # A node snapshots by default (the replica's own default is never): etcd's count.
+    snapshot_every: int = 100_000
+    snapshot_bytes: int = 64 << 20
+    snapshot_tail: int = 500
     peer_cert_file: Path | None = None  # TLS between members: all three or none
     peer_key_file: Path | None = None
     peer_trusted_ca_file: Path | None = None
@@ -374,6 +387,9 @@ class NodeConfig:
         for name in ("request_timeout", "read_timeout", "body_timeout", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive")
+        for name in ("snapshot_every", "snapshot_bytes", "snapshot_tail"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         for name in ("window", "max_batch", "catchup_chunk"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")

@@ -415,8 +415,7 @@ class Driver:
         port = self.snapshots
         if port is None:
             if isinstance(op, TakeSnapshot):  # nowhere to write it: the log stays whole
-                self._clock().call_soon(self._snapshotted, op.slot, op.index, 0.0, 0,
-                                        OSError("this node keeps no snapshots"))
+                self._clock().call_soon(self._snapshotted, op.slot, op.index, 0.0, 0, None)
             return
         match op:
             case TakeSnapshot(slot=slot, index=index, chunks=chunks):
