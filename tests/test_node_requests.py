@@ -45,13 +45,17 @@ def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., No
     return wrapper
 
 
-def make_node(tmp_path: Path, node_id: int, ports: list[int], **replica: Any) -> Node:
-    """Member `node_id` of a 3-member cluster on `ports`; `replica` overrides ReplicaConfig."""
+def make_node(tmp_path: Path, node_id: int, ports: list[int], *,
+              cut_off_after: float | None = None, **replica: Any) -> Node:
+    """Member `node_id` of a 3-member cluster on `ports`; `replica` overrides ReplicaConfig.
+    A member alone is cut off after `cut_off_after` election timeouts (None: never, so
+    that requests wait out their own timeouts, which is what most tests here time)."""
     members = {i: Address("127.0.0.1", ports[i - 1]) for i in (1, 2, 3)}
     config = NodeConfig(node_id, members, tmp_path / f"n{node_id}", heartbeat_interval=0.02,
                         election_timeout=0.15)
     node = Node(config, MemoryLogStore(node_id=node_id, cluster_id=config.cluster_id),
                 kv.KVMachine())
+    node.cut_off_after = cut_off_after
     if replica:
         node.replica_config = dataclasses.replace(node.replica_config, **replica)
     return node
@@ -731,3 +735,92 @@ def test_status_commit_index_counts_the_commands_of_every_slot_known_chosen(
     status = node.status()
     assert (status["commit_slot"], status["applied_slot"]) == (3, 1)
     assert (status["commit_index"], status["applied_index"]) == (5, 2)
+
+
+# --- a member cut off answers at once -------------------------------------------------
+
+
+@async_test
+async def test_a_member_that_hears_no_leader_fails_what_it_holds_then_refuses_at_once(
+    tmp_path: Path,
+) -> None:
+    # A member alone reaches no quorum: two election timeouts (0.3 s) without a leader
+    # make it cut off.
+    async with running(make_node(tmp_path, 1, free_ports(3), cut_off_after=2.0)) as node:
+        loop = asyncio.get_running_loop()
+        held, started = Done(), loop.time()
+        node.submit_nowait(put("k", b"v", 1), held, timeout=5.0)
+        await asyncio.wait_for(held.called.wait(), 2.0)
+        # Failed when the member became cut off, not at the request's 5 s timeout.
+        assert 0.3 - EARLY <= held.times[0] - started <= 0.3 + SLACK
+        (outcome,) = held.outcomes
+        assert outcome.code is Code.CUT_OFF and not outcome.ok
+        assert not outcome.unknown  # it never left this member: it fails for certain
+        assert "no leader" in outcome.error and "reaches 1 of 3" in outcome.error
+        # From now on refused at once: a write and a linearizable read.
+        for start in (lambda d: node.submit_nowait(put("k", b"v", 2), d, timeout=5.0),
+                      lambda d: node.read_nowait(kv.encode_query("k"), "linearizable", d,
+                                                 timeout=5.0)):
+            done, asked = Done(), loop.time()
+            start(done)
+            assert done.outcomes and done.outcomes[0].code is Code.CUT_OFF
+            assert done.times[0] - asked < 0.01
+        # A stale read is this replica's own: still served.
+        stale = await node.read(kv.encode_query("k"), "stale", timeout=1.0)
+        assert stale.ok
+        assert_no_request_state(node)
+
+
+@async_test
+async def test_a_cut_off_member_answers_http_503_at_once_with_retry_after_and_its_leader(
+    tmp_path: Path,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from pnyx.api.http import serve_http
+
+    ports = free_ports(3)
+    nodes = [make_node(tmp_path, i, ports, cut_off_after=2.0) for i in (1, 2)]
+    nodes[0].metrics = Metrics()  # the HTTP layer counts requests
+    for node in nodes:
+        await node.start()
+    server = await serve_http(nodes[0], "127.0.0.1", 0)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while nodes[0].status()["leader"] is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        leader = nodes[0].status()["leader"]
+        assert leader in (1, 2)
+        # The other member goes; alone, it reaches no quorum: cut off.
+        survivor = nodes[0]
+        await nodes[1].stop()
+        while survivor._cut_off is None and loop.time() < deadline:  # as its watch saw
+            await asyncio.sleep(0.02)
+        url = f"http://127.0.0.1:{server.port}/v1/kv/k"
+
+        def put_once() -> tuple[int, dict[str, str], dict[str, Any], float]:
+            import json
+            import time
+            request = urllib.request.Request(url, data=b"v", method="PUT")
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status, dict(r.headers), {}, time.monotonic() - began
+            except urllib.error.HTTPError as e:
+                return e.code, dict(e.headers), json.loads(e.read()), time.monotonic() - began
+
+        status, headers, body, took = await loop.run_in_executor(None, put_once)
+        assert status == 503 and took < 0.5, (status, took)  # not the 5 s request timeout
+        assert headers["Retry-After"] == "1"
+        error = body["error"]
+        assert error["code"] == "unavailable" and error["unknown"] is False
+        assert "ask another member" in error["message"]
+        if leader == 2:  # the leader it followed, and where it served HTTP (none here)
+            assert error["leader"] == 2 and error["leader_http"] is None
+        else:
+            assert error["leader"] == 1
+    finally:
+        await server.close()
+        await nodes[0].stop()

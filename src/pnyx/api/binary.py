@@ -82,6 +82,7 @@ WIRE_CODES: Final[dict[Code, ErrorCode]] = {
     Code.READ_DISAGREED: ErrorCode.UNAVAILABLE,
     Code.SHUTTING_DOWN: ErrorCode.UNAVAILABLE,
     Code.INTERNAL: ErrorCode.INTERNAL,
+    Code.CUT_OFF: ErrorCode.UNAVAILABLE,  # at once; the message names the leader if known
 }
 
 DEFAULT_MAX_INFLIGHT: Final = ClientLimits().max_inflight

@@ -102,7 +102,7 @@ from pnyx.api.http_parse import (
 )
 from pnyx.api.http_serve import HttpServer, parser_error, start_server
 from pnyx.api.limits import Admission, ClientLimits, admission_for
-from pnyx.api.node_api import NodeAPI
+from pnyx.api.node_api import NodeAPI, leader_hint
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 from pnyx.viz.live import add_live_routes
@@ -233,31 +233,37 @@ class _Handlers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         delay = _RETRY_FIRST_DELAY
+        unknown = False  # an earlier attempt's outcome was unknown: the write may yet apply
         while True:
             outcome = await self._ask(call, max(deadline - loop.time(), 0.0))
+            unknown = unknown or outcome.unknown
             if outcome.ok:
                 try:
                     return kv.decode_result(outcome.result), outcome
                 except kv.MalformedResult as exc:
                     raise ApiError(500, "internal", f"the node returned a bad result: {exc}",
                                    ) from None
-            if not outcome.code.retryable or (write and not outcome.unknown):
-                # Refused for the request itself, or a write that never reached the log
-                # (a retry would be a second attempt, not a resubmission).
-                self._failed(outcome, write)
+            if not outcome.code.retryable or outcome.code is Code.CUT_OFF or (
+                    write and not outcome.unknown):
+                # Refused for the request itself, a member cut off (the client should go
+                # elsewhere now), or a write that never reached the log (a retry would be
+                # a second attempt, not a resubmission).
+                self._failed(outcome, write, unknown)
             if loop.time() + delay >= deadline:
-                self._failed(outcome, write)
+                self._failed(outcome, write, unknown)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY)
 
-    def _failed(self, outcome: Outcome, write: bool) -> NoReturn:
-        """Answer a failed outcome as `HTTP_FAILURES` says."""
+    def _failed(self, outcome: Outcome, write: bool, unknown: bool = False) -> NoReturn:
+        """Answer a failed outcome as `HTTP_FAILURES` says; `unknown`: an earlier attempt
+        of this write may still take effect."""
         failure = HTTP_FAILURES[outcome.code]
         message = outcome.error or "no quorum or no leader in time"
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = leader_hint(self.node) if outcome.code is Code.CUT_OFF else {}
+        unknown = unknown or outcome.unknown
         if failure.retry_after and write:
-            extra["unknown"] = outcome.unknown
-            if outcome.unknown:
+            extra["unknown"] = unknown
+            if unknown:
                 message += (" (the write may still take effect; retry with the same "
                             "Idempotency-Key)")
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if failure.retry_after else {}

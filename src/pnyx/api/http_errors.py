@@ -42,6 +42,7 @@ HTTP_FAILURES: Final[dict[Code, HttpFailure]] = {
     Code.READ_DISAGREED: _UNAVAILABLE,
     Code.SHUTTING_DOWN: _UNAVAILABLE,
     Code.INTERNAL: HttpFailure(500, "internal", False),
+    Code.CUT_OFF: _UNAVAILABLE,  # at once, with the leader's address when known
 }
 
 

@@ -58,3 +58,16 @@ class NodeAPI(Protocol):
         """JSON-able: `id, role, leader, ballot, commit_index, applied_index, members`,
         where `members` is `{str(id): {"address": "host:port", "reachable": bool}}`."""
         ...
+
+
+def leader_hint(node: Any) -> dict[str, Any]:
+    """What a cut-off member tells a client besides 503: the leader it last followed
+    (`leader`, an id, or None) and where that member serves HTTP (`leader_http`, or
+    None), from the node's `leader_hint()` if it has one. A hint only: that member may
+    have lost its lead since."""
+    hint = getattr(node, "leader_hint", None)
+    try:
+        found = hint() if hint is not None else {}
+    except Exception:  # a hint is not worth failing an answer for
+        found = {}
+    return {"leader": found.get("leader"), "leader_http": found.get("leader_http")}

@@ -6,7 +6,8 @@ sends its messages on it; it receives on the connections its peers open to
 it. The first frame on a connection is a `Hello` naming the cluster and the
 sender, so a node can refuse strangers; it also advertises where the sender
 serves clients (`advertised`, what `/v1/status` shows of each member).
-Outbound connections reconnect with exponential backoff; each has a bounded
+Outbound connections reconnect with exponential backoff (from 50 ms up to
+`reconnect_max`, each attempt bounded by `connect_timeout`); each has a bounded
 queue (a slow or dead peer drops the oldest messages rather than exhausting
 memory — Paxos copes with loss). A frame over the size limit, a bad Hello, a
 sender outside the configuration, or garbage closes that connection with a
@@ -25,6 +26,17 @@ Certificates renewed on disk are used by the next connection
 Without TLS files the peers talk plaintext, which `pnyx serve` allows only on
 loopback or with `--insecure`.
 
+**Dead connections are found by the protocol's own traffic, not TCP's timers.**
+Every member that is sent something answers within a heartbeat or two (a
+follower acks the leader's heartbeats; the leader heartbeats its followers;
+pre-votes and prepares are answered). So when we have sent to a peer and heard
+nothing from it for `dead_after` seconds, both connections with it are closed
+and ours is made again: after a partition heals, silently or not, the members
+talk again within about `dead_after` plus a connect, instead of waiting out
+TCP's retransmission backoff (seconds, growing with the partition's length).
+Peers that send each other nothing (two followers) are never judged. As a
+backstop every peer socket has TCP keepalive and `TCP_USER_TIMEOUT`.
+
 Both sides are asyncio Protocols, with no task per connection or message: an
 inbound frame reaches the node in the callback that received its last byte;
 outbound messages are written together at the end of the loop iteration that
@@ -38,6 +50,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -54,6 +67,7 @@ DEFAULT_MAX_FRAME = 32 << 20
 HELLO_TIMEOUT = 5.0
 WRITE_NOW_BYTES = 8192  # queued for a peer: written at once rather than at the iteration's end
 HELLO_LIMIT = 4096  # bytes: a Hello is tiny; anything longer is not one
+USER_TIMEOUT_MS = 5000  # TCP_USER_TIMEOUT: unacknowledged data closes a connection after this
 
 
 class Hello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
@@ -94,6 +108,11 @@ class _Peer:
         self.link: _Outbound | None = None
         self.flush_scheduled = False
         self.refusal = ""  # why the last TLS connection to it failed: logged once per change
+        # When we first sent to it since we last heard from it (None: we have heard since,
+        # or sent nothing); and when we last heard from it (time.monotonic()).
+        self.waiting_since: float | None = None
+        self.heard_at = -1e9
+        self.judged_dead = False  # logged once per silence
 
 
 class _Outbound(asyncio.Protocol):
@@ -106,9 +125,11 @@ class _Outbound(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_resume: Callable[[], None] = lambda: None
         self.error: Exception | None = None  # why the connection ended, if it failed
+        self.dead = False  # closed by us: the peer had gone silent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        _backstop(transport)
 
     def data_received(self, data: bytes) -> None:
         pass  # peers never answer on our connection; they open their own
@@ -143,9 +164,12 @@ class _Inbound(asyncio.Protocol):
         self.peer: Any = "?"
         self.hello_timer: asyncio.TimerHandle | None = None
         self.certified: int | None = None  # the member its TLS certificate names
+        self.opened = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.opened = time.monotonic()
+        _backstop(transport)
         self.peer = transport.get_extra_info("peername")
         if self.owner.tls is not None:
             self.certified = member_id(transport.get_extra_info("peercert"),
@@ -164,12 +188,15 @@ class _Inbound(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return  # refused already: what follows is not read
+        if self.src is not None:
+            self.owner._heard(self.src)
         self.frames.feed(data)
         try:
             for payload in self.frames.frames():
                 if self.src is None:
                     self.src = self.owner._hello(bytes(payload), self.certified)
                     self.frames.max_frame = self.owner.max_frame
+                    self.owner._heard(self.src)
                     if self.hello_timer is not None:
                         self.hello_timer.cancel()
                         self.hello_timer = None
@@ -205,8 +232,18 @@ class PeerTransport:
         tls: TlsFiles | None = None,
         http: str = "",
         client: str = "",
+        dead_after: float | None = None,
+        connect_timeout: float = 2.0,
+        reconnect_max: float = 1.0,
     ) -> None:
         self.node_id = node_id
+        # Sent to and not heard from for this long: the connections are dead (None: never
+        # judged). A connection attempt gives up after `connect_timeout`; attempts are
+        # `reconnect_max` apart at most.
+        self.dead_after = dead_after
+        self.connect_timeout = connect_timeout
+        self.reconnect_max = reconnect_max
+        self._watcher: asyncio.Task[None] | None = None
         # What our Hello advertises, and what each peer's last accepted Hello did.
         self.http = http
         self.client = client
@@ -247,9 +284,15 @@ class PeerTransport:
                                for sock in self._listeners]
         for peer in self.peers.values():
             peer.task = asyncio.create_task(self._run_outbound(peer))
+        if self.dead_after is not None:
+            self._watcher = asyncio.create_task(self._watch(self.dead_after))
 
     async def close(self) -> None:
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         if self._server is not None:
             self._server.close()
         for conn in list(self._inbound):
@@ -273,6 +316,8 @@ class PeerTransport:
         if peer is None:
             return
         data = frame(payload)
+        if peer.waiting_since is None:
+            peer.waiting_since = time.monotonic()
         peer.queue.append(data)
         peer.queued_bytes += len(data)
         # Bounded in count and bytes: the oldest messages go first (Paxos copes with loss).
@@ -296,6 +341,49 @@ class PeerTransport:
         peer = self.peers.get(peer_id)
         return peer.connected if peer is not None else peer_id == self.node_id
 
+    def heard_within(self, peer_id: int, seconds: float) -> bool:
+        """Whether a frame came from `peer_id` in the last `seconds`."""
+        peer = self.peers.get(peer_id)
+        return peer is not None and time.monotonic() - peer.heard_at <= seconds
+
+    # -------------------------------------------------------------- liveness
+
+    def _heard(self, src: int) -> None:
+        peer = self.peers.get(src)
+        if peer is not None:
+            peer.heard_at = time.monotonic()
+            peer.waiting_since = None
+            if peer.judged_dead:
+                peer.judged_dead = False
+                log.info("node %s is heard from again", src)
+
+    async def _watch(self, dead_after: float) -> None:
+        """Close the connections of every peer we sent to and have not heard from in
+        `dead_after` seconds; ours is made again at once (see the module's docstring)."""
+        while not self._closing:
+            await asyncio.sleep(dead_after / 4)
+            now = time.monotonic()
+            for peer in self.peers.values():
+                since = peer.waiting_since
+                if since is None or now - since < dead_after:
+                    continue
+                if not peer.judged_dead:
+                    peer.judged_dead = True
+                    log.info("node %s has not answered for %.2f s: reconnecting", peer.node_id,
+                             now - since)
+                peer.waiting_since = now  # judged again only after another silence
+                link = peer.link
+                if link is not None and link.transport is not None:
+                    link.dead = True
+                    link.transport.abort()
+                # Its connection to us may be as stuck as ours to it: closed, it is made
+                # again at once. Not one younger than a second, which the peer would
+                # report as refused (and which is fresh anyway).
+                for conn in list(self._inbound):
+                    if conn.src == peer.node_id and conn.transport is not None and (
+                            now - conn.opened >= 1.0):
+                        conn.transport.abort()
+
     # -------------------------------------------------------------- outbound
 
     def _flush(self, peer: _Peer) -> None:
@@ -309,24 +397,41 @@ class PeerTransport:
         peer.queued_bytes = 0
         link.transport.write(chunk)
 
+    async def _connect(self, peer: _Peer) -> _Outbound:
+        """A connection to `peer`: the TCP connect within `connect_timeout` (a lost SYN is
+        sent again by a new attempt, not after TCP's one-second retry). Over TLS, connect
+        and handshake together, within 2 s as before."""
+        loop = asyncio.get_running_loop()
+        if self._client_tls is not None:
+            _, tls_link = await asyncio.wait_for(loop.create_connection(
+                _Outbound, peer.address.host, peer.address.port,
+                ssl=self._client_tls.context(), ssl_handshake_timeout=2.0), 2.0)
+            return tls_link
+        infos = await loop.getaddrinfo(peer.address.host, peer.address.port,
+                                       type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, address), self.connect_timeout)
+            _, link = await loop.create_connection(_Outbound, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return link
+
     async def _run_outbound(self, peer: _Peer) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.05
         while not self._closing:
-            tls: dict[str, Any] = {}
-            if self._client_tls is not None:
-                tls = {"ssl": self._client_tls.context(), "ssl_handshake_timeout": 2.0}
+            tls = self._client_tls is not None
             try:
-                _, link = await asyncio.wait_for(
-                    loop.create_connection(_Outbound, peer.address.host, peer.address.port,
-                                           **tls),
-                    2.0,
-                )
+                link = await self._connect(peer)
             except (TimeoutError, OSError) as exc:
                 if isinstance(exc, ssl.SSLError):  # not a refused connect: say so, once
                     self._refuse_outbound(peer, f"TLS handshake failed: {exc}")
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, self.reconnect_max)
                 continue
             if tls and link.transport is not None:
                 certified = member_id(link.transport.get_extra_info("peercert"),
@@ -356,8 +461,8 @@ class PeerTransport:
                 self._set_state(peer, False)
                 if link.transport is not None:
                     link.transport.abort()
-            if loop.time() - made >= 1.0:
-                backoff = 0.05  # it was up: reconnect at once
+            if loop.time() - made >= 1.0 or link.dead:
+                backoff = 0.05  # it was up, or we closed it: reconnect at once
                 peer.refusal = ""
             elif not self._closing:
                 # Closed at once: the peer refuses us (over TLS 1.3 our certificate is judged
@@ -365,7 +470,7 @@ class PeerTransport:
                 # failed connect, rather than be refused twenty times a second.
                 self._refuse_outbound(peer, "it closed the connection at once (its log says "
                                       f"why){f': {link.error}' if link.error else ''}")
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, self.reconnect_max)
             await asyncio.sleep(backoff)
 
     def _refuse_outbound(self, peer: _Peer, reason: str) -> None:
@@ -426,6 +531,22 @@ class PeerTransport:
                              f"{_named(certified, self.cluster_id)}")
         self.advertised[hello.node_id] = hello
         return hello.node_id
+
+
+def _backstop(transport: asyncio.BaseTransport) -> None:
+    """TCP's own dead-peer detection, in case ours (the protocol's traffic) cannot act:
+    keepalive probes after a second of silence, and unacknowledged data given up on
+    after `USER_TIMEOUT_MS`."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    # Best effort: a TLS transport's socket may refuse options (uvloop's does, some).
+    with contextlib.suppress(Exception):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 async def _listen(address: Address) -> list[socket.socket]:

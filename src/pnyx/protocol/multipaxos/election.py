@@ -175,9 +175,12 @@ class Election:
         )
 
     def on_prevote(self, m: PreVote, now: float) -> None:
-        granted = (self.standings.votes and m.ballot > self.acceptor.promised
-                   and self.misses_leader(now))
-        self.out.send(m.src, PreVoteReply(self.node_id, m.ballot, granted))
+        misses = self.misses_leader(now)
+        granted = self.standings.votes and m.ballot > self.acceptor.promised and misses
+        # Refused for a leader we still hear: say which, so the asker knows it is cut off
+        # from a leader that lives (the bridge), and which.
+        leader = self.leader if not granted and not misses and self.leader is not None else 0
+        self.out.send(m.src, PreVoteReply(self.node_id, m.ballot, granted, leader))
 
     def on_prevote_reply(self, m: PreVoteReply, now: float) -> None:
         if self.stage is not Stage.PRE_CANDIDATE or m.ballot != self.prevote_ballot \

@@ -141,6 +141,10 @@ class PreVote(_Msg, tag="prevote"):
 class PreVoteReply(_Msg, tag="prevote-reply"):
     ballot: Ballot
     granted: bool
+    # Refused because the replier still hears a leader: that leader (0: none, or granted).
+    # The asker is then cut off from a leader others see (the bridge). Trailing with a
+    # default: a reply without it still decodes.
+    leader: int = 0
 
 
 class CatchUp(_Msg, tag="catch-up"):
