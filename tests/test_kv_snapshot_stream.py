@@ -35,7 +35,7 @@ from pnyx.statemachine import (
     encode_request,
 )
 from pnyx.statemachine.base import StreamingStateMachine, snapshot_chunks
-from pnyx.statemachine.dedup import DedupEntry
+from pnyx.statemachine.dedup import DedupEntry, DedupTable
 from pnyx.statemachine.kv import snapshot as snap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,12 +199,36 @@ def test_the_dedup_table_in_the_snapshot_is_the_table_at_the_call() -> None:
     assert restored.req("b", 1, Put("k", b"b")) == Ok(7)
 
 
+def test_a_capture_lists_the_table_in_lru_order_as_at_the_call() -> None:
+    table = DedupTable(3)
+    for stamp, client in enumerate("abcd", start=1):  # "a" is evicted
+        table.record("client", client, 1, b"d", client.encode(), stamp)
+    table.check("client", "b", 1, b"d", 5)  # a retry: "b" becomes the newest
+    capture = table.capture()
+    table.record("client", "e", 1, b"d", b"e", 6)  # after the call: evicts "c"
+    assert [e.ident for e in capture] == ["c", "d", "b"]
+    assert len(capture) == 3
+    assert [e.ident for e in table.capture()] == [e.ident for e in table.entries()]
+
+
+def test_a_rebuilt_table_keeps_its_order_whatever_log_index_comes_next() -> None:
+    # A restored table's entries rank below every later use, even one stamped
+    # with a log index no larger than their number.
+    entries = [DedupEntry("client", c, 1, b"d", b"r") for c in "abc"]
+    table = DedupTable.from_entries(8, entries)
+    table.record("client", "z", 1, b"d", b"r", 1)
+    table.check("client", "a", 1, b"d", 2)
+    assert [e.ident for e in table.entries()] == ["b", "c", "z", "a"]
+    assert list(table.capture()) == table.entries()
+
+
 _keys = st.sampled_from([f"k{i}" for i in range(12)])
 _ops = st.lists(st.one_of(
     st.tuples(st.just("put"), st.sampled_from("pqrs"), _keys, st.binary(max_size=3)),
     st.tuples(st.just("delete"), st.sampled_from("pqrs"), _keys, st.just(b"")),
     st.tuples(st.just("retry"), st.sampled_from("pqrs"), _keys, st.just(b"")),
     st.tuples(st.just("snapshot"), st.just(""), st.just(""), st.just(b"")),
+    st.tuples(st.just("restart"), st.just(""), st.just(""), st.just(b"")),
 ), max_size=60)
 
 
@@ -221,6 +245,8 @@ def test_every_deferred_snapshot_equals_the_one_taken_at_its_call(
     for op, client, key, value in ops:
         if op == "snapshot":
             deferred.append((d.machine.snapshot(), d.machine.snapshot_chunks()))
+        elif op == "restart":  # the state, de-dup order included, from its own snapshot
+            d.machine.restore(d.machine.snapshot())
         elif op == "retry":
             if client in last:
                 d.req(client, seqs[client], last[client])

@@ -98,7 +98,8 @@ class KVMachine:
     all frozen, in O(`SHARDS`); the first write to a frozen shard replaces it by
     a copy (about n/`SHARDS` keys), so the snapshot's dicts are never written
     again and may be encoded in another thread. The de-duplication table,
-    bounded by `max_clients`, is copied at the call.
+    bounded by `max_clients`, is captured by a C-level copy of its entries
+    (`DedupTable.capture`).
     A shard stays frozen until its next write even once the snapshot is done:
     one extra copy per written shard per snapshot, in exchange for no
     coordination with the thread that writes the snapshot.
@@ -259,7 +260,7 @@ class KVMachine:
         else:
             kind, ident, seq = "key", parsed.idempotency_key, 0
         digest = _digest(parsed.command)
-        verdict, entry = self._dedup.check(kind, ident, seq, digest)
+        verdict, entry = self._dedup.check(kind, ident, seq, digest, index)
         if verdict is Verdict.DUPLICATE:
             assert entry is not None
             return entry.result  # the very bytes the first copy got
@@ -276,7 +277,7 @@ class KVMachine:
                 f"{what} was already used for a different command", ErrorCode.REUSED
             ))
         result = encode_result(self._execute(parsed.command, index))
-        self._dedup.record(kind, ident, seq, digest, result)
+        self._dedup.record(kind, ident, seq, digest, result, index)
         return result
 
     def _execute(self, command: Command, index: int) -> Result:
@@ -327,18 +328,17 @@ class KVMachine:
         """The state at this call, as chunks of `snapshot()`'s bytes, to be written later.
 
         The call hands the shards over, frozen (O(`SHARDS`)), copies the
-        de-duplication table (O(`max_clients`)) and encodes nothing. The
+        de-duplication table's entries (`DedupTable.capture`: a C-level copy,
+        O(`max_clients`)) and encodes nothing. The
         iterator may then run in another thread while `apply` goes on in this
         one; each step sorts one shard (in runs of at most 4096 keys) and
         encodes about 64 KiB. See the class docstring.
         """
         shards: list[Shard | None] = list(self._shards)
         self._frozen = [True] * SHARDS
-        # The de-duplication table is copied: bounded by max_clients, ~0.2 ms at
-        # the default 4096 (an LRU walk, ~50-100 ns an entry, so a few ms at
-        # 65536). Stamping entries or sharding the table to avoid the copy was
-        # measured to cost every request 2-8% more instructions.
-        sessions = self._dedup.entries()
+        # A stand-in table (the simulator's mutants) may have only `entries()`.
+        sessions = (self._dedup.capture() if isinstance(self._dedup, DedupTable)
+                    else self._dedup.entries())
         return encode_chunks(self._applied_index, sessions, shards)
 
     def restore(self, data: bytes) -> None:
