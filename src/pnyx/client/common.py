@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +46,9 @@ MAX_IDEMPOTENCY_KEY: Final = kv.MAX_ID_BYTES - len(CLIENT_KEY_PREFIX)
 
 FIRST_BACKOFF: Final = 0.05
 MAX_BACKOFF: Final = 1.0
+# A member that failed an attempt is tried after the others for this long (seconds):
+# a member cut off from the leader answers 503 at once, and is not asked again at once.
+FAILED_MEMORY: Final = 2.0
 
 
 def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
@@ -148,7 +153,10 @@ class ClientBase:
     `endpoints`: node addresses, `["127.0.0.1:8001", ...]`. `timeout`: seconds one
     attempt may take; `connect_timeout`: seconds to connect; `retry_timeout`:
     seconds one call may spend over all its attempts and nodes. A client sticks
-    to one node (`_current`) and moves to the next when an attempt there fails.
+    to one node (`_current`) and moves on when an attempt there fails: to the
+    member that answered it most recently among those that have not failed in
+    the last `FAILED_MEMORY` seconds (else the next in turn), so a member cut off
+    from the leader, or down, costs one quick attempt, not one per call.
     TLS (`ssl_context`, `cacert`, `cert`, `key`, or `https://` endpoints): see
     `tls_context`; `self.ssl` is the context, or None for plaintext.
     """
@@ -169,6 +177,9 @@ class ClientBase:
         self.retry_timeout = retry_timeout
         # Start at a random node, so many clients spread over the cluster.
         self._current = secrets.randbelow(len(self.endpoints))
+        # When each member last answered (anything but unavailable), and last failed.
+        self._answered_at = [-math.inf] * len(self.endpoints)
+        self._failed_at = [-math.inf] * len(self.endpoints)
         self._idempotency_keys = IdempotencyKeys()
 
     def _attempts(self, now: float, *, write: bool, key: str | None = None) -> Attempts:
@@ -183,21 +194,44 @@ class ClientBase:
         call's time is up, checked after each failed attempt and after each pause.
         """
         while True:
-            for _ in self.endpoints:
-                i = self._current
+            tried: set[int] = set()
+            while len(tried) < len(self.endpoints):
+                i = self._current if self._current not in tried else self._pick(tried)
+                tried.add(i)
                 yield i
-                self._move_on(i)
+                self._move_on(i, tried)
                 if attempts.expired(clock()):
                     raise attempts.give_up()
             yield None
             if attempts.expired(clock()):
                 raise attempts.give_up()
 
-    def _move_on(self, i: int) -> None:
-        """Node `i` failed: the next call starts at the next node (once, however many
-        calls failed there together)."""
+    def _move_on(self, i: int, tried: set[int] | None = None) -> None:
+        """Node `i` failed: the next call starts at another (once, however many calls
+        failed there together), the best by `_pick`."""
+        self._failed_at[i] = time.monotonic()
         if self._current == i:
-            self._current = (i + 1) % len(self.endpoints)
+            self._current = self._pick({i} | (tried or set()))
+
+    def _answered_by(self, i: int) -> None:
+        """Node `i` answered (a result, or a refusal of the request itself)."""
+        self._answered_at[i] = time.monotonic()
+
+    def _pick(self, exclude: set[int]) -> int:
+        """The member to try next, not in `exclude` (if any is left): one that has not
+        failed lately before one that has; then the one that answered last; then the
+        next in turn after the current one."""
+        n = len(self.endpoints)
+        order = [(self._current + k) % n for k in range(1, n + 1)]
+        candidates = [j for j in order if j not in exclude] or order
+        now = time.monotonic()
+
+        def rank(j: int) -> tuple[bool, float, int]:
+            failed = (now - self._failed_at[j] < FAILED_MEMORY
+                      and self._failed_at[j] >= self._answered_at[j])
+            return failed, -self._answered_at[j], order.index(j)
+
+        return min(candidates, key=rank)
 
     def _name(self, i: int) -> str:
         return endpoint_name(self.endpoints[i])

@@ -395,6 +395,7 @@ class AsyncFastClient(ClientBase):
                     raise attempts.give_up("the client was closed during the call") from None
             else:
                 if response.ok or response.code is not ErrorCode.UNAVAILABLE:
+                    self._answered_by(i)
                     return response
                 attempts.failed(self._name(i), response.error, sent=response.unknown,
                                 status=503)

@@ -321,6 +321,7 @@ class Client(_Base):
                 attempts.failed(self._name(i), failed.reason, sent=failed.sent)
             else:
                 if response.status < 300:
+                    self._answered_by(i)
                     return response
                 _answered_unavailable(attempts, self._name(i), response)
         raise AssertionError("unreachable: _turns ends only by raising")
@@ -445,6 +446,7 @@ class AsyncClient(_Base):
                 attempts.failed(netloc, describe(exc), sent=True)
             else:
                 if response.status < 300:
+                    self._answered_by(i)
                     return response
                 _answered_unavailable(attempts, netloc, response)
         raise AssertionError("unreachable: _turns ends only by raising")
