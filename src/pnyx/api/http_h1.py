@@ -74,6 +74,7 @@ from pnyx.api.http_parse import (
     text_param,
 )
 from pnyx.api.limits import Admission, ClientLimits, Refusal, admission_for
+from pnyx.api.node_api import leader_hint
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
@@ -331,6 +332,7 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.first = True
+        self.eof_sent = False
         self.sse: asyncio.Task[None] | None = None
 
     # -- asyncio --
@@ -508,9 +510,30 @@ class _Connection(asyncio.Protocol):
                 queue.clear()
                 break
         self.last_active = self.loop.time()
-        if self.closing and not queue and t is not None:
+        if self.closing and not queue and t is not None and not self.eof_sent:
+            self._linger(t)
+
+    def _linger(self, t: asyncio.Transport) -> None:
+        """Close after the answers: send our end's FIN and read (and drop) what the client
+        still sends until it closes, for at most `_CLOSE_GRACE`. Closing a socket with
+        unread input resets it, which can destroy an answer in flight (a 413 before its
+        body, say)."""
+        self.eof_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            t.resume_reading()
+        try:
+            half_close = t.can_write_eof()
+        except NotImplementedError:  # a transport that does not say
+            half_close = False
+        if half_close:
+            t.write_eof()
+        else:  # TLS: no half-close
             t.close()
-            self.loop.call_later(_CLOSE_GRACE, t.abort)
+        self.loop.call_later(_CLOSE_GRACE, t.abort)
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close (after what is queued is sent)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """What the parser refused: answered after the answers before it, then closed."""
@@ -755,7 +778,7 @@ class _Call:
     the same bytes, until the request timeout."""
 
     __slots__ = ("attempts", "conn", "deadline", "delay", "encoded", "give_up_at", "guard",
-                 "key", "label", "mode", "over", "request", "unknown", "write")
+                 "key", "label", "mode", "over", "request", "task", "unknown", "write")
 
     def __init__(self, conn: _Connection, request: _Request, label: str, write: bool,
                  encoded: bytes, mode: ReadMode, key: str | None) -> None:
@@ -771,6 +794,7 @@ class _Call:
         self.attempts = 0
         self.guard: asyncio.TimerHandle | None = None
         self.give_up_at = 0.0
+        self.task: asyncio.Task[None] | None = None  # a coroutine node's attempt
         self.over = False
         self.unknown = False  # an earlier attempt's outcome was unknown: the write may apply
 
@@ -791,7 +815,7 @@ class _Call:
             else:
                 coro = (node.submit(self.encoded, timeout=remaining) if self.write
                         else node.read(self.encoded, self.mode, timeout=remaining))
-                conn.loop.create_task(_run(coro, done))
+                self.task = conn.loop.create_task(_run(coro, done))
         except Exception as exc:
             log.exception("HTTP: the node refused a request")
             self.done(n, Outcome.failed(Code.INTERNAL, f"{type(exc).__name__}; see the log"))
@@ -809,6 +833,9 @@ class _Call:
     def hung(self, n: int) -> None:
         self.guard = None
         self.conn.calls.discard(self)
+        if self.task is not None:
+            self.task.cancel()  # as `wait_for` does in `pnyx.api.http`
+            self.task = None
         self.done(n, Outcome.failed(Code.NO_LEADER, "the node did not answer in time",
                                     unknown=True))
 
@@ -824,9 +851,10 @@ class _Call:
             self._finish(*self._success(outcome))
             return
         self.unknown = self.unknown or outcome.unknown
-        # Refused for the request itself, or a write that never reached the log (a retry
-        # would be a second attempt, not a resubmission): answered now.
-        if not outcome.code.retryable \
+        # Refused for the request itself, a member cut off (the client should go elsewhere
+        # now), or a write that never reached the log (a retry would be a second attempt,
+        # not a resubmission): answered now.
+        if not outcome.code.retryable or outcome.code is Code.CUT_OFF \
                 or (self.write and not outcome.unknown) \
                 or conn.loop.time() + self.delay >= self.deadline:
             self._finish(*self._failure(outcome))
@@ -843,7 +871,8 @@ class _Call:
     def _failure(self, outcome: Outcome) -> tuple[int, bytes]:
         failure = HTTP_FAILURES[outcome.code]
         message = outcome.error or "no quorum or no leader in time"
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = (leader_hint(self.conn.server.node)
+                                 if outcome.code is Code.CUT_OFF else {})
         unknown = self.unknown or outcome.unknown
         if failure.retry_after and self.write:
             extra["unknown"] = unknown
