@@ -65,3 +65,29 @@ def test_chosen_counters_render_as_prometheus_client_counters_would() -> None:
     for name in ("pnyx_chosen_slots", "pnyx_chosen_commands"):
         assert _series(text, name) == _series(theirs, name)
     assert _series(text, "pnyx_chosen_commands") == {"pnyx_chosen_commands_total": 43.0}
+
+
+def test_snapshot_gauges_are_read_from_the_node_when_scraped() -> None:
+    """Snapshot slot, size, write time, compacted floor, log in memory and transfers:
+    read from the node's status at each scrape, never counted on the hot path."""
+    from pnyx.node.metrics import Metrics
+    status: dict[str, object] = {
+        "slot": 1200, "bytes": 4096, "last_seconds": 0.25, "compacted_slot": 700,
+        "log_slots_in_memory": 520, "serving": 1, "failures": 2, "installed": 3,
+        "fetching": {"slot": 1500, "from": 2, "bytes": 100, "of": 400},
+    }
+    m = Metrics()
+    assert b"pnyx_snapshot_slot" not in m.render()  # no node, no gauges
+    m.snapshots = lambda: status
+    text = m.render().decode()
+    for line in ("pnyx_snapshot_slot 1200.0", "pnyx_snapshot_bytes 4096.0",
+                 "pnyx_snapshot_seconds 0.25", "pnyx_log_compacted_slot 700.0",
+                 "pnyx_log_slots_in_memory 520.0", "pnyx_snapshot_transfers_serving 1.0",
+                 "pnyx_snapshot_fetch_bytes 100.0", "pnyx_snapshot_fetch_total_bytes 400.0",
+                 "pnyx_snapshot_failures_total 2.0", "pnyx_snapshot_installs_total 3.0"):
+        assert line in text, line
+    status["slot"] = 1300
+    status["fetching"] = None
+    text = m.render().decode()
+    assert "pnyx_snapshot_slot 1300.0" in text
+    assert "pnyx_snapshot_fetch_total_bytes 0.0" in text

@@ -28,6 +28,13 @@ Who calls what (call: caller; metric):
   `pnyx_peer_up{peer}`.
 - `request(route, method, status, seconds)`: the HTTP layer, per request;
   `pnyx_http_requests_total`, `pnyx_http_request_seconds`.
+- `snapshots`: set by the node to its `snapshot_status`, read at each scrape (so
+  nothing is counted on the hot path): `pnyx_snapshot_slot`, `pnyx_snapshot_bytes`,
+  `pnyx_snapshot_seconds` (the last one's write), `pnyx_snapshot_failures_total`,
+  `pnyx_log_compacted_slot`, `pnyx_log_slots_in_memory`,
+  `pnyx_snapshot_transfers_serving`, `pnyx_snapshot_fetch_bytes` and
+  `pnyx_snapshot_fetch_total_bytes` (0 when none is being fetched),
+  `pnyx_snapshot_installs_total`.
 
 This module imports nothing from pnyx: the node owns it, and the API layers
 above it only feed and render it.
@@ -47,7 +54,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 
 ROLES: Final = ("follower", "candidate", "leader")
@@ -100,6 +112,47 @@ class _PerCommand:
             buckets=buckets, sum_value=self.latency_sum)
 
 
+_SNAPSHOT_GAUGES: Final = (
+    ("pnyx_snapshot_slot", "slot", "Slot of the newest durable snapshot (0: none)."),
+    ("pnyx_snapshot_bytes", "bytes", "Size of the newest durable snapshot file."),
+    ("pnyx_snapshot_seconds", "last_seconds", "How long the last snapshot took to write."),
+    ("pnyx_log_compacted_slot", "compacted_slot",
+     "Slots up to this one are compacted: held only by a snapshot."),
+    ("pnyx_log_slots_in_memory", "log_slots_in_memory", "Chosen slots held in memory."),
+    ("pnyx_snapshot_transfers_serving", "serving",
+     "Snapshots peers are fetching from this node."),
+)
+
+
+class _Snapshots:
+    """Gauges read from the node's `snapshot_status` when scraped."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, object]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        status = self.source()
+        for name, key, text in _SNAPSHOT_GAUGES:
+            yield GaugeMetricFamily(name, text, value=float(status.get(key) or 0))  # type: ignore[arg-type]
+        fetching = status.get("fetching")
+        done, total = ((fetching.get("bytes", 0), fetching.get("of", 0))  # type: ignore[attr-defined]
+                       if isinstance(fetching, dict) else (0, 0))
+        yield GaugeMetricFamily("pnyx_snapshot_fetch_bytes",
+                                "Bytes of the snapshot being fetched staged so far.",
+                                value=float(done))
+        yield GaugeMetricFamily("pnyx_snapshot_fetch_total_bytes",
+                                "Size of the snapshot being fetched (0: none).",
+                                value=float(total))
+        yield CounterMetricFamily("pnyx_snapshot_failures",
+                                  "Snapshots that could not be written.",
+                                  value=float(status.get("failures") or 0))  # type: ignore[arg-type]
+        yield CounterMetricFamily("pnyx_snapshot_installs",
+                                  "Snapshots fetched from a peer and installed.",
+                                  value=float(status.get("installed") or 0))  # type: ignore[arg-type]
+
+
 class Metrics:
     """Counters, histograms and gauges of one node, in a registry of their own."""
 
@@ -110,6 +163,8 @@ class Metrics:
         r = self.registry
         self._per_command = _PerCommand()
         r.register(self._per_command)
+        self._snapshots = _Snapshots()
+        r.register(self._snapshots)  # type: ignore[arg-type]
         self._elections = Counter(
             "pnyx_elections", "Elections (phase 1 runs) this node started.", registry=r)
         self._leader_changes = Counter(
@@ -175,6 +230,14 @@ class Metrics:
 
     def peer_state(self, peer_id: int, up: bool) -> None:
         self._peer_up.labels(str(peer_id)).set(1 if up else 0)
+
+    @property
+    def snapshots(self) -> Callable[[], dict[str, object]] | None:
+        return self._snapshots.source
+
+    @snapshots.setter
+    def snapshots(self, source: Callable[[], dict[str, object]] | None) -> None:
+        self._snapshots.source = source
 
     # -- the HTTP layer's call --
 

@@ -220,6 +220,8 @@ class Node(Driver):
             self.snapshot_port = ThreadSnapshots(
                 self.snapshot_store, loop, cluster_id=self.config.cluster_id,
                 members=tuple(sorted(self.config.members)))
+        if self.metrics is not None:
+            self.metrics.snapshots = self.snapshot_status  # type: ignore[assignment]
         # Request ids must never repeat across restarts: a random start in 2^62.
         replica = self.open(loop, self._disk, TcpNetwork(self.transport), durable,
                             random.Random(), random.getrandbits(62), self.snapshot_port,
