@@ -35,3 +35,10 @@ log "open loop: max-rate search and 2x overload"
     --rate-start 4000 --duration 5 --warmup 1 --rounds 2 --overload 2 \
     --json "$OUT/open.json") > "$OUT/open.txt" 2>&1
 log "done"
+
+# Added after the sitting, same code and machine (16:48): 2x the higher of the two rounds'
+# pnyx3 max-rate (19,027/s), against 19,000/s itself, alternated over two rounds:
+#   (cd bench && pnyx bench --open-loop --systems pnyx3,pysyncobj3 --rate 19000,38000 \
+#       --duration 5 --warmup 1 --rounds 2 --json overload-38k.json)
+# And the HTTP server alone (direct_cpu.sh beside this), alternated three times:
+#   for i in 1 2 3; do bash direct_cpu.sh h1; bash direct_cpu.sh aiohttp; done
