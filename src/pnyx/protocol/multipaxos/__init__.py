@@ -11,9 +11,12 @@ asserts them all):
     acceptor.py  promised / accepted for every slot (the seed's acceptor rules)
     election.py  pre-vote, phase 1, leader, heartbeats, step-down, follow
     pipeline.py  routing, the leader's queue, batches, window, votes in flight
-    log.py       chosen, commit, apply in order, catch-up; `Votes` (learner rule)
+    log.py       chosen, commit, apply in order, catch-up; `Votes` (learner rule);
+                 snapshots taken, the log compacted below them, one installed
     reads.py     read index and quorum reads
-    effects.py   the outbox: persist-before-send (`DurabilityGate`)
+    transfer.py  a snapshot fetched from a peer in chunks, resumable; holds on it
+    standing.py  whether this replica votes: an empty disk asks every member first
+    effects.py   the outbox: persist-before-send (`DurabilityGate`), snapshot ops
 
 The golden scenarios in `tests/scenarios/*.txt` print every message of these
 paths; below, `b` is the leader's ballot, `*` a record made durable before the
@@ -33,6 +36,30 @@ Normal case (a client at a follower; `window` slots in flight at once)::
       |            |<-Accept(b,s+1,commit=s) or Heartbeat(b,commit=s)-->|
       |            | learn_commit: s accepted in b -> chosen, apply
       |<-----------| outcome (the origin answers once it applied the command)
+
+Snapshots, compaction and a laggard (`snapshot_every` commands per snapshot;
+`snapshot_tail` slots kept below it; the numbers are slots)::
+
+      leader L                                   laggard F (at slot 40)
+      applies 1..1000: TakeSnapshot(1000)  (machine captured copy-on-write,
+        written off the loop)  -> snapshotted(1000)
+      Log.compact: forget 1..500 (tail 500),
+        *CompactRecord(500); Promise.compacted=500
+                        <------------- CatchUp(41)
+      41 <= compacted: SnapshotOffer(1000) --------------->
+                        <------------- SnapshotRequest(1000, offset 0)
+      holds 1000 (no compaction above it, file kept)
+      SnapshotChunk(1000, 0, data, crc) ------------------> StageChunk ... staged
+                        <------------- SnapshotRequest(1000, offset n) ...
+                                                    InstallSnapshot -> restore ->
+                                                    Log.install(1000): floor=applied=1000
+                        <------------- CatchUp(1001)
+      Chosen(1001..) ------------------------------------> apply in order
+
+A candidate whose phase 1 starts at or below some acceptor's `compacted`
+cannot recover those slots by phase 1 (their entries are gone): it catches up
+first (`Election.on_promise`). A replica that lost its disk never votes again
+(`standing.Standings`).
 
 Election with pre-vote, phase 1 for all slots (the seed's example: node 1
 knows slots 1-134, 138 and 139 chosen)::
@@ -184,6 +211,15 @@ The seed (`paxos-notes.md`), rule by rule: where it is obeyed, what proves it
     Pipeline.fill_window (up to `window` slots in flight)
     test_seed_multipaxos::test_leader_proposes_142_before_it_learns_141_is_chosen
     test_seed_multipaxos::test_with_window_1_the_leader_waits_for_141_before_proposing_142
+
+Beyond the seed (the log's long life):
+
+  A snapshot replaces a prefix of the log; compaction forgets it only once durable
+    log.Log.compact (why it is safe, in its docstring), acceptor.Acceptor.forget
+    test_cluster_sim::test_compaction_before_the_snapshot_is_durable_is_caught_by_a_restart_alone
+  A replica that lost its disk rejoins as a learner, through a snapshot
+    standing.Standings.on_probe_reply, transfer.Transfer.on_offer, log.Log.install
+    test_cluster_sim::test_a_wiped_replica_rejoins_as_a_learner_through_a_snapshot
 """
 
 from pnyx.protocol.multipaxos.config import ReplicaConfig
