@@ -1,7 +1,7 @@
 """Fuzz the HTTP API's request parsing: raw bytes into the server a node runs.
 
-`api.http.serve_http` (aiohttp's parser, our handler of the parser's errors, the
-routes of `make_app`: paths, query parameters, headers, bodies) serves a
+`api.http.serve_http` (the httptools server of `api.http_h1`: llhttp, our answers
+to what it refuses, the routes: paths, query parameters, headers, bodies) serves a
 `DirectNode` (a real key-value machine, no consensus). Each input is one
 connection, made in memory: the server's own protocol factory
 (`server.runner.server`) makes the connection's protocol, which is handed the
@@ -20,8 +20,8 @@ Flags (the first byte): bit 0 clear sends the body as it is (the parser's own
 input); set builds one request from it: the method and route from the next
 byte, then path suffix, query, header lines and request body, split at NUL
 bytes (so the fuzzer's bytes reach the routes' checks); bits 2-4 the chunk size.
-Set AIOHTTP_NO_EXTENSIONS=1 to fuzz aiohttp's Python parser, whose branches
-atheris sees (the C parser is opaque to it). Run: `python fuzz/fuzz_http.py
+With PNYX_HTTP_SERVER=aiohttp it fuzzes aiohttp's server instead (and with
+AIOHTTP_NO_EXTENSIONS=1 its Python parser, whose branches atheris sees). Run: `python fuzz/fuzz_http.py
 -max_total_time=120`.
 """
 
