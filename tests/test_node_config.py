@@ -10,6 +10,7 @@ import pytest
 from pnyx.cli import build_parser
 from pnyx.cli.serve import node_config_from
 from pnyx.node.config import (
+    DEPLOYMENT_SNAPSHOTS,
     DEPLOYMENT_TIMING,
     MAX_MESSAGE_BYTES,
     SETTINGS,
@@ -36,6 +37,9 @@ def test_a_node_uses_replicaconfigs_defaults_except_the_deployment_timing() -> N
     for f in fields(ReplicaConfig):
         if f.name in DEPLOYMENT_TIMING:
             assert getattr(built, f.name) == DEPLOYMENT_TIMING[f.name]
+        elif f.name in DEPLOYMENT_SNAPSHOTS:  # a node snapshots; a bare replica does not
+            assert getattr(built, f.name) == DEPLOYMENT_SNAPSHOTS[f.name] > 0
+            assert getattr(plain, f.name) == 0 or f.name == "snapshot_tail"
         else:
             assert getattr(built, f.name) == getattr(plain, f.name), f.name
 
@@ -43,7 +47,8 @@ def test_a_node_uses_replicaconfigs_defaults_except_the_deployment_timing() -> N
 def test_every_replica_setting_reaches_the_replica_config() -> None:
     values = {"heartbeat_interval": 0.07, "election_timeout": 0.9, "prevote": False,
               "read_timeout": 0.8, "window": 7, "max_batch": 9, "max_batch_bytes": 300_000,
-              "max_command": 200_000, "catchup_chunk": 11, "catchup_bytes": 400_000}
+              "max_command": 200_000, "catchup_chunk": 11, "catchup_bytes": 400_000,
+              "snapshot_every": 13, "snapshot_bytes": 5000, "snapshot_tail": 3}
     assert {s.name for s in SETTINGS if s.replica} == set(values)
     built = config(**values).replica_config()
     assert {k: getattr(built, k) for k in values} == values
@@ -55,16 +60,19 @@ def test_flags_and_toml_give_the_same_config(tmp_path: Path) -> None:
                     'http = "127.0.0.1:8001"\nelection_timeout = 0.5\nheartbeat_interval = 0.1\n'
                     'prevote = false\nwindow = 8\nmax_batch = 4\nmax_batch_bytes = 65536\n'
                     'max_command = 65536\nread_timeout = 0.25\ncatchup_chunk = 3\n'
-                    'catchup_bytes = 100000\nfsync = false\nrequest_timeout = 2\n')
+                    'catchup_bytes = 100000\nfsync = false\nrequest_timeout = 2\n'
+                    'snapshot_every = 7\nsnapshot_bytes = 9000\nsnapshot_tail = 2\n')
     flags = ["serve", "--id", "1", "--cluster", "1=127.0.0.1:7001", "--data-dir", "d",
              "--http", "127.0.0.1:8001", "--election-timeout", "500", "--heartbeat", "100",
              "--no-prevote", "--window", "8", "--max-batch", "4", "--max-batch-bytes", "65536",
              "--max-command", "65536", "--read-timeout", "250", "--catchup-chunk", "3",
-             "--catchup-bytes", "100000", "--unsafe-no-fsync", "--request-timeout", "2000"]
+             "--catchup-bytes", "100000", "--unsafe-no-fsync", "--request-timeout", "2000",
+             "--snapshot-every", "7", "--snapshot-every-bytes", "9000", "--snapshot-tail", "2"]
     from_flags = node_config_from(build_parser().parse_args(flags))
     from_toml = node_config_from(build_parser().parse_args(["serve", "--config", str(toml)]))
     assert from_flags == from_toml
     assert from_flags.max_command == 65536 and from_flags.prevote is False
+    assert (from_flags.snapshot_every, from_flags.snapshot_tail) == (7, 2)
 
 
 def test_flags_win_over_the_toml_file(tmp_path: Path) -> None:

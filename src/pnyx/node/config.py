@@ -90,6 +90,13 @@ def parse_cluster(text: str) -> dict[int, Address]:
 DEPLOYMENT_TIMING: Final[Mapping[str, float]] = {"heartbeat_interval": 0.05,
                                                  "election_timeout": 0.3}
 
+# The replica takes no snapshots unless told (the simulator and unit tests choose
+# their own); a node runs for months, so it takes one every 100,000 commands
+# (etcd's count) or 64 MiB of them, and keeps 500 slots below it.
+DEPLOYMENT_SNAPSHOTS: Final[Mapping[str, int]] = {"snapshot_every": 100_000,
+                                                  "snapshot_bytes": 64 << 20,
+                                                  "snapshot_tail": 500}
+
 # A value written through the API travels in a command that also holds its key
 # (at most 1024 bytes), the client's id and the encoding: this much room is kept.
 VALUE_HEADROOM: Final = 4096
@@ -104,7 +111,10 @@ def _replica_default(name: str) -> Any:
 
 
 def _default(name: str) -> Any:
-    return DEPLOYMENT_TIMING[name] if name in DEPLOYMENT_TIMING else _replica_default(name)
+    for deployment in (DEPLOYMENT_TIMING, DEPLOYMENT_SNAPSHOTS):
+        if name in deployment:
+            return deployment[name]
+    return _replica_default(name)
 
 
 Kind = Literal["id", "cluster", "path", "address", "name", "seconds", "count", "bytes", "off",
@@ -345,10 +355,9 @@ class NodeConfig:
     max_command: int = _default("max_command")
     catchup_chunk: int = _default("catchup_chunk")
     catchup_bytes: int = _default("catchup_bytes")
-    # A node snapshots by default (the replica's own default is never): etcd's count.
-    snapshot_every: int = 100_000
-    snapshot_bytes: int = 64 << 20
-    snapshot_tail: int = 500
+    snapshot_every: int = _default("snapshot_every")
+    snapshot_bytes: int = _default("snapshot_bytes")
+    snapshot_tail: int = _default("snapshot_tail")
     peer_cert_file: Path | None = None  # TLS between members: all three or none
     peer_key_file: Path | None = None
     peer_trusted_ca_file: Path | None = None
