@@ -15,6 +15,7 @@ Routes (`make_app`)::
     GET    /v1/status        -> node.status()
     GET    /v1/log           -> node.recent_log(N)  ?recent=N (pnyx.viz.live; capped)
     GET    /metrics          -> Prometheus text
+    GET    /v1/snapshot      -> a snapshot file at a linearizable point (pnyx.api.backup)
 
 Keys are the path after `/v1/kv/`, percent-decoded to bytes and then read as
 strict UTF-8 (so `a%2Fb` and `a/b` are the same key, and `%FF` is a 400, never
@@ -75,6 +76,7 @@ from typing import Any, Final, NoReturn
 
 from aiohttp import http_exceptions, web
 
+from pnyx.api.backup import add_snapshot_route
 from pnyx.api.http_errors import (
     HTTP_FAILURES,
     RETRY_AFTER_SECONDS,
@@ -451,6 +453,7 @@ def make_app(
     app.router.add_resource("/v1/status", name="status").add_route("GET", h.status)
     app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
     add_live_routes(app, node)  # /ui, /ui/events, /v1/log: the live view (pnyx.viz.live)
+    add_snapshot_route(app, node, request_timeout=request_timeout)  # pnyx.api.backup
     return app
 
 

@@ -99,6 +99,7 @@ _FIXED: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "/v1/log": ("/v1/log", ("GET",)),
     "/ui": ("/ui", ("GET",)),
     "/ui/events": ("/ui/events", ("GET",)),
+    "/v1/snapshot": ("/v1/snapshot", ("GET",)),  # pnyx.api.backup
 }
 _KV_METHODS: Final = ("DELETE", "GET", "PUT")
 
@@ -694,6 +695,10 @@ class _Connection(asyncio.Protocol):
             self._answer(request, path, 200, response_bytes(
                 200, self.server.page().encode(), b"text/html; charset=utf-8",
                 headers={"Cache-Control": "no-cache"}, close=request.slot.close))
+        elif path == "/v1/snapshot":  # streamed by pnyx.api.backup, as the events are
+            from pnyx.api.backup import serve_h1
+
+            self.sse = self.loop.create_task(serve_h1(self, request))
         else:  # /ui/events
             self._metric(path, request.method, 200, request.started)
             self.sse = self.loop.create_task(self._events(request.slot))
