@@ -316,7 +316,9 @@ class PeerTransport:
         if peer is None:
             return
         data = frame(payload)
-        if peer.waiting_since is None:
+        if peer.waiting_since is None and peer.link is not None:
+            # Silence counts only on a connection that is up: a connection being made
+            # (a TLS handshake, a peer starting) is not a dead one.
             peer.waiting_since = time.monotonic()
         peer.queue.append(data)
         peer.queued_bytes += len(data)
@@ -453,6 +455,7 @@ class PeerTransport:
                         self.cluster_id, self.node_id, self.http, self.client))))
                     link.on_resume = lambda peer=peer: self._flush(peer)
                     peer.link = link
+                    peer.waiting_since = None  # a fresh connection: not judged yet
                     self._set_state(peer, True)
                     self._flush(peer)
                     await link.lost
