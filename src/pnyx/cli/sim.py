@@ -137,6 +137,13 @@ def add_parsers(sub: Any) -> None:
     kv.add_argument("--mutant", choices=sorted([*CLUSTER_MUTANTS, *DRIVER_MUTANTS]),
                     help="run a deliberately broken variant")
     kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
+    kv.add_argument("--snapshot-every", type=_non_negative_int, default=8, metavar="N",
+                    help="take a snapshot every N commands applied, and compact the log "
+                    "below it (default 8; 0: never)")
+    kv.add_argument("--snapshot-failures", type=_probability, default=0.0, metavar="P",
+                    help="share of snapshot writes that fail, as on a full disk")
+    kv.add_argument("--wipes", type=_non_negative_int, default=0, metavar="N",
+                    help="replicas that lose their disk and restart empty (with --faults-until)")
 
     sim.set_defaults(run=run)
     kv.set_defaults(run=run)
@@ -162,9 +169,11 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
             network=_network(args),
             faults=FaultConfig(partitions=args.partitions, crashes=args.crashes,
                                reboots=args.reboots, until=args.faults_until,
-                               partition_rate=2.0, crash_rate=3.0, max_outage=0.3),
+                               partition_rate=2.0, crash_rate=3.0, max_outage=0.3,
+                               wipes=args.wipes),
             prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant,
-            check_invariants=not args.no_invariants, **tuning,
+            check_invariants=not args.no_invariants, snapshot_every=args.snapshot_every,
+            snapshot_failures=args.snapshot_failures, **tuning,
         )
     return SimConfig(
         seed=seed,

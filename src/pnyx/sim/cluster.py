@@ -110,6 +110,9 @@ class ClusterResult:
     lost: int
     faults: list[Fault]
     history: check.History | None = None
+    snapshots: int = 0  # snapshots made durable, over every replica
+    installs: int = 0  # snapshots installed from a peer
+    learners: tuple[int, ...] = ()  # replicas that lost their disk and do not vote
 
     @property
     def safe(self) -> bool:
@@ -155,6 +158,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             range(1, config.nodes + 1))
         self._snapshot_rng = random.Random(f"{config.seed}/snapshot-writes")
         self.installs = 0
+        self.snapshots_taken = 0
         self.violations: list[Violation] = []
         super().__init__(config.seed, config.nodes, config.network, config.faults,
                          config.fsync, config.max_time, trace_sink, trace,
@@ -564,6 +568,11 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             lost=self.lost,
             faults=self.faults,
             history=history,
+            snapshots=self.snapshots_taken,
+            installs=self.installs,
+            learners=tuple(i for i, n in self.nodes.items() if n is not None
+                           and n.replica is not None
+                           and n.replica.standing is Standing.LEARNER),
         )
 
     def _check_acked(self) -> None:

@@ -136,6 +136,7 @@ class SimSnapshots:
             return
         file = SimSnapshotFile(slot, index, body)
         self.files[slot] = file
+        self.sim.snapshots_taken += 1
         done(file.size, None)
 
     def read(self, slot: int, offset: int, size: int,

@@ -171,6 +171,8 @@ def cluster_summary(r: ClusterResult) -> str:
     out.append(f"  leaders   {r.leader_changes} leadership changes; leader-crash failovers: "
                f"{failovers}")
     out.append(f"  messages  {r.sent} sent, {r.delivered} delivered, {r.lost} lost")
+    out.append(f"  snapshots {r.snapshots} taken, {r.installs} installed from a peer; "
+               f"learners (lost their disk): {', '.join(map(str, r.learners)) or 'none'}")
     out.append(f"  time      workload done at {ms(r.workload_end)}, run ended at "
                f"{ms(r.end_time)}")
     seen = _faults_seen(r.faults, r.end_time)
