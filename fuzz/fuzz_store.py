@@ -45,7 +45,8 @@ from pnyx.storage.rows import row_crc as _row_crc
 _DIR = Path(tempfile.mkdtemp(prefix="pnyx-fuzz-store-",
                              dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 MEMBERS = {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
-_TABLES = [("promise", 4), ("last_round", 3), ("accepted", 5), ("chosen", 3), ("members", 3)]
+_TABLES = [("promise", 4), ("last_round", 3), ("accepted", 5), ("chosen", 3), ("members", 3),
+           ("compacted", 3), ("standing", 3)]
 _TEMPLATE = _DIR / "template.db"
 with SqliteLogStore.open(_TEMPLATE, node_id=1, cluster_id="pnyx", fsync=False) as _store:
     _store.check_members(MEMBERS)
@@ -102,7 +103,7 @@ def _rows(body: bytes, fix_crc: bool) -> list[tuple[str, tuple[object, ...]]]:
         if fix_crc:
             ints = [v if isinstance(v, int) else 0 for v in row[:-1]]
             blob = next((v for v in row if isinstance(v, bytes)), b"")
-            if table in ("promise", "last_round"):
+            if table in ("promise", "last_round", "compacted", "standing"):
                 ints[0] = 1  # the `only` column
                 a, b = (ints[1], ints[2] if table == "promise" else 0)
                 row[:-1] = [1, a, b][:width - 1]
