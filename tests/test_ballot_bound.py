@@ -277,7 +277,8 @@ def test_a_forged_highest_ballot_does_not_keep_the_synod_from_choosing(kind: str
 def _merge(first: LogReady, then: LogReady) -> LogReady:
     return LogReady(first.persist + then.persist, max(first.persist_seq, then.persist_seq),
                     first.send + then.send, first.outcomes + then.outcomes,
-                    first.applied + then.applied, then.wake_at)
+                    first.applied + then.applied, first.snapshots + then.snapshots,
+                    then.installed or first.installed, wake_at=then.wake_at)
 
 
 @pytest.mark.parametrize("prevote", [True, False])
