@@ -116,6 +116,11 @@ def test_a_wiped_node_rejoins_as_a_learner_through_a_snapshot_with_every_acknowl
     writer = Writer(c, keys=40, limit=3000, seconds=40)
     try:
         c.start_all()
+        # Keys written once, before everything else, and never again: after compaction
+        # they live only in the snapshots, so the wiped node can have them from nowhere else.
+        early = [(f"early{n}", f"e{n}".encode(), True) for n in range(30)]
+        for key, value, _ in early:
+            write_until_ok(c, 1, key, value, time.monotonic() + 8, key)
         writer.start()
         wait_for("200 acknowledged writes", lambda: writer.acked >= 200, 20)
         # The log below the snapshots is gone on the two that stay up: the wiped node
@@ -141,7 +146,7 @@ def test_a_wiped_node_rejoins_as_a_learner_through_a_snapshot_with_every_acknowl
         assert not writer.is_alive()
         floors = {i: snapshot_status(c, i)["compacted_slot"] for i in (1, 2)}
         assert all(f > 0 for f in floors.values()), floors
-        assert_every_acknowledged_write_everywhere(c, writer.writes)
+        assert_every_acknowledged_write_everywhere(c, early + writer.writes)
         print(f"wipe and rejoin: {len(writer.writes)} writes, {writer.acked} acknowledged, "
               f"compacted to {floors}, node 3: {snapshot_status(c, 3)}")
     finally:
