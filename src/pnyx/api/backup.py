@@ -30,7 +30,8 @@ answer started closes the connection: the client sees a short body, which the
 snapshot format refuses (`save_file`).
 
 A node without consensus (`DirectNode`) has no log and no snapshot: 404
-`no_snapshot`. Backups take no admission ticket: they are rare, and refusing one
+`no_snapshot`; a cluster that has chosen nothing yet has nothing to back up: 409
+`empty`. Backups take no admission ticket: they are rare, and refusing one
 under load would only make the operator retry.
 """
 
@@ -191,9 +192,8 @@ async def take(node: Any, timeout: float) -> Backup:
     chunks = snapshot_chunks(machine)
     slot, index = replica.applied, replica.applied_index
     keys = _key_count(machine)
-    if slot < 1:  # a linearizable read applies the leader's first slot: not expected
-        raise ApiError(503, "unavailable", "nothing is applied yet; retry",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if slot < 1:  # past the barrier: the cluster has chosen nothing yet
+        raise ApiError(409, "empty", "nothing to back up: no command has been chosen yet")
     meta = SnapshotMeta(slot, index, config.cluster_id, tuple(sorted(config.members)), 0)
     path = _spool_dir(node) / f"backup-{secrets.token_hex(6)}.pnyx.tmp"
     started = time.perf_counter()
