@@ -65,6 +65,9 @@ class Plan:
     # Each call starts at a member drawn at random, as behind a load balancer; else a
     # client keeps to the member that last answered it (pnyx.Client's own choice).
     balance: bool = False
+    # Keys are named PREFIX + k0..: runs on one cluster use a prefix each, so each
+    # run's history starts from keys that do not exist.
+    prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.nemesis not in NEMESES:
@@ -242,7 +245,7 @@ def _client(c: int, endpoints: list[str], plan: Plan, recorder: Recorder,
         n = 0
         while not stop.is_set():
             n += 1
-            key = f"k{rng.randrange(plan.keys)}"
+            key = f"{plan.prefix}k{rng.randrange(plan.keys)}"
             dice = rng.random()
             value = f"{c}.{n}"
             call: Put | Get | Cas
@@ -452,7 +455,7 @@ def _final_reads(cluster: Cluster, plan: Plan, acked: list[int], report: Report)
     for i in cluster.ids:
         values[i] = {}
         for k in range(plan.keys):
-            key = f"k{k}"
+            key = f"{plan.prefix}k{k}"
             r = request("GET", cluster.url(i, f"/v1/kv/{key}?consistency=stale"), timeout=5.0)
             value = r.body.decode() if r.status == 200 else None
             if r.status not in (200, 404):

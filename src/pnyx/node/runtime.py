@@ -295,9 +295,12 @@ class Node(Driver):
         if self.cut_off_after is None or silent < self.cut_off_after * timeout:
             return None
         transport = self.transport
+        # Heard from lately, not merely connected: a connection into a partition stays
+        # up (TCP has not noticed), and by now every member that can reach us has said
+        # something (a pre-vote round has come and gone).
         reached = {self.node_id} | {
-            pid for pid in election.others if transport is not None and (
-                transport.reachable(pid) or transport.heard_within(pid, timeout))}
+            pid for pid in election.others
+            if transport is not None and transport.heard_within(pid, 2 * timeout)}
         denied_at, seen_by, leader = self._denied
         if denied_at > election.heard_at and now - denied_at <= 2 * timeout:
             cause = f"node {seen_by} still hears leader {leader} and refused it an election"
