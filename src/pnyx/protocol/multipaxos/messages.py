@@ -192,9 +192,11 @@ class Probe(_Msg, tag="probe"):
 
 
 class ProbeReply(_Msg, tag="probe-reply"):
-    """`empty`: this replica never used a round, promised, accepted or learned anything."""
+    """`empty`: this replica never used a round, promised, accepted or learned anything;
+    `ready`: it found every other member empty (READY) or votes already (VOTER)."""
 
     empty: bool
+    ready: bool = False
 
 
 class Forward(_Msg, tag="forward"):

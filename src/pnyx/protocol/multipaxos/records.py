@@ -72,12 +72,13 @@ class Standing(enum.IntEnum):
     """
 
     VOTER = 0  # votes; every store made before standings existed is one
-    NEW = 1  # an empty store: votes once every other member reports it is empty too
+    NEW = 1  # an empty store: asks every other member whether it is empty too
     LEARNER = 2  # started empty in a cluster with history: learns, never votes
+    READY = 3  # every other member was empty: votes once every member is READY too
 
 
 class StandingRecord(_Record, tag="standing"):
-    """This replica's standing changed (NEW -> VOTER or NEW -> LEARNER, once)."""
+    """This replica's standing changed: NEW -> READY -> VOTER, or NEW -> LEARNER."""
 
     standing: Standing
 

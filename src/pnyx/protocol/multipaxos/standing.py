@@ -4,28 +4,35 @@ An acceptor's promises and acceptances are Paxos state: a replica that lost its
 disk has forgotten what it promised and accepted, and were it to vote again
 under its old identity, a quorum counting its new votes could miss a value it
 helped choose before. Its empty disk looks exactly like the disk of a member
-of a brand-new cluster, so a replica that starts empty (`Standing.NEW`) asks
-every other member (`Probe`) and votes only once EVERY other member has
-answered that it is empty too (`ProbeReply(empty=True)`). If any member reports
-history, the replica is a `LEARNER` for good: it learns the log (snapshots and
-catch-up), serves reads through the leader and forwards writes, but never
-promises, accepts, acks a heartbeat, grants a pre-vote, stands for election or
-answers a quorum read. (Making it a voter again is a membership change: a
-new identity.)
+of a brand-new cluster, so a replica that starts empty asks the others::
 
-Why every other member, and why that is enough: a vote of ours can only have
-counted if some proposer asked for it, and a proposer durably records its ballot
-round before its Prepare or Accept leaves (rule D1), so it reports "not empty"
-from then on. If that proposer was another member, its answer tells us. If it
-was us, our vote counted only together with another member's vote (a quorum of
-one exists only in a cluster of one), and that member recorded its promise or
-acceptance before answering us: it too reports "not empty". Replies of "empty"
-can go stale only by members starting to vote after they answered, which they
-cannot do on our forgotten votes. A cluster of one has no one to ask: its
-only member's empty disk is the whole cluster's, and it votes.
+    NEW --(every other member answers "empty")--> READY --(every other member
+     |                                                     is READY or VOTER)--> VOTER
+     +--(any member answers "not empty")--> LEARNER, for good
 
-The answer is durable (`StandingRecord`) before this replica's first vote
-leaves (persist-before-send orders it before the promise records).
+A LEARNER learns the log (snapshots and catch-up), serves reads through the
+leader and forwards writes, but never promises, accepts, acks a heartbeat,
+grants a pre-vote, stands for election or answers a quorum read. (Making it
+a voter again is a membership change: a new identity.)
+
+Why "every other member is empty" makes voting safe: a vote of ours can only
+have counted if some proposer asked for it, and a proposer durably records its
+ballot round before its Prepare or Accept leaves (rule D1), so it answers "not
+empty" from then on. If that proposer was another member, its answer tells us.
+If it was us, our vote counted only together with another member's vote (a
+quorum of one exists only in a cluster of one), and that member recorded its
+promise or acceptance before answering us: it too answers "not empty".
+
+Why READY: a member that found the others empty must not start voting at once,
+or another member still asking would find it "not empty" and turn learner in a
+cluster that is merely forming. So a READY member stays empty (it neither
+votes nor stands for election) until every other member is READY or VOTER
+too; by then each has made its own decision. READY is durable: a member that
+restarts READY keeps it (a wiped one is NEW again, and finds history if the
+cluster has any). A cluster of one has no one to ask: it votes.
+
+Each standing is durable (`StandingRecord`) before it is acted on: the first
+vote's records come after it (persist-before-send orders them).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
     from pnyx.protocol.multipaxos.acceptor import Acceptor
     from pnyx.protocol.multipaxos.log import Log
 
+_ASKING = (Standing.NEW, Standing.READY)
+
 
 class Standings:
     acceptor: Acceptor
@@ -52,11 +61,12 @@ class Standings:
         self.config = config
         self.out = out
         self.others = tuple(m for m in config.members if m != node_id)
-        # Invariant: VOTER or LEARNER never changes again; NEW changes once.
+        # Invariant: changes only NEW -> READY -> VOTER or NEW -> LEARNER.
         self.standing = standing
-        self.empty: set[int] = set()  # NEW: the members that answered they are empty
-        self.probe_at = 0.0  # NEW: when to ask again those that did not answer
-        if standing is Standing.NEW and not self.others:
+        # NEW: members that answered "empty"; READY: members that answered "ready".
+        self.answered: set[int] = set()
+        self.probe_at = 0.0  # when to ask again those that did not answer
+        if standing in _ASKING and not self.others:
             self._decide(Standing.VOTER)
 
     @property
@@ -66,13 +76,15 @@ class Standings:
 
     def _decide(self, standing: Standing) -> None:
         self.standing = standing
+        self.answered = set()
+        self.probe_at = 0.0
         self.out.save(StandingRecord(standing))
 
     def tick(self, now: float) -> None:
-        if self.standing is Standing.NEW and now >= self.probe_at:
+        if self.standing in _ASKING and now >= self.probe_at:
             self.probe_at = now + self.config.heartbeat_interval
             for member in self.others:
-                if member not in self.empty:
+                if member not in self.answered:
                     self.out.send(member, Probe(self.node_id))
 
     def is_empty(self) -> bool:
@@ -83,21 +95,28 @@ class Standings:
                 and log.max_chosen == 0 and log.floor == 0 and log.applied == 0)
 
     def on_probe(self, m: Probe) -> None:
-        self.out.send(m.src, ProbeReply(self.node_id, self.is_empty()))
+        ready = self.standing in (Standing.READY, Standing.VOTER)
+        self.out.send(m.src, ProbeReply(self.node_id, self.is_empty(), ready))
 
     def on_probe_reply(self, m: ProbeReply) -> None:
-        if self.standing is not Standing.NEW:
-            return
-        if not m.empty:
-            self._decide(Standing.LEARNER)
-            return
-        self.empty.add(m.src)
-        if self.empty.issuperset(self.others):
-            self._decide(Standing.VOTER)
+        if self.standing is Standing.NEW:
+            if not m.empty:
+                self._decide(Standing.LEARNER)
+                return
+            self.answered.add(m.src)
+            if self.answered.issuperset(self.others):
+                self._decide(Standing.READY)
+        elif self.standing is Standing.READY and m.ready:
+            self.answered.add(m.src)
+            if self.answered.issuperset(self.others):
+                self._decide(Standing.VOTER)
 
     def next_deadline(self) -> float | None:
-        return self.probe_at if self.standing is Standing.NEW else None
+        return self.probe_at if self.standing in _ASKING else None
 
     def check_invariants(self) -> None:
         assert self.standing in Standing, self.standing
-        assert self.empty <= set(self.others), self.empty
+        assert self.answered <= set(self.others), self.answered
+        if self.standing is not Standing.VOTER:  # it never voted nor stood for election
+            a = self.acceptor
+            assert a.promised.round == 0 and a.last_round == 0, (a.promised, a.last_round)
