@@ -312,7 +312,7 @@ class KVMachine:
         return Ok(index)
 
     def _thaw(self, shard: int) -> Shard:
-        """The first write to a shard since a snapshot: the snapshot keeps the old dicts."""
+        """The first write to a shard since a snapshot: the snapshot keeps the old dict."""
         copy = self._shards[shard] = self._shards[shard].copy()
         self._frozen[shard] = False
         return copy

@@ -47,20 +47,20 @@ _SNAPSHOT_VERSION: Final = 2
 SHARDS: Final = 256
 """Parts the key space is split into; fixed by the format (records are in shard order).
 
-Few enough that the shards' own objects stay in the CPU caches (with 4096,
-a `Put` through `apply` was measurably slower); a shard larger than `_SORT_RUN`
-keys is sorted in runs (see `_sorted_keys`), so no step of the encoder grows
-with the shard's size.
+Few enough that the shards' own objects stay in the CPU caches on the path of
+every command; a shard larger than `_SORT_RUN` keys is sorted in runs (see
+`_sorted_items`), so no step of the encoder grows with the shard's size.
 """
 
 _MASK: Final = SHARDS - 1
+
 
 class Item(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What the map holds for a key: its value and `mod_index`.
 
     Not a tuple: a tuple is tracked by the garbage collector, and so is a dict
     holding one, and a collection walks every entry of every tracked dict of
-    its generation (~100 ms at 1M keys; the shards copied after a snapshot are
+    its generation (~50 ms at 1M keys; the shards copied after a snapshot are
     young, so even the frequent young collections would walk them). A struct
     with `gc=False` is never tracked, nor is a dict of them: no collection
     ever walks the map, however large.
