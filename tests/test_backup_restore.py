@@ -220,6 +220,9 @@ def test_backup_during_writes_restores_into_a_new_cluster_with_every_acknowledge
         new.start_all()
         assert {new.status(i)["standing"] for i in new.ids} == {"voter"}
         machine = machine_of(tmp_path / "b.pnyx")
+        # The header's slot and index were captured with the state: the machine's own
+        # count of commands applied is the header's index.
+        assert machine.applied_index == info.index
         for key, value in before.items():
             r = new.get(1 + hash(key) % 3, key)
             assert (r.status, r.body) == (200, value), key
