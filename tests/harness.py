@@ -6,10 +6,28 @@ here; no test file imports another."""
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 
 from pnyx.protocol.multipaxos import LogReady, Outcome, ReadMode, Replica, ReplicaConfig
-from pnyx.protocol.multipaxos.messages import Accept, Accepted, Batch, Command, LogMessage
+from pnyx.protocol.multipaxos.effects import (
+    BeginStaging,
+    InstallSnapshot,
+    KeepSnapshots,
+    SendChunk,
+    SnapshotOp,
+    StageChunk,
+    TakeSnapshot,
+)
+from pnyx.protocol.multipaxos.messages import (
+    Accept,
+    Accepted,
+    Batch,
+    Command,
+    LogMessage,
+    SnapshotChunk,
+)
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 
 MEMBERS = (1, 2, 3)  # the default cluster: three replicas
@@ -35,6 +53,12 @@ class Memo:
 
     def query(self, query: bytes) -> bytes:
         return self.data.get(query, b"-")
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(b"%s=%s" % kv for kv in sorted(self.data.items()))
+
+    def restore(self, data: bytes) -> None:
+        self.data = dict(line.partition(b"=")[::2] for line in data.split(b"\n") if line)
 
 
 # ------------------------------------------------------------------ filters
@@ -122,6 +146,11 @@ class Net:
         self.values: dict[int, dict[int, Batch]] = {i: {} for i in members}
         self.unsynced: dict[int, list[tuple[int, list[LogRecord]]]] = {i: [] for i in members}
         self.slow_disks: set[int] = set()
+        # Snapshot files (slot -> (index, the machine's bytes)), staged transfers, and
+        # every snapshot op each replica asked for (obeyed at once, as a fast disk would).
+        self.files: dict[int, dict[int, tuple[int, bytes]]] = {i: {} for i in members}
+        self.staged: dict[int, tuple[int, bytearray] | None] = dict.fromkeys(members)
+        self.snapshot_ops: dict[int, list[SnapshotOp]] = {i: [] for i in members}
         for i in members:
             self.nodes[i] = Replica(i, self.cfg, random.Random(f"{rng_seed}/{i}"),
                                     self.machines[i], self.disks[i].copy())  # type: ignore[arg-type]
@@ -142,7 +171,51 @@ class Net:
             self.unsynced[i].append((ready.persist_seq, list(ready.persist)))
             if i not in self.slow_disks:
                 self.sync(i)
+        for op in ready.snapshots:
+            self.snapshot_ops[i].append(op)
+            self._snapshot(i, op)
         return ready
+
+    def _snapshot(self, i: int, op: SnapshotOp) -> None:
+        """The snapshot store of node `i`, done at once. A file is its index (8 bytes)
+        and the machine's bytes."""
+        node, files = self.nodes[i], self.files[i]
+        if isinstance(op, TakeSnapshot):
+            body = b"".join(op.chunks)
+            files[op.slot] = (op.index, body)
+            self.obey(i, node.snapshotted(op.slot, op.index, len(body) + 8, self.now))
+        elif isinstance(op, SendChunk):
+            if op.slot not in files:
+                self.obey(i, node.snapshot_gone(op.dst))
+                return
+            index, body = files[op.slot]
+            data = index.to_bytes(8, "big") + body
+            part = data[op.offset:op.offset + op.size]
+            chunk = SnapshotChunk(i, op.slot, op.offset, len(data), part, zlib.crc32(part))
+            self.sent.append((op.dst, chunk))
+            self.in_flight.append((op.dst, chunk))
+        elif isinstance(op, BeginStaging):
+            staged = self.staged[i]
+            if staged is None or staged[0] != op.slot:
+                staged = self.staged[i] = (op.slot, bytearray())
+            self.obey(i, node.staged(op.slot, len(staged[1]), self.now))
+        elif isinstance(op, StageChunk):
+            staged = self.staged[i]
+            assert staged is not None and staged[0] == op.slot and len(staged[1]) == op.offset
+            staged[1].extend(op.data)
+            self.obey(i, node.staged(op.slot, len(staged[1]), self.now))
+        elif isinstance(op, InstallSnapshot):
+            staged = self.staged[i]
+            assert staged is not None and staged[0] == op.slot
+            self.staged[i] = None
+            index, body = int.from_bytes(staged[1][:8], "big"), bytes(staged[1][8:])
+            files[op.slot] = (index, body)
+            self.machines[i].restore(body)  # type: ignore[attr-defined]
+            self.obey(i, node.installed(op.slot, index, len(body) + 8, self.now))
+        elif isinstance(op, KeepSnapshots):
+            newest = max(files, default=0)
+            for slot in [s for s in files if s not in op.slots and s != newest]:
+                del files[slot]
 
     def sync(self, i: int) -> None:
         """The disk of `i` catches up: every record written so far is durable."""
@@ -158,10 +231,17 @@ class Net:
         """Crash `i` (losing what its disk had not made durable) and build it anew."""
         self.unsynced[i] = []
         self.in_flight = [(d, m) for d, m in self.in_flight if d != i]
-        self.machines[i] = Memo()
+        self.machines[i] = machine = Memo()
         self.applied[i], self.values[i] = [], {}
-        node = Replica(i, self.cfg, random.Random(rng_seed), self.machines[i],  # type: ignore[arg-type]
-                       self.disks[i].copy(), now=self.now)
+        self.staged[i] = None
+        snapshot = None
+        if self.files[i]:  # the newest snapshot, then the log's tail
+            slot = max(self.files[i])
+            index, body = self.files[i][slot]
+            machine.restore(body)
+            snapshot = SimpleNamespace(slot=slot, index=index, size=len(body) + 8)
+        node = Replica(i, self.cfg, random.Random(rng_seed), machine,  # type: ignore[arg-type]
+                       self.disks[i].copy(), now=self.now, snapshot=snapshot)
         self.nodes[i] = node
         return node
 

@@ -122,6 +122,9 @@ EXPECTED = {
     "install-keeps-log": {I1},
     # A restored replica lacks the table (S1), or applies a retry twice (L3, L4).
     "snapshot-without-dedup": {S1, L3, L4},
+    # A candidate takes "compacted" for "accepted nothing" and fills a chosen slot with
+    # a no-op (L1), or the slot's command is lost (L3, L4).
+    "promise-hides-compaction": {L1, L3, L4, S1},
 }
 BOUND = 100  # seeds of the default sweep within which each mutant must be caught
 

@@ -177,6 +177,21 @@ class LogInstallKeepsLog(Log):
         self.floor = floor
 
 
+class AcceptorHidesCompaction(mp_acceptor.Acceptor):
+    """Answers a Prepare for compacted slots as if it had accepted nothing there."""
+
+    def on_prepare(self, m: LogPrepare) -> bool:
+        compacted, self.compacted = self.compacted, 0
+        try:
+            return super().on_prepare(m)
+        finally:
+            self.compacted = compacted
+
+
+class HidesCompaction(Replica):
+    acceptor_class = AcceptorHidesCompaction
+
+
 class CompactsBeforeDurable(Replica):
     log_class = LogCompactsBeforeSnapshotIsDurable
 
@@ -317,4 +332,5 @@ CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "compacts-before-snapshot-durable": (CompactsBeforeDurable, KVMachine),
     "install-keeps-log": (InstallKeepsLog, KVMachine),
     "snapshot-without-dedup": (Replica, SnapshotWithoutDedupMachine),
+    "promise-hides-compaction": (HidesCompaction, KVMachine),
 }
