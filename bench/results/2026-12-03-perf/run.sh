@@ -42,3 +42,5 @@ log "done"
 #       --duration 5 --warmup 1 --rounds 2 --json overload-38k.json)
 # And the HTTP server alone (direct_cpu.sh beside this), alternated three times:
 #   for i in 1 2 3; do bash direct_cpu.sh h1; bash direct_cpu.sh aiohttp; done
+# The HTTP stacks alone (17:14), alternated three times:
+#   .venv/bin/python bench/http_stacks.py --rounds 3
