@@ -819,8 +819,40 @@ async def test_a_cut_off_member_answers_http_503_at_once_with_retry_after_and_it
         assert "ask another member" in error["message"]
         if leader == 2:  # the leader it followed, and where it served HTTP (none here)
             assert error["leader"] == 2 and error["leader_http"] is None
-        else:
-            assert error["leader"] == 1
+        else:  # it led itself, and knows of no leader that can serve
+            assert error["leader"] is None
     finally:
         await server.close()
         await nodes[0].stop()
+
+
+@async_test
+async def test_a_leader_cut_off_fails_the_commands_it_proposed_as_unknown(
+    tmp_path: Path,
+) -> None:
+    # The leader proposed the command, then lost its quorum: it may still be chosen (a
+    # later leader may pick it up), so failing it must not say it failed for certain.
+    ports = free_ports(3)
+    nodes = [make_node(tmp_path, i, ports, cut_off_after=2.0) for i in (1, 2)]
+    for node in nodes:
+        await node.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while not any(n.replica is not None and n.replica.is_leader for n in nodes) \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        leader = next(n for n in nodes if n.replica is not None and n.replica.is_leader)
+        other = next(n for n in nodes if n is not leader)
+        await other.stop()
+        done = Done()
+        leader.submit_nowait(put("k", b"v", 1), done, timeout=5.0)
+        await asyncio.wait_for(done.called.wait(), 3.0)  # not the 5 s timeout
+        (outcome,) = done.outcomes
+        assert outcome.code is Code.CUT_OFF and not outcome.ok
+        assert outcome.unknown
+        assert "no quorum" in outcome.error
+    finally:
+        for node in nodes:
+            if not node.closed:
+                await node.stop()
