@@ -10,6 +10,7 @@ compacted floor) or `standing` (who may vote after an empty start).
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from harness import Net, batch, of_type
 from pnyx.protocol.ballot import Ballot
@@ -323,3 +324,30 @@ def test_an_empty_member_of_a_cluster_with_history_becomes_a_learner_that_never_
     net.now += 10
     net.tick([3])
     assert not net.pending(of_type(PreVote, Prepare, src=3))  # it never stands
+
+
+def test_a_long_compaction_is_taken_in_steps_of_at_most_compact_step_slots(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting many slots is one transaction of a group commit: a follower commits on
+    its event loop, so a compaction forgets at most COMPACT_STEP slots at a time and
+    takes the next step at the next tick."""
+    from pnyx.protocol.multipaxos import log as log_module
+    monkeypatch.setattr(log_module, "COMPACT_STEP", 3)
+    steps: list[int] = []
+    compact = ReplicaDurable.compact
+
+    def recording(self: ReplicaDurable, upto: int) -> None:
+        if self is net.disks[2]:
+            steps.append(upto)
+        compact(self, upto)
+
+    monkeypatch.setattr(ReplicaDurable, "compact", recording)
+    net = Net(**{**SNAP, "snapshot_every": 12})
+    net.elect(1)
+    write(net, 1, 13)
+    for _ in range(4):
+        net.tick(dt=0.02)
+        net.deliver()
+    assert net.nodes[2].log.snapshot_slot == 12
+    # 12 less the tail of 2, three slots at a time.
+    assert steps == [3, 6, 9, 10] and net.nodes[2].log.floor == 10
