@@ -29,6 +29,7 @@ from pnyx.node.requests import DEADLINE_TICK, SHUTTING_DOWN, SHUTTING_DOWN_UNKNO
 from pnyx.protocol.ballot import ZERO
 from pnyx.protocol.multipaxos import Code, LogReady, Outcome, Role
 from pnyx.protocol.multipaxos.messages import Batch, Command
+from pnyx.protocol.multipaxos.records import Standing
 from pnyx.statemachine import ERROR_PREFIX, kv
 from pnyx.storage import MemoryLogStore, SqliteLogStore
 from pnyx.testing import free_ports
@@ -731,6 +732,10 @@ def test_status_commit_index_counts_the_commands_of_every_slot_known_chosen(
         role=Role.FOLLOWER, leader=2, is_leader=False, ballot=ZERO, leader_ballot=ZERO,
         commit=3, applied=1, applied_index=2,
         chosen={1: batch, 2: batch, 3: Batch((Command(2, 7, b"c"),))},
+        standing=Standing.VOTER,
+        log=types.SimpleNamespace(snapshot_slot=0, snapshot_index=0, snapshot_size=0,
+                                  taking=0, floor=0, chosen={}),
+        transfer=types.SimpleNamespace(fetch=None, holds={}, installs=0),
     )
     status = node.status()
     assert (status["commit_slot"], status["applied_slot"]) == (3, 1)
