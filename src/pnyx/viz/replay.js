@@ -265,6 +265,19 @@
         y === "catchup" ? "node " + e[2] + " missed accepts and asks for chosen slots from " + x.first
           : "chosen slots " + (x.slots || []).slice(0, 8).join(", ") + " sent to a replica catching up (commit " + x.commit + ")");
     }
+    if (y === "probe" || y === "probereply") {
+      return r("Beyond the seed: a replica that lost its disk has forgotten its promises, so one that starts empty votes only once every member says it is empty too",
+        P + "multipaxos.standing.Standings.on_probe / on_probe_reply",
+        y === "probe" ? "node " + e[2] + " started empty: is the cluster new?"
+          : "node " + e[2] + (x.empty ? " is empty" : " has history") + (x.ready ? ", ready to vote" : ""));
+    }
+    if (y.startsWith("snapshot")) {
+      return r("Beyond the seed: a replica that needs slots the others compacted fetches a snapshot, in chunks, then the log after it",
+        P + "multipaxos.transfer.Transfer.on_offer / on_request / on_chunk",
+        y === "snapshotoffer" ? "those slots are compacted at node " + e[2] + ": fetch its snapshot of slot " + x.slot
+          : y === "snapshotrequest" ? "node " + e[2] + " asks for snapshot " + x.slot + " from byte " + x.offset
+          : "bytes " + x.offset + "+ of snapshot " + x.slot + " (of " + x.total + ")");
+    }
     if (y.startsWith("readindex")) {
       return r("Read index: a linearizable read at a follower waits for a quorum's heartbeat acks", P + "multipaxos.reads",
         y === "readindex" ? "node " + e[2] + " asks the leader for a read index" : "read index " + x.index + (x.ok ? "" : " refused"));
