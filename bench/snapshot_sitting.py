@@ -106,9 +106,12 @@ class Nodes:
     def disk_mib(self, i: int) -> dict[str, float]:
         d = self.root / f"node-{i}"
         db = sum(p.stat().st_size for p in d.glob("pnyx.db*") if p.suffix != ".db-shm")
+        wal = d / "pnyx.db-wal"
+        wal_size = wal.stat().st_size if wal.exists() else 0
         snaps = sum(p.stat().st_size for p in (d / "snapshots").glob("*")) \
             if (d / "snapshots").exists() else 0
-        return {"db_mib": round(db / 2**20, 1), "snapshots_mib": round(snaps / 2**20, 1)}
+        return {"db_mib": round(db / 2**20, 1), "wal_mib": round(wal_size / 2**20, 1),
+                "snapshots_mib": round(snaps / 2**20, 1)}
 
     def stop_everything(self) -> None:
         for p in self.everything:
