@@ -224,9 +224,12 @@ def add_snapshot_route(app: web.Application, node: Any, *, request_timeout: floa
             response.content_type = CONTENT_TYPE
             response.content_length = backup.info.size
             await response.prepare(request)
-            async for data in backup.chunks():
-                await response.write(data)  # waits while the client is not reading
-            await response.write_eof()
+            try:
+                async for data in backup.chunks():
+                    await response.write(data)  # waits while the client is not reading
+                await response.write_eof()
+            except ConnectionResetError:  # the client left: nobody reads the rest
+                log.info("HTTP client %s left during a backup", request.remote)
             return response
         finally:
             backup.close()

@@ -177,8 +177,9 @@ def backup(endpoints: list[str], dest: Path, timeout: float,
             if endpoint in given_up:
                 continue
             try:
-                return (*_fetch_one(endpoint, dest, max(deadline - time.monotonic(), 0.5),
-                                    context), endpoint)
+                # `timeout` bounds each wait for the node (its answer, each read of the
+                # body); the deadline bounds the attempts.
+                return (*_fetch_one(endpoint, dest, timeout, context), endpoint)
             except _Attempt as attempt:
                 reasons[endpoint] = attempt.reason
                 if not attempt.again:
