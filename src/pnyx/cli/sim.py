@@ -16,6 +16,7 @@ from typing import IO, Any
 from pnyx.cli import see
 from pnyx.cli.common import UsageError
 from pnyx.protocol.synod.proposer import RetryPolicy
+from pnyx.sim import shrink
 from pnyx.sim.cluster import DRIVER_MUTANTS, ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
 from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
@@ -144,6 +145,18 @@ def add_parsers(sub: Any) -> None:
                     help="share of snapshot writes that fail, as on a full disk")
     kv.add_argument("--wipes", type=_non_negative_int, default=0, metavar="N",
                     help="replicas that lose their disk and restart empty (with --faults-until)")
+    kv.add_argument("--shrink", action="store_true",
+                    help="if the run fails a check (with --seeds: the first that does), "
+                    "reduce it to a smallest run failing the same rule, print and save it")
+    kv.add_argument("--shrink-out", metavar="FILE",
+                    help="where --shrink saves the run (default shrunk-<mutant>-<seed>.json)")
+    kv.add_argument("--shrink-runs", type=_non_negative_int, default=400, metavar="N",
+                    help="most simulations one shrink runs (default 400)")
+    kv.add_argument("--shrink-seconds", type=float, default=60.0, metavar="S",
+                    help="most wall-clock seconds one shrink takes (default 60)")
+    kv.add_argument("--replay", metavar="FILE",
+                    help="run the configuration a --shrink saved (the other run flags are "
+                    "ignored)")
 
     sim.set_defaults(run=run)
     kv.set_defaults(run=run)
@@ -210,9 +223,25 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
     sys.stderr.flush()
 
 
+def _shrink(args: argparse.Namespace, config: ClusterConfig) -> None:
+    """Shrink a failing run, print the result and save it as a replayable file."""
+    print(f"\nshrinking seed {config.seed} ...", flush=True)
+    shrunk = shrink.shrink(config, max_runs=args.shrink_runs, max_seconds=args.shrink_seconds)
+    if shrunk is None:
+        print("  the run fails no check: nothing to shrink")
+        return
+    print(shrink.report(shrunk))
+    out = args.shrink_out or f"shrunk-{config.mutant or 'run'}-{config.seed}.json"
+    shrink.save_run(out, shrunk.config, shrunk.rule, str(shrunk.violation))
+    print(f"\n  saved to {out}; replay: pnyx sim-kv --replay {out}")
+
+
 def run_sim(args: argparse.Namespace) -> int:
+    replay = getattr(args, "replay", None)
+    if replay and (args.seeds is not None or args.shrink):
+        raise UsageError("pnyx sim-kv: --replay runs one saved run: not with --seeds or --shrink")
     if args.seeds is None:
-        config = config_from(args, args.seed or 0)
+        config = shrink.load_run(replay) if replay else config_from(args, args.seed or 0)
         narrate = getattr(args, "narrate", False)
         html_sink = io.BytesIO() if (args.html or narrate) and not args.trace else None
         if args.trace:
@@ -225,6 +254,9 @@ def run_sim(args: argparse.Namespace) -> int:
             if args.history and result.history is not None:
                 result.history.dump(args.history)
                 print(f"\n  history written to {args.history}")
+            if args.shrink and not result.safe:
+                assert isinstance(config, ClusterConfig)
+                _shrink(args, config)
         else:
             if narrate:
                 trace = html_sink.getvalue() if html_sink else see.read_file(args.trace)
@@ -261,6 +293,9 @@ def run_sim(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     if args.command == "sim-kv":
         print(cluster_sweep_summary(results, wall))
+        failed = next((r for r in results if not r.safe), None)
+        if args.shrink and failed is not None:
+            _shrink(args, failed.config)
     else:
         print(sweep_summary(results, wall))
     return 0 if bad == 0 else 1
