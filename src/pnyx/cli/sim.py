@@ -236,12 +236,21 @@ def _shrink(args: argparse.Namespace, config: ClusterConfig) -> None:
     print(f"\n  saved to {out}; replay: pnyx sim-kv --replay {out}")
 
 
+def _load_replay(path: str) -> ClusterConfig:
+    try:
+        return shrink.load_run(path)
+    except OSError as e:
+        raise UsageError(f"pnyx sim-kv: cannot read {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"pnyx sim-kv: {path} is not a saved run: {e}") from None
+
+
 def run_sim(args: argparse.Namespace) -> int:
     replay = getattr(args, "replay", None)
     if replay and (args.seeds is not None or args.shrink):
         raise UsageError("pnyx sim-kv: --replay runs one saved run: not with --seeds or --shrink")
     if args.seeds is None:
-        config = shrink.load_run(replay) if replay else config_from(args, args.seed or 0)
+        config = _load_replay(replay) if replay else config_from(args, args.seed or 0)
         narrate = getattr(args, "narrate", False)
         html_sink = io.BytesIO() if (args.html or narrate) and not args.trace else None
         if args.trace:
