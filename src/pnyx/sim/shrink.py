@@ -286,7 +286,15 @@ def _passes(s: _Shrinker, script_ok: bool) -> None:
                 say("nodes: 3")
         for name, floor in (("clients", 1), ("ops", 0), ("keys", 1)):
             value = getattr(current(), name)
-            for smaller in _smaller(value, floor):
+            candidates = _smaller(value, floor)
+            if name == "ops":
+                # Operations the clients never reached before the violation change
+                # nothing but how the rest are shared among the clients.
+                assert s.best is not None and s.best[1].history is not None
+                invoked = len(s.best[1].history)
+                candidates = sorted({*candidates, *(n for n in (invoked, invoked +
+                                     current().clients) if floor <= n < value)})
+            for smaller in candidates:
                 if s.fails(replace(current(), **{name: smaller})):
                     changed = True
                     say(f"{name}: {value} -> {smaller}")
