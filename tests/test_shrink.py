@@ -1,4 +1,5 @@
-"""Shrinking failing simulated runs (`pnyx.sim.shrink`) and replaying the saved run."""
+"""Shrinking failing simulated runs (`pnyx.sim.shrink`) and replaying the saved run:
+the replicated store's (`pnyx sim-kv`) and single-decree Paxos's (`pnyx sim`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from pnyx.cli import main
+from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.cluster import simulate_cluster
 from pnyx.sim.cluster_config import ClusterConfig, sweep
-from pnyx.sim.faults import Fault
+from pnyx.sim.faults import Fault, FaultConfig
+from pnyx.sim.network import NetworkConfig
 from pnyx.sim.shrink import (
     _units,
     failed_rule,
@@ -22,6 +25,7 @@ from pnyx.sim.shrink import (
     scripted,
     shrink,
 )
+from pnyx.sim.simulation import SimConfig, simulate
 
 # (mutant, the first seed of the default sweep it fails), found with `sweep(seed, mutant)`.
 FAILING = [
@@ -136,3 +140,31 @@ def test_cli_replay_of_a_missing_file_is_a_one_line_error(
     assert main(["sim-kv", "--replay", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pnyx"), err
+
+
+def test_a_single_decree_run_shrinks_and_replays(tmp_path: Path) -> None:
+    config = SimConfig(seed=0, network=NetworkConfig(drop=0.2),
+                       faults=FaultConfig(partitions=True, crashes=True),
+                       retry=RetryPolicy(timeout=0.04), mutant="acceptor-ignores-promise")
+    original = simulate(config)
+    shrunk = shrink(config, max_runs=60, max_seconds=20.0)
+    assert shrunk is not None and shrunk.rule == failed_rule(original)
+    assert shrunk.after.faults < shrunk.before.faults
+    assert shrunk.after.events <= shrunk.before.events
+    path = tmp_path / "sim.json"
+    save_run(path, shrunk.config, shrunk.rule)
+    loaded = load_run(path)
+    assert loaded == shrunk.config and isinstance(loaded, SimConfig)
+    assert loaded.retry == RetryPolicy(timeout=0.04)
+    assert simulate(loaded).violations[0] == shrunk.violation
+
+
+def test_cli_refuses_to_replay_a_single_decree_run_as_the_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sim.json"
+    save_run(path, SimConfig(seed=2))
+    assert main(["sim", "--replay", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["sim-kv", "--replay", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a run of pnyx sim" in err, err

@@ -91,6 +91,18 @@ def _add_run_flags(p: argparse.ArgumentParser, nodes: int, until_ms: float) -> N
     p.add_argument("--trace", metavar="FILE", help="write every event as JSON lines")
     p.add_argument("--html", metavar="FILE",
                    help="write a replay of the run as one self-contained HTML page")
+    p.add_argument("--shrink", action="store_true",
+                   help="if the run fails a check (with --seeds: the first that does), "
+                   "reduce it to a smallest run failing the same rule, print and save it")
+    p.add_argument("--shrink-out", metavar="FILE",
+                   help="where --shrink saves the run (default shrunk-<mutant>-<seed>.json)")
+    p.add_argument("--shrink-runs", type=_non_negative_int, default=400, metavar="N",
+                   help="most simulations one shrink runs (default 400)")
+    p.add_argument("--shrink-seconds", type=float, default=60.0, metavar="S",
+                   help="most wall-clock seconds one shrink takes (default 60)")
+    p.add_argument("--replay", metavar="FILE",
+                   help="run the configuration a --shrink saved (the other run flags are "
+                   "ignored)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -145,18 +157,6 @@ def add_parsers(sub: Any) -> None:
                     help="share of snapshot writes that fail, as on a full disk")
     kv.add_argument("--wipes", type=_non_negative_int, default=0, metavar="N",
                     help="replicas that lose their disk and restart empty (with --faults-until)")
-    kv.add_argument("--shrink", action="store_true",
-                    help="if the run fails a check (with --seeds: the first that does), "
-                    "reduce it to a smallest run failing the same rule, print and save it")
-    kv.add_argument("--shrink-out", metavar="FILE",
-                    help="where --shrink saves the run (default shrunk-<mutant>-<seed>.json)")
-    kv.add_argument("--shrink-runs", type=_non_negative_int, default=400, metavar="N",
-                    help="most simulations one shrink runs (default 400)")
-    kv.add_argument("--shrink-seconds", type=float, default=60.0, metavar="S",
-                    help="most wall-clock seconds one shrink takes (default 60)")
-    kv.add_argument("--replay", metavar="FILE",
-                    help="run the configuration a --shrink saved (the other run flags are "
-                    "ignored)")
 
     sim.set_defaults(run=run)
     kv.set_defaults(run=run)
@@ -223,7 +223,7 @@ def _progress(done: int, total: int, bad: int, started: float, tty: bool) -> Non
     sys.stderr.flush()
 
 
-def _shrink(args: argparse.Namespace, config: ClusterConfig) -> None:
+def _shrink(args: argparse.Namespace, config: SimConfig | ClusterConfig) -> None:
     """Shrink a failing run, print the result and save it as a replayable file."""
     print(f"\nshrinking seed {config.seed} ...", flush=True)
     shrunk = shrink.shrink(config, max_runs=args.shrink_runs, max_seconds=args.shrink_seconds)
@@ -233,24 +233,29 @@ def _shrink(args: argparse.Namespace, config: ClusterConfig) -> None:
     print(shrink.report(shrunk))
     out = args.shrink_out or f"shrunk-{config.mutant or 'run'}-{config.seed}.json"
     shrink.save_run(out, shrunk.config, shrunk.rule, str(shrunk.violation))
-    print(f"\n  saved to {out}; replay: pnyx sim-kv --replay {out}")
+    print(f"\n  saved to {out}; replay: pnyx {args.command} --replay {out}")
 
 
-def _load_replay(path: str) -> ClusterConfig:
+def _load_replay(args: argparse.Namespace, path: str) -> SimConfig | ClusterConfig:
     try:
-        return shrink.load_run(path)
+        config = shrink.load_run(path)
     except OSError as e:
-        raise UsageError(f"pnyx sim-kv: cannot read {path}: {e.strerror}") from None
+        raise UsageError(f"pnyx {args.command}: cannot read {path}: {e.strerror}") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"pnyx sim-kv: {path} is not a saved run: {e}") from None
+        raise UsageError(f"pnyx {args.command}: {path} is not a saved run: {e}") from None
+    if isinstance(config, ClusterConfig) != (args.command == "sim-kv"):
+        other = "sim-kv" if isinstance(config, ClusterConfig) else "sim"
+        raise UsageError(f"pnyx {args.command}: {path} is a run of pnyx {other}")
+    return config
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    replay = getattr(args, "replay", None)
+    replay = args.replay
     if replay and (args.seeds is not None or args.shrink):
-        raise UsageError("pnyx sim-kv: --replay runs one saved run: not with --seeds or --shrink")
+        raise UsageError(f"pnyx {args.command}: --replay runs one saved run: not with --seeds "
+                         "or --shrink")
     if args.seeds is None:
-        config = _load_replay(replay) if replay else config_from(args, args.seed or 0)
+        config = _load_replay(args, replay) if replay else config_from(args, args.seed or 0)
         narrate = getattr(args, "narrate", False)
         html_sink = io.BytesIO() if (args.html or narrate) and not args.trace else None
         if args.trace:
@@ -263,9 +268,6 @@ def run_sim(args: argparse.Namespace) -> int:
             if args.history and result.history is not None:
                 result.history.dump(args.history)
                 print(f"\n  history written to {args.history}")
-            if args.shrink and not result.safe:
-                assert isinstance(config, ClusterConfig)
-                _shrink(args, config)
         else:
             if narrate:
                 trace = html_sink.getvalue() if html_sink else see.read_file(args.trace)
@@ -279,6 +281,8 @@ def run_sim(args: argparse.Namespace) -> int:
             trace = html_sink.getvalue() if html_sink else see.read_file(args.trace)
             text = summary(result) if isinstance(result, SimResult) else cluster_summary(result)
             see.write_run_html(args, trace, text, history=getattr(result, "history", None))
+        if args.shrink and not result.safe:
+            _shrink(args, config)
         return 0 if result.safe else 1
     if args.trace or args.html or getattr(args, "history", None) \
             or getattr(args, "narrate", False):
@@ -302,9 +306,9 @@ def run_sim(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     if args.command == "sim-kv":
         print(cluster_sweep_summary(results, wall))
-        failed = next((r for r in results if not r.safe), None)
-        if args.shrink and failed is not None:
-            _shrink(args, failed.config)
     else:
         print(sweep_summary(results, wall))
+    failed = next((r for r in results if not r.safe), None)
+    if args.shrink and failed is not None:
+        _shrink(args, failed.config)
     return 0 if bad == 0 else 1

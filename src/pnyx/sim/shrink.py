@@ -1,9 +1,12 @@
 """Shrinking a failing simulated run to a smaller run that fails the same rule.
 
-This module owns `shrink` (greedy delta debugging over a `ClusterConfig`),
-`RunSize` (what "smaller" is measured in), and the replayable run file
-(`save_run`, `load_run`): JSON holding every `ClusterConfig` field, so
-`pnyx sim-kv --replay FILE` and a test run exactly that configuration again.
+This module owns `shrink` (greedy delta debugging over a `ClusterConfig`, the
+replicated store's run, or a `SimConfig`, single-decree Paxos), `RunSize` (what
+"smaller" is measured in), and the replayable run file (`save_run`,
+`load_run`): JSON holding every field of the configuration, so
+`pnyx sim-kv --replay FILE` (`pnyx sim --replay FILE`) and a test run exactly
+that configuration again. A single-decree run's "clients" and "operations"
+are its proposers and their proposals.
 
 A run is determined by its configuration. Its random faults are drawn from
 the seed before it starts (`faults.schedule`), so the first step writes them
@@ -30,13 +33,18 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim.cluster import ClusterResult, ClusterSim
 from pnyx.sim.cluster_config import ClusterConfig
 from pnyx.sim.faults import Fault, FaultConfig
 from pnyx.sim.invariants import Violation
 from pnyx.sim.network import NetworkConfig
+from pnyx.sim.simulation import SimConfig, SimResult, simulate
 
-FORMAT = "pnyx sim-kv run"
+AnyConfig = ClusterConfig | SimConfig
+AnyResult = ClusterResult | SimResult
+
+FORMATS = {ClusterConfig: "pnyx sim-kv run", SimConfig: "pnyx sim run"}
 VERSION = 1
 
 # Passes over every kind of reduction; one change can enable another, but each round
@@ -66,8 +74,8 @@ class RunSize:
 
 @dataclass(slots=True)
 class Shrunk:
-    original: ClusterConfig
-    config: ClusterConfig  # the smallest failing run found
+    original: AnyConfig
+    config: AnyConfig  # the smallest failing run found
     rule: str  # the rule both fail
     violation: Violation  # the shrunk run's first violation, of `rule`
     before: RunSize
@@ -78,25 +86,40 @@ class Shrunk:
     exhausted: bool  # the budget ran out before the passes settled
 
 
-def run(config: ClusterConfig) -> tuple[ClusterResult, int]:
-    """One run, as `simulate_cluster` does it, and the number of events it took."""
+def run(config: AnyConfig) -> tuple[AnyResult, int]:
+    """One run, as `simulate_cluster` (`simulate`) does it, and the events it took."""
+    if isinstance(config, SimConfig):
+        result = simulate(config)
+        return result, result.events
     sim = ClusterSim(config)
     sim.run()
     return sim.finish(), sim.events
 
 
-def size_of(config: ClusterConfig, result: ClusterResult, events: int) -> RunSize:
+def size_of(config: AnyConfig, result: AnyResult, events: int) -> RunSize:
+    if isinstance(config, SimConfig):
+        assert isinstance(result, SimResult)
+        return RunSize(events=events, faults=len(result.faults), ops=config.proposers,
+                       invoked=len(result.proposals), nodes=config.nodes,
+                       clients=config.proposers)
+    assert isinstance(result, ClusterResult)
     return RunSize(events=events, faults=len(result.faults), ops=config.ops,
                    invoked=len(result.history) if result.history is not None else 0,
                    nodes=config.nodes, clients=config.clients)
 
 
-def failed_rule(result: ClusterResult) -> str | None:
+def _invoked(result: AnyResult) -> int:
+    if isinstance(result, SimResult):
+        return len(result.proposals)
+    return len(result.history) if result.history is not None else 0
+
+
+def failed_rule(result: AnyResult) -> str | None:
     """The rule a run failed first (the run stops at its first violation)."""
     return result.violations[0].rule if result.violations else None
 
 
-def scripted(config: ClusterConfig, faults: list[Fault] | tuple[Fault, ...]) -> ClusterConfig:
+def scripted(config: AnyConfig, faults: list[Fault] | tuple[Fault, ...]) -> AnyConfig:
     """`config` with exactly `faults`, and no random ones drawn."""
     return replace(config, faults=replace(
         config.faults, partitions=False, crashes=False, reboots=False, wipes=0,
@@ -115,15 +138,18 @@ class _Shrinker:
         self.deadline = deadline
         self.runs = 0
         self.progress = progress
-        self.best: tuple[ClusterConfig, ClusterResult, int] | None = None
+        self.best: tuple[AnyConfig, AnyResult, int] | None = None
 
-    def fails(self, config: ClusterConfig) -> bool:
+    def fails(self, config: AnyConfig) -> bool:
         """Run `config`; keep it as the best so far if it fails the same rule and is
         no larger (events, faults) than the best so far."""
         if self.runs >= self.max_runs or time.monotonic() >= self.deadline:
             raise _Budget
         self.runs += 1
-        result, events = run(config)
+        try:
+            result, events = run(config)
+        except ValueError:
+            return False  # not a valid run (a quorum larger than the nodes left)
         # The same check fails first: a run that breaks something else first has
         # wandered off to another bug.
         if failed_rule(result) != self.rule:
@@ -211,7 +237,7 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def shrink(config: ClusterConfig, max_runs: int = 400, max_seconds: float = 60.0,
+def shrink(config: AnyConfig, max_runs: int = 400, max_seconds: float = 60.0,
            progress: Callable[[str], None] | None = None) -> Shrunk | None:
     """The smallest run found that fails the rule `config`'s run fails first, within
     `max_runs` simulations and `max_seconds`; None if `config`'s run fails nothing."""
@@ -244,7 +270,7 @@ def shrink(config: ClusterConfig, max_runs: int = 400, max_seconds: float = 60.0
 
 
 def _passes(s: _Shrinker, script_ok: bool) -> None:
-    def current() -> ClusterConfig:
+    def current() -> AnyConfig:
         assert s.best is not None
         return s.best[0]
 
@@ -281,19 +307,26 @@ def _passes(s: _Shrinker, script_ok: bool) -> None:
                 script = tuple(f for f in script if all(n <= 3 for n in f.nodes)
                                and not (f.kind == "partition" and len(f.nodes) >= 3))
             faults = replace(cfg.faults, script=script)
-            if s.fails(replace(cfg, nodes=3, faults=faults)):
+            try:
+                fewer = replace(cfg, nodes=3, faults=faults)
+            except ValueError:
+                fewer = None  # more proposers, or a distinguished one, than 3 nodes hold
+            if fewer is not None and s.fails(fewer):
                 changed = True
                 say("nodes: 3")
-        for name, floor in (("clients", 1), ("ops", 0), ("keys", 1)):
+        counts = ((("proposers", 1),) if isinstance(current(), SimConfig)
+                  else (("clients", 1), ("ops", 0), ("keys", 1)))
+        for name, floor in counts:
             value = getattr(current(), name)
             candidates = _smaller(value, floor)
             if name == "ops":
                 # Operations the clients never reached before the violation change
                 # nothing but how the rest are shared among the clients.
-                assert s.best is not None and s.best[1].history is not None
-                invoked = len(s.best[1].history)
-                candidates = sorted({*candidates, *(n for n in (invoked, invoked +
-                                     current().clients) if floor <= n < value)})
+                assert s.best is not None
+                invoked = _invoked(s.best[1])
+                clients = getattr(current(), "clients", 1)
+                candidates = sorted({*candidates, *(n for n in (invoked, invoked + clients)
+                                                    if floor <= n < value)})
             for smaller in candidates:
                 if s.fails(replace(current(), **{name: smaller})):
                     changed = True
@@ -313,7 +346,7 @@ def _passes(s: _Shrinker, script_ok: bool) -> None:
         changed |= _shorter(s, current(), first_violation_time())
 
 
-def _shorter(s: _Shrinker, cfg: ClusterConfig, t: float) -> bool:
+def _shorter(s: _Shrinker, cfg: AnyConfig, t: float) -> bool:
     """Stop the run at its violation (a rule checked at the end needs the end: then the
     candidate is not kept), and let faults end no later than the last one scripted."""
     changed = False
@@ -345,13 +378,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_to_json(config: ClusterConfig, rule: str | None = None,
+def run_to_json(config: AnyConfig, rule: str | None = None,
                 violation: str | None = None) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "rule": rule, "violation": violation,
-            "config": _plain(asdict(config))}
+    return {"format": FORMATS[type(config)], "version": VERSION, "rule": rule,
+            "violation": violation, "config": _plain(asdict(config))}
 
 
-def save_run(path: str | Path, config: ClusterConfig, rule: str | None = None,
+def save_run(path: str | Path, config: AnyConfig, rule: str | None = None,
              violation: str | None = None) -> None:
     """Write `config` as a replayable run file (with the rule it fails, for readers)."""
     Path(path).write_text(json.dumps(run_to_json(config, rule, violation), indent=1) + "\n")
@@ -365,10 +398,12 @@ def _build(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-def config_from_json(doc: dict[str, Any]) -> ClusterConfig:
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ValueError(f"not a {FORMAT} file of version {VERSION}")
-    data = _build(ClusterConfig, doc["config"])
+def config_from_json(doc: dict[str, Any]) -> AnyConfig:
+    kind = next((cls for cls, name in FORMATS.items() if doc.get("format") == name), None)
+    if kind is None or doc.get("version") != VERSION:
+        raise ValueError(f"not a run file of version {VERSION} "
+                         f"({' or '.join(FORMATS.values())})")
+    data = _build(kind, doc["config"])
     net = _build(NetworkConfig, data.pop("network"))
     faults = _build(FaultConfig, data.pop("faults"))
     faults["script"] = tuple(Fault(float(f["time"]), str(f["kind"]),
@@ -376,11 +411,14 @@ def config_from_json(doc: dict[str, Any]) -> ClusterConfig:
                              for f in faults.get("script", ()))
     if "reads" in data:
         data["reads"] = tuple(data["reads"])
-    return ClusterConfig(network=NetworkConfig(**net), faults=FaultConfig(**faults), **data)
+    if "retry" in data:
+        data["retry"] = RetryPolicy(**_build(RetryPolicy, data["retry"]))
+    return kind(network=NetworkConfig(**net), faults=FaultConfig(**faults), **data)
 
 
-def load_run(path: str | Path) -> ClusterConfig:
-    """The configuration a run file holds: `simulate_cluster` of it replays the run."""
+def load_run(path: str | Path) -> AnyConfig:
+    """The configuration a run file holds: `simulate_cluster` of it (`simulate`, for a
+    single-decree run) replays the run."""
     return config_from_json(json.loads(Path(path).read_text()))
 
 
@@ -402,8 +440,10 @@ def report(shrunk: Shrunk) -> str:
         f"  before    {shrunk.before}",
         f"  after     {shrunk.after}",
         f"  violation {shrunk.violation}",
-        f"  run       seed {cfg.seed}, {cfg.nodes} nodes, {cfg.clients} clients, "
-        f"{cfg.ops} ops, {cfg.keys} keys, mutant {cfg.mutant}, max_time {cfg.max_time:g} s, "
+        f"  run       seed {cfg.seed}, {cfg.nodes} nodes, " + (
+            f"{cfg.proposers} proposers" if isinstance(cfg, SimConfig)
+            else f"{cfg.clients} clients, {cfg.ops} ops, {cfg.keys} keys")
+        + f", mutant {cfg.mutant}, max_time {cfg.max_time:g} s, "
         f"faults until {cfg.faults.until:g} s",
         f"  network   drop {net.drop:g}, dup {net.duplicate:g}, late {net.late:g}",
     ]
