@@ -92,10 +92,11 @@ DEPLOYMENT_TIMING: Final[Mapping[str, float]] = {"heartbeat_interval": 0.05,
 
 # The replica takes no snapshots unless told (the simulator and unit tests choose
 # their own); a node runs for months, so it takes one every 100,000 commands
-# (etcd's count) or 64 MiB of them, and keeps 500 slots below it.
+# (etcd's count) or 64 MiB of them, and keeps the slots of 5,000 commands below it
+# (etcd keeps 5,000 entries for followers a little behind).
 DEPLOYMENT_SNAPSHOTS: Final[Mapping[str, int]] = {"snapshot_every": 100_000,
                                                   "snapshot_bytes": 64 << 20,
-                                                  "snapshot_tail": 500}
+                                                  "snapshot_tail": 5000}
 
 # A value written through the API travels in a command that also holds its key
 # (at most 1024 bytes), the client's id and the encoding: this much room is kept.
@@ -198,8 +199,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "take a snapshot once this many bytes of commands were applied since the "
             "last (0: never on this count)", replica=True),
     Setting("snapshot_tail", "--snapshot-tail", "count",
-            "chosen slots kept below a snapshot, for followers a little behind",
-            replica=True),
+            "commands kept in the log below a snapshot (whole slots), for followers a "
+            "little behind", replica=True),
     # TLS between members (etcd's names): all three, or none for plaintext peers.
     Setting("peer_cert_file", "--peer-cert-file", "path",
             "this member's certificate for its peers (`pnyx certs issue`); with the next "

@@ -38,7 +38,7 @@ Normal case (a client at a follower; `window` slots in flight at once)::
       |<-----------| outcome (the origin answers once it applied the command)
 
 Snapshots, compaction and a laggard (`snapshot_every` commands per snapshot;
-`snapshot_tail` slots kept below it; the numbers are slots)::
+`snapshot_tail` commands kept below it; the numbers are slots, one command each)::
 
       leader L                                   laggard F (at slot 40)
       applies 1..1000: TakeSnapshot(1000)  (machine captured copy-on-write,

@@ -31,10 +31,11 @@ class ReplicaConfig:
     quorum_read_attempts: int = 20
     # Snapshots (`pnyx.protocol.multipaxos.log`): one is taken once this many commands,
     # or this many bytes of them, were applied since the last (0: never on that count);
-    # `snapshot_tail` chosen slots below it are kept for followers a little behind.
+    # The slots holding the last `snapshot_tail` commands below it are kept for
+    # followers a little behind.
     snapshot_every: int = 0
     snapshot_bytes: int = 0
-    snapshot_tail: int = 1000
+    snapshot_tail: int = 5000
     snapshot_chunk: int = 1 << 20  # bytes of a snapshot per SnapshotChunk message
     # How long a snapshot a peer is fetching is kept (and the log above it not
     # compacted) after its last request for a chunk.

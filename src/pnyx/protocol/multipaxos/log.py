@@ -12,7 +12,7 @@ Their records are saved lazily: losing one in a crash breaks no promise.
 It also owns the log's long life: a snapshot of the machine is taken once
 `snapshot_every` commands (or `snapshot_bytes` bytes of them) were applied
 since the last (`TakeSnapshot`, written by the driver off the event loop);
-once it is durable the slots below it, but for a tail of `snapshot_tail`, are
+once it is durable the slots below it, but for a tail of `snapshot_tail` commands, are
 compacted (`compact`: the one place that decides what is forgotten, and why it
 is safe); a replica that needs compacted slots installs a snapshot fetched
 from a peer (`pnyx.protocol.multipaxos.transfer`, then `install`).
@@ -271,7 +271,7 @@ class Log:
 
     def compact(self, now: float) -> None:
         """Forget the chosen slots and accepted entries the newest durable snapshot
-        holds, but for a tail of `snapshot_tail` slots (for followers a little behind)
+        holds, but for a tail of `snapshot_tail` commands (for followers a little behind)
         and the slots above any snapshot a peer is fetching (so the log it continues
         from after installing is still here: no snapshot loop).
 
@@ -290,7 +290,7 @@ class Log:
           an `Accept` for a forgotten slot carries its chosen value (a leader may only
           propose there after a phase 1 that saw it), and is acknowledged unrecorded.
         """
-        upto = self.snapshot_slot - self.config.snapshot_tail
+        upto = self.tail_floor()
         held = self.transfer.held_slots(now)
         if held:
             upto = min(upto, held[0])
@@ -310,6 +310,18 @@ class Log:
             self.acceptor.forget(upto)
             self.out.save(CompactRecord(upto))
         self.out.snapshot(KeepSnapshots(self.kept_snapshots(now)))
+
+    def tail_floor(self) -> int:
+        """The highest slot below the snapshot that leaves at least `snapshot_tail`
+        commands (a no-op counts as one) in the slots above it, up to the snapshot: a
+        tail in commands, so it holds as much however full the slots are."""
+        chosen, tail = self.chosen, self.config.snapshot_tail
+        slot, kept = self.snapshot_slot, 0
+        while slot > self.floor and kept < tail:
+            value = chosen.get(slot)
+            kept += max(1, len(value.commands)) if value is not None else 1
+            slot -= 1
+        return slot
 
     def install(self, slot: int, index: int, size: int, now: float) -> None:
         """The machine was restored from the durable snapshot of `slot` (fetched from a
