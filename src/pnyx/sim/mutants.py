@@ -276,7 +276,8 @@ class FirstAcceptWinsOnReplay(ReplicaDurable):
 
     def copy(self) -> FirstAcceptWinsOnReplay:
         return FirstAcceptWinsOnReplay(
-            self.promised, self.last_round, dict(self.accepted), dict(self.chosen)
+            self.promised, self.last_round, dict(self.accepted), dict(self.chosen),
+            self.compacted, self.standing,
         )
 
 
