@@ -140,7 +140,12 @@ def test_every_acknowledged_write_survives_a_crash_loop(tmp_path: Path) -> None:
                 continue
             # The last acknowledged value, unless a later write whose answer was lost landed.
             allowed = {v for v, _ in history[last_acked:]}
-            truth = c.get(1, key, "linearizable", timeout=10.0)
+            # A member with no leader yet (the last restarts may still be electing one)
+            # answers 503 with Retry-After at once: ask again, as a client does.
+            until = time.monotonic() + 15
+            while (truth := c.get(1, key, "linearizable", timeout=10.0)).status == 503:
+                assert time.monotonic() < until, (key, truth)
+                time.sleep(0.1)
             assert truth.status == 200 and truth.body in allowed, (key, truth, allowed)
             for i in c.ids:
                 until = time.monotonic() + 10

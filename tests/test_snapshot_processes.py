@@ -62,7 +62,11 @@ def assert_every_acknowledged_write_everywhere(
         if last_acked is None:
             continue
         allowed = {v for v, _ in history[last_acked:]}
-        truth = c.get(1, key, "linearizable", timeout=10.0)
+        # A member with no leader yet answers 503 with Retry-After at once: ask again.
+        until = time.monotonic() + timeout
+        while (truth := c.get(1, key, "linearizable", timeout=10.0)).status == 503:
+            assert time.monotonic() < until, (key, truth)
+            time.sleep(0.1)
         assert truth.status == 200 and truth.body in allowed, (key, truth, allowed)
         for i in c.ids:
             until = time.monotonic() + timeout
