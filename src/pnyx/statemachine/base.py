@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol, runtime_checkable
 
+from pnyx.protocol.multipaxos.log import capture
+
 
 class SnapshotError(ValueError):
     """`restore` was given bytes that are not a snapshot this machine can load.
@@ -150,10 +152,7 @@ def snapshot_chunks(machine: StateMachine) -> Iterator[bytes]:
     it is serialized in one call, here, on the caller's thread, and the
     iterator yields that one chunk.
     """
-    chunks: Callable[[], Iterator[bytes]] | None = getattr(machine, "snapshot_chunks", None)
-    if chunks is not None:
-        return chunks()
-    return iter([machine.snapshot()])
+    return capture(machine)  # type: ignore[arg-type]
 
 
 ERROR_PREFIX: Final = b"error: "

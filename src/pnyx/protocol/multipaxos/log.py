@@ -66,12 +66,10 @@ class Machine(Protocol):
 
 def capture(machine: Machine) -> Iterator[bytes]:
     """The machine's state now, as chunks that may be drawn later, in another thread
-    (its `snapshot_chunks`, copy-on-write; through a wrapper's `machine` too) — or, for
-    a machine without one, serialized at once in one piece."""
+    (its `snapshot_chunks`, copy-on-write; `SafeApply` passes it through) — or, for a
+    machine without one, serialized at once in one piece. The one rule for it:
+    `pnyx.statemachine.base.snapshot_chunks` is this."""
     take = getattr(machine, "snapshot_chunks", None)
-    inner = getattr(machine, "machine", None)
-    if take is None and inner is not None:
-        take = getattr(inner, "snapshot_chunks", None)
     return take() if take is not None else iter((machine.snapshot(),))
 
 
