@@ -21,8 +21,8 @@ input); set builds one request from it: the method and route from the next
 byte, then path suffix, query, header lines and request body, split at NUL
 bytes (so the fuzzer's bytes reach the routes' checks); bits 2-4 the chunk size.
 With PNYX_HTTP_SERVER=aiohttp it fuzzes aiohttp's server instead (and with
-AIOHTTP_NO_EXTENSIONS=1 its Python parser, whose branches atheris sees). Run: `python fuzz/fuzz_http.py
--max_total_time=120`.
+AIOHTTP_NO_EXTENSIONS=1 its Python parser, whose branches atheris sees). Run:
+`python fuzz/fuzz_http.py -max_total_time=120`.
 """
 
 from __future__ import annotations
