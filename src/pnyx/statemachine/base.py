@@ -14,8 +14,6 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol, runtime_checkable
 
-from pnyx.protocol.multipaxos.log import capture
-
 
 class SnapshotError(ValueError):
     """`restore` was given bytes that are not a snapshot this machine can load.
@@ -152,6 +150,9 @@ def snapshot_chunks(machine: StateMachine) -> Iterator[bytes]:
     it is serialized in one call, here, on the caller's thread, and the
     iterator yields that one chunk.
     """
+    # Imported here: the clients import this package for the command encoding, and
+    # must not load the protocol's code with it.
+    from pnyx.protocol.multipaxos.log import capture
     return capture(machine)  # type: ignore[arg-type]
 
 
