@@ -96,6 +96,9 @@ class Backup:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file, `CHUNK` bytes at a time, each read in a worker thread."""
         f = await asyncio.to_thread(open, self.path, "rb")
+        # Its name goes at once (the open file keeps the bytes): nothing is left in the
+        # snapshot directory once the answer starts, whenever the answer ends.
+        self.close()
         try:
             while data := await asyncio.to_thread(f.read, CHUNK):
                 yield data
