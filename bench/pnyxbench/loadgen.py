@@ -190,24 +190,9 @@ class _LoadGen:
 
     async def run(self) -> WorkerResult:
         job = self.job
-        loop = asyncio.get_running_loop()
-        tls = None
-        if job.cacert is not None:
-            import ssl
-
-            tls = ssl.create_default_context(cafile=job.cacert)
-        for k in range(job.connections):
-            address = job.targets[k % len(job.targets)]
-            try:
-                _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda a=address: _Conn(self, a), *address,
-                                           ssl=tls,
-                                           server_hostname=address[0] if tls else None),
-                    max(0.1, job.start_at - time.perf_counter()) + 1.0)
-            except (OSError, TimeoutError) as exc:
-                return WorkerResult(fatal=f"cannot connect to {address[0]}:{address[1]} "
-                                    f"({getattr(exc, 'strerror', None) or exc})")
-            self.conns.append(conn)
+        refused = await connect_all(job, lambda a: _Conn(self, a), self.conns)
+        if refused is not None:
+            return WorkerResult(fatal=refused)
         for n, number in enumerate(job.clients):
             self.clients.append(_Client(number, f"{job.token}-c{number}",
                                         self.conns[n % len(self.conns)], job.seed))
@@ -332,3 +317,25 @@ def worker_main(job: WorkerJob, progress: Any, pipe: Any) -> None:  # pragma: no
     pipe.close()
 
 
+async def connect_all(job: Any, protocol: Any, conns: list[Any]) -> str | None:
+    """Open `job.connections` connections, round-robin over `job.targets` (TLS with
+    `job.cacert`), each made by `protocol(address)` and appended to `conns`, before
+    `job.start_at` (and a second more); None, or why one could not be opened."""
+    loop = asyncio.get_running_loop()
+    tls = None
+    if job.cacert is not None:
+        import ssl
+
+        tls = ssl.create_default_context(cafile=job.cacert)
+    for k in range(job.connections):
+        address = job.targets[k % len(job.targets)]
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda a=address: protocol(a), *address, ssl=tls,
+                                       server_hostname=address[0] if tls else None),
+                max(0.1, job.start_at - time.perf_counter()) + 1.0)
+        except (OSError, TimeoutError) as exc:
+            return (f"cannot connect to {address[0]}:{address[1]} "
+                    f"({getattr(exc, 'strerror', None) or exc})")
+        conns.append(conn)
+    return None

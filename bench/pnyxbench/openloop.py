@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from pnyx import wire
 from pnyx.statemachine import kv
-from pnyxbench.loadgen import _Conn
+from pnyxbench.loadgen import _Conn, connect_all
 
 # How a node's admission control words its refusal on the binary protocol (code
 # `unavailable`, which every client already retries after a pause).
@@ -227,24 +227,9 @@ class _OpenLoopGen:
 
     async def run(self) -> OpenResult:
         job = self.job
-        loop = asyncio.get_running_loop()
-        tls = None
-        if job.cacert is not None:
-            import ssl
-
-            tls = ssl.create_default_context(cafile=job.cacert)
-        for k in range(job.connections):
-            address = job.targets[k % len(job.targets)]
-            try:
-                _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda a=address: _OpenConn(self, a),  # type: ignore[arg-type]
-                                           *address, ssl=tls,
-                                           server_hostname=address[0] if tls else None),
-                    max(0.1, job.start_at - time.perf_counter()) + 1.0)
-            except (OSError, TimeoutError) as exc:
-                return OpenResult(fatal=f"cannot connect to {address[0]}:{address[1]} "
-                                  f"({getattr(exc, 'strerror', None) or exc})")
-            self.conns.append(conn)
+        refused = await connect_all(job, lambda a: _OpenConn(self, a), self.conns)  # type: ignore[arg-type]
+        if refused is not None:
+            return OpenResult(fatal=refused)
         await asyncio.sleep(max(0.0, job.start_at - time.perf_counter()))
         self.tick()
         await asyncio.sleep(max(0.0, job.measure_from - time.perf_counter()))
