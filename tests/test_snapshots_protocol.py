@@ -351,3 +351,22 @@ def test_a_long_compaction_is_taken_in_steps_of_at_most_compact_step_slots(
     assert net.nodes[2].log.snapshot_slot == 12
     # 12 less the tail of 2, three slots at a time.
     assert steps == [3, 6, 9, 10] and net.nodes[2].log.floor == 10
+
+
+def test_a_ready_member_votes_on_one_voters_answer_though_another_member_is_dead() -> None:
+    """A member that answers VOTER saw every member READY or VOTER before it began to
+    vote, so its answer alone lets a READY member vote: the death of a member right
+    after the cluster formed must not keep the rest from electing a leader."""
+    net = fresh(n1=ReplicaDurable(standing=Standing.VOTER),
+                n2=ReplicaDurable(standing=Standing.VOTER),
+                n3=ReplicaDurable(standing=Standing.READY))
+    alive = lambda d, m: 1 not in (d, m.src)  # noqa: E731 - node 1 died, never answers
+    net.tick([3])
+    net.drop(lambda d, m: not alive(d, m))
+    net.deliver(alive)
+    assert net.nodes[3].standing is Standing.VOTER
+    assert net.disks[3].standing is Standing.VOTER
+    net.now += 10
+    net.tick([2])
+    net.deliver(alive)
+    assert net.leaders() == [2]  # 2 and 3 form a quorum without node 1

@@ -193,10 +193,12 @@ class Probe(_Msg, tag="probe"):
 
 class ProbeReply(_Msg, tag="probe-reply"):
     """`empty`: this replica never used a round, promised, accepted or learned anything;
-    `ready`: it found every other member empty (READY) or votes already (VOTER)."""
+    `ready`: it found every other member empty (READY) or votes already (VOTER);
+    `voter`: it votes already (so every member had decided when it began to)."""
 
     empty: bool
     ready: bool = False
+    voter: bool = False
 
 
 class Forward(_Msg, tag="forward"):

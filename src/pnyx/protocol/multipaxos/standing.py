@@ -7,7 +7,7 @@ helped choose before. Its empty disk looks exactly like the disk of a member
 of a brand-new cluster, so a replica that starts empty asks the others::
 
     NEW --(every other member answers "empty")--> READY --(every other member
-     |                                                     is READY or VOTER)--> VOTER
+     |                                    is READY or VOTER, or any is a VOTER)--> VOTER
      +--(any member answers "not empty")--> LEARNER, for good
 
 A LEARNER learns the log (snapshots and catch-up), serves reads through the
@@ -27,9 +27,11 @@ Why READY: a member that found the others empty must not start voting at once,
 or another member still asking would find it "not empty" and turn learner in a
 cluster that is merely forming. So a READY member stays empty (it neither
 votes nor stands for election) until every other member is READY or VOTER
-too; by then each has made its own decision. READY is durable: a member that
-restarts READY keeps it (a wiped one is NEW again, and finds history if the
-cluster has any). A cluster of one has no one to ask: it votes.
+too; by then each has made its own decision. A member that answers VOTER saw
+exactly that before it began to vote, so one VOTER's answer is enough: a
+member that died after the cluster formed cannot keep a READY one waiting.
+READY is durable: a member that restarts READY keeps it (a wiped one is NEW
+again, and finds history if the cluster has any). A cluster of one has no one to ask: it votes.
 
 Each standing is durable (`StandingRecord`) before it is acted on: the first
 vote's records come after it (persist-before-send orders them).
@@ -96,7 +98,8 @@ class Standings:
 
     def on_probe(self, m: Probe) -> None:
         ready = self.standing in (Standing.READY, Standing.VOTER)
-        self.out.send(m.src, ProbeReply(self.node_id, self.is_empty(), ready))
+        self.out.send(m.src, ProbeReply(self.node_id, self.is_empty(), ready,
+                                        self.standing is Standing.VOTER))
 
     def on_probe_reply(self, m: ProbeReply) -> None:
         if self.standing is Standing.NEW:
@@ -108,7 +111,7 @@ class Standings:
                 self._decide(Standing.READY)
         elif self.standing is Standing.READY and m.ready:
             self.answered.add(m.src)
-            if self.answered.issuperset(self.others):
+            if m.voter or self.answered.issuperset(self.others):
                 self._decide(Standing.VOTER)
 
     def next_deadline(self) -> float | None:
