@@ -248,7 +248,7 @@ async def serve_h1(conn: Any, request: Any) -> None:
     streaming task (`conn.sse`, cancelled when the connection is lost or the server
     stops). Uses the connection's queue of answers as `_events` does: the answer's
     bytes go to its slot, written once the slot is at the head of the queue."""
-    from pnyx.api.http_h1 import error_bytes
+    from pnyx.api.http_bytes import error_bytes
 
     slot = request.slot
     status = 200

@@ -1,8 +1,9 @@
 """How the HTTP API says no: the error body, the exception that carries it, the outcome table.
 
 This module owns `ApiError` (raised anywhere below a handler, rendered by the
-middleware), `error_response` (every error body is
-`{"error": {"code": ..., "message": ...}}`), and `HTTP_FAILURES`, the one
+middleware), `error_json` (every error body is
+`{"error": {"code": ..., "message": ...}}`, whichever server writes it),
+`error_response` (that body as aiohttp's answer), and `HTTP_FAILURES`, the one
 table from a failed outcome's `Code` to its status, code and `Retry-After`.
 """
 
@@ -83,5 +84,11 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    body = {"error": {"code": code, "message": message, **(extra or {})}}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
+    return web.json_response(error_json(code, message, extra), status=status,
+                             headers=dict(headers or {}))
+
+
+def error_json(code: str, message: str, extra: Mapping[str, Any] | None = None,
+               ) -> dict[str, Any]:
+    """The API's one error shape; `extra` adds fields beside the code and message."""
+    return {"error": {"code": code, "message": message, **(extra or {})}}
