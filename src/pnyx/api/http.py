@@ -52,8 +52,10 @@ one contract (tests/test_api_http.py runs every spec against each).
 This module owns the routes and their handlers (`make_app`) and `serve_http`.
 Its parts are modules of their own: `http_errors` (the error body, `ApiError`,
 the `HTTP_FAILURES` table), `http_parse` (reading a request, its limits),
-`http_serve` (aiohttp's server with the connection cap and parser errors),
-`http_h1` (the httptools server);
+`http_outcome` (retrying at the node; a failed outcome or the machine's
+refusal as an error: both servers' rule), `http_serve` (aiohttp's server with
+the connection cap and parser errors), `http_h1` (the httptools server, with
+its own parts);
 the names callers use are re-exported here.
 
 **Exactly once.** Every write is sent as a `kv.IdempotentRequest`: under the
@@ -72,7 +74,7 @@ import os
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NoReturn
+from typing import Final
 
 from aiohttp import http_exceptions, web
 
@@ -85,7 +87,15 @@ from pnyx.api.http_errors import (
     error_response,
 )
 from pnyx.api.http_h1 import H1Server
+from pnyx.api.http_outcome import (
+    RETRY_FIRST_DELAY,
+    RETRY_MAX_DELAY,
+    answer_now,
+    failure_error,
+    result_error,
+)
 from pnyx.api.http_parse import (
+    COUNTED_METHODS,
     GET_PARAMS,
     IDEMPOTENCY_HEADER,
     LIST_PARAMS,
@@ -104,7 +114,7 @@ from pnyx.api.http_parse import (
 )
 from pnyx.api.http_serve import HttpServer, parser_error, start_server
 from pnyx.api.limits import Admission, ClientLimits, admission_for
-from pnyx.api.node_api import NodeAPI, leader_hint
+from pnyx.api.node_api import NodeAPI
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 from pnyx.viz.live import add_live_routes
@@ -140,9 +150,6 @@ MAX_LIST_LIMIT: Final = kv.MAX_KEYS_LIMIT
 INDEX_HEADER: Final = "X-Pnyx-Index"
 APPLIED_INDEX_HEADER: Final = "X-Pnyx-Applied-Index"
 
-# Metric labels must stay bounded: a method outside this set is counted as "other".
-_METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", "PATCH"})
-
 # Grace on top of the node's own deadline before the HTTP layer stops waiting:
 # the node is meant to answer by `timeout`, this only guards against one that hangs.
 _NODE_GRACE: Final = 1.0
@@ -150,8 +157,6 @@ _NODE_GRACE: Final = 1.0
 # `PNYX_HTTP_SERVER=aiohttp` serves the API with aiohttp (`make_app`) instead of the
 # httptools server (`pnyx.api.http_h1`): for comparing the two (bench/http_wrk.py).
 SERVER_ENV: Final = "PNYX_HTTP_SERVER"
-_RETRY_FIRST_DELAY: Final = 0.01
-_RETRY_MAX_DELAY: Final = 0.2
 
 
 def _route_label(request: web.Request) -> str:
@@ -194,7 +199,7 @@ class _Handlers:
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             response = error_response(500, "internal", "internal error; see the node's log")
-        method = request.method if request.method in _METHODS else "other"
+        method = request.method if request.method in COUNTED_METHODS else "other"
         self.node.metrics.request(_route_label(request), method, response.status,
                                   time.perf_counter() - started)
         return response
@@ -234,7 +239,7 @@ class _Handlers:
                         *, write: bool) -> tuple[kv.Result, Outcome]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
-        delay = _RETRY_FIRST_DELAY
+        delay = RETRY_FIRST_DELAY
         unknown = False  # an earlier attempt's outcome was unknown: the write may yet apply
         while True:
             outcome = await self._ask(call, max(deadline - loop.time(), 0.0))
@@ -245,31 +250,10 @@ class _Handlers:
                 except kv.MalformedResult as exc:
                     raise ApiError(500, "internal", f"the node returned a bad result: {exc}",
                                    ) from None
-            if not outcome.code.retryable or outcome.code is Code.CUT_OFF or (
-                    write and not outcome.unknown):
-                # Refused for the request itself, a member cut off (the client should go
-                # elsewhere now), or a write that never reached the log (a retry would be
-                # a second attempt, not a resubmission).
-                self._failed(outcome, write, unknown)
-            if loop.time() + delay >= deadline:
-                self._failed(outcome, write, unknown)
+            if answer_now(outcome, write) or loop.time() + delay >= deadline:
+                raise failure_error(outcome, write, unknown, self.node)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_DELAY)
-
-    def _failed(self, outcome: Outcome, write: bool, unknown: bool = False) -> NoReturn:
-        """Answer a failed outcome as `HTTP_FAILURES` says; `unknown`: an earlier attempt
-        of this write may still take effect."""
-        failure = HTTP_FAILURES[outcome.code]
-        message = outcome.error or "no quorum or no leader in time"
-        extra: dict[str, Any] = leader_hint(self.node) if outcome.code is Code.CUT_OFF else {}
-        unknown = unknown or outcome.unknown
-        if failure.retry_after and write:
-            extra["unknown"] = unknown
-            if unknown:
-                message += (" (the write may still take effect; retry with the same "
-                            "Idempotency-Key)")
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if failure.retry_after else {}
-        raise ApiError(failure.status, failure.code, message, headers=headers, extra=extra)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
 
     async def _write(self, request: web.Request, command: kv.Put | kv.Delete,
                      ) -> web.Response:
@@ -289,27 +273,9 @@ class _Handlers:
         raise self._result_error(result, request)
 
     def _result_error(self, result: kv.Result, request: web.Request) -> ApiError:
-        if isinstance(result, kv.NotFound):
-            return ApiError(404, "not_found", f"key {parse_key(request)!r} does not exist")
-        if isinstance(result, kv.PreconditionFailed):
-            return ApiError(
-                412, "precondition_failed",
-                f"precondition failed: the key is at index {result.current_index}",
-                headers={INDEX_HEADER: str(result.current_index)},
-                extra={"index": result.current_index},
-            )
-        if isinstance(result, kv.Error):
-            if result.code == kv.ErrorCode.TOO_LARGE:
-                return ApiError(413, "value_too_large", result.message)
-            if result.code == kv.ErrorCode.REUSED:
-                # The machine's message names the key as stored (with this layer's
-                # namespace prefix); the client knows it by its header.
-                given = request.headers.get(IDEMPOTENCY_HEADER, "")
-                return ApiError(409, "idempotency_key_reused",
-                                f"{IDEMPOTENCY_HEADER} {given!r} was already used for a "
-                                "different command")
-            return ApiError(400, "invalid", result.message)
-        return ApiError(500, "internal", f"unexpected result {type(result).__name__}")
+        # The path is read for the key only where the answer names it.
+        key = parse_key(request) if isinstance(result, kv.NotFound) else ""
+        return result_error(result, key, request.headers.get(IDEMPOTENCY_HEADER, ""))
 
     async def _read_body(self, request: web.Request) -> bytes:
         too_large = ApiError(413, "value_too_large",

@@ -17,12 +17,17 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from pnyx.api.http_bytes import error_bytes, response_bytes
-from pnyx.api.http_errors import HTTP_FAILURES, RETRY_AFTER_SECONDS, ApiError
-from pnyx.api.http_parse import IDEMPOTENCY_HEADER
-from pnyx.api.node_api import leader_hint
+from pnyx.api.http_errors import RETRY_AFTER_SECONDS, ApiError
+from pnyx.api.http_outcome import (
+    RETRY_FIRST_DELAY,
+    RETRY_MAX_DELAY,
+    answer_now,
+    failure_error,
+    result_error,
+)
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
 from pnyx.statemachine import kv
 
@@ -30,10 +35,6 @@ if TYPE_CHECKING:
     from pnyx.api.http_h1_conn import Connection, Request
 
 log = logging.getLogger("pnyx.api.http")
-
-RETRY_FIRST_DELAY: Final = 0.01
-RETRY_MAX_DELAY: Final = 0.2
-
 
 def start_call(conn: Connection, request: Request, label: str, *, write: bool, encoded: bytes,
                mode: ReadMode, key: str | None) -> None:
@@ -129,12 +130,7 @@ class Call:
             self._finish(*self._success(outcome))
             return
         self.unknown = self.unknown or outcome.unknown
-        # Refused for the request itself, a member cut off (the client should go elsewhere
-        # now), or a write that never reached the log (a retry would be a second attempt,
-        # not a resubmission): answered now.
-        if not outcome.code.retryable or outcome.code is Code.CUT_OFF \
-                or (self.write and not outcome.unknown) \
-                or conn.loop.time() + self.delay >= self.deadline:
+        if answer_now(outcome, self.write) or conn.loop.time() + self.delay >= self.deadline:
             self._finish(*self._failure(outcome))
             return
         conn.loop.call_later(self.delay, self.attempt)
@@ -147,21 +143,10 @@ class Call:
         conn.answer(self.request, self.label, status, data)
 
     def _failure(self, outcome: Outcome) -> tuple[int, bytes]:
-        failure = HTTP_FAILURES[outcome.code]
-        message = outcome.error or "no quorum or no leader in time"
-        extra: dict[str, Any] = (leader_hint(self.conn.server.node)
-                                 if outcome.code is Code.CUT_OFF else {})
-        unknown = self.unknown or outcome.unknown
-        if failure.retry_after and self.write:
-            extra["unknown"] = unknown
-            if unknown:
-                message += (" (the write may still take effect; retry with the same "
-                            "Idempotency-Key)")
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if failure.retry_after else {}
-        return failure.status, error_bytes(failure.status, failure.code, message,
-                                           headers=headers, extra=extra,
-                                           close=self.request.slot.close,
-                                           head_only=self.request.head)
+        exc = failure_error(outcome, self.write, self.unknown, self.conn.server.node)
+        return exc.status, error_bytes(exc.status, exc.code, exc.message, headers=exc.headers,
+                                       extra=exc.extra, close=self.request.slot.close,
+                                       head_only=self.request.head)
 
     def _success(self, outcome: Outcome) -> tuple[int, bytes]:
         request = self.request
@@ -193,7 +178,8 @@ class Call:
             headers["X-Pnyx-Index"] = str(result.index)
             return 200, response_bytes(200, result.value or b"", b"application/octet-stream",
                                        headers=headers, close=close, head_only=request.head)
-        exc = _result_error(result, self.key or "", request.idempotency)
+        given = request.idempotency
+        exc = result_error(result, self.key or "", given[0] if given else "")
         exc.headers.update(headers)
         return exc.status, error_bytes(exc.status, exc.code, exc.message, headers=exc.headers,
                                        extra=exc.extra, close=close)
@@ -209,23 +195,3 @@ async def _run(coro: Any, done: Callable[[Outcome], None]) -> None:
         log.exception("HTTP: the node failed a request")
         outcome = Outcome.failed(Code.INTERNAL, f"{type(exc).__name__}; see the node's log")
     done(outcome)
-
-
-def _result_error(result: kv.Result, key: str, given: list[str]) -> ApiError:
-    """The machine's refusal as the API answers it (as `pnyx.api.http` does)."""
-    if isinstance(result, kv.NotFound):
-        return ApiError(404, "not_found", f"key {key!r} does not exist")
-    if isinstance(result, kv.PreconditionFailed):
-        return ApiError(412, "precondition_failed",
-                        f"precondition failed: the key is at index {result.current_index}",
-                        headers={"X-Pnyx-Index": str(result.current_index)},
-                        extra={"index": result.current_index})
-    if isinstance(result, kv.Error):
-        if result.code == kv.ErrorCode.TOO_LARGE:
-            return ApiError(413, "value_too_large", result.message)
-        if result.code == kv.ErrorCode.REUSED:
-            return ApiError(409, "idempotency_key_reused",
-                            f"{IDEMPOTENCY_HEADER} {(given[0] if given else '')!r} was "
-                            "already used for a different command")
-        return ApiError(400, "invalid", result.message)
-    return ApiError(500, "internal", f"unexpected result {type(result).__name__}")

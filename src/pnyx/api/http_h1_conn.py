@@ -31,7 +31,13 @@ import httptools
 
 from pnyx.api.http_bytes import error_bytes
 from pnyx.api.http_h1_routes import KV_LABEL, dispatch
-from pnyx.api.http_parse import IDEMPOTENCY_HEADER, MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
+from pnyx.api.http_parse import (
+    COUNTED_METHODS,
+    IDEMPOTENCY_HEADER,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_URL_BYTES,
+)
 
 if TYPE_CHECKING:
     from pnyx.api.http_h1 import H1Server
@@ -40,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pnyx.api.http")
 
 _IDEMPOTENCY_LOWER: Final = IDEMPOTENCY_HEADER.lower().encode()
-# Metric labels must stay bounded: a method outside this set is counted as "other".
-_METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", "PATCH"})
 _CLOSE_GRACE: Final = 1.0  # how long a closing connection may take to send what is queued
 
 
@@ -362,7 +366,7 @@ class Connection(asyncio.Protocol):
     # -- requests --
 
     def _metric(self, label: str, method: str, status: int, started: float) -> None:
-        self.server.record(label, method if method in _METHODS else "other", status,
+        self.server.record(label, method if method in COUNTED_METHODS else "other", status,
                            time.perf_counter() - started)
 
     def _dispatch(self) -> None:

@@ -1,7 +1,8 @@
 """Reading an HTTP request of the API: its key, query parameters and headers, within limits.
 
 This module owns the request limits (`MAX_URL_BYTES`, `MAX_HEADER_BYTES`,
-`MAX_HEADERS`, `MAX_IDEMPOTENCY_KEY`), the parameters each route takes, and
+`MAX_HEADERS`, `MAX_IDEMPOTENCY_KEY`), the parameters each route takes, the
+methods the metrics count by name (`COUNTED_METHODS`), and
 the parsing that turns a path, a query string or the `Idempotency-Key` header
 into checked values, raising `ApiError` (400) for bad input. Keys and values
 are percent-decoded to bytes, then read as strict UTF-8.
@@ -35,6 +36,10 @@ MAX_HEADERS: Final = 128
 _CLIENT_KEY_PREFIX: Final = "h:"
 _GENERATED_KEY_PREFIX: Final = "g:"
 MAX_IDEMPOTENCY_KEY: Final = kv.MAX_ID_BYTES - len(_CLIENT_KEY_PREFIX)
+
+# The methods counted by name in the metrics; any other is counted as "other", so that the
+# labels stay bounded whatever clients send.
+COUNTED_METHODS: Final = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD", "OPTIONS", "PATCH"})
 
 WRITE_PARAMS: Final = frozenset({"prev_value", "prev_index", "prev_exist"})
 GET_PARAMS: Final = frozenset({"consistency"})

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple, Protocol
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
-from pnyx.api.http_errors import RETRY_AFTER_SECONDS, error_response
+from pnyx.api.http_bytes import refusal_bytes
+from pnyx.api.http_errors import error_response
 from pnyx.api.http_parse import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from pnyx.api.limits import ClientLimits, Refusal
 
@@ -95,14 +96,6 @@ class _Server(web.Server):
         return _RequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-def _refusal(limits: ClientLimits) -> bytes:
-    body = (b'{"error": {"code": "too_many_connections", "message": "too many connections '
-            b'to this node (at most %d); try another node or later"}}' % limits.max_connections)
-    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
-            % (RETRY_AFTER_SECONDS, len(body))) + body
-
-
 class _Runner(web.AppRunner):
     def __init__(self, app: web.Application, limits: ClientLimits, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -116,7 +109,7 @@ class _Runner(web.AppRunner):
                          handler_cancellation=base.handler_cancellation, loop=base._loop,
                          **base._kwargs)
         server.max_connections = self.limits.max_connections
-        server.refusal = _refusal(self.limits)
+        server.refusal = refusal_bytes(self.limits)
         return server
 
 
