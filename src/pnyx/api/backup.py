@@ -167,7 +167,8 @@ def _write(path: Path, meta: SnapshotMeta, chunks: Iterator[bytes]) -> SnapshotI
                 f.write(chunk)
                 length += len(chunk)
             f.seek(0)
-            meta = SnapshotMeta(meta.slot, meta.index, meta.cluster_id, meta.members, length)
+            meta = SnapshotMeta(meta.slot, meta.index, meta.cluster_id, meta.members, length,
+                                meta.membership)
             return write_file(path, meta, iter(lambda: f.read(CHUNK), b""), fsync=False)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -197,7 +198,8 @@ async def take(node: Any, timeout: float) -> Backup:
     keys = _key_count(machine)
     if slot < 1:  # past the barrier: the cluster has chosen nothing yet
         raise ApiError(409, "empty", "nothing to back up: no command has been chosen yet")
-    meta = SnapshotMeta(slot, index, config.cluster_id, tuple(sorted(config.members)), 0)
+    meta = SnapshotMeta(slot, index, config.cluster_id, tuple(sorted(config.members)), 0,
+                        replica.membership.encode())
     path = _spool_dir(node) / f"backup-{secrets.token_hex(6)}.pnyx.tmp"
     started = time.perf_counter()
     try:

@@ -70,7 +70,7 @@ from pnyx.protocol.multipaxos.effects import (
     TakeSnapshot,
 )
 from pnyx.protocol.multipaxos.log import SnapshotBase
-from pnyx.protocol.multipaxos.messages import LogMessage, SnapshotChunk
+from pnyx.protocol.multipaxos.messages import LogMessage, Member, SnapshotChunk
 from pnyx.protocol.multipaxos.records import LogRecord, ReplicaDurable
 from pnyx.statemachine.base import SafeApply, SnapshotError
 
@@ -142,6 +142,12 @@ class Driver:
         # The storage fault that stopped the driver (see `disk_failed`), and who hears of it.
         self.fault: BaseException | None = None
         self.on_fault: Callable[[BaseException], None] | None = None
+        # Called when the configurations changed (members, their roles or addresses:
+        # `replica.configs`), and once when the replica finds it was removed from the
+        # cluster (it decides nothing any more: the node stops). None: nobody listens.
+        self.on_members_changed: Callable[[], None] | None = None
+        self.on_removed: Callable[[], None] | None = None
+        self.removed = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -221,6 +227,24 @@ class Driver:
             lambda rid: self._replica().read(rid, query, mode, self._now()), done, timeout,
             retry_unknown=True, timed=False,
         )
+
+    def change_members_nowait(self, done: Callable[[Outcome], None], *,
+                              add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
+                              promote: tuple[int, ...] = (), base: int | None = None,
+                              timeout: float | None = None) -> Request:
+        """Start a membership change (`pnyx.protocol.multipaxos.membership`): `add`
+        members (learners unless `voter`; a learner with `promote` is made a voter by
+        the leader once it has caught up), `remove` or `promote` ids. Made against
+        configuration version `base` (None: the latest this member knows): if another
+        change got in first, it fails with `Code.CONFLICT`. `done(outcome)` once it was
+        applied (ok), refused (CONFLICT, BAD_REQUEST, REFUSED) or not within `timeout`.
+        An aborted change (outcome unknown) is not retried: it may still be chosen."""
+        def attempt(rid: int) -> LogReady:
+            replica = self._replica()
+            version = replica.membership.latest.version if base is None else base
+            return replica.change_members(rid, version, add=add, remove=remove,
+                                          promote=promote, now=self._now())
+        return self._start(attempt, done, timeout, retry_unknown=False, timed=False)
 
     # The request machinery: attempts, the retry pause between them, one deadline.
 
@@ -370,6 +394,12 @@ class Driver:
             request = self._waiters.pop(request_id, None)
             if request is not None:
                 self._attempt_done(request, outcome)
+        if ready.members_changed and self.on_members_changed is not None:
+            self.on_members_changed()
+        if ready.removed and not self.removed:
+            self.removed = True
+            if self.on_removed is not None:
+                self.on_removed()
         if self.metrics is not None:
             self._count(ready)
         if ready.wake_at is not None:
@@ -418,10 +448,10 @@ class Driver:
                 self._clock().call_soon(self._snapshotted, op.slot, op.index, 0.0, 0, None)
             return
         match op:
-            case TakeSnapshot(slot=slot, index=index, chunks=chunks):
+            case TakeSnapshot(slot=slot, index=index, chunks=chunks, membership=membership):
                 started = time.perf_counter()
                 port.save(slot, index, chunks, lambda size, error: self._snapshotted(
-                    slot, index, started, size, error))
+                    slot, index, started, size, error), membership)
             case SendChunk(dst=dst, slot=slot, offset=offset, size=size):
                 port.read(slot, offset, size,
                           lambda data, total: self._chunk_read(dst, slot, offset, data, total))
@@ -482,7 +512,8 @@ class Driver:
                 # the format: another version of the machine. Nothing safe to go on with.
                 self.disk_failed(exc)
                 return
-        self._handle(replica.installed(info.slot, info.index, info.size, self._now()))
+        self._handle(replica.installed(info.slot, info.index, info.size, self._now(),
+                                       getattr(info, "membership", b"")))
 
     def _send(self, send: list[tuple[int, LogMessage]]) -> None:
         network = self.network

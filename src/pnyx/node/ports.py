@@ -62,10 +62,12 @@ class SnapshotPort(Protocol):
     (never inside the call). A failure is reported, never raised."""
 
     def save(self, slot: int, index: int, chunks: Iterator[bytes],
-             done: Callable[[int, BaseException | None], None]) -> None:
+             done: Callable[[int, BaseException | None], None],
+             membership: bytes = b"") -> None:
         """Write the snapshot of `slot` from `chunks` (the machine's state captured
-        already: they may be drawn off the event loop) atomically and durably; then
-        `done(size, None)`, or `done(0, error)` leaving the previous snapshot intact."""
+        already: they may be drawn off the event loop) and `membership` (the cluster's
+        membership after `slot`) atomically and durably; then `done(size, None)`, or
+        `done(0, error)` leaving the previous snapshot intact."""
         ...
 
     def read(self, slot: int, offset: int, size: int,

@@ -57,7 +57,8 @@ class ThreadSnapshots:
             self.loop.call_soon(finish, None, exc)
 
     def save(self, slot: int, index: int, chunks: Iterator[bytes],
-             done: Callable[[int, BaseException | None], None]) -> None:
+             done: Callable[[int, BaseException | None], None],
+             membership: bytes = b"") -> None:
         self.writing = True
 
         def write() -> int:
@@ -72,7 +73,8 @@ class ThreadSnapshots:
                         f.write(chunk)
                         length += len(chunk)
                     f.seek(0)
-                    meta = SnapshotMeta(slot, index, self.cluster_id, self.members, length)
+                    meta = SnapshotMeta(slot, index, self.cluster_id, self.members, length,
+                                        membership)
                     return self.store.write(meta, iter(lambda: f.read(1 << 20), b"")).size
             finally:
                 spool.unlink(missing_ok=True)

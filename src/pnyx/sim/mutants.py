@@ -168,12 +168,13 @@ class LogInstallKeepsLog(Log):
     """Installs a snapshot without resetting the log beneath it: the chosen slots and
     accepted entries it replaces stay, and the floor with them."""
 
-    def install(self, slot: int, index: int, size: int, now: float) -> None:
+    def install(self, slot: int, index: int, size: int, now: float,
+                membership: bytes = b"") -> None:
         if slot <= self.applied:
-            super().install(slot, index, size, now)
+            super().install(slot, index, size, now, membership)
             return
         floor = self.floor
-        super().install(slot, index, size, now)
+        super().install(slot, index, size, now, membership)
         self.floor = floor
 
 

@@ -79,31 +79,33 @@ class SimNetwork:
 class SimSnapshotFile:
     """A snapshot file on a simulated disk: the machine's bytes and what they hold."""
 
-    __slots__ = ("body", "index", "slot")
+    __slots__ = ("body", "index", "membership", "slot")
 
-    def __init__(self, slot: int, index: int, body: bytes) -> None:
-        self.slot, self.index, self.body = slot, index, body
+    def __init__(self, slot: int, index: int, body: bytes, membership: bytes = b"") -> None:
+        self.slot, self.index, self.body, self.membership = slot, index, body, membership
 
     @property
     def size(self) -> int:
-        return len(self.body) + FILE_OVERHEAD
+        return len(self.body) + len(self.membership) + FILE_OVERHEAD
 
     def data(self) -> bytes:
-        """The file's bytes: index, CRC of the body, body."""
-        return (self.index.to_bytes(8, "big") + zlib.crc32(self.body).to_bytes(4, "big")
-                + self.body)
+        """The file's bytes: index, CRC of the rest, the membership's length, the
+        membership, body."""
+        rest = len(self.membership).to_bytes(4, "big") + self.membership + self.body
+        return self.index.to_bytes(8, "big") + zlib.crc32(rest).to_bytes(4, "big") + rest
 
     @classmethod
     def parse(cls, slot: int, data: bytes) -> SimSnapshotFile | None:
         if len(data) < FILE_OVERHEAD:
             return None
-        body = data[FILE_OVERHEAD:]
-        if zlib.crc32(body) != int.from_bytes(data[8:12], "big"):
+        rest = data[12:]
+        if zlib.crc32(rest) != int.from_bytes(data[8:12], "big"):
             return None
-        return cls(slot, int.from_bytes(data[:8], "big"), body)
+        n = int.from_bytes(rest[:4], "big")
+        return cls(slot, int.from_bytes(data[:8], "big"), rest[4 + n:], rest[4:4 + n])
 
 
-FILE_OVERHEAD = 12
+FILE_OVERHEAD = 16
 
 
 class SimSnapshots:
@@ -125,16 +127,17 @@ class SimSnapshots:
         self.sim.timer(self.i, self.sim.now + delay, callback, args)
 
     def save(self, slot: int, index: int, chunks: Iterator[bytes],
-             done: Callable[[int, BaseException | None], None]) -> None:
-        self._later(2 * self.sim.fsync, self._saved, slot, index, chunks, done)
+             done: Callable[[int, BaseException | None], None],
+             membership: bytes = b"") -> None:
+        self._later(2 * self.sim.fsync, self._saved, slot, index, chunks, done, membership)
 
     def _saved(self, slot: int, index: int, chunks: Iterator[bytes],
-               done: Callable[[int, BaseException | None], None]) -> None:
+               done: Callable[[int, BaseException | None], None], membership: bytes) -> None:
         body = b"".join(chunks)
         if self.sim.snapshot_write_fails():
             done(0, OSError(28, "No space left on device (simulated)"))
             return
-        file = SimSnapshotFile(slot, index, body)
+        file = SimSnapshotFile(slot, index, body, membership)
         self.files[slot] = file
         self.sim.snapshots_taken += 1
         done(file.size, None)

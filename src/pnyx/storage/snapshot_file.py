@@ -16,7 +16,8 @@ File format (version 1), `snapshot-<slot>.pnyx`:
                u32 BE    header length H (at most 1 MiB)
     16         H bytes   header: MessagePack map `SnapshotMeta` (slot >= 1,
                          index >= 0 = commands applied, cluster_id, members,
-                         body_length B)
+                         body_length B, and membership: the configurations
+                         after the slot, when any changed — absent before)
     16+H       B bytes   body: the state machine's snapshot, as it gave it
     16+H+B     32 bytes  blake2b-256 of every byte before it (prefix, header, body)
                8 bytes   end magic b"PNYXEND\\n"
@@ -61,7 +62,7 @@ _U64 = 1 << 64
 _I64 = 1 << 63
 
 
-class SnapshotMeta(msgspec.Struct, frozen=True):
+class SnapshotMeta(msgspec.Struct, frozen=True, omit_defaults=True):
     """What a snapshot's header says: where in the log it stands, and whose it is."""
 
     slot: int  # every slot 1..slot is in it
@@ -69,6 +70,9 @@ class SnapshotMeta(msgspec.Struct, frozen=True):
     cluster_id: str
     members: tuple[int, ...]
     body_length: int  # bytes of the state machine's snapshot
+    # The cluster's membership after `slot` (`pnyx.protocol.multipaxos.membership`);
+    # empty in files written before membership changes (their first configuration).
+    membership: bytes = b""
 
     def __post_init__(self) -> None:
         # Runs on decoding too: a header with a right checksum and a value no pnyx
@@ -95,6 +99,7 @@ class SnapshotInfo:
     path: Path | None  # None in a `MemorySnapshotStore`
     body_offset: int  # where the state machine's bytes start in the file
     cluster_id: str
+    membership: bytes = b""  # as `SnapshotMeta.membership`
 
 
 
@@ -204,7 +209,8 @@ def _check_shape(f: BinaryIO, size: int, name: Path, *, cluster_id: str | None,
 
 def _info(meta: SnapshotMeta, head: bytes, path: Path | None) -> SnapshotInfo:
     return SnapshotInfo(meta.slot, meta.index, tuple(meta.members),
-                        _expected_size(head, meta), path, len(head), meta.cluster_id)
+                        _expected_size(head, meta), path, len(head), meta.cluster_id,
+                        meta.membership)
 
 
 def read_info(path: str | os.PathLike[str], *, cluster_id: str | None = None) -> SnapshotInfo:
@@ -298,7 +304,8 @@ def write_file(path: str | os.PathLike[str], meta: SnapshotMeta, chunks: Iterabl
             raise StoreError(path, f"cannot make the snapshot's name durable: "
                              f"{_os_reason(exc)}") from None
     return SnapshotInfo(meta.slot, meta.index, tuple(meta.members), size, path,
-                        size - meta.body_length - _TRAILER.size, meta.cluster_id)
+                        size - meta.body_length - _TRAILER.size, meta.cluster_id,
+                        meta.membership)
 
 
 def _rewrite(f: BinaryIO, name: Path, dest: Path, *, expect_cluster: str | None,
@@ -308,7 +315,9 @@ def _rewrite(f: BinaryIO, name: Path, dest: Path, *, expect_cluster: str | None,
     meta, head = _parse_head(f, name)
     _check_identity(meta, name, cluster_id=expect_cluster, slot=None)
     if new_cluster is not None:
-        meta = msgspec.structs.replace(meta, cluster_id=new_cluster)
+        # A new cluster starts from its own first configuration, not the old one's
+        # members (`pnyx restore`).
+        meta = msgspec.structs.replace(meta, cluster_id=new_cluster, membership=b"")
     # The source's trailer is checked after its last chunk, before the copy's
     # trailer is written: a damaged source leaves no copy.
     return write_file(dest, meta, _body_chunks(f, name, meta, head), fsync=fsync)

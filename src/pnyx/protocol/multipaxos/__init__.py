@@ -16,6 +16,7 @@ asserts them all):
     reads.py     read index and quorum reads
     transfer.py  a snapshot fetched from a peer in chunks, resumable; holds on it
     standing.py  whether this replica votes: an empty disk asks every member first
+    membership.py which members vote on which slots; changed by a value in the log
     effects.py   the outbox: persist-before-send (`DurabilityGate`), snapshot ops
 
 The golden scenarios in `tests/scenarios/*.txt` print every message of these
@@ -226,10 +227,11 @@ from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import LogReady
 from pnyx.protocol.multipaxos.election import Role
 from pnyx.protocol.multipaxos.log import Machine
+from pnyx.protocol.multipaxos.membership import ALPHA, Config, Member
 from pnyx.protocol.multipaxos.outcome import READ_MODES, Code, Outcome, ReadMode
 from pnyx.protocol.multipaxos.replica import Replica
 
 __all__ = [
-    "READ_MODES", "Code", "LogReady", "Machine", "Outcome", "ReadMode", "Replica",
-    "ReplicaConfig", "Role",
+    "ALPHA", "READ_MODES", "Code", "Config", "LogReady", "Machine", "Member", "Outcome",
+    "ReadMode", "Replica", "ReplicaConfig", "Role",
 ]

@@ -35,6 +35,8 @@ class TakeSnapshot:
     slot: int
     index: int
     chunks: Iterator[bytes]
+    # The membership after `slot` (`Membership.encode`): a snapshot carries it.
+    membership: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,10 @@ class LogReady:
     applied: list[tuple[int, Batch]] = field(default_factory=list)  # (slot, value) in order
     snapshots: list[SnapshotOp] = field(default_factory=list)
     installed: int = 0  # the slot of a snapshot the machine was restored from (observers)
+    # The members changed (ids and addresses): the driver reconnects (`Replica.configs`).
+    members_changed: bool = False
+    # This replica was removed from the cluster and decides nothing any more: stop.
+    removed: bool = False
     wake_at: float | None = None
 
 
@@ -104,6 +110,8 @@ class Outbox:
     __slots__ = ("gate", "lazy", "members", "node_id", "ready")
 
     def __init__(self, node_id: int, members: tuple[int, ...]) -> None:
+        # Everyone `broadcast` sends to (ourself included): every member of a
+        # configuration known, voter or learner. Replaced when it changes.
         self.node_id = node_id
         self.members = members
         # The effects of the event being handled; replaced by `take`.

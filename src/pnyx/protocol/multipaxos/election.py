@@ -16,7 +16,11 @@ replica that sees a higher ballot steps down; a leader cut off from a
 quorum for two election timeouts steps down too, so clients fail over.
 
 A replica that does not vote (`pnyx.protocol.multipaxos.standing`) never
-stands for election, grants a pre-vote or acks a heartbeat: it only follows.
+stands for election, grants a pre-vote or acks a heartbeat: it only follows;
+nor does a learner of the configuration (`pnyx.protocol.multipaxos.membership`).
+Every quorum here — of pre-votes, of promises, of heartbeat acks — is counted
+among the voters of every configuration that governs the slots a leader may
+propose in next (`Membership.is_quorum`: commit+1 .. commit+ALPHA).
 A candidate told by a promise that the acceptor compacted slots it would have
 to recover (`Promise.compacted` >= its first slot) cannot recover them by
 phase 1: it gives up the election and catches up from that acceptor first.
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import Outbox
+from pnyx.protocol.multipaxos.membership import ALPHA
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Batch,
@@ -90,9 +95,9 @@ class Election:
                  now: float) -> None:
         self.node_id = node_id
         self.config = config
-        self.quorums = config.quorums
         self.rng = rng
         self.out = out
+        # Every other member of a configuration known (the replica keeps it current).
         self.others = tuple(m for m in config.members if m != node_id)
         # Invariant: role is ROLE_OF[stage]; both change only in `_enter`.
         self.stage = Stage.FOLLOWER
@@ -112,6 +117,10 @@ class Election:
         # CANDIDATE: complete promises, by acceptor; and the parts of incomplete ones.
         self.promises: dict[int, Promise] = {}
         self.promise_parts: dict[int, dict[int, Promise]] = {}
+        # CANDIDATE and LEADER: the acceptors whose whole promise for `ballot` we hold
+        # (a leader may propose in a slot once they hold a phase-1 quorum of its
+        # configuration: `Pipeline.may_propose`).
+        self.promised_by: set[int] = set()
         self.first = 1  # first slot of our phase 1
         # LEADER: the slot up to which phase 1 recovered the log (no read may be
         # answered with an index below it).
@@ -125,6 +134,23 @@ class Election:
         self.acks: dict[int, set[int]] = {}
         self.confirmed_round = 0
         self.quorum_seen_at = now  # when a quorum last acked us
+        self.heard_from: dict[int, float] = {}  # LEADER: each acker's last ack
+
+    def is_quorum(self, voters: set[int] | dict[int, object], phase1: bool = False) -> bool:
+        """A quorum of every configuration governing the slots we may propose in next."""
+        first = self.log.commit + 1
+        return self.log.membership.is_quorum(voters, first, first + ALPHA - 1, phase1)
+
+    def is_voter(self) -> bool:
+        """Whether we vote on the next slot (a learner, or a member being removed, does
+        not stand for election)."""
+        return self.standings.votes and self.log.membership.is_voter(
+            self.node_id, self.log.commit + 1)
+
+    def live_voters(self, now: float) -> set[int]:
+        """LEADER: ourself and the members that acked a heartbeat lately."""
+        timeout = self.config.election_timeout
+        return {self.node_id} | {m for m, t in self.heard_from.items() if now - t <= timeout}
 
     def _enter(self, stage: Stage) -> None:
         self.stage = stage
@@ -158,7 +184,7 @@ class Election:
             return
         if self.leader is not None:
             self.lose_leader()
-        if not self.standings.votes:
+        if not self.is_voter():
             return  # a learner waits for a leader; it never stands
         if self.config.prevote and self.others:
             self._enter(Stage.PRE_CANDIDATE)
@@ -176,7 +202,7 @@ class Election:
 
     def on_prevote(self, m: PreVote, now: float) -> None:
         misses = self.misses_leader(now)
-        granted = self.standings.votes and m.ballot > self.acceptor.promised and misses
+        granted = self.is_voter() and m.ballot > self.acceptor.promised and misses
         # Refused for a leader we still hear: say which, so the asker knows it is cut off
         # from a leader that lives (the bridge), and which.
         leader = self.leader if not granted and not misses and self.leader is not None else 0
@@ -187,7 +213,7 @@ class Election:
                 or not m.granted:
             return
         self.prevotes.add(m.src)
-        if self.quorums.is_phase1_quorum(self.prevotes):
+        if self.is_quorum(self.prevotes, phase1=True):
             self.start_phase1(now)
 
     # ----------------------------------------------------------- phase 1
@@ -198,6 +224,7 @@ class Election:
         self.acceptor.use_round(self.ballot.round)  # a ballot is never used twice
         self.promises = {}
         self.promise_parts = {}
+        self.promised_by = set()
         self.first = self.log.commit + 1
         known = self.log.chosen_beyond_commit()
         self.election_at = now + self.election_wait()
@@ -213,7 +240,8 @@ class Election:
 
     def on_promise(self, m: Promise, now: float) -> bool:
         """Count a part of a promise; False if it is not a part of anything."""
-        if self.stage is not Stage.CANDIDATE or m.ballot != self.ballot:
+        if self.stage not in (Stage.CANDIDATE, Stage.LEADER) or m.ballot != self.ballot \
+                or m.src in self.promised_by:
             return True
         if m.part >= m.parts:
             return False  # a faulty sender
@@ -222,6 +250,20 @@ class Election:
         if len(parts) < m.parts or any(p.parts != m.parts for p in parts.values()):
             return True
         # Every part is in: the promise counts, with all the entries it reports.
+        if self.stage is Stage.LEADER:
+            # Asked as we reached a configuration we had no quorum of (`ask_promises`).
+            del self.promise_parts[m.src]
+            if any(p.compacted >= self.pipeline.recovered + 1 for p in parts.values()):
+                # It has a snapshot past slots we still recover: they are chosen, and we
+                # cannot learn them by phase 1. Catch up first, as a candidate would.
+                self.step_down(now)
+                self.log.catch_up(now, m.src)
+                return True
+            self.promised_by.add(m.src)
+            self.pipeline.on_promise(
+                m.src, tuple(e for i in range(m.parts) for e in parts[i].entries), now)
+            self.recovered_at = max(self.recovered_at, self.pipeline.recover_to)
+            return True
         if any(p.compacted >= self.first for p in parts.values()):
             # It forgot slots we would recover: they are chosen, and only its snapshot
             # has them. We cannot lead before we have them.
@@ -232,7 +274,8 @@ class Election:
             return True
         self.promises[m.src] = Promise(
             m.src, m.ballot, tuple(e for i in range(m.parts) for e in parts[i].entries))
-        if self.quorums.is_phase1_quorum(self.promises):
+        self.promised_by.add(m.src)
+        if self.is_quorum(self.promised_by, phase1=True):
             self.become_leader(now)
         return True
 
@@ -243,6 +286,7 @@ class Election:
         self.leader = self.node_id
         self.leader_ballot = self.ballot
         self.quorum_seen_at = now
+        self.heard_from = {}
         reported: dict[int, list[Entry]] = {}
         for promise in self.promises.values():
             for e in promise.entries:
@@ -250,15 +294,13 @@ class Election:
         self.promises = {}
         self.promise_parts = {}
         last = max([log.commit, *reported, *log.chosen_beyond_commit()])
-        for slot in range(self.first, last + 1):
-            if slot in log.chosen:
-                continue
-            pipeline.propose(slot, self.pick_value(reported.get(slot, ())), now)
-        pipeline.next_slot = last + 1
         self.recovered_at = last
+        # Each slot from `first` to `last` is proposed again with the value `pick_value`
+        # finds among the promises (or is known chosen): ALPHA slots at a time, since a
+        # slot's configuration is known only once the slots ALPHA below it are chosen.
+        pipeline.lead(self.first, reported, last, now)
         self.reads.lead(now)  # reads that waited for a leader are now ours to confirm
         self.heartbeat(now)
-        pipeline.lead(now)
 
     def pick_value(self, reported: Iterable[Entry]) -> Batch:
         """Gap filling: the highest-numbered value accepted in the slot, else a no-op."""
@@ -324,7 +366,7 @@ class Election:
     def heartbeat(self, now: float) -> None:
         self.hb_round += 1
         self.hb_at = now + self.config.heartbeat_interval
-        if self.quorums.is_phase2_quorum({self.node_id}):
+        if self.is_quorum({self.node_id}):
             self.confirmed_round = self.hb_round  # a cluster of one confirms itself
             self.quorum_seen_at = now
         else:
@@ -344,20 +386,24 @@ class Election:
             self.out.emit(m.src, Rejected(self.node_id, m.ballot, acceptor.promised))
             return
         self.follow(m.src, m.ballot, now)
-        if self.standings.votes:  # a learner's ack would count toward a quorum
+        if self.standings.votes:  # one that lost its disk: its ack would count as a vote
+            # A learner of the configuration acks too: its ack counts in no quorum, and
+            # tells the leader how far it has caught up.
             self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
-                                              acceptor.max_accepted))
+                                              acceptor.max_accepted, self.log.applied))
         self.log.learn_commit(m.ballot, m.commit, now)
 
     def on_heartbeat_ack(self, m: HeartbeatAck, now: float) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
+        self.heard_from[m.src] = now
+        self.pipeline.note_progress(m.src, m.applied)
         self.pipeline.close_orphans(m.accepted, now)
         acks = self.acks.get(m.round)
         if acks is None:
             return
         acks.add(m.src)
-        if self.quorums.is_phase2_quorum(acks):
+        if self.is_quorum(acks):
             self.quorum_seen_at = now
             # A quorum acked this round, so it confirms every earlier one too.
             self.confirmed_round = m.round

@@ -33,6 +33,7 @@ from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import KeepSnapshots, Outbox, TakeSnapshot
 from pnyx.protocol.multipaxos.election import Role
+from pnyx.protocol.multipaxos.membership import Membership, genesis
 from pnyx.protocol.multipaxos.messages import Batch, CatchUp, Chosen, Decided, size_of
 from pnyx.protocol.multipaxos.records import ChosenRecord, CompactRecord
 from pnyx.protocol.quorum import QuorumSystem
@@ -47,11 +48,16 @@ if TYPE_CHECKING:
 
 class SnapshotBase(Protocol):
     """A durable snapshot the machine was restored from: its slot, the commands
-    applied up to it (`index`) and the size of its file in bytes."""
+    applied up to it (`index`), the size of its file in bytes, and the membership
+    after its slot (`Membership.encode`; empty in a snapshot made before membership
+    changes existed, whose configuration is the first)."""
 
     slot: int
     index: int
     size: int
+
+    @property
+    def membership(self) -> bytes: ...
 
 
 class Machine(Protocol):
@@ -107,13 +113,17 @@ class Log:
 
     def __init__(self, node_id: int, config: ReplicaConfig, rng: random.Random,
                  machine: Machine, out: Outbox, chosen: dict[int, Batch],
-                 compacted: int = 0, snapshot: SnapshotBase | None = None) -> None:
+                 compacted: int = 0, snapshot: SnapshotBase | None = None,
+                 membership: Membership | None = None) -> None:
         self.node_id = node_id
         self.config = config
         self.rng = rng
         self.machine = machine
         self.out = out
-        self.others = tuple(m for m in config.members if m != node_id)
+        # The configurations, as the chosen slots applied so far make them (a change
+        # is applied in its slot's turn, like a command).
+        self.membership = membership if membership is not None else Membership(
+            node_id, genesis(config.members, config.quorums))
         base = snapshot.slot if snapshot is not None else 0
         if base < compacted:
             raise ValueError(f"the log is compacted up to slot {compacted}, but the "
@@ -212,6 +222,8 @@ class Log:
         while self.applied < self.commit:
             slot = self.applied + 1
             value = self.chosen[slot]
+            if value.change is not None:
+                self.apply_change(slot, value)
             for c in value.commands:
                 self.applied_index += 1
                 result = self.machine.apply(c.payload, self.applied_index)
@@ -225,7 +237,16 @@ class Log:
         reads = self.reads
         if reads.by_index or reads.held:
             reads.advance()
+        self.membership.trim(self.commit)
         self.maybe_snapshot()
+
+    def apply_change(self, slot: int, value: Batch) -> None:
+        """A membership change is chosen in `slot`: the configuration it makes governs
+        from slot + ALPHA (`Membership.apply`); its origin hears whether it took."""
+        change = value.change
+        assert change is not None
+        code, why = self.membership.apply(slot, change)
+        self.pipeline.change_applied(slot, change, code, why, self.applied_index)
 
     # ---------------------------------------------------- snapshots, compaction
 
@@ -243,7 +264,7 @@ class Log:
         # Captured here, between two applies: later slots of this very event must not
         # show in it. Drawn later, off the event loop (`Machine.snapshot_chunks`).
         self.out.snapshot(TakeSnapshot(self.applied, self.applied_index,
-                                       capture(self.machine)))
+                                       capture(self.machine), self.membership.encode()))
 
     def snapshotted(self, slot: int, index: int, size: int, now: float) -> None:
         """The snapshot of `slot` is durable (`size` > 0), or could not be written (0:
@@ -321,7 +342,8 @@ class Log:
             slot -= 1
         return slot
 
-    def install(self, slot: int, index: int, size: int, now: float) -> None:
+    def install(self, slot: int, index: int, size: int, now: float,
+                membership: bytes = b"") -> None:
         """The machine was restored from the durable snapshot of `slot` (fetched from a
         peer): the log continues from it. Everything at or below it is forgotten, as
         by `compact`, and for the same reasons; our commands that may have been chosen
@@ -341,6 +363,8 @@ class Log:
         self.commit = max(self.commit, slot)
         self.max_chosen = max(self.max_chosen, slot)
         self.applied_index = index
+        if membership:
+            self.membership.restore(membership)
         self.since_commands = self.since_bytes = 0
         self._keep_snapshot(slot, index, size)
         self.acceptor.forget(slot)
@@ -367,8 +391,9 @@ class Log:
         leader = election.leader
         if source is None and leader not in (None, self.node_id):
             source = leader
-        if source is None and self.others:
-            source = self.rng.choice(self.others)
+        others = self.election.others
+        if source is None and others:
+            source = self.rng.choice(others)
         if source is not None:
             self.out.send(source, CatchUp(self.node_id, self.commit + 1))
             self.catchup_at = now + self.config.heartbeat_interval

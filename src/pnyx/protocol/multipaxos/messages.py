@@ -42,10 +42,50 @@ class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
     payload: bytes
 
 
-class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """The value of one slot: commands applied in order. Empty means no-op."""
+class Member(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A member of a configuration (`pnyx.protocol.multipaxos.membership`): its id, where
+    its peers and its clients reach it, whether it votes, and for a learner whether the
+    leader promotes it once it has caught up. `incarnation` names the process that asked
+    to join (0: a member of the first configuration): a node that lost its disk and asks
+    again under the same id is told apart from a retry of the same request."""
+
+    id: NodeId
+    peer: str = ""
+    http: str = ""
+    voter: bool = True
+    promote: bool = False
+    incarnation: Index = 0
+
+
+class Config(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """The members that vote on slots `start`.. (until the next configuration's start).
+    `q1`/`q2`: phase-1 and phase-2 quorum sizes among the voters (0: a majority)."""
+
+    version: Index
+    start: Slot
+    members: tuple[Member, ...]
+    q1: Index = 0
+    q2: Index = 0
+
+
+class Change(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A membership change, proposed as a slot's value like a command: made against
+    configuration `base` (else refused as a conflict), by request `id` at `origin`."""
+
+    origin: NodeId
+    id: Index
+    base: Index
+    add: tuple[Member, ...] = ()
+    remove: tuple[NodeId, ...] = ()
+    promote: tuple[NodeId, ...] = ()
+
+
+class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
+    """The value of one slot: commands applied in order, or one membership change.
+    Empty means no-op."""
 
     commands: tuple[Command, ...] = ()
+    change: Change | None = None
 
 
 NOOP = Batch()
@@ -130,6 +170,7 @@ class HeartbeatAck(_Msg, tag="heartbeat-ack"):
     ballot: Ballot
     round: Index
     accepted: Index = 0  # the highest slot the acker has accepted anything in
+    applied: Index = 0  # the highest slot it has applied (a learner's catch-up progress)
 
 
 class PreVote(_Msg, tag="prevote"):
@@ -241,16 +282,37 @@ class QuorumReadReply(_Msg, tag="quorum-read-reply"):
     index: Index  # commands applied: the log index the result reflects
 
 
+class ChangeMembers(_Msg, tag="change-members"):
+    """A membership change a member received, handed to the leader (as `Forward`)."""
+
+    change: Change
+
+
+class ChangeRefused(_Msg, tag="change-refused"):
+    """To a change's origin: the leader refused to propose it (`code`, `error`: why)."""
+
+    id: Index
+    code: str
+    error: str
+
+
+class Removed(_Msg, tag="removed"):
+    """To a replica no configuration from `version` on holds: it was removed."""
+
+    version: Index
+
+
 LogMessage = (
     Prepare | Promise | Accept | Accepted | Rejected | Heartbeat | HeartbeatAck | PreVote
     | PreVoteReply | CatchUp | Chosen | Forward | Aborted | ReadIndex | ReadIndexReply
     | QuorumRead | QuorumReadReply | SnapshotOffer | SnapshotRequest | SnapshotChunk | Probe
-    | ProbeReply
+    | ProbeReply | ChangeMembers | ChangeRefused | Removed
 )
 LOG_MESSAGE_TYPES: tuple[type, ...] = (
     Prepare, Promise, Accept, Accepted, Rejected, Heartbeat, HeartbeatAck, PreVote,
     PreVoteReply, CatchUp, Chosen, Forward, Aborted, ReadIndex, ReadIndexReply, QuorumRead,
     QuorumReadReply, SnapshotOffer, SnapshotRequest, SnapshotChunk, Probe, ProbeReply,
+    ChangeMembers, ChangeRefused, Removed,
 )
 
 _encoder = msgspec.msgpack.Encoder()

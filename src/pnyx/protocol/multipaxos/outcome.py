@@ -36,11 +36,17 @@ class Code(enum.StrEnum):
     # answered at once, so the client asks another member rather than wait here (an
     # API does not retry it at the same member).
     CUT_OFF = "cut_off"
+    # A membership change made against a configuration that is no longer the latest
+    # (another change won): read the configuration again and retry.
+    CONFLICT = "conflict"
+    # A membership change the leader would not propose now: it would leave no live
+    # quorum, or promote a learner that has not caught up. It may succeed later.
+    REFUSED = "refused"
 
     @property
     def retryable(self) -> bool:
         """Whether another attempt may succeed (a refusal for the request itself won't)."""
-        return self not in (Code.TOO_LARGE, Code.BAD_REQUEST)
+        return self not in (Code.TOO_LARGE, Code.BAD_REQUEST, Code.CONFLICT, Code.REFUSED)
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):

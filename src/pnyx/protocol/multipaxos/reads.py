@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import Outbox
 from pnyx.protocol.multipaxos.election import Role
+from pnyx.protocol.multipaxos.membership import ALPHA
 from pnyx.protocol.multipaxos.messages import (
     QuorumRead,
     QuorumReadReply,
@@ -265,13 +266,18 @@ class Reads:
         if read is None:
             return
         read.replies[m.src] = m
-        if len(read.replies) >= self.config.read_quorum:
+        if self._read_quorum(read.replies):
             self.evaluate_quorum_read(m.id, read)
+
+    def _read_quorum(self, repliers: dict[int, QuorumReadReply] | list[int]) -> bool:
+        """Enough replies to meet every phase-2 quorum of the configurations governing
+        the slots after our commit (`Membership.read_quorum_met`)."""
+        first = self.log.commit + 1
+        return self.log.membership.read_quorum_met(repliers, first, first + ALPHA - 1)
 
     def evaluate_quorum_read(self, read_id: int, read: PendingQuorumRead) -> None:
         """Paxos Quorum Read: the read slot is the highest slot any replier accepted;
         answer with a result that a quorum of replicas applied past it agree on."""
-        need = self.config.read_quorum
         if read.read_slot is None:
             # Fixed by the first quorum of replies (as in Paxos Quorum Reads): later
             # replies only show later writes, which the read need not wait for.
@@ -282,7 +288,7 @@ class Reads:
             if r.applied >= read_slot:
                 votes.setdefault(r.result, []).append(r)
         for result, agreeing in votes.items():
-            if len(agreeing) >= need:
+            if self._read_quorum([r.src for r in agreeing]):
                 del self.quorum[read_id]
                 index = min(r.index for r in agreeing)
                 self.out.outcome(read_id, Outcome(True, result, index))

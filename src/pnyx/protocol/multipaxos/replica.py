@@ -17,6 +17,8 @@ package's docstring for the diagrams):
 - `reads.Reads`: read index and quorum reads;
 - `transfer.Transfer`: snapshots fetched from and sent to peers;
 - `standing.Standings`: whether this replica votes (an empty disk asks first);
+- `membership.Membership`: which members vote on which slots, changed through
+  the log (Lamport's rule: a change chosen in slot i governs from i + ALPHA);
 - `effects.Outbox`: the effects they produce, persist-before-send.
 
 The facade routes each message to the unit it concerns (`step`), passes the
@@ -37,6 +39,7 @@ from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import LogReady, Outbox
 from pnyx.protocol.multipaxos.election import Election, Role
 from pnyx.protocol.multipaxos.log import Log, Machine, SnapshotBase
+from pnyx.protocol.multipaxos.membership import Config, Member, Membership, genesis
 from pnyx.protocol.multipaxos.messages import (
     LOG_MESSAGE_TYPES,
     Aborted,
@@ -44,6 +47,9 @@ from pnyx.protocol.multipaxos.messages import (
     Accepted,
     Batch,
     CatchUp,
+    Change,
+    ChangeMembers,
+    ChangeRefused,
     Chosen,
     Entry,
     Forward,
@@ -61,6 +67,7 @@ from pnyx.protocol.multipaxos.messages import (
     ReadIndex,
     ReadIndexReply,
     Rejected,
+    Removed,
     SnapshotChunk,
     SnapshotOffer,
     SnapshotRequest,
@@ -96,20 +103,26 @@ class Replica:
         snapshot: SnapshotBase | None = None,
     ) -> None:
         """`snapshot`: the durable snapshot `machine` was restored from, if any (its
-        slot must be at or above the compacted floor of `durable`)."""
-        if node_id not in config.members:
-            raise ValueError(f"node {node_id} is not a member of {config.members}")
+        slot must be at or above the compacted floor of `durable`).
+
+        `config.members` are the members of the cluster's first configuration. A
+        replica outside it joined later (`pnyx serve --join`): it learns the
+        configurations from the log or a snapshot, as every member does."""
         d = durable if durable is not None else ReplicaDurable()
         self.node_id = node_id
         self.config = config
         self.rng = rng
         self.machine = machine
         self.dropped = 0  # malformed or foreign messages, counted and ignored
-        self._members = frozenset(config.members)
+        self.membership = membership = Membership(
+            node_id, genesis(config.members, config.quorums),
+            getattr(snapshot, "membership", b"") if snapshot is not None else b"")
+        self.removed = False  # told, or saw in the log, that it is a member no more
+        self._removed_told: dict[int, float] = {}
         self.out = out = Outbox(node_id, config.members)
         self.acceptor = acceptor = self.acceptor_class(node_id, config, out, d)
         self.log = log = self.log_class(node_id, config, rng, machine, out, d.chosen,
-                                        d.compacted, snapshot)
+                                        d.compacted, snapshot, membership)
         self.election = election = self.election_class(node_id, config, rng, out, now)
         self.pipeline = pipeline = self.pipeline_class(node_id, config, out)
         self.reads = reads = self.reads_class(node_id, config, machine, out)
@@ -124,7 +137,10 @@ class Replica:
         reads.acceptor, reads.election, reads.log = acceptor, election, log
         transfer.log = log
         standings.acceptor, standings.log = acceptor, log
+        self._members: frozenset[int] = frozenset()
+        self._members_changed()
         log.apply_chosen()
+        self._members_changed()
         out.ready.outcomes.clear()
         out.ready.snapshots.clear()  # replaying the tail takes no snapshot before start
         log.taking = 0
@@ -141,6 +157,17 @@ class Replica:
         slot (a driver that gathers what arrives in one loop iteration batches
         even while the pipelining window has room)."""
         self.pipeline.submit_many(requests, now)
+        return self._flush()
+
+    def change_members(self, request_id: int, base: int, *, add: tuple[Member, ...] = (),
+                       remove: tuple[int, ...] = (), promote: tuple[int, ...] = (),
+                       now: float) -> LogReady:
+        """A client's membership change, made against configuration version `base`: it
+        is chosen in a slot like a command, and its outcome comes back under
+        `request_id` once applied (or refused: `Code.CONFLICT`, `BAD_REQUEST`,
+        `REFUSED`). See `pnyx.protocol.multipaxos.membership`."""
+        self.pipeline.submit_change(
+            request_id, Change(self.node_id, request_id, base, add, remove, promote), now)
         return self._flush()
 
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
@@ -161,7 +188,7 @@ class Replica:
         return self.step(message, now)
 
     def step(self, m: LogMessage, now: float) -> LogReady:
-        if not isinstance(m, LOG_MESSAGE_TYPES) or m.src not in self._members:
+        if not isinstance(m, LOG_MESSAGE_TYPES) or not self._may_hear(m, now):
             self.dropped += 1
             return self._flush()
         election = self.election
@@ -214,7 +241,47 @@ class Replica:
                 self.standings.on_probe(m)
             case ProbeReply():
                 self.standings.on_probe_reply(m)
+            case ChangeMembers():
+                self.pipeline.on_change_members(m, now)
+            case ChangeRefused():
+                self.pipeline.on_change_refused(m)
+            case Removed():
+                if self.node_id in self.membership.retired or \
+                        self.node_id not in self._members:
+                    self.removed = True  # else it is news to us from a replica behind
         return self._flush()
+
+    def _may_hear(self, m: LogMessage, now: float) -> bool:
+        """Members are heard; so is anyone not removed while we know no configuration
+        holding us (we joined, and have not yet learned the ones after the first).
+        A removed member is told so (at most once per heartbeat interval)."""
+        src = m.src
+        if type(src) is not int:
+            return False
+        if src in self._members:
+            return True
+        membership = self.membership
+        if src in membership.retired:
+            interval = self.config.heartbeat_interval
+            last = self._removed_told.get(src)
+            if last is None or now - last >= interval:
+                self._removed_told[src] = now
+                self.out.send(src, Removed(self.node_id, membership.latest.version))
+            return False
+        return src > 0 and self.node_id not in self._members
+
+    def _members_changed(self) -> None:
+        """The configurations changed: whom we send to and hear from follows."""
+        membership = self.membership
+        membership.changed = False
+        members = membership.members()
+        self._members = members
+        self.out.members = tuple(sorted(members | {self.node_id}))
+        self.election.others = tuple(m for m in self.out.members if m != self.node_id)
+        self.out.ready.members_changed = True
+        if self.node_id in membership.retired and membership.removed(
+                self.node_id, self.log.commit):
+            self.removed = True
 
     def tick(self, now: float) -> LogReady:
         self.standings.tick(now)
@@ -237,9 +304,11 @@ class Replica:
         self.transfer.staged(slot, size, now)
         return self._flush()
 
-    def installed(self, slot: int, index: int, size: int, now: float) -> LogReady:
-        """The machine was restored from snapshot `slot` (now the node's durable one)."""
-        self.log.install(slot, index, size, now)
+    def installed(self, slot: int, index: int, size: int, now: float,
+                  membership: bytes = b"") -> LogReady:
+        """The machine was restored from snapshot `slot` (now the node's durable one),
+        which carried `membership` (the membership after its slot)."""
+        self.log.install(slot, index, size, now, membership)
         return self._flush()
 
     def snapshot_gone(self, dst: int) -> LogReady:
@@ -253,6 +322,8 @@ class Replica:
         return self._flush()
 
     def _flush(self) -> LogReady:
+        if self.membership.changed:
+            self._members_changed()
         election = self.election
         leading = election.role is Role.LEADER
         deadlines = [] if leading else [election.election_at]
@@ -268,6 +339,7 @@ class Replica:
             deadlines.append(reads)
         ready = self.out.take()
         ready.wake_at = min(deadlines) if deadlines else None
+        ready.removed = self.removed
         return ready
 
     # ========================================================= inspection
@@ -289,6 +361,7 @@ class Replica:
         self.reads.check_invariants()
         self.transfer.check_invariants()
         self.standings.check_invariants()
+        self.membership.check_invariants()
         assert self.acceptor.compacted <= self.log.floor, (
             self.acceptor.compacted, self.log.floor)
         if self.election.role is Role.LEADER:
@@ -305,7 +378,24 @@ class Replica:
 
     @property
     def quorums(self) -> QuorumSystem:
-        return self.config.quorums
+        """The quorums of the configuration governing the next slot."""
+        membership = self.membership
+        return membership.quorums(membership.at(self.log.commit + 1))
+
+    @property
+    def configuration(self) -> Config:
+        """The configuration governing the next slot (`configs`: and those to come)."""
+        return self.membership.at(self.log.commit + 1)
+
+    @property
+    def configs(self) -> list[Config]:
+        """Read-only: the configurations known, the one in force first."""
+        return list(self.membership.configs)
+
+    @property
+    def progress(self) -> dict[int, int]:
+        """LEADER: the slot each member last said it applied (learners' catch-up)."""
+        return dict(self.pipeline.progress)
 
     @property
     def others(self) -> tuple[int, ...]:
