@@ -25,7 +25,7 @@ The facade routes each message to the unit it concerns (`step`), passes the
 clock (`now`) explicitly, and turns the outbox into a `LogReady`. A variant
 replica (the mutation guards of `pnyx.sim.mutants`) swaps in a unit class:
 `acceptor_class`, `election_class`, `pipeline_class`, `log_class`,
-`reads_class`.
+`reads_class`, `transfer_class`, `membership_class`.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class Replica:
     log_class: type[Log] = Log
     reads_class: type[Reads] = Reads
     transfer_class: type[Transfer] = Transfer
+    membership_class: type[Membership] = Membership
 
     def __init__(
         self,
@@ -114,7 +115,7 @@ class Replica:
         self.rng = rng
         self.machine = machine
         self.dropped = 0  # malformed or foreign messages, counted and ignored
-        self.membership = membership = Membership(
+        self.membership = membership = self.membership_class(
             node_id, genesis(config.members, config.quorums),
             getattr(snapshot, "membership", b"") if snapshot is not None else b"")
         self.removed = False  # told, or saw in the log, that it is a member no more
