@@ -92,6 +92,7 @@ from pnyx.api.http_outcome import (
     RETRY_MAX_DELAY,
     answer_now,
     failure_error,
+    overloaded_error,
     result_error,
 )
 from pnyx.api.http_parse import (
@@ -225,11 +226,7 @@ class _Handlers:
         with 503 `overloaded`.
         """
         if not self.admission.try_enter():
-            # Refused before the node saw it: a write is certainly not applied.
-            raise ApiError(503, "overloaded", "this node has as many requests in flight as "
-                           f"it takes ({self.admission.limit}); retry after a pause",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                           extra={"unknown": False} if write else None)
+            raise overloaded_error(self.admission, write)
         try:
             return await self._attempts(call, write=write)
         finally:

@@ -1,8 +1,8 @@
 """A request of the httptools server at the node: asked, retried, and answered from its outcome.
 
 This module owns `start_call` (admission control: past `max_pending`, 503
-`overloaded` at once) and `Call`, one request at the node, retried as
-`pnyx.api.http` retries it (while a write's outcome is unknown, or while
+`overloaded` at once) and `Call`, one request at the node, retried by the rule
+of `pnyx.api.http_outcome` (while a write's outcome is unknown, or while
 another attempt may mend a read; always the same bytes; until the request
 timeout) and turned into its answer's bytes: the success of a write, a read or
 a listing, the machine's refusal, or the failed outcome as `HTTP_FAILURES`
@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pnyx.api.http_bytes import error_bytes, response_bytes
-from pnyx.api.http_errors import RETRY_AFTER_SECONDS, ApiError
 from pnyx.api.http_outcome import (
     RETRY_FIRST_DELAY,
     RETRY_MAX_DELAY,
     answer_now,
     failure_error,
+    overloaded_error,
     result_error,
 )
 from pnyx.protocol.multipaxos import Code, Outcome, ReadMode
@@ -36,25 +36,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pnyx.api.http")
 
+
 def start_call(conn: Connection, request: Request, label: str, *, write: bool, encoded: bytes,
                mode: ReadMode, key: str | None) -> None:
     """Ask the node (`encoded` a command if `write`, else a query read at `mode`); the
     answer goes to `request`'s slot, counted under `label`."""
     server = conn.server
     if not server.admission.try_enter():
-        # Refused before the node saw it: a write is certainly not applied.
-        raise ApiError(503, "overloaded", "this node has as many requests in flight as "
-                       f"it takes ({server.admission.limit}); retry after a pause",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                       extra={"unknown": False} if write else None)
+        raise overloaded_error(server.admission, write)
     conn.waiting += 1
     Call(conn, request, label, write, encoded, mode, key).attempt()
 
 
 class Call:
-    """One request at the node, retried as `pnyx.api.http._Handlers._until_done` retries:
-    while its outcome is unknown (a write) or another attempt may mend it (a read), with
-    the same bytes, until the request timeout."""
+    """One request at the node, retried as `pnyx.api.http._Handlers._until_done` retries
+    it (`http_outcome.answer_now`), with the same bytes, until the request timeout; a
+    node with the callback API calls `done`, the server's sweep `hung`."""
 
     __slots__ = ("attempts", "conn", "deadline", "delay", "encoded", "give_up_at", "guard",
                  "key", "label", "mode", "over", "request", "task", "unknown", "write")

@@ -1,6 +1,7 @@
 """From a node's outcome to the HTTP API's answer: one rule for both HTTP servers.
 
-This module owns when a request at the node is tried again (`answer_now`, and
+This module owns the refusal of a request past the node's admission bound
+(`overloaded_error`), when a request at the node is tried again (`answer_now`, and
 the back-off `RETRY_FIRST_DELAY` doubling up to `RETRY_MAX_DELAY`), the error
 a failed outcome is answered with (`failure_error`, from `HTTP_FAILURES`,
 saying whether a write may still take effect), and the error the key-value
@@ -15,12 +16,22 @@ from typing import Any, Final
 
 from pnyx.api.http_errors import HTTP_FAILURES, RETRY_AFTER_SECONDS, ApiError
 from pnyx.api.http_parse import IDEMPOTENCY_HEADER
+from pnyx.api.limits import Admission
 from pnyx.api.node_api import NodeAPI, leader_hint
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.statemachine import kv
 
 RETRY_FIRST_DELAY: Final = 0.01
 RETRY_MAX_DELAY: Final = 0.2
+
+
+def overloaded_error(admission: Admission, write: bool) -> ApiError:
+    """503 `overloaded`: the node has `admission.limit` requests in flight already. Refused
+    before the node saw it, so a write is certainly not applied."""
+    return ApiError(503, "overloaded", "this node has as many requests in flight as "
+                    f"it takes ({admission.limit}); retry after a pause",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                    extra={"unknown": False} if write else None)
 
 
 def answer_now(outcome: Outcome, write: bool) -> bool:
