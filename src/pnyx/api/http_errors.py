@@ -44,6 +44,11 @@ HTTP_FAILURES: Final[dict[Code, HttpFailure]] = {
     Code.SHUTTING_DOWN: _UNAVAILABLE,
     Code.INTERNAL: HttpFailure(500, "internal", False),
     Code.CUT_OFF: _UNAVAILABLE,  # at once, with the leader's address when known
+    # Membership changes (`pnyx.api.members`): another change got in first (read the
+    # members again, retry against the new version), or the leader would not propose
+    # it now (no live quorum after it; a learner not caught up).
+    Code.CONFLICT: HttpFailure(409, "conflict", False),
+    Code.REFUSED: HttpFailure(409, "refused", False),
 }
 
 
