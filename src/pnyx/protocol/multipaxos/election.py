@@ -397,7 +397,7 @@ class Election:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.heard_from[m.src] = now
-        self.pipeline.note_progress(m.src, m.applied)
+        self.pipeline.note_progress(m.src, m.applied, now)
         self.pipeline.close_orphans(m.accepted, now)
         acks = self.acks.get(m.round)
         if acks is None:

@@ -109,6 +109,8 @@ class Pipeline:
         # LEADER: the slot each member last said it applied (HeartbeatAck, CatchUp):
         # a learner's catch-up progress.
         self.progress: dict[int, int] = {}
+        # LEADER: learners whose promotion it proposed itself and has not seen applied.
+        self.promoting: set[int] = set()
 
     # ----------------------------------------------------------- routing
 
@@ -246,6 +248,7 @@ class Pipeline:
         """`change`, chosen in `slot`, was applied (code NONE) or refused (`why`)."""
         if self.election.role is Role.LEADER:
             self.fill_to = max(self.fill_to, slot + ALPHA - 1)
+        self.promoting.difference_update(change.promote)
         if change.origin != self.node_id:
             return
         if code is Code.NONE:
@@ -253,9 +256,24 @@ class Pipeline:
         else:
             self.answer_change(change.id, Outcome.failed(code, why))
 
-    def note_progress(self, src: int, applied: int) -> None:
+    def note_progress(self, src: int, applied: int, now: float) -> None:
         if applied > self.progress.get(src, 0):
             self.progress[src] = applied
+            self.promote_caught_up(now)
+
+    def promote_caught_up(self, now: float) -> None:
+        """LEADER: propose the promotion of every learner added to be promoted
+        (`Member.promote`) that has caught up. Its own change (id 0: no client waits)."""
+        latest = self.log.membership.latest
+        for m in latest.members:
+            if (m.promote and not m.voter and m.id not in self.promoting
+                    and self.caught_up(m.id)):
+                change = Change(self.node_id, 0, latest.version, promote=(m.id,))
+                if not self.refusal(change, now):
+                    self.promoting.add(m.id)
+                    self.change_queue.append(change)
+                    self.fill_window(now)
+                return  # one at a time: the next is made against the version this makes
 
     def on_forward(self, m: Forward, now: float) -> None:
         if self.election.role is Role.LEADER:
@@ -333,6 +351,7 @@ class Pipeline:
         self.fill_to = 0
         self.prepared_at = {}
         self.progress = {}
+        self.promoting = set()
         self.queue.extend(self.unrouted)
         self.unrouted.clear()
         changes, self.unrouted_changes = self.unrouted_changes, []
@@ -503,6 +522,7 @@ class Pipeline:
         self.change_queue.clear()
         self.reported = {}
         self.recovered = self.recover_to = self.fill_to = 0
+        self.promoting = set()
         for origin, ids in sorted(lost.items()):
             if origin == self.node_id:
                 for request_id in ids:
