@@ -286,7 +286,7 @@ class Election:
         self.leader = self.node_id
         self.leader_ballot = self.ballot
         self.quorum_seen_at = now
-        self.heard_from = {}
+        self.heard_from = dict.fromkeys(self.promised_by, now)
         reported: dict[int, list[Entry]] = {}
         for promise in self.promises.values():
             for e in promise.entries:

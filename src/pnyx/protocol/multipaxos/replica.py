@@ -247,9 +247,11 @@ class Replica:
             case ChangeRefused():
                 self.pipeline.on_change_refused(m)
             case Removed():
-                if self.node_id in self.membership.retired or \
-                        self.node_id not in self._members:
-                    self.removed = True  # else it is news to us from a replica behind
+                # Only a removed id is told so (ids are never reused), by a member that
+                # applied its removal: believed even if we did not (we were cut off).
+                if m.version > self.membership.latest.version \
+                        or self.node_id in self.membership.retired:
+                    self.removed = True
         return self._flush()
 
     def _may_hear(self, m: LogMessage, now: float) -> bool:
