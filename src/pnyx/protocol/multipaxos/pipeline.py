@@ -348,7 +348,9 @@ class Pipeline:
         self.recovered = first - 1
         self.recover_to = last
         self.next_slot = last + 1
-        self.fill_to = 0
+        # A change chosen before we led and not yet in force: fill to it, as its
+        # proposer would have.
+        self.fill_to = self.log.membership.latest.start - 1
         self.prepared_at = {}
         self.progress = {}
         self.promoting = set()
