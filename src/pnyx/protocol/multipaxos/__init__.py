@@ -57,6 +57,22 @@ Snapshots, compaction and a laggard (`snapshot_every` commands per snapshot;
                         <------------- CatchUp(1001)
       Chosen(1001..) ------------------------------------> apply in order
 
+Membership change (Lamport's rule: a configuration chosen in slot i governs
+from i + ALPHA; ALPHA = 64; every quorum counts the voters of the slot's
+configuration; see `membership.py` for why this rule)::
+
+    client      L=1 (voters 1,2,3)                          4 (new, empty)
+      |--add 4-->| Change(+4 learner, promote) in slot i      | pnyx serve --join
+      |          |---Accept(b,i,change)---> 1,2,3 (and 4)     |
+      |          | chosen: applied in slot order on every replica: C1 = C0 + 4 (learner)
+      |<--ok-----| governs from i+64; idle slots i+1..i+63 filled with no-ops
+      |          |---Heartbeat / Accept----------------------->| CatchUp, snapshot
+      |          |<--HeartbeatAck(applied)---------------------| (counts in no quorum)
+      |          | applied >= commit - 64: caught up
+      |          | Change(promote 4) in slot j: from j+64, voters 1,2,3,4
+      (a new leader recovers 64 slots at a time, and asks the voters of each
+       configuration it reaches for their promise if it has no quorum of them)
+
 A candidate whose phase 1 starts at or below some acceptor's `compacted`
 cannot recover those slots by phase 1 (their entries are gone): it catches up
 first (`Election.on_promise`). A replica that lost its disk never votes again
@@ -221,6 +237,10 @@ Beyond the seed (the log's long life):
   A replica that lost its disk rejoins as a learner, through a snapshot
     standing.Standings.on_probe_reply, transfer.Transfer.on_offer, log.Log.install
     test_cluster_sim::test_a_wiped_replica_rejoins_as_a_learner_through_a_snapshot
+  The set of servers is part of the state: a configuration chosen in slot i
+  governs from i + alpha (Paxos Made Simple, section 3)
+    membership.Membership.apply, pipeline.Pipeline.may_propose, Pipeline.recover
+    (tests: tests/test_membership_protocol.py, tests/test_membership_sim.py)
 """
 
 from pnyx.protocol.multipaxos.config import ReplicaConfig
