@@ -16,6 +16,8 @@ Routes (`make_app`)::
     GET    /v1/log           -> node.recent_log(N)  ?recent=N (pnyx.viz.live; capped)
     GET    /metrics          -> Prometheus text
     GET    /v1/snapshot      -> a snapshot file at a linearizable point (pnyx.api.backup)
+    GET/POST /v1/members, POST /v1/members/change, POST /v1/members/{id}/promote,
+    DELETE /v1/members/{id}  -> membership (pnyx.api.members)
 
 Keys are the path after `/v1/kv/`, percent-decoded to bytes and then read as
 strict UTF-8 (so `a%2Fb` and `a/b` are the same key, and `%FF` is a 400, never
@@ -87,6 +89,7 @@ from pnyx.api.http_errors import (
     error_response,
 )
 from pnyx.api.http_h1 import H1Server
+from pnyx.api.http_members import add_member_routes
 from pnyx.api.http_outcome import (
     RETRY_FIRST_DELAY,
     RETRY_MAX_DELAY,
@@ -417,6 +420,7 @@ def make_app(
     app.router.add_resource("/metrics", name="metrics").add_route("GET", h.metrics)
     add_live_routes(app, node)  # /ui, /ui/events, /v1/log: the live view (pnyx.viz.live)
     add_snapshot_route(app, node, request_timeout=request_timeout)  # pnyx.api.backup
+    add_member_routes(app, node, request_timeout=request_timeout)  # pnyx.api.members
     return app
 
 

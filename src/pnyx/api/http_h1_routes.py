@@ -13,6 +13,8 @@ Request) -> None` that answers with `conn.answer(request, label, status,
 bytes)` (`http_bytes.response_bytes`), or starts a request at the node with
 `http_h1_call.start_call`, or raises `ApiError`; then add one line to
 `ROUTES`: `"/v1/path": Route("/v1/path", {"GET": handler, "POST": ...})`.
+A path with a parameter in it (as under `/v1/members/`) goes in `dispatch`
+with a function from the path to its route (`members_route`).
 The label is the route's name in the metrics (keep it bounded: no key in it).
 A method a route does not list is answered 405 with `Allow`; a path not in
 `ROUTES` (nor under `/v1/kv/`) is answered 404 `no_route`. Add the route to
@@ -27,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import parse_qsl
 
+from pnyx.api import http_members
 from pnyx.api.http_bytes import error_bytes, response_bytes
 from pnyx.api.http_errors import ApiError
 from pnyx.api.http_h1_call import start_call
@@ -171,7 +174,19 @@ ROUTES: Final[dict[str, Route]] = {
     "/ui": Route("/ui", {"GET": _ui}),
     "/ui/events": Route("/ui/events", {"GET": start_events}),  # streamed
     "/v1/snapshot": Route("/v1/snapshot", {"GET": start_snapshot}),  # streamed: api.backup
+    # Membership (pnyx.api.members); the paths under /v1/members/ are `members_route`'s.
+    http_members.LABEL: Route(http_members.LABEL, http_members.H1_ROUTES[http_members.LABEL]),
 }
+
+MEMBERS_PREFIX: Final = http_members.PREFIX
+_MEMBER_ROUTES: Final = {label: Route(label, methods)
+                         for label, methods in http_members.H1_ROUTES.items()}
+
+
+def members_route(path: str) -> Route | None:
+    """The route of a path under `/v1/members/` (`/change`, `/{id}`, `/{id}/promote`)."""
+    label = http_members.h1_label(path)
+    return None if label is None else _MEMBER_ROUTES[label]
 
 
 def dispatch(conn: Connection, request: Request) -> None:
@@ -179,7 +194,12 @@ def dispatch(conn: Connection, request: Request) -> None:
     path = request.path
     label = "unmatched"
     try:
-        route = KV_ROUTE if path.startswith(KV_PREFIX) else ROUTES.get(path)
+        if path.startswith(KV_PREFIX):
+            route: Route | None = KV_ROUTE
+        elif path.startswith(MEMBERS_PREFIX):
+            route = members_route(path)
+        else:
+            route = ROUTES.get(path)
         if route is None:
             raise ApiError(404, "no_route", "Not Found")
         label = route.label
