@@ -18,6 +18,7 @@ _LAZY = {
     "AsyncFastClient": "pnyx.client",
     "FastClient": "pnyx.client",
     "BadRequest": "pnyx.errors",
+    "Conflict": "pnyx.errors",
     "NotFound": "pnyx.errors",
     "PnyxError": "pnyx.errors",
     "PreconditionFailed": "pnyx.errors",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from pnyx.client import AsyncClient, AsyncFastClient, Client, FastClient
     from pnyx.errors import (
         BadRequest,
+        Conflict,
         NotFound,
         PnyxError,
         PreconditionFailed,
@@ -51,6 +53,7 @@ __all__ = [
     "AsyncFastClient",
     "BadRequest",
     "Client",
+    "Conflict",
     "FastClient",
     "NotFound",
     "PnyxError",

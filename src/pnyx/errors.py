@@ -40,6 +40,13 @@ class PreconditionFailed(PnyxError):
         self.index = index
 
 
+class Conflict(PnyxError):
+    """A membership change refused for now, 409: another change got in first (`code`
+    "conflict": read the members again and retry against the new version), or the
+    leader would not propose it now ("refused": it would leave no live quorum, or
+    promote a learner that has not caught up; it may succeed later)."""
+
+
 class ValueTooLarge(PnyxError):
     """The value is larger than the node accepts: 413."""
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pnyx.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     PnyxError,
     PreconditionFailed,
@@ -371,6 +372,8 @@ def error_for(status: int | None, code: str | None, message: str, *,
         index = extra.get("index")
         return PreconditionFailed(message, index=index if isinstance(index, int) else -1,
                                   status=status, code=code)
+    if status == 409 and code in ("conflict", "refused"):
+        return Conflict(message, status=status, code=code)
     if status == 413:
         return ValueTooLarge(message, status=status, code=code)
     if status == 503:
