@@ -4,6 +4,8 @@
   (aiohttp, imported on first use), over the HTTP API.
 - `pnyx.client.fast`: `AsyncFastClient` and `FastClient`, over the binary
   client protocol (`pnyx.wire`): the fast path.
+- `pnyx.client.members`: the membership calls' bodies and checks, and the steps of
+  `replace_member`, shared by both HTTP clients.
 - `pnyx.client.common`: endpoints, argument checks, idempotency keys, the
   retry bookkeeping and the one mapping from an answer to a `pnyx.errors`
   exception, shared by both.

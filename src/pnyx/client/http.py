@@ -15,10 +15,19 @@ carries the key that was used.) Reads carry no key: they change nothing.
 
 Errors are the typed exceptions of `pnyx.errors`.
 
+**Membership** (`members`, `add_member`, `promote_member`, `remove_member`,
+`change_members`, `replace_member`; `pnyx.client.members`): a change is not
+sent again once it may have reached a node (it has no idempotency key), so a
+lost answer is `Unavailable(unknown=True)`: read `members()` before retrying.
+A 409 is `Conflict` (`code` "conflict": another change got in first;
+"refused": the leader will not propose it now). An add carries one random
+`incarnation` on every attempt, so a retried add that took is answered as added.
+
     client = pnyx.Client(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"])
     index = client.put("greeting", b"hello")
     value, index = client.get("greeting")
     client.cas("greeting", b"hello", b"hi")   # PreconditionFailed if someone got there first
+    client.add_member(4, "10.0.0.4:7001", http="10.0.0.4:8001")   # a learner, then a voter
 """
 
 from __future__ import annotations
@@ -29,12 +38,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_from_bytes
 
+from pnyx.client import members as _members
 from pnyx.client.common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT,
@@ -52,7 +62,7 @@ from pnyx.client.common import (
     page_size,
     untrusted,
 )
-from pnyx.errors import PnyxError, Unavailable
+from pnyx.errors import Conflict, PnyxError, Unavailable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -88,6 +98,9 @@ class _Call:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     write: bool = False
+    # False for a membership change: once it may have reached a node it is not sent
+    # again (it has no idempotency key; a second attempt of one that took is refused).
+    resend: bool = True
 
 
 @dataclass(slots=True)
@@ -158,6 +171,35 @@ class _Base(ClientBase):
         query = _query({"prefix": prefix or None, "after": after or None, "limit": limit,
                         "consistency": None if consistency == "linearizable" else consistency})
         return _Call("GET", f"/v1/kv/{query}")
+
+    # -- membership (`pnyx.api.members`) --
+
+    @staticmethod
+    def _add_member_call(node_id: int, peer: str, http: str | None, learner: bool,
+                         incarnation: int | None, base: int | None) -> _Call:
+        # Resent freely: the same incarnation on every attempt makes a retry of a join
+        # that took an answer "added" (the API's rule).
+        return _Call("POST", "/v1/members",
+                     _members.add_body(node_id, peer, http, learner, incarnation, base),
+                     {"Content-Type": "application/json"}, write=True)
+
+    @staticmethod
+    def _change_call(add: Iterable[Mapping[str, Any]], remove: Iterable[int],
+                     promote: Iterable[int], base: int | None) -> _Call:
+        return _Call("POST", "/v1/members/change",
+                     _members.change_body(add, remove, promote, base),
+                     {"Content-Type": "application/json"}, write=True, resend=False)
+
+    @staticmethod
+    def _promote_call(node_id: int, base: int | None) -> _Call:
+        body = b"" if base is None else json.dumps({"base": base}).encode()
+        return _Call("POST", f"/v1/members/{_members.check_id(node_id)}/promote", body,
+                     {"Content-Type": "application/json"}, write=True, resend=False)
+
+    @staticmethod
+    def _remove_call(node_id: int, base: int | None) -> _Call:
+        return _Call("DELETE", f"/v1/members/{_members.check_id(node_id)}"
+                     f"{_members.base_query(base)}", write=True, resend=False)
 
     @staticmethod
     def _page(response: _Response, out: list[tuple[str, int]]) -> str | None:
@@ -237,6 +279,101 @@ class Client(_Base):
         if not isinstance(result, dict):
             raise PnyxError("the node sent a status that is not an object")
         return result
+
+    # -- membership --
+
+    def members(self) -> dict[str, Any]:
+        """The configuration as the node that answered knows it (`GET /v1/members`): its
+        `version`, `members` (id, role, peer, http, applied: the leader's view of each
+        one's progress, None elsewhere), `pending` changes, `leader`, `commit`."""
+        return _members.as_view(self._send(_Call("GET", "/v1/members")).json())
+
+    def add_member(self, node_id: int, peer: str, *, http: str | None = None,
+                   learner: bool = False, incarnation: int | None = None,
+                   base: int | None = None) -> dict[str, Any]:
+        """Add node `node_id`, reached by its peers at `peer` (and by clients at `http`),
+        as a learner; the leader makes it a voter once it has caught up, unless `learner`.
+        Returns the new view. Raises `Conflict` (409: `base` is not the latest version,
+        or the leader refused it for now), `BadRequest` (an id in use or used before)."""
+        return _members.as_view(self._send(self._add_member_call(
+            node_id, peer, http, learner, incarnation, base)).json())
+
+    def promote_member(self, node_id: int, *, base: int | None = None) -> dict[str, Any]:
+        """Make learner `node_id` a voter (refused with `Conflict` "refused" until it has
+        caught up). A change is not sent again once it may have reached a node: if its
+        answer is lost, `Unavailable(unknown=True)`; read `members()` before retrying."""
+        return _members.as_view(self._send(self._promote_call(node_id, base)).json())
+
+    def remove_member(self, node_id: int, *, base: int | None = None) -> dict[str, Any]:
+        """Remove node `node_id` (voter or learner); refused (`BadRequest`) if no voter
+        would be left, or (`Conflict` "refused") if no live quorum would."""
+        return _members.as_view(self._send(self._remove_call(node_id, base)).json())
+
+    def change_members(self, *, add: Iterable[Mapping[str, Any]] = (),
+                       remove: Iterable[int] = (), promote: Iterable[int] = (),
+                       base: int | None = None) -> dict[str, Any]:
+        """One change of several members at once: `add` (mappings with `id`, `peer`, and
+        optionally `http`, `learner`, `incarnation`), `remove` and `promote` ids."""
+        return _members.as_view(self._send(self._change_call(add, remove, promote,
+                                                            base)).json())
+
+    def replace_member(self, old: int, new: int, peer: str, *, http: str | None = None,
+                       timeout: float = _members.DEFAULT_REPLACE_TIMEOUT,
+                       on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Replace node `old` by node `new` (at `peer`), safely: add `new` as a learner, wait
+        (up to `timeout` s) until the leader reports it caught up, then one change that
+        promotes `new` and removes `old` (`pnyx.client.members`). `on_step` hears each
+        step. Returns the final view."""
+        steps = _members.ReplaceSteps(_members.check_id(old, "old"), _members.check_id(new),
+                                     peer, on_step)
+        deadline = time.monotonic() + timeout
+        view = self.members()
+        current = _members.find(view, new)
+        if current is not None and current.get("role") == "learner":
+            steps.resuming(view)
+        else:
+            steps.adding()
+            view = self.add_member(new, peer, http=http, learner=True)
+            steps.added(view)
+        base = int(view["version"])
+        steps.waiting(timeout)
+        while True:
+            caught_up = False
+            for leader_view in self._views_everywhere():
+                caught_up, applied, commit = _members.catch_up(leader_view, new)
+                if applied is not None:
+                    steps.progress(applied, commit)
+                    break
+            if caught_up:
+                steps.changing(base)
+                try:
+                    view = self.change_members(promote=[new], remove=[old], base=base)
+                except Conflict as exc:
+                    if exc.code != "refused" or time.monotonic() >= deadline:
+                        raise
+                else:
+                    steps.done(view)
+                    return view
+            if time.monotonic() >= deadline:
+                raise steps.timed_out(timeout)
+            time.sleep(_members.POLL_INTERVAL)
+
+    def _views_everywhere(self) -> list[dict[str, Any]]:
+        """The view of each endpoint that answers (one attempt each): the leader's has
+        each member's progress."""
+        views = []
+        with self._lock:
+            for i in range(len(self.endpoints)):
+                try:
+                    response = self._attempt(i, _Call("GET", "/v1/members"))
+                except Failed:
+                    continue
+                if response.status == 200:
+                    try:
+                        views.append(_members.as_view(response.json()))
+                    except PnyxError:
+                        continue
+        return views
 
     def close(self) -> None:
         with self._lock:
@@ -318,12 +455,14 @@ class Client(_Base):
             try:
                 response = self._attempt(i, call)
             except Failed as failed:
+                if failed.sent and not call.resend:
+                    raise _maybe_applied(self._name(i), failed.reason) from None
                 attempts.failed(self._name(i), failed.reason, sent=failed.sent)
             else:
                 if response.status < 300:
                     self._answered_by(i)
                     return response
-                _answered_unavailable(attempts, self._name(i), response)
+                _answered_unavailable(attempts, self._name(i), response, call.resend)
         raise AssertionError("unreachable: _turns ends only by raising")
 
 
@@ -388,6 +527,91 @@ class AsyncClient(_Base):
             raise PnyxError("the node sent a status that is not an object")
         return result
 
+    # -- membership (as `Client`'s) --
+
+    async def members(self) -> dict[str, Any]:
+        """As `Client.members`."""
+        return _members.as_view((await self._send(_Call("GET", "/v1/members"))).json())
+
+    async def add_member(self, node_id: int, peer: str, *, http: str | None = None,
+                         learner: bool = False, incarnation: int | None = None,
+                         base: int | None = None) -> dict[str, Any]:
+        """As `Client.add_member`."""
+        return _members.as_view((await self._send(self._add_member_call(
+            node_id, peer, http, learner, incarnation, base))).json())
+
+    async def promote_member(self, node_id: int, *, base: int | None = None,
+                             ) -> dict[str, Any]:
+        """As `Client.promote_member`."""
+        return _members.as_view((await self._send(self._promote_call(node_id, base))).json())
+
+    async def remove_member(self, node_id: int, *, base: int | None = None,
+                            ) -> dict[str, Any]:
+        """As `Client.remove_member`."""
+        return _members.as_view((await self._send(self._remove_call(node_id, base))).json())
+
+    async def change_members(self, *, add: Iterable[Mapping[str, Any]] = (),
+                             remove: Iterable[int] = (), promote: Iterable[int] = (),
+                             base: int | None = None) -> dict[str, Any]:
+        """As `Client.change_members`."""
+        return _members.as_view((await self._send(self._change_call(
+            add, remove, promote, base))).json())
+
+    async def replace_member(self, old: int, new: int, peer: str, *, http: str | None = None,
+                             timeout: float = _members.DEFAULT_REPLACE_TIMEOUT,
+                             on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """As `Client.replace_member`."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        steps = _members.ReplaceSteps(_members.check_id(old, "old"), _members.check_id(new),
+                                     peer, on_step)
+        deadline = loop.time() + timeout
+        view = await self.members()
+        current = _members.find(view, new)
+        if current is not None and current.get("role") == "learner":
+            steps.resuming(view)
+        else:
+            steps.adding()
+            view = await self.add_member(new, peer, http=http, learner=True)
+            steps.added(view)
+        base = int(view["version"])
+        steps.waiting(timeout)
+        while True:
+            caught_up = False
+            for leader_view in await self._views_everywhere():
+                caught_up, applied, commit = _members.catch_up(leader_view, new)
+                if applied is not None:
+                    steps.progress(applied, commit)
+                    break
+            if caught_up:
+                steps.changing(base)
+                try:
+                    view = await self.change_members(promote=[new], remove=[old], base=base)
+                except Conflict as exc:
+                    if exc.code != "refused" or loop.time() >= deadline:
+                        raise
+                else:
+                    steps.done(view)
+                    return view
+            if loop.time() >= deadline:
+                raise steps.timed_out(timeout)
+            await asyncio.sleep(_members.POLL_INTERVAL)
+
+    async def _views_everywhere(self) -> list[dict[str, Any]]:
+        views = []
+        for i in range(len(self.endpoints)):
+            try:
+                response = await self._attempt(i, _Call("GET", "/v1/members"))
+            except Failed:
+                continue
+            if response.status == 200:
+                try:
+                    views.append(_members.as_view(response.json()))
+                except PnyxError:
+                    continue
+        return views
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -402,11 +626,8 @@ class AsyncClient(_Base):
 
     # -- sending --
 
-    async def _send(self, call: _Call) -> _Response:
-        import asyncio
-
+    def _session_now(self) -> aiohttp.ClientSession:
         import aiohttp
-        from yarl import URL
 
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -416,8 +637,40 @@ class AsyncClient(_Base):
                 cookie_jar=aiohttp.DummyCookieJar(),
                 connector=aiohttp.TCPConnector(ssl=self.ssl if self.ssl is not None else True),
             )
-        loop = asyncio.get_running_loop()
+        return self._session
+
+    async def _attempt(self, i: int, call: _Call) -> _Response:
+        """One request to node `i`; raises `Failed` if no answer could be had."""
+        import aiohttp
+        from yarl import URL
+
+        session = self._session_now()
         scheme = "http" if self.ssl is None else "https"
+        netloc = self._name(i)
+        # encoded=True: the path is already quoted; yarl must not
+        # re-quote it (it would turn %2E back into ".").
+        url = URL(f"{scheme}://{netloc}{call.path}", encoded=True)
+        try:
+            async with session.request(
+                call.method, url, data=call.body if call.body else None,
+                headers=call.headers,
+            ) as raw:
+                body = await raw.read()
+                return _Response(raw.status, {k.lower(): v for k, v in raw.headers.items()},
+                                 body)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise untrusted(netloc, exc.certificate_error) from None
+        except aiohttp.ClientConnectorError as exc:
+            # Could not connect: the request never left.
+            raise Failed(str(exc), False) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Connected, so the request may have reached the node.
+            raise Failed(describe(exc), True) from exc
+
+    async def _send(self, call: _Call) -> _Response:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
         attempts = self._attempts(loop.time(), write=call.write,
                                   key=call.headers.get("Idempotency-Key"))
         for i in self._turns(attempts, loop.time):
@@ -425,36 +678,31 @@ class AsyncClient(_Base):
                 await asyncio.sleep(attempts.pause(loop.time()))
                 continue
             netloc = self._name(i)
-            # encoded=True: the path is already quoted; yarl must not
-            # re-quote it (it would turn %2E back into ".").
-            url = URL(f"{scheme}://{netloc}{call.path}", encoded=True)
             try:
-                async with self._session.request(
-                    call.method, url, data=call.body if call.body else None,
-                    headers=call.headers,
-                ) as raw:
-                    body = await raw.read()
-                    response = _Response(
-                        raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise untrusted(netloc, exc.certificate_error) from None
-            except aiohttp.ClientConnectorError as exc:
-                # Could not connect: the request never left.
-                attempts.failed(netloc, str(exc), sent=False)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Connected, so the request may have reached the node.
-                attempts.failed(netloc, describe(exc), sent=True)
+                response = await self._attempt(i, call)
+            except Failed as failed:
+                if failed.sent and not call.resend:
+                    raise _maybe_applied(netloc, failed.reason) from None
+                attempts.failed(netloc, failed.reason, sent=failed.sent)
             else:
                 if response.status < 300:
                     self._answered_by(i)
                     return response
-                _answered_unavailable(attempts, netloc, response)
+                _answered_unavailable(attempts, netloc, response, call.resend)
         raise AssertionError("unreachable: _turns ends only by raising")
 
 
-def _answered_unavailable(attempts: Attempts, where: str, response: _Response) -> None:
-    """Note a node's error answer if it is worth another attempt; else raise it."""
+def _answered_unavailable(attempts: Attempts, where: str, response: _Response,
+                          resend: bool = True) -> None:
+    """Note a node's error answer if it is worth another attempt; else raise it (a change
+    that may have taken effect, `resend` False, among them)."""
     error = _error(response)
-    if not isinstance(error, Unavailable):
+    if not isinstance(error, Unavailable) or (error.unknown and not resend):
         raise error
     attempts.failed(where, error.message, sent=error.unknown, status=error.status)
+
+
+def _maybe_applied(where: str, reason: str) -> Unavailable:
+    """A membership change whose answer was lost after it was sent: not sent again."""
+    return Unavailable(f"{where}: {reason}; the change may still take effect: read the "
+                       "members before trying again", unknown=True)

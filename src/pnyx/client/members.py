@@ -1,0 +1,164 @@
+"""What both HTTP clients share for membership: the requests, the checks, and `replace`.
+
+This module owns the bodies of the membership calls (`pnyx.api.members` reads
+them), the argument checks, the catch-up test a replace waits on
+(`catch_up`: the leader's view has the new member's applied slot within
+`alpha` slots of its commit, the rule the leader promotes by) and the words of
+each step of a replace (`ReplaceSteps`), so `Client.replace_member` and
+`AsyncClient.replace_member` differ only in how they wait.
+
+**replace OLD NEW** is three steps, none of which can leave the cluster short of
+a quorum: (1) add NEW as a learner that is not promoted by itself; (2) wait
+until the leader reports it caught up; (3) one change, against the version
+step 1 made: promote NEW and remove OLD. If another change got in between,
+step 3 is a 409 `conflict` and nothing was half-done: NEW stays a learner.
+Run again with NEW a learner already, a replace resumes at step 2.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from pnyx.errors import PnyxError
+
+DEFAULT_ALPHA: Final = 64  # the core's ALPHA, if a view does not say
+DEFAULT_REPLACE_TIMEOUT: Final = 300.0
+POLL_INTERVAL: Final = 0.5
+
+
+def check_id(value: Any, what: str = "node id") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, not {value}")
+    return value
+
+
+def _check_address(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str host:port, not {type(value).__name__}")
+    return value
+
+
+def _check_base(base: Any) -> int | None:
+    return None if base is None else check_id(base, "base")
+
+
+def member_body(node_id: int, peer: str, http: str | None, learner: bool,
+                incarnation: int | None) -> dict[str, Any]:
+    """One member to add, as the API takes it. `incarnation` None: a fresh random one, so
+    every attempt of this call is the same join and a retry is answered as added."""
+    body: dict[str, Any] = {"id": check_id(node_id), "peer": _check_address(peer, "peer"),
+                            "learner": bool(learner)}
+    if http:
+        body["http"] = _check_address(http, "http")
+    body["incarnation"] = (secrets.randbits(48) + 1 if incarnation is None
+                           else check_id(incarnation, "incarnation"))
+    return body
+
+
+def add_body(node_id: int, peer: str, http: str | None, learner: bool,
+             incarnation: int | None, base: int | None) -> bytes:
+    body = member_body(node_id, peer, http, learner, incarnation)
+    if base is not None:
+        body["base"] = _check_base(base)
+    return json.dumps(body).encode()
+
+
+def change_body(add: Iterable[Mapping[str, Any]], remove: Iterable[int],
+                promote: Iterable[int], base: int | None) -> bytes:
+    """`add`: mappings with `id`, `peer` and optionally `http`, `learner`, `incarnation`."""
+    members = []
+    for entry in add:
+        if not isinstance(entry, Mapping):
+            raise TypeError("each member to add is a mapping like {'id': 4, 'peer': "
+                            "'host:port'}")
+        members.append(member_body(entry.get("id"), entry.get("peer"),  # type: ignore[arg-type]
+                                   entry.get("http"), bool(entry.get("learner", False)),
+                                   entry.get("incarnation")))
+    body: dict[str, Any] = {"add": members,
+                            "remove": [check_id(i) for i in remove],
+                            "promote": [check_id(i) for i in promote]}
+    if base is not None:
+        body["base"] = _check_base(base)
+    return json.dumps(body).encode()
+
+
+def base_query(base: int | None) -> str:
+    return "" if base is None else f"?base={_check_base(base)}"
+
+
+def as_view(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("members"), list):
+        raise PnyxError("the node sent a membership view that is not an object with members")
+    return data
+
+
+def find(view: Mapping[str, Any], node_id: int) -> dict[str, Any] | None:
+    for m in view.get("members") or ():
+        if isinstance(m, dict) and m.get("id") == node_id:
+            return m
+    return None
+
+
+def catch_up(view: Mapping[str, Any], node_id: int) -> tuple[bool, int | None, int | None]:
+    """(caught up, its applied slot, the commit) as `view` tells it. The applied slot is
+    None in a follower's view (only the leader tracks progress): not an answer yet."""
+    member = find(view, node_id)
+    commit = view.get("commit")
+    applied = member.get("applied") if member is not None else None
+    if not isinstance(applied, int) or not isinstance(commit, int):
+        return False, None, commit if isinstance(commit, int) else None
+    alpha = view.get("alpha")
+    alpha = alpha if isinstance(alpha, int) else DEFAULT_ALPHA
+    return applied >= commit - alpha, applied, commit
+
+
+class ReplaceSteps:
+    """The words of each step of a replace, to `say` (None: silent)."""
+
+    def __init__(self, old: int, new: int, peer: str, say: Callable[[str], None] | None,
+                 ) -> None:
+        self.old, self.new, self.peer = old, new, peer
+        self.say = say or (lambda _: None)
+        self.last: tuple[int | None, int | None] = (None, None)
+
+    def adding(self) -> None:
+        self.say(f"1/3 adding node {self.new} at {self.peer} as a learner")
+
+    def resuming(self, view: Mapping[str, Any]) -> None:
+        self.say(f"1/3 node {self.new} is a learner already (configuration version "
+                 f"{view.get('version')}): resuming")
+
+    def added(self, view: Mapping[str, Any]) -> None:
+        self.say(f"    added: configuration version {view.get('version')}")
+
+    def waiting(self, timeout: float) -> None:
+        self.say(f"2/3 waiting (up to {timeout:g} s) until the leader reports node {self.new} "
+                 "caught up")
+
+    def progress(self, applied: int | None, commit: int | None) -> None:
+        if (applied, commit) != self.last and applied is not None:
+            self.say(f"    node {self.new}: applied slot {applied}, leader's commit {commit}")
+        self.last = (applied, commit)
+
+    def changing(self, base: int) -> None:
+        self.say(f"3/3 one change against version {base}: promote node {self.new}, remove "
+                 f"node {self.old}")
+
+    def done(self, view: Mapping[str, Any]) -> None:
+        self.say(f"    done: configuration version {view.get('version')}; node {self.new} "
+                 f"votes, node {self.old} is removed")
+
+    def timed_out(self, timeout: float) -> PnyxError:
+        applied, commit = self.last
+        where = (f"applied slot {applied}, leader's commit {commit}" if applied is not None
+                 else "no endpoint answered with the leader's view of it: list the leader "
+                 "among --endpoints")
+        return PnyxError(
+            f"node {self.new} did not catch up within {timeout:g} s ({where}); it stays a "
+            f"learner and node {self.old} a member: run the same replace again to resume, or "
+            f"undo with `pnyx member remove {self.new}`", code="timeout")
