@@ -3,6 +3,7 @@
 - `pnyx.cli.serve`: `pnyx serve`, one node (its flags come from `pnyx.node.config.SETTINGS`);
 - `pnyx.cli.cluster`: `pnyx cluster`, a local cluster of `serve` processes;
 - `pnyx.cli.kv`: `pnyx put/get/del/cas/keys/status` against a running cluster;
+- `pnyx.cli.member`: `pnyx member list/add/promote/remove/replace`, the cluster's members;
 - `pnyx.cli.backup`: `pnyx backup` and `pnyx restore`, a cluster's state to a file and back;
 - `pnyx.cli.sim`: `pnyx sim` and `pnyx sim-kv`, the deterministic simulator;
 - `pnyx.cli.certs`: `pnyx certs init/issue`, the certificates of mutual TLS;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pnyx.cli import backup, bench, certs, chaos, cluster, kv, serve, sim
+from pnyx.cli import backup, bench, certs, chaos, cluster, kv, member, serve, sim
 from pnyx.cli.common import Parser, StartError, UsageError
 from pnyx.protocol.quorum import QuorumError
 
@@ -29,7 +30,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> Parser:
     parser = Parser(prog="pnyx", description="Multi-Paxos for Python.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (sim, serve, cluster, kv, backup, certs, bench, chaos):
+    for group in (sim, serve, cluster, kv, member, backup, certs, bench, chaos):
         group.add_parsers(sub)
     return parser
 

@@ -339,7 +339,7 @@ class Client(_Base):
         steps.waiting(timeout)
         while True:
             caught_up = False
-            for leader_view in self._views_everywhere():
+            for leader_view in self.member_views():
                 caught_up, applied, commit = _members.catch_up(leader_view, new)
                 if applied is not None:
                     steps.progress(applied, commit)
@@ -358,9 +358,9 @@ class Client(_Base):
                 raise steps.timed_out(timeout)
             time.sleep(_members.POLL_INTERVAL)
 
-    def _views_everywhere(self) -> list[dict[str, Any]]:
-        """The view of each endpoint that answers (one attempt each): the leader's has
-        each member's progress."""
+    def member_views(self) -> list[dict[str, Any]]:
+        """The view of each endpoint that answers (one attempt each, in the order given):
+        the leader's is the one with each member's progress (`applied`)."""
         views = []
         with self._lock:
             for i in range(len(self.endpoints)):
@@ -579,7 +579,7 @@ class AsyncClient(_Base):
         steps.waiting(timeout)
         while True:
             caught_up = False
-            for leader_view in await self._views_everywhere():
+            for leader_view in await self.member_views():
                 caught_up, applied, commit = _members.catch_up(leader_view, new)
                 if applied is not None:
                     steps.progress(applied, commit)
@@ -598,7 +598,8 @@ class AsyncClient(_Base):
                 raise steps.timed_out(timeout)
             await asyncio.sleep(_members.POLL_INTERVAL)
 
-    async def _views_everywhere(self) -> list[dict[str, Any]]:
+    async def member_views(self) -> list[dict[str, Any]]:
+        """As `Client.member_views`."""
         views = []
         for i in range(len(self.endpoints)):
             try:
