@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from fake_node import FakeNode
+import pytest
+
+import pnyx
+from fake_node import FakeNode, ServerThread
 from pnyx.api import members as api_members
 from pnyx.protocol.multipaxos import Code, Outcome
 from pnyx.protocol.multipaxos.membership import ALPHA, Membership, genesis
@@ -25,7 +29,8 @@ class FakeMembersNode(FakeNode):
     `Membership.apply` (as every replica applies a chosen change), so its checks and
     words are the real ones. Switches: `gate` (an `asyncio.Event`: changes wait for
     it, so two can be in flight at once), `refuse_change` (the leader's refusal, an
-    `Outcome`), `change_outcome` (the answer to every change, e.g. no leader)."""
+    `Outcome`), `change_outcome` (the answer to every change, e.g. no leader),
+    `follower` (its view has no member's progress, as a follower's)."""
 
     def __init__(self, node_id: int = 1, voters: tuple[int, ...] = (1, 2, 3)) -> None:
         super().__init__(node_id)
@@ -35,6 +40,7 @@ class FakeMembersNode(FakeNode):
         self.refuse_change: Outcome | None = None
         self.change_outcome: Outcome | None = None
         self.changes: list[dict[str, Any]] = []
+        self.follower = False  # its view has no progress (only the leader tracks it)
 
     async def change_members(self, *, add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
                              promote: tuple[int, ...] = (), base: int | None = None,
@@ -60,7 +66,8 @@ class FakeMembersNode(FakeNode):
             "cluster_id": "fake", "version": latest.version, "start": latest.start,
             "members": [{"id": m.id, "peer": m.peer, "http": m.http,
                          "role": "voter" if m.voter else "learner", "promote": m.promote,
-                         "applied": self.slot, "incarnation": m.incarnation}
+                         "applied": None if self.follower else self.slot,
+                         "incarnation": m.incarnation}
                         for m in latest.members],
             "pending": [], "genesis": {}, "alpha": ALPHA, "leader": self.node_id,
             "commit": self.slot,
@@ -348,3 +355,103 @@ async def test_changes_are_counted_under_their_route_labels() -> None:
         await c.get("/v1/members")
         text = node.metrics.render().decode()
         assert 'route="/v1/members/{id}"' in text and 'route="/v1/members"' in text
+
+
+# --- the Python clients ------------------------------------------------------------
+
+
+@pytest.fixture
+def served(server_kind: str) -> Iterator[ServerThread]:  # noqa: F811 (the fixture above)
+    """A `FakeMembersNode` over real TCP, on the server `server_kind` names."""
+    kwargs: dict[str, Any] = ({"serve_kwargs": {"request_timeout": 0.5}} if server_kind == "h1"
+                              else {"request_timeout": 0.5})
+    with ServerThread(FakeMembersNode(), **kwargs) as s:
+        yield s
+
+
+def test_the_blocking_client_lists_adds_promotes_removes_and_changes(
+        served: ServerThread) -> None:
+    node = served.node
+    assert isinstance(node, FakeMembersNode)
+    with pnyx.Client([served.address], retry_timeout=2) as client:
+        assert client.members()["version"] == 0
+        view = client.add_member(4, "127.0.0.1:7004", http="127.0.0.1:8004", learner=True)
+        assert by_id(view)[4]["role"] == "learner" and by_id(view)[4]["promote"] is False
+        assert by_id(client.promote_member(4))[4]["role"] == "voter"
+        assert 3 not in by_id(client.remove_member(3, base=2))
+        view = client.change_members(add=[{"id": 5, "peer": "h:7005"}], remove=[2], base=3)
+        assert by_id(view)[5]["promote"] is True and 2 not in by_id(view)
+        with pytest.raises(pnyx.Conflict) as conflict:
+            client.remove_member(1, base=0)
+        assert conflict.value.code == "conflict" and conflict.value.status == 409
+        with pytest.raises(pnyx.BadRequest, match="node 9 is not a member"):
+            client.promote_member(9)
+        with pytest.raises(TypeError):
+            client.remove_member("3")  # type: ignore[arg-type]
+        node.refuse_change = Outcome.failed(Code.REFUSED, "node 5 has not caught up yet")
+        with pytest.raises(pnyx.Conflict, match="not caught up") as refused:
+            client.promote_member(5)
+        assert refused.value.code == "refused"
+
+
+def test_a_change_whose_outcome_is_unknown_is_not_sent_again(served: ServerThread) -> None:
+    node = served.node
+    assert isinstance(node, FakeMembersNode)
+    node.change_outcome = Outcome.failed(Code.NO_LEADER, "no quorum in time", unknown=True)
+    with pnyx.Client([served.address, served.address], retry_timeout=3) as client:
+        with pytest.raises(pnyx.Unavailable, match="may still take effect") as failed:
+            client.remove_member(3)
+        assert failed.value.unknown is True
+        assert len(node.changes) == 1
+    # A change that surely never took is sent again; an add is the same join on every
+    # attempt (one incarnation), so even a retry of one that took is answered as added.
+    node.change_outcome = Outcome.failed(Code.NO_LEADER, "no leader yet")
+    with (pnyx.Client([served.address], retry_timeout=0.5) as client,
+          pytest.raises(pnyx.Unavailable)):
+        client.add_member(4, "h:7004")
+    incarnations = {c["add"][0].incarnation for c in node.changes[1:]}
+    assert len(node.changes) > 2 and len(incarnations) == 1 and 0 not in incarnations
+
+
+def test_replace_adds_a_learner_waits_then_promotes_and_removes_in_one_change(
+        served: ServerThread) -> None:
+    node = served.node
+    assert isinstance(node, FakeMembersNode)
+    steps: list[str] = []
+    with pnyx.Client([served.address]) as client:
+        view = client.replace_member(3, 4, "127.0.0.1:7004", http="127.0.0.1:8004",
+                                     timeout=5, on_step=steps.append)
+    assert {i: m["role"] for i, m in by_id(view).items()} == {1: "voter", 2: "voter",
+                                                              4: "voter"}
+    add, swap = node.changes
+    assert add["add"][0].promote is False and add["add"][0].voter is False
+    assert (swap["promote"], swap["remove"], swap["base"]) == ((4,), (3,), 1)
+    assert [s[:3] for s in steps if s[0].isdigit()] == ["1/3", "2/3", "3/3"]
+
+
+def test_async_replace_waits_for_the_leaders_word_and_times_out_clearly(
+        served: ServerThread) -> None:
+    node = served.node
+    assert isinstance(node, FakeMembersNode)
+    node.follower = True  # no endpoint answers with the new member's progress
+
+    async def replace() -> None:
+        async with pnyx.AsyncClient([served.address]) as client:
+            assert (await client.members())["version"] == 0
+            await client.replace_member(3, 4, "h:7004", timeout=1.0)
+
+    with pytest.raises(pnyx.PnyxError, match="did not catch up within 1 s") as failed:
+        asyncio.run(replace())
+    assert "run the same replace again" in failed.value.message
+    assert len(node.changes) == 1  # the add; 3 stays a member, 4 a learner
+    assert by_id(node.membership_view())[4]["role"] == "learner"
+    assert 3 in by_id(node.membership_view())
+    node.follower = False  # the leader answers now: the same replace resumes
+
+    async def resume() -> dict[str, Any]:
+        async with pnyx.AsyncClient([served.address]) as client:
+            return await client.replace_member(3, 4, "h:7004", timeout=5)
+
+    view = asyncio.run(resume())
+    assert 3 not in by_id(view) and by_id(view)[4]["role"] == "voter"
+    assert len(node.changes) == 2
