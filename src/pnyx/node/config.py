@@ -1,10 +1,15 @@
 """What one node of a cluster must know: the one path from flags or TOML to a `ReplicaConfig`.
 
-A cluster is a fixed set of members, each with an id and the address other
-nodes reach it at. A node also has its own addresses: where it listens for
-peers (`listen`, which may differ from the address it is known by, for NAT
-and containers), where it serves HTTP and the binary client protocol, and its
-data directory.
+A cluster starts as a set of members (`--cluster`: the first configuration),
+each with an id and the address other nodes reach it at; members are added
+and removed later through the log (`pnyx.protocol.multipaxos.membership`). A
+node added later starts with `--join` instead of `--cluster`: it asks members
+(their HTTP endpoints) to add it, and learns the first configuration and the
+cluster id from their answer (`pnyx.cli.serve`); until then its `members` are
+empty. A node also has its own addresses: where it listens for peers
+(`listen`, which may differ from the address it is known by, for NAT and
+containers; `advertise_peer` is that address for a joining node), where it
+serves HTTP and the binary client protocol, and its data directory.
 
 `SETTINGS` defines every setting once — its TOML key, its `pnyx serve` flag,
 how it is read, its default and its help — and the flag parser, the TOML
@@ -82,6 +87,15 @@ def parse_cluster(text: str) -> dict[int, Address]:
     return members
 
 
+def parse_endpoints(text: str, what: str = "--join") -> tuple[Address, ...]:
+    """`127.0.0.1:8001,127.0.0.1:8002` → (Address, Address): members' HTTP endpoints."""
+    endpoints = tuple(Address.parse(part, f"{what} endpoint")
+                      for part in filter(None, (p.strip() for p in text.split(","))))
+    if not endpoints:
+        raise ConfigError(f"{what}: no endpoint given (HOST:PORT,...)")
+    return endpoints
+
+
 # ReplicaConfig's timing (20 ms heartbeats, elections after 100-200 ms of silence)
 # suits the simulator, whose network delivers in a few milliseconds and whose
 # disks never stall. A node on real machines also sees fsync stalls, GC pauses and
@@ -119,7 +133,7 @@ def _default(name: str) -> Any:
 
 
 Kind = Literal["id", "cluster", "path", "address", "name", "seconds", "count", "bytes", "off",
-               "on"]
+               "on", "endpoints"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +161,16 @@ class Setting:
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("id", "--id", "id", "this node's id in the cluster", field="node_id"),
     Setting("cluster", "--cluster", "cluster",
-            "every member and the address its peers reach it at",
+            "every member of the cluster's first configuration and the address its peers "
+            "reach it at (members added later are learned from the log)",
             field="members", metavar="ID=HOST:PORT,..."),
+    Setting("join", "--join", "endpoints",
+            "instead of --cluster: ask these members (their HTTP host:port) to add this node, "
+            "and learn the cluster from their answer (an empty data directory only; ignored "
+            "once it holds data)", metavar="HOST:PORT,..."),
+    Setting("advertise_peer", "--advertise-peer", "address",
+            "with --join: the address peers reach this node at, when it is not --listen "
+            "(NAT, containers)"),
     Setting("data_dir", "--data-dir", "path", "where the node keeps its log"),
     Setting("http", "--http", "address", "serve the HTTP API here"),
     Setting("client", "--client", "address",
@@ -248,12 +270,14 @@ REQUIRED: Final = ("node_id", "members", "data_dir")
 
 def _default_text(s: Setting) -> str:
     if s.name in REQUIRED:
-        return "required"
+        return "required" if s.name != "members" else "required, or --join"
     if s.kind in ("off", "on"):
         return "true" if s.kind == "off" else "false"
     if s.name == "listen":
         return "the member address"
-    if NodeConfig.__dataclass_fields__[s.name].default is None:
+    if s.name == "advertise_peer":
+        return "--listen"
+    if NodeConfig.__dataclass_fields__[s.name].default in (None, ()):
         return "none"
     value = _default(s.name) if (s.replica or s.name in DEPLOYMENT_TIMING) else (
         NodeConfig.__dataclass_fields__[s.name].default)
@@ -277,6 +301,7 @@ def settings_table() -> str:
 _METAVAR: Final[Mapping[Kind, str]] = {
     "id": "N", "cluster": "ID=HOST:PORT,...", "path": "DIR", "address": "HOST:PORT",
     "name": "NAME", "seconds": "MS", "count": "N", "bytes": "BYTES", "off": "", "on": "",
+    "endpoints": "HOST:PORT,...",
 }
 
 
@@ -285,7 +310,7 @@ def flag_help(s: Setting) -> str:
     if s.kind in ("off", "on"):
         return s.off
     default = _default_text(s)
-    return f"{s.help} ({default if default == 'required' else 'default ' + default})"
+    return f"{s.help} ({default if default.startswith('required') else 'default ' + default})"
 
 
 def metavar(s: Setting) -> str:
@@ -325,6 +350,8 @@ def read_setting(s: Setting, raw: object, source: Literal["flag", "toml"]) -> An
         raise ConfigError(f"{what}: {raw!r} is not a string")
     if s.kind == "cluster":
         return parse_cluster(raw)
+    if s.kind == "endpoints":
+        return parse_endpoints(raw, what)
     if s.kind == "address":
         return Address.parse(raw, what)
     if s.kind == "path":
@@ -336,8 +363,12 @@ def read_setting(s: Setting, raw: object, source: Literal["flag", "toml"]) -> An
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: int
-    members: dict[int, Address]  # every member's peer address, as the others reach it
+    # The first configuration's members and the address each is reached at (empty for
+    # a joining node until the cluster answered it: `joining`).
+    members: dict[int, Address]
     data_dir: Path
+    join: tuple[Address, ...] = ()  # members' HTTP endpoints to ask to add this node
+    advertise_peer: Address | None = None  # where a joining node's peers reach it
     listen: Address | None = None  # where to listen for peers; default: our member address
     http: Address | None = None
     client: Address | None = None  # the binary client protocol
@@ -374,7 +405,17 @@ class NodeConfig:
     max_pending: int = 1024
 
     def __post_init__(self) -> None:
-        if self.node_id not in self.members:
+        if self.join:
+            if self.listen is None:
+                raise ConfigError("--join needs --listen: where this node listens for peers "
+                                  "(and, unless --advertise-peer, where they reach it)")
+            if self.peer_address.host in _WILDCARD:
+                raise ConfigError(f"peers cannot dial {self.peer_address}: give "
+                                  "--advertise-peer HOST:PORT, the address they reach us at")
+        elif self.advertise_peer is not None:
+            raise ConfigError("--advertise-peer goes with --join (a member of --cluster is "
+                              "reached at its --cluster address)")
+        if self.node_id not in self.members and not self.join:
             raise ConfigError(
                 f"node id {self.node_id} is not in the cluster "
                 f"({', '.join(map(str, sorted(self.members)))})"
@@ -417,8 +458,10 @@ class NodeConfig:
         if any(f is None for f in peer_tls) and any(f is not None for f in peer_tls):
             raise ConfigError("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file "
                               "go together: TLS between members needs all three")
-        if not self.consensus and len(self.members) != 1:
+        if not self.consensus and (len(self.members) != 1 or self.join):
             raise ConfigError("without consensus a node cannot have peers: use one member")
+        if self.joining:
+            return  # no configuration yet: the cluster's answer gives it
         try:
             self.replica_config()
         except ValueError as exc:  # a rule of ReplicaConfig's that the checks above missed
@@ -436,8 +479,25 @@ class NodeConfig:
         return self.max_command - VALUE_HEADROOM
 
     @property
+    def joining(self) -> bool:
+        """Started with --join and not yet told the cluster's first configuration."""
+        return bool(self.join) and not self.members
+
+    @property
     def peer_listen(self) -> Address:
-        return self.listen or self.members[self.node_id]
+        if self.listen is not None:
+            return self.listen
+        return self.members[self.node_id]
+
+    @property
+    def peer_address(self) -> Address:
+        """Where the peers reach this node: its member address (or, joining, the
+        advertised one, else where it listens)."""
+        if self.advertise_peer is not None:
+            return self.advertise_peer
+        if self.node_id in self.members:
+            return self.members[self.node_id]
+        return self.peer_listen
 
     @property
     def peer_tls(self) -> TlsFiles | None:
@@ -464,6 +524,8 @@ class NodeConfig:
         for node_id, addr in sorted(self.members.items()):
             addr.resolve(f"member {node_id}")
         self.peer_listen.resolve("listen address")
+        for endpoint in self.join:
+            endpoint.resolve("--join endpoint")
         if self.http is not None:
             self.http.resolve("HTTP address")
         if self.client is not None:
@@ -476,10 +538,14 @@ class NodeConfig:
         values = cls.read_toml(path) if path is not None else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         flags = {s.name: s.flag for s in SETTINGS}
+        if values.get("join") and "members" not in values:
+            values["members"] = {}  # the cluster's answer to the join gives them
         for required in REQUIRED:
             if required not in values:
                 where = f"{path}: missing {_key_of(required)!r}" if path is not None else (
                     f"{flags[required]} is required (or give --config)")
+                if required == "members":
+                    where += "; a node joining a running cluster gives --join instead"
                 raise ConfigError(where)
         return cls(**values)
 
@@ -527,6 +593,9 @@ def is_loopback(addr: Address) -> bool:
         return False
     return bool(infos) and all(
         ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+_WILDCARD: Final = frozenset({"", "0.0.0.0", "::", "*"})
 
 
 def _key_of(name: str) -> str:

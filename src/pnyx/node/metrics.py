@@ -35,6 +35,12 @@ Who calls what (call: caller; metric):
   `pnyx_snapshot_transfers_serving`, `pnyx_snapshot_fetch_bytes` and
   `pnyx_snapshot_fetch_total_bytes` (0 when none is being fetched),
   `pnyx_snapshot_installs_total`.
+- `membership`: set by the node to its `membership_metrics`, read at each scrape:
+  `pnyx_config_version` and `pnyx_config_start_slot` (the configuration in force),
+  `pnyx_members{role}` (voters and learners in it), `pnyx_configs_pending`
+  (configurations chosen, not yet in force), and on the leader
+  `pnyx_learner_lag_slots{node}` (how far each learner's applied slot is behind
+  the leader's commit: its catch-up).
 
 This module imports nothing from pnyx: the node owns it, and the API layers
 above it only feed and render it.
@@ -153,6 +159,39 @@ class _Snapshots:
                                   value=float(status.get("installed") or 0))  # type: ignore[arg-type]
 
 
+class _Membership:
+    """Gauges read from the node's `membership_metrics` when scraped."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, object]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        status = self.source()
+        yield GaugeMetricFamily("pnyx_config_version",
+                                "Version of the configuration in force (0: the first).",
+                                value=float(status.get("version") or 0))  # type: ignore[arg-type]
+        yield GaugeMetricFamily("pnyx_config_start_slot",
+                                "First slot the configuration in force governs.",
+                                value=float(status.get("start") or 0))  # type: ignore[arg-type]
+        members = GaugeMetricFamily("pnyx_members",
+                                    "Members of the configuration in force, by role.",
+                                    labels=["role"])
+        for role in ("voter", "learner"):
+            members.add_metric([role], float(status.get(f"{role}s") or 0))  # type: ignore[arg-type]
+        yield members
+        yield GaugeMetricFamily("pnyx_configs_pending",
+                                "Configurations chosen that are not in force yet.",
+                                value=float(status.get("pending") or 0))  # type: ignore[arg-type]
+        lag = GaugeMetricFamily("pnyx_learner_lag_slots",
+                                "Leader only: slots a learner's applied slot is behind the "
+                                "leader's commit.", labels=["node"])
+        for node, slots in sorted((status.get("lag") or {}).items()):  # type: ignore[attr-defined]
+            lag.add_metric([str(node)], float(slots))
+        yield lag
+
+
 class Metrics:
     """Counters, histograms and gauges of one node, in a registry of their own."""
 
@@ -165,6 +204,8 @@ class Metrics:
         r.register(self._per_command)
         self._snapshots = _Snapshots()
         r.register(self._snapshots)  # type: ignore[arg-type]
+        self._membership = _Membership()
+        r.register(self._membership)  # type: ignore[arg-type]
         self._elections = Counter(
             "pnyx_elections", "Elections (phase 1 runs) this node started.", registry=r)
         self._leader_changes = Counter(
@@ -238,6 +279,14 @@ class Metrics:
     @snapshots.setter
     def snapshots(self, source: Callable[[], dict[str, object]] | None) -> None:
         self._snapshots.source = source
+
+    @property
+    def membership(self) -> Callable[[], dict[str, object]] | None:
+        return self._membership.source
+
+    @membership.setter
+    def membership(self, source: Callable[[], dict[str, object]] | None) -> None:
+        self._membership.source = source
 
     # -- the HTTP layer's call --
 

@@ -233,6 +233,13 @@ class SqliteLogStore:
             raise
         return store
 
+    @staticmethod
+    def peek(path: str | os.PathLike[str]) -> tuple[int, str, dict[int, str]]:
+        """The node id, cluster id and member list recorded in the store at `path`
+        (closed again at once): what a node started with `--join` reads to find out
+        which cluster its data belongs to. Raises `StoreError` if they cannot be read."""
+        return schema.peek(Path(path))
+
     # -------------------------------------------------------------- interface
 
     @property

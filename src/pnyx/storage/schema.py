@@ -285,6 +285,27 @@ def compare_members(path: Path | None, recorded: Mapping[int, str],
             f"{_members_text(was)}, now {_members_text(moved)} (recorded)")
 
 
+def peek(path: Path) -> tuple[int, str, dict[int, str]]:
+    """The node id, cluster id and recorded member list of the store at `path`, read
+    without expecting an identity (as `pnyx serve --join` must, before it knows the
+    cluster), and closed again. Raises `StoreError` if they cannot be read."""
+    conn = connect(path, fsync=False)
+    try:
+        try:
+            row = conn.execute(
+                "SELECT node_id, cluster_id FROM identity WHERE only = 1").fetchone()
+            listed = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                  "name = 'members'").fetchone()
+        except sqlite3.Error as exc:
+            raise sql_error(path, exc, "cannot read the store identity") from None
+        if row is None or type(row[0]) is not int or type(row[1]) is not bytes:
+            raise CorruptStoreError(path, f"identity row missing or malformed: {row!r}")
+        members = read_members(conn, path) if listed else {}
+        return node_from_sql(row[0]), row[1].decode(errors="replace"), members
+    finally:
+        conn.close()
+
+
 def read_members(conn: sqlite3.Connection, path: Path) -> dict[int, str]:
     """The member list recorded with the store (empty if none yet), making its table."""
     try:
