@@ -142,10 +142,13 @@ class Election:
         return self.log.membership.is_quorum(voters, first, first + ALPHA - 1, phase1)
 
     def is_voter(self) -> bool:
-        """Whether we vote on the next slot (a learner, or a member being removed, does
-        not stand for election)."""
-        return self.standings.votes and self.log.membership.is_voter(
-            self.node_id, self.log.commit + 1)
+        """Whether we vote on any of the slots a leader may propose in next (a learner
+        does not stand for election, nor grant a pre-vote). Any, not only the next one:
+        a learner promoted in a configuration still to come is a voter the quorums of
+        `is_quorum` count on, so it must take part in the elections that need it."""
+        first = self.log.commit + 1
+        return self.standings.votes and self.node_id in self.log.membership.voters(
+            first, first + ALPHA - 1)
 
     def live_voters(self, now: float) -> set[int]:
         """LEADER: ourself and the members that acked a heartbeat lately."""

@@ -1,0 +1,90 @@
+"""Membership change, message by message: the pure `Replica` driven by hand.
+
+Each test states one rule of `pnyx.protocol.multipaxos.membership` (a change chosen
+in slot i governs from i + ALPHA), `pipeline` (the leader's refusals, the promotion
+of a learner once caught up, filling slots so a change takes effect) or `election`
+(every quorum counted in every configuration governing the next slots), with the
+tiny network of `harness.Net`, grown by a replica with a new id (`join`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from harness import Memo, Net, touching
+from pnyx.protocol.multipaxos import Replica
+from pnyx.protocol.multipaxos.membership import ALPHA
+from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote
+from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
+
+
+def join(net: Net, i: int) -> Replica:
+    """Start replica `i`, not a member of the first configuration, on an empty disk
+    whose standing is VOTER (a new id never voted)."""
+    net.disks[i] = ReplicaDurable(standing=Standing.VOTER)
+    net.machines[i] = Memo()
+    for table in (net.outcomes, net.snapshot_ops):
+        table[i] = {} if table is net.outcomes else []  # type: ignore[assignment]
+    net.applied[i], net.values[i], net.unsynced[i] = [], {}, []
+    net.files[i], net.staged[i] = {}, None
+    node = net.nodes[i] = Replica(i, net.cfg, random.Random(f"join/{i}"), net.machines[i],  # type: ignore[arg-type]
+                                  net.disks[i].copy(), now=net.now)
+    return node
+
+
+def change(net: Net, at: int, request_id: int, **what: object) -> None:
+    node = net.nodes[at]
+    net.obey(at, node.change_members(request_id, node.membership.latest.version,
+                                     now=net.now, **what))  # type: ignore[arg-type]
+
+
+def learner(i: int, promote: bool = False) -> Member:
+    return Member(i, peer=f"h{i}:1", voter=False, promote=promote, incarnation=1)
+
+
+def voters(node: Replica, slot: int) -> set[int]:
+    return {m.id for m in node.membership.at(slot).members if m.voter}
+
+
+# ------------------------------------------------------- elections across configurations
+
+
+def test_a_voter_of_the_next_configuration_only_grants_pre_votes_so_a_replaced_leader_is_replaced() -> None:  # noqa: E501
+    """{1,2,3} -> {1,2,4}: 4 is added as a learner, then one change promotes it and
+    removes 3. The leader 1 dies before the slots up to the new configuration's start
+    are chosen, so the survivors' next slots are governed by both configurations: a
+    candidate needs a quorum of each, and only 4 can complete {1,2,4}'s. 4 votes in
+    the next slots, so it must grant its pre-vote (and promise) though it is not a
+    voter of the very next slot."""
+    net = Net(window=4)
+    net.elect(1)
+    join(net, 4)
+    change(net, 1, 1, add=(learner(4),))
+    net.settle(3)
+    assert net.outcomes[1][1].ok
+    change(net, 1, 2, promote=(4,), remove=(3,))
+    net.deliver(lambda d, m: not (isinstance(m, Accept) and m.value.change is None))
+    # The change is chosen; the leader's no-ops (filling up to its start) are not.
+    assert net.outcomes[1][2].ok, net.outcomes[1][2]
+    slot = max(s for s, v in net.values[1].items() if v.change is not None)
+    net.deliver(lambda d, m: isinstance(m, Accept) and d != 1)  # commit reaches the followers
+    net.drop(touching(1))
+    del net.nodes[1]  # 1 dies
+    for i in (2, 4):
+        assert net.nodes[i].commit >= slot
+        first = net.nodes[i].commit + 1
+        assert first < slot + ALPHA
+        assert voters(net.nodes[i], first) == {1, 2, 3}
+        assert voters(net.nodes[i], slot + ALPHA) == {1, 2, 4}
+    for _ in range(30):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver(lambda d, m: d != 1)
+        net.drop(touching(1))
+        if net.leaders():
+            break
+    assert net.leaders(), "no leader: the voter of the next configuration would not vote"
+    leader = net.nodes[net.leaders()[0]]
+    assert leader.node_id in (2, 4)
+    assert any(isinstance(m, PreVote) for _, m in net.sent)
+    net.settle(5, cut=touching(1))
+    assert leader.commit >= slot + ALPHA - 1  # the new configuration governs next
