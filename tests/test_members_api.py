@@ -455,3 +455,26 @@ def test_async_replace_waits_for_the_leaders_word_and_times_out_clearly(
     view = asyncio.run(resume())
     assert 3 not in by_id(view) and by_id(view)[4]["role"] == "voter"
     assert len(node.changes) == 2
+
+
+def test_replace_of_a_node_that_joined_by_itself_resumes_and_removes_old_alone_if_promoted(
+        served: ServerThread) -> None:
+    node = served.node
+    assert isinstance(node, FakeMembersNode)
+    # Node 4 joined (`pnyx serve --join`): a learner the leader promotes once caught up.
+    with pnyx.Client([served.address]) as client:
+        client.add_member(4, "h:7004", incarnation=9)
+        steps: list[str] = []
+        view = client.replace_member(3, 4, "h:7004", timeout=5, on_step=steps.append)
+        assert steps[0].startswith("1/3 node 4 is a learner already")
+        assert (node.changes[-1]["promote"], node.changes[-1]["remove"]) == ((4,), (3,))
+        assert 3 not in by_id(view) and by_id(view)[4]["role"] == "voter"
+        # Node 5 joined and the leader promoted it before the replace looked: 2 goes alone.
+        client.add_member(5, "h:7005", incarnation=10)
+        client.promote_member(5)
+        steps.clear()
+        view = client.replace_member(2, 5, "h:7005", timeout=5, on_step=steps.append)
+    assert "3/3 the leader made node 5 a voter already" in steps[3]
+    assert (node.changes[-1]["promote"], node.changes[-1]["remove"]) == ((), (2,))
+    assert {i: m["role"] for i, m in by_id(view).items()} == {1: "voter", 4: "voter",
+                                                              5: "voter"}

@@ -62,7 +62,7 @@ from pnyx.client.common import (
     page_size,
     untrusted,
 )
-from pnyx.errors import Conflict, PnyxError, Unavailable
+from pnyx.errors import PnyxError, Unavailable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -320,43 +320,37 @@ class Client(_Base):
     def replace_member(self, old: int, new: int, peer: str, *, http: str | None = None,
                        timeout: float = _members.DEFAULT_REPLACE_TIMEOUT,
                        on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Replace node `old` by node `new` (at `peer`), safely: add `new` as a learner, wait
-        (up to `timeout` s) until the leader reports it caught up, then one change that
-        promotes `new` and removes `old` (`pnyx.client.members`). `on_step` hears each
-        step. Returns the final view."""
-        steps = _members.ReplaceSteps(_members.check_id(old, "old"), _members.check_id(new),
-                                     peer, on_step)
-        deadline = time.monotonic() + timeout
-        view = self.members()
-        current = _members.find(view, new)
-        if current is not None and current.get("role") == "learner":
-            steps.resuming(view)
-        else:
-            steps.adding()
-            view = self.add_member(new, peer, http=http, learner=True)
-            steps.added(view)
-        base = int(view["version"])
-        steps.waiting(timeout)
+        """Replace node `old` by node `new` (at `peer`), safely: add `new` as a learner
+        (unless it is one already: it joined by itself, or a replace is resumed), wait (up
+        to `timeout` s) until the leader reports it caught up, then one change that
+        promotes `new` and removes `old` (`pnyx.client.members.replace_plan`). `on_step`
+        hears each step. Returns the final view."""
+        steps = _members.ReplaceSteps(old, new, peer, on_step)
+        plan = _members.replace_plan(old, new, peer, http, timeout, steps, time.monotonic)
+        action = next(plan)
         while True:
-            caught_up = False
-            for leader_view in self.member_views():
-                caught_up, applied, commit = _members.catch_up(leader_view, new)
-                if applied is not None:
-                    steps.progress(applied, commit)
-                    break
-            if caught_up:
-                steps.changing(base)
+            try:
                 try:
-                    view = self.change_members(promote=[new], remove=[old], base=base)
-                except Conflict as exc:
-                    if exc.code != "refused" or time.monotonic() >= deadline:
-                        raise
+                    result = self._replace_action(action)
+                except PnyxError as exc:
+                    action = plan.throw(exc)
                 else:
-                    steps.done(view)
-                    return view
-            if time.monotonic() >= deadline:
-                raise steps.timed_out(timeout)
-            time.sleep(_members.POLL_INTERVAL)
+                    action = plan.send(result)
+            except StopIteration as stop:
+                return dict(stop.value)
+
+    def _replace_action(self, action: _members.Action) -> Any:
+        kind = action[0]
+        if kind == "members":
+            return self.members()
+        if kind == "views":
+            return self.member_views()
+        if kind == "add":
+            return self.add_member(**action[1])
+        if kind == "change":
+            return self.change_members(**action[1])
+        time.sleep(action[1])
+        return None
 
     def member_views(self) -> list[dict[str, Any]]:
         """The view of each endpoint that answers (one attempt each, in the order given):
@@ -563,40 +557,35 @@ class AsyncClient(_Base):
         """As `Client.replace_member`."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        steps = _members.ReplaceSteps(_members.check_id(old, "old"), _members.check_id(new),
-                                     peer, on_step)
-        deadline = loop.time() + timeout
-        view = await self.members()
-        current = _members.find(view, new)
-        if current is not None and current.get("role") == "learner":
-            steps.resuming(view)
-        else:
-            steps.adding()
-            view = await self.add_member(new, peer, http=http, learner=True)
-            steps.added(view)
-        base = int(view["version"])
-        steps.waiting(timeout)
+        steps = _members.ReplaceSteps(old, new, peer, on_step)
+        plan = _members.replace_plan(old, new, peer, http, timeout, steps,
+                                     asyncio.get_running_loop().time)
+        action = next(plan)
         while True:
-            caught_up = False
-            for leader_view in await self.member_views():
-                caught_up, applied, commit = _members.catch_up(leader_view, new)
-                if applied is not None:
-                    steps.progress(applied, commit)
-                    break
-            if caught_up:
-                steps.changing(base)
+            try:
                 try:
-                    view = await self.change_members(promote=[new], remove=[old], base=base)
-                except Conflict as exc:
-                    if exc.code != "refused" or loop.time() >= deadline:
-                        raise
+                    result = await self._replace_action(action)
+                except PnyxError as exc:
+                    action = plan.throw(exc)
                 else:
-                    steps.done(view)
-                    return view
-            if loop.time() >= deadline:
-                raise steps.timed_out(timeout)
-            await asyncio.sleep(_members.POLL_INTERVAL)
+                    action = plan.send(result)
+            except StopIteration as stop:
+                return dict(stop.value)
+
+    async def _replace_action(self, action: _members.Action) -> Any:
+        import asyncio
+
+        kind = action[0]
+        if kind == "members":
+            return await self.members()
+        if kind == "views":
+            return await self.member_views()
+        if kind == "add":
+            return await self.add_member(**action[1])
+        if kind == "change":
+            return await self.change_members(**action[1])
+        await asyncio.sleep(action[1])
+        return None
 
     async def member_views(self) -> list[dict[str, Any]]:
         """As `Client.member_views`."""

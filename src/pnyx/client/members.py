@@ -12,17 +12,21 @@ a quorum: (1) add NEW as a learner that is not promoted by itself; (2) wait
 until the leader reports it caught up; (3) one change, against the version
 step 1 made: promote NEW and remove OLD. If another change got in between,
 step 3 is a 409 `conflict` and nothing was half-done: NEW stays a learner.
-Run again with NEW a learner already, a replace resumes at step 2.
+Run again with NEW a learner already (after a timeout, or a node that joined
+by itself with `pnyx serve --join`), a replace resumes at step 2; if the
+leader promoted NEW by itself meanwhile (a joined node is promoted once caught
+up), step 3 removes OLD alone. `replace_plan` is the sequence, as a generator
+of the calls to make, so both clients run the same one.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final
 
-from pnyx.errors import PnyxError
+from pnyx.errors import BadRequest, Conflict, PnyxError
 
 DEFAULT_ALPHA: Final = 64  # the core's ALPHA, if a view does not say
 DEFAULT_REPLACE_TIMEOUT: Final = 300.0
@@ -145,6 +149,10 @@ class ReplaceSteps:
             self.say(f"    node {self.new}: applied slot {applied}, leader's commit {commit}")
         self.last = (applied, commit)
 
+    def promoted_already(self, base: int) -> None:
+        self.say(f"3/3 the leader made node {self.new} a voter already: one change against "
+                 f"version {base}: remove node {self.old}")
+
     def changing(self, base: int) -> None:
         self.say(f"3/3 one change against version {base}: promote node {self.new}, remove "
                  f"node {self.old}")
@@ -162,3 +170,69 @@ class ReplaceSteps:
             f"node {self.new} did not catch up within {timeout:g} s ({where}); it stays a "
             f"learner and node {self.old} a member: run the same replace again to resume, or "
             f"undo with `pnyx member remove {self.new}`", code="timeout")
+
+
+# What a replace asks its client to do next, and what the client sends back:
+# ("members",) -> a view; ("views",) -> every endpoint's view; ("add", kwargs) and
+# ("change", kwargs) -> the view after it (a refusal is thrown into the plan);
+# ("sleep", seconds) -> None.
+Action = tuple[Any, ...]
+
+
+def replace_plan(old: int, new: int, peer: str, http: str | None, timeout: float,
+                 steps: ReplaceSteps, now: Callable[[], float],
+                 ) -> Generator[Action, Any, dict[str, Any]]:
+    """The replace of `old` by `new` (see the module's docstring); returns the last view."""
+    check_id(old, "old")
+    check_id(new)
+    deadline = now() + timeout
+    view = yield ("members",)
+    current = find(view, new)
+    if current is None:
+        steps.adding()
+        view = yield ("add", {"node_id": new, "peer": peer, "http": http, "learner": True})
+        steps.added(view)
+    else:
+        steps.resuming(view)
+    base = int(view["version"])  # the one change is made against this version
+    steps.waiting(timeout)
+    lost_once = False
+    while True:
+        views = yield ("views",)
+        newest = max((v for v in views if find(v, new) is not None),
+                     key=lambda v: (catch_up(v, new)[1] is not None, v.get("version", -1)),
+                     default=view)
+        caught_up, applied, commit = catch_up(newest, new)
+        steps.progress(applied, commit)
+        member = find(newest, new)
+        if member is not None and member.get("role") == "voter":
+            # Promoted by the leader itself (it joined to be): OLD goes alone, against the
+            # version that promotion made.
+            base = int(newest["version"])
+            steps.promoted_already(base)
+            view = yield ("change", {"remove": [old], "base": base})
+            steps.done(view)
+            return view
+        if caught_up:
+            steps.changing(base)
+            try:
+                view = yield ("change", {"promote": [new], "remove": [old], "base": base})
+            except Conflict as exc:
+                # "refused": the leader's own count of its progress says not yet; wait on.
+                # "conflict": another change got in first; once, look again (the leader
+                # may have promoted NEW itself), then give up: someone else is changing
+                # the members.
+                if now() >= deadline or (exc.code == "conflict" and lost_once):
+                    raise
+                lost_once = lost_once or exc.code == "conflict"
+                steps.say(f"    {exc.code}: {exc.message}; looking again")
+            except BadRequest as exc:
+                if "is a voter already" not in exc.message or now() >= deadline:
+                    raise
+                steps.say(f"    {exc.message}; looking again")
+            else:
+                steps.done(view)
+                return view
+        if now() >= deadline:
+            raise steps.timed_out(timeout)
+        yield ("sleep", POLL_INTERVAL)
