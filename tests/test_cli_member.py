@@ -58,8 +58,12 @@ def test_add_promote_remove_say_what_they_did(server: ServerThread,
     ep = server.address
     code, out, err = cli("add", "4", "127.0.0.1:7004", "--learner", endpoint=ep)
     assert (code, err) == (0, "")
+    incarnation = by_id(node.membership_view())[4]["incarnation"]
+    assert incarnation > 0
     assert out == ("added node 4 as a learner (promote it with `pnyx member promote`); "
-                   "configuration version 1\n")
+                   "configuration version 1\n"
+                   f"start it (if it is not running) with: pnyx serve --id 4 --join {ep} "
+                   f"--incarnation {incarnation} --listen 127.0.0.1:7004 --data-dir DIR\n")
     assert cli("promote", "4", "--base", "1", endpoint=ep)[1] == (
         "promoted node 4: it votes; configuration version 2\n")
     code, out, _ = cli("remove", "3", "--json", endpoint=ep)

@@ -203,6 +203,7 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
         out.write(line + "\n")
         out.flush()
 
+    hint = ""
     with make_client(endpoints, timeout=timeout, connect_timeout=min(2.0, timeout),
                      retry_timeout=timeout, **tls) as client:
         if command == "list":
@@ -219,7 +220,13 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
                                      base=base)
             what = ("as a learner (promote it with `pnyx member promote`)" if args.learner
                     else "as a learner; the leader makes it a voter once it has caught up")
+            added = next((m for m in view.get("members") or ()
+                          if isinstance(m, dict) and m.get("id") == node), {})
             done = f"added node {node} {what}"
+            hint = (f"start it (if it is not running) with: pnyx serve --id {node} --join "
+                    f"{','.join(endpoints)} --incarnation {added.get('incarnation')} --listen "
+                    f"{args.peer}" + (f" --http {args.http}" if args.http else "")
+                    + " --data-dir DIR")
         elif command == "promote":
             assert node is not None
             view = client.promote_member(node, base=base)
@@ -237,6 +244,8 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
             say(json.dumps(view))
         else:
             say(f"{done}; configuration version {_cell(view.get('version'))}")
+            if command == "add":
+                say(hint)
     return EXIT_OK
 
 

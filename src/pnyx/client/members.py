@@ -138,7 +138,10 @@ class ReplaceSteps:
                  f"{view.get('version')}): resuming")
 
     def added(self, view: Mapping[str, Any]) -> None:
-        self.say(f"    added: configuration version {view.get('version')}")
+        member = find(view, self.new) or {}
+        self.say(f"    added: configuration version {view.get('version')}; start node "
+                 f"{self.new} now if it is not running (pnyx serve --id {self.new} --join "
+                 f"ENDPOINTS --incarnation {member.get('incarnation')} --listen {self.peer} ...)")
 
     def waiting(self, timeout: float) -> None:
         self.say(f"2/3 waiting (up to {timeout:g} s) until the leader reports node {self.new} "
