@@ -219,8 +219,11 @@ class Pipeline:
     def caught_up(self, node_id: int) -> bool:
         """The promotion rule: a learner votes once it has applied every slot up to
         within ALPHA of the leader's commit (its snapshot installed, the log after it
-        fetched), so the quorum it joins does not wait on it."""
-        return self.progress.get(node_id, 0) >= self.log.commit - ALPHA
+        fetched), so the quorum it joins does not wait on it. Only a learner we have
+        heard from: early in a log (commit <= ALPHA) one never heard from, perhaps
+        unreachable, would pass, and a voter that never answers costs the quorum."""
+        applied = self.progress.get(node_id)
+        return applied is not None and applied >= self.log.commit - ALPHA
 
     def change_refused(self, change: Change, code: Code, why: str) -> None:
         if change.origin == self.node_id:
