@@ -44,11 +44,11 @@ def test_list_prints_a_table_of_id_role_peer_http_applied(server: ServerThread,
     code, out, err = cli("list", endpoint=server.address)
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == "configuration version 1 (in force from slot 65), leader 1, commit 1"
+    assert lines[0] == "configuration version 1 (in force from slot 65), leader 1, commit 65"
     assert lines[1].split() == ["ID", "ROLE", "PEER", "HTTP", "APPLIED"]
-    assert lines[2].split() == ["1", "voter", "-", "-", "1"]
+    assert lines[2].split() == ["1", "voter", "-", "-", "65"]
     assert lines[5].split() == ["4", "learner", "(promoted", "once", "caught", "up)",
-                                "127.0.0.1:7004", "127.0.0.1:8004", "1"]
+                                "127.0.0.1:7004", "127.0.0.1:8004", "65"]
     code, out, _ = cli("list", "--json", endpoint=server.address)
     assert code == 0 and json.loads(out) == node.membership_view()
 
@@ -61,11 +61,11 @@ def test_add_promote_remove_say_what_they_did(server: ServerThread,
     incarnation = by_id(node.membership_view())[4]["incarnation"]
     assert incarnation > 0
     assert out == ("added node 4 as a learner (promote it with `pnyx member promote`); "
-                   "configuration version 1\n"
+                   "configuration version 1 (in force from slot 65)\n"
                    f"start it (if it is not running) with: pnyx serve --id 4 --join {ep} "
                    f"--incarnation {incarnation} --listen 127.0.0.1:7004 --data-dir DIR\n")
     assert cli("promote", "4", "--base", "1", endpoint=ep)[1] == (
-        "promoted node 4: it votes; configuration version 2\n")
+        "promoted node 4: it votes; configuration version 2 (in force from slot 130)\n")
     code, out, _ = cli("remove", "3", "--json", endpoint=ep)
     assert code == 0 and 3 not in by_id(json.loads(out))
     assert {i: m["role"] for i, m in by_id(node.membership_view()).items()} == {
@@ -133,7 +133,8 @@ def test_replace_prints_each_step_and_makes_one_change(server: ServerThread,
     assert lines[0] == "1/3 adding node 4 at 127.0.0.1:7004 as a learner"
     assert lines[2].startswith("2/3 waiting (up to 300 s) until the leader reports node 4")
     assert "3/3 one change against version 1: promote node 4, remove node 3" in lines
-    assert lines[-1] == "replaced node 3 by node 4; configuration version 2"
+    assert lines[-1] == ("replaced node 3 by node 4; configuration version 2 (in force from "
+                         "slot 130)")
     add, swap = node.changes
     assert add["add"][0].promote is False
     assert (swap["promote"], swap["remove"], swap["base"]) == ((4,), (3,), 1)
@@ -149,3 +150,19 @@ def test_replace_times_out_with_a_clear_message_and_leaves_old_a_member(
     assert "pnyx member remove 4" in err and err.count("\n") == 1
     view = by_id(node.membership_view())
     assert view[3]["role"] == "voter" and view[4]["role"] == "learner"
+
+
+def test_a_change_just_chosen_is_shown_pending_and_the_next_is_made_against_it(
+        server: ServerThread, node: FakeMembersNode) -> None:
+    node.fill = False  # a change stays pending: its start is ALPHA slots on
+    ep = server.address
+    code, out, _ = cli("add", "4", "127.0.0.1:7004", endpoint=ep)
+    assert code == 0 and "configuration version 1 (in force from slot 65)" in out
+    code, out, _ = cli("list", endpoint=ep)
+    assert out.splitlines()[0].startswith("configuration version 0 (in force from slot 1)")
+    assert out.splitlines()[-1] == "pending: version 1 from slot 65: 1 voter, 2 voter, " \
+        "3 voter, 4 learner"
+    code, out, err = cli("replace", "3", "5", "h:7005", endpoint=ep)
+    assert (code, err) == (0, ""), err
+    assert "3/3 one change against version 2: promote node 5, remove node 3" in out
+    assert node.changes[-1]["base"] == 2 and node.membership.latest.version == 3

@@ -30,7 +30,8 @@ class FakeMembersNode(FakeNode):
     words are the real ones. Switches: `gate` (an `asyncio.Event`: changes wait for
     it, so two can be in flight at once), `refuse_change` (the leader's refusal, an
     `Outcome`), `change_outcome` (the answer to every change, e.g. no leader),
-    `follower` (its view has no member's progress, as a follower's)."""
+    `follower` (its view has no member's progress, as a follower's), `fill` (False: a
+    change stays pending, as one just chosen whose start is ALPHA slots on)."""
 
     def __init__(self, node_id: int = 1, voters: tuple[int, ...] = (1, 2, 3)) -> None:
         super().__init__(node_id)
@@ -41,6 +42,7 @@ class FakeMembersNode(FakeNode):
         self.change_outcome: Outcome | None = None
         self.changes: list[dict[str, Any]] = []
         self.follower = False  # its view has no progress (only the leader tracks it)
+        self.fill = True  # a change is in force at once (else pending, as just chosen)
 
     async def change_members(self, *, add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
                              promote: tuple[int, ...] = (), base: int | None = None,
@@ -58,19 +60,28 @@ class FakeMembersNode(FakeNode):
                                                             version, add, remove, promote))
         if code is not Code.NONE:
             return Outcome.failed(code, why)
-        return Outcome(True, b"", self.slot)
+        index = self.slot
+        if self.fill:
+            self.slot += ALPHA  # the leader fills the slots below the change's start
+            self.membership.trim(self.slot)
+        return Outcome(True, b"", index)
 
     def membership_view(self) -> dict[str, Any]:
-        latest = self.membership.latest
+        # As `Node.membership_view`: the configuration in force at the next slot at the top,
+        # those chosen but not yet in force in `pending`.
+        in_force = self.membership.at(self.slot + 1)
+
+        def view_of(config: Any) -> dict[str, Any]:
+            return {"version": config.version, "start": config.start, "members": [
+                {"id": m.id, "peer": m.peer, "http": m.http,
+                 "role": "voter" if m.voter else "learner", "promote": m.promote,
+                 "applied": None if self.follower else self.slot, "incarnation": m.incarnation}
+                for m in config.members]}
+
         return {
-            "cluster_id": "fake", "version": latest.version, "start": latest.start,
-            "members": [{"id": m.id, "peer": m.peer, "http": m.http,
-                         "role": "voter" if m.voter else "learner", "promote": m.promote,
-                         "applied": None if self.follower else self.slot,
-                         "incarnation": m.incarnation}
-                        for m in latest.members],
-            "pending": [], "genesis": {}, "alpha": ALPHA, "leader": self.node_id,
-            "commit": self.slot,
+            "cluster_id": "fake", **view_of(in_force),
+            "pending": [view_of(c) for c in self.membership.configs if c.start > in_force.start],
+            "genesis": {}, "alpha": ALPHA, "leader": self.node_id, "commit": self.slot,
         }
 
 

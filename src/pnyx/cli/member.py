@@ -32,7 +32,7 @@ from typing import IO, Any, Final
 
 from pnyx.cli.kv import _add_common, _endpoints, _one_line, _timeout, _tls, _Usage
 from pnyx.client import Client
-from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT
+from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT, newest
 from pnyx.errors import Conflict, PnyxError, Unavailable
 
 COMMANDS: Final = ("list", "add", "promote", "remove", "replace")
@@ -174,7 +174,7 @@ def _best_view(views: list[dict[str, Any]]) -> dict[str, Any] | None:
     def rank(view: dict[str, Any]) -> tuple[bool, int]:
         leads = any(isinstance(m, dict) and m.get("applied") is not None
                     for m in view.get("members") or ())
-        version = view.get("version")
+        version = newest(view).get("version")
         return leads, version if isinstance(version, int) else -1
 
     return max(views, key=rank) if views else None
@@ -243,7 +243,9 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
         if as_json:
             say(json.dumps(view))
         else:
-            say(f"{done}; configuration version {_cell(view.get('version'))}")
+            latest = newest(view)
+            say(f"{done}; configuration version {_cell(latest.get('version'))} (in force "
+                f"from slot {_cell(latest.get('start'))})")
             if command == "add":
                 say(hint)
     return EXIT_OK

@@ -101,8 +101,24 @@ def as_view(data: Any) -> dict[str, Any]:
     return data
 
 
+def newest(view: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The newest configuration a view holds: the last of `pending` (chosen, not yet in
+    force: a change made now is made against it), else the one in force."""
+    pending = [p for p in view.get("pending") or () if isinstance(p, dict)]
+    return pending[-1] if pending else view
+
+
+def version(view: Mapping[str, Any]) -> int:
+    """The version a change made now is made against (`base`): the newest's."""
+    value = newest(view).get("version")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PnyxError("the node sent a membership view without a version")
+    return value
+
+
 def find(view: Mapping[str, Any], node_id: int) -> dict[str, Any] | None:
-    for m in view.get("members") or ():
+    """Member `node_id` in the newest configuration of `view` (None: not a member)."""
+    for m in newest(view).get("members") or ():
         if isinstance(m, dict) and m.get("id") == node_id:
             return m
     return None
@@ -135,11 +151,11 @@ class ReplaceSteps:
 
     def resuming(self, view: Mapping[str, Any]) -> None:
         self.say(f"1/3 node {self.new} is a learner already (configuration version "
-                 f"{view.get('version')}): resuming")
+                 f"{version(view)}): resuming")
 
     def added(self, view: Mapping[str, Any]) -> None:
         member = find(view, self.new) or {}
-        self.say(f"    added: configuration version {view.get('version')}; start node "
+        self.say(f"    added: configuration version {version(view)}; start node "
                  f"{self.new} now if it is not running (pnyx serve --id {self.new} --join "
                  f"ENDPOINTS --incarnation {member.get('incarnation')} --listen {self.peer} ...)")
 
@@ -161,7 +177,7 @@ class ReplaceSteps:
                  f"node {self.old}")
 
     def done(self, view: Mapping[str, Any]) -> None:
-        self.say(f"    done: configuration version {view.get('version')}; node {self.new} "
+        self.say(f"    done: configuration version {version(view)}; node {self.new} "
                  f"votes, node {self.old} is removed")
 
     def timed_out(self, timeout: float) -> PnyxError:
@@ -197,21 +213,20 @@ def replace_plan(old: int, new: int, peer: str, http: str | None, timeout: float
         steps.added(view)
     else:
         steps.resuming(view)
-    base = int(view["version"])  # the one change is made against this version
+    base = version(view)  # the one change is made against this version
     steps.waiting(timeout)
     lost_once = False
     while True:
         views = yield ("views",)
-        newest = max((v for v in views if find(v, new) is not None),
-                     key=lambda v: (catch_up(v, new)[1] is not None, v.get("version", -1)),
-                     default=view)
-        caught_up, applied, commit = catch_up(newest, new)
+        best = max((v for v in views if find(v, new) is not None),
+                   key=lambda v: (catch_up(v, new)[1] is not None, version(v)), default=view)
+        caught_up, applied, commit = catch_up(best, new)
         steps.progress(applied, commit)
-        member = find(newest, new)
+        member = find(best, new)
         if member is not None and member.get("role") == "voter":
             # Promoted by the leader itself (it joined to be): OLD goes alone, against the
             # version that promotion made.
-            base = int(newest["version"])
+            base = version(best)
             steps.promoted_already(base)
             view = yield ("change", {"remove": [old], "base": base})
             steps.done(view)
