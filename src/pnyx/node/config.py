@@ -171,6 +171,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("advertise_peer", "--advertise-peer", "address",
             "with --join: the address peers reach this node at, when it is not --listen "
             "(NAT, containers)"),
+    Setting("join_learner", "--join-as-learner", "on",
+            "with --join: be added as a learner the leader does not promote by itself (for "
+            "`pnyx member replace OLD NEW`, which promotes it and removes OLD in one change)",
+            off="with --join: be added as a learner the leader does not promote by itself "
+            "(for `pnyx member replace OLD NEW`, which promotes it and removes OLD in one "
+            "change)"),
+    Setting("incarnation", "--incarnation", "count",
+            "with --join: start as the member the cluster already lists under this id with "
+            "this incarnation (added by `pnyx member add`; `pnyx member list --json` shows "
+            "it). Only for a node that never ran: one that lost its data must be replaced "
+            "(0: draw a new one)"),
     Setting("data_dir", "--data-dir", "path", "where the node keeps its log"),
     Setting("http", "--http", "address", "serve the HTTP API here"),
     Setting("client", "--client", "address",
@@ -369,6 +380,8 @@ class NodeConfig:
     data_dir: Path
     join: tuple[Address, ...] = ()  # members' HTTP endpoints to ask to add this node
     advertise_peer: Address | None = None  # where a joining node's peers reach it
+    join_learner: bool = False  # joining: not promoted by the leader by itself
+    incarnation: int = 0  # joining: the incarnation to join under (0: draw one)
     listen: Address | None = None  # where to listen for peers; default: our member address
     http: Address | None = None
     client: Address | None = None  # the binary client protocol
@@ -412,9 +425,12 @@ class NodeConfig:
             if self.peer_address.host in _WILDCARD:
                 raise ConfigError(f"peers cannot dial {self.peer_address}: give "
                                   "--advertise-peer HOST:PORT, the address they reach us at")
-        elif self.advertise_peer is not None:
-            raise ConfigError("--advertise-peer goes with --join (a member of --cluster is "
-                              "reached at its --cluster address)")
+        elif self.advertise_peer is not None or self.join_learner or self.incarnation:
+            raise ConfigError("--advertise-peer, --join-as-learner and --incarnation go with "
+                              "--join (a member of --cluster is reached at its --cluster "
+                              "address, and votes from the start)")
+        if self.incarnation < 0:
+            raise ConfigError(f"incarnation must be 0 or more, not {self.incarnation}")
         if self.node_id not in self.members and not self.join:
             raise ConfigError(
                 f"node id {self.node_id} is not in the cluster "
