@@ -13,6 +13,19 @@ and the asyncio face of the requests (`submit` and `read`, awaited) and the
 node's `status` (each member's role as seen here, and where it serves clients, as
 its peer Hello advertised) and `recent_log` (the last slots, for observers).
 
+**Membership** (`pnyx.protocol.multipaxos.membership`): `change_members` (awaited)
+and `membership_view` (what `GET /v1/members` answers) are the node's face of the
+replica's configurations. **The peers follow the configurations**: whenever the
+replica's configurations change, the transport's peer table is made again
+(`peer_table`): every id in a known configuration, at the address its newest
+configuration gives (`Member.peer`), else the first configuration's (`--cluster`,
+or for a node that joined, the cluster's answer, persisted); a joined node that
+knows no configuration holding itself yet also keeps the members the join answer
+named. A member removed stays a peer for `REMOVED_GRACE` seconds, so that what it
+still sends reaches us and it is told it was removed (`Removed`). When the
+replica finds this node removed, the node logs one line saying so and
+`removed_from_cluster()` returns, for `pnyx serve` to stop (exit status 0).
+
 A storage fault stops the node (`Driver.disk_failed`): it closes its peer
 links at once, so no member counts it as reachable, reports itself
 `stopped` (never leader) to whoever still asks, and `stopped_by_fault()`
@@ -40,10 +53,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pnyx.node.config import NodeConfig
+from pnyx.node.config import Address, ConfigError, NodeConfig
 from pnyx.node.driver import Driver
 from pnyx.node.metrics import Metrics
 from pnyx.node.requests import NO_QUORUM, SHUTTING_DOWN, Request
@@ -51,10 +64,12 @@ from pnyx.node.snapshots import ThreadSnapshots
 from pnyx.node.transport import PeerTransport
 from pnyx.protocol.multipaxos import Code, Machine, Outcome, ReadMode, Replica
 from pnyx.protocol.multipaxos.election import Role
+from pnyx.protocol.multipaxos.membership import ALPHA, Config, Member
 from pnyx.protocol.multipaxos.messages import (
     LogMessage,
     MalformedMessage,
     PreVoteReply,
+    Removed,
     decode,
     encode,
 )
@@ -67,6 +82,10 @@ log = logging.getLogger("pnyx.node")
 # an election after a leader's crash takes, a timeout drawn in [1, 2) of them and a round.
 CUT_OFF_AFTER = 2.0
 MAX_RECENT = 256  # slots `recent_log` describes at most, however many are asked for
+# A member removed stays our peer this long: what it still sends reaches us, and it is
+# told it was removed (it may have missed the slots that say so). Then it is dropped,
+# so a dead host is not dialled forever.
+REMOVED_GRACE = 30.0
 _WILDCARD = frozenset({"", "0.0.0.0", "::", "*"})
 
 
@@ -82,7 +101,7 @@ def advertised(config: NodeConfig) -> tuple[str, str]:
             host = self_host.host
         return f"[{host}]:{bound.port}" if ":" in host else f"{host}:{bound.port}"
 
-    self_host = config.members[config.node_id]
+    self_host = config.peer_address
     http = address(config.http)
     scheme = "https" if config.cert_file is not None else "http"
     return (f"{scheme}://{http}" if http else "", address(config.client))
@@ -167,12 +186,28 @@ class Node(Driver):
         machine: Machine,
         metrics: Metrics | None = None,
         snapshot_store: Any = None,
+        join_peers: Mapping[int, Address] | None = None,
     ) -> None:
         """`snapshot_store`: the node's `SnapshotStore`; without one it takes no
-        snapshots and its log is never compacted."""
+        snapshots and its log is never compacted. `join_peers`: for a node that joined
+        (`pnyx serve --join`), the members the cluster's answer named and their
+        addresses, its peers until it learns a configuration holding itself."""
+        if config.joining:
+            raise ConfigError("the node has not joined yet: no first configuration")
         super().__init__(config.node_id, config.replica_config(), machine,
                          request_timeout=config.request_timeout, metrics=metrics)
         self.config = config
+        self.join_peers = dict(join_peers or {})
+        self.on_members_changed = self._update_peers
+        self.on_removed = self._on_removed
+        # The transport's peers as last set, and members removed that stay peers a
+        # while (`REMOVED_GRACE`): id -> (address, since when).
+        self.peers: dict[int, Address] = {}
+        self._departed: dict[int, tuple[Address, float]] = {}
+        self._departed_timer: asyncio.TimerHandle | None = None
+        self._bad_peer: set[str] = set()  # addresses that did not parse, logged once
+        self._removed: asyncio.Future[int] | None = None
+        self._told_removed = 0  # the configuration version a `Removed` named
         self.store = store
         self.snapshot_store = snapshot_store
         self.snapshot_port: ThreadSnapshots | None = None
@@ -195,6 +230,7 @@ class Node(Driver):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._faulted = loop.create_future()
+        self._removed = loop.create_future()
         durable: ReplicaDurable = self.store.load()
         http, client = advertised(self.config)
         self.transport = PeerTransport(
@@ -202,10 +238,9 @@ class Node(Driver):
             self.config.peer_listen, self._on_frame,
             on_peer_state=self._on_peer_state, tls=self.config.peer_tls,
             http=http, client=client,
-            # Judging peers dead by their silence (`dead_after`) is off for now: it closed
-            # healthy TLS links in tests/test_peer_tls.py (not understood yet). Connections
-            # are made again within about half an election timeout.
-            dead_after=None,
+            # A peer silent for two election timeouts is reconnected (an election has been
+            # held by then); connections are made again within half an election timeout.
+            dead_after=2 * self.config.election_timeout,
             connect_timeout=self.config.election_timeout / 2,
             reconnect_max=self.config.election_timeout / 2,
         )
@@ -222,10 +257,12 @@ class Node(Driver):
                 members=tuple(sorted(self.config.members)))
         if self.metrics is not None:
             self.metrics.snapshots = self.snapshot_status  # type: ignore[assignment]
+            self.metrics.membership = self.membership_metrics  # type: ignore[assignment]
         # Request ids must never repeat across restarts: a random start in 2^62.
         replica = self.open(loop, self._disk, TcpNetwork(self.transport), durable,
                             random.Random(), random.getrandbits(62), self.snapshot_port,
                             snapshot)
+        self._update_peers()  # the configurations the disk holds, before we dial anyone
         await self.transport.start()
         self.begin()
         self._watch()
@@ -235,6 +272,8 @@ class Node(Driver):
     async def stop(self) -> None:
         if self._watch_handle is not None:
             self._watch_handle.cancel()
+        if self._departed_timer is not None:
+            self._departed_timer.cancel()
         self.close()
         if self._closing is not None:
             await self._closing
@@ -245,6 +284,13 @@ class Node(Driver):
         if self.snapshot_port is not None:
             self.snapshot_port.close()
         self.store.close()
+
+    async def removed_from_cluster(self) -> int:
+        """Wait until this node finds it was removed from the cluster; the configuration
+        version that removed it (as far as it knows). It decides nothing any more."""
+        if self._removed is None:
+            raise RuntimeError("the node has not started")
+        return await asyncio.shield(self._removed)
 
     async def stopped_by_fault(self) -> BaseException:
         """Wait until a storage fault stops the node; the error (see `Driver.disk_failed`)."""
@@ -356,6 +402,21 @@ class Node(Driver):
             self._forget(request)
             request.finish(Outcome.failed(Code.CUT_OFF, why, unknown=unknown))
 
+    async def change_members(self, *, add: Iterable[Member] = (), remove: Iterable[int] = (),
+                             promote: Iterable[int] = (), base: int | None = None,
+                             timeout: float | None = None) -> Outcome:
+        """A membership change (`Driver.change_members_nowait`): add members (learners;
+        `promote=True` on one lets the leader make it a voter once caught up), remove or
+        promote ids, against configuration version `base` (None: the latest known here).
+        Ok once applied here; else why not (CONFLICT, BAD_REQUEST, REFUSED, or as a write:
+        no leader, cut off, timeout, `unknown` when it may still take effect)."""
+        if self._cut_off is not None and (why := self.cut_off()) is not None:
+            return Outcome.failed(Code.CUT_OFF, why)
+        adding, removing, promoting = tuple(add), tuple(remove), tuple(promote)
+        return await self._wait(lambda done: self.change_members_nowait(
+            done, add=adding, remove=removing, promote=promoting, base=base,
+            timeout=timeout))
+
     async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:
         """Get `command` chosen and applied; its result, or why not within `timeout`."""
         return await self._wait(lambda done: self.submit_nowait(command, done, timeout=timeout))
@@ -383,21 +444,23 @@ class Node(Driver):
         r = self._replica()
         transport = self.transport
         stopped = self.closed  # the replica's last role is history, not a claim
-        own = advertised(self.config)
-        heard = transport.advertised if transport is not None else {}
+        in_force = r.configuration
+        latest = r.membership.latest
         members = {}
-        for pid, addr in sorted(self.config.members.items()):
-            hello = heard.get(pid)
-            # Where it serves clients: as its last Hello said (None: not heard from yet).
-            http, client = own if pid == self.node_id else (
-                (hello.http, hello.client) if hello is not None else (None, None))
+        for pid in sorted({self.node_id} | {m.id for c in r.configs for m in c.members}):
+            addr = self.address_of(pid)
+            http, client = self._client_addresses(pid)
+            # Its role in the configuration in force, else in the newest holding it.
+            member = _member(in_force, pid) or _member(latest, pid)
             members[str(pid)] = {
-                "address": str(addr),
+                "address": str(addr) if addr is not None else None,
                 "reachable": not stopped and (
                     pid == self.node_id or (transport is not None and transport.reachable(pid))),
                 "http": http or None,
                 "client": client or None,
+                "role": _role(member) if member is not None else "removed",
             }
+        progress = r.progress if r.is_leader else {}
         return {
             "id": self.node_id,
             "role": "stopped" if stopped else r.role.value,
@@ -411,6 +474,19 @@ class Node(Driver):
             "commit_slot": r.commit,
             "applied_slot": r.applied,
             "members": members,
+            # The configuration in force (from `start`, its first slot), those chosen to
+            # come, and (on the leader) each learner's catch-up: the slot it last said it
+            # applied and how far behind the leader's commit that is.
+            "configuration": {
+                **_config_summary(in_force),
+                "pending": [_config_summary(c) for c in r.configs if c.start > in_force.start],
+                "learners": {str(m.id): {
+                    "applied": progress.get(m.id) if r.is_leader else None,
+                    "lag_slots": (max(0, r.commit - progress.get(m.id, 0))
+                                  if r.is_leader else None),
+                } for m in latest.members if not m.voter},
+            },
+            "removed": self.removed,
             # Whether it votes: "new" until every member answered it started empty too,
             # "learner" if it started empty in a cluster with history (lost its disk).
             "standing": r.standing.name.lower(),
@@ -418,6 +494,156 @@ class Node(Driver):
             # Served beyond loopback without TLS, because `--insecure` said so.
             "insecure": self.config.insecure,
         }
+
+    def membership_view(self) -> dict[str, Any]:
+        """The configurations as `GET /v1/members` answers them (JSON-ready): the one in
+        force (`version`, `start`: the first slot it governs, `members`), those chosen
+        but not yet in force (`pending`), the first configuration's addresses
+        (`genesis`, what a joining node needs), `alpha`, the leader known here and the
+        commit slot. A member's `applied` is the leader's view of its progress (null on
+        a follower: only the leader tracks it)."""
+        r = self._replica()
+        in_force = r.configuration
+        progress = r.progress if r.is_leader else None
+        return {
+            "cluster_id": self.config.cluster_id,
+            **self._view_of(in_force, r, progress),
+            "pending": [self._view_of(c, r, progress)
+                        for c in r.configs if c.start > in_force.start],
+            "genesis": {str(i): str(a) for i, a in sorted(self.config.members.items())},
+            "alpha": ALPHA,
+            "leader": None if self.closed else r.leader,
+            "commit": r.commit,
+        }
+
+    def _view_of(self, config: Config, r: Replica,
+                 progress: dict[int, int] | None) -> dict[str, Any]:
+        members = []
+        for m in config.members:
+            addr = self.address_of(m.id)
+            http = m.http or _host_port(self._client_addresses(m.id)[0])
+            applied = None
+            if progress is not None:
+                applied = r.applied if m.id == self.node_id else progress.get(m.id)
+            members.append({
+                "id": m.id, "peer": m.peer or (str(addr) if addr is not None else ""),
+                "http": http, "role": _role(m), "promote": m.promote, "applied": applied,
+                "incarnation": m.incarnation})
+        return {"version": config.version, "start": config.start, "members": members}
+
+    def _client_addresses(self, pid: int) -> tuple[str, str]:
+        """Where member `pid` serves clients (HTTP base URL, binary address; "" for none
+        or not known): ours as configured, a peer's as its last Hello said."""
+        if pid == self.node_id:
+            return advertised(self.config)
+        hello = self.transport.advertised.get(pid) if self.transport is not None else None
+        return (hello.http, hello.client) if hello is not None else ("", "")
+
+    def membership_metrics(self) -> dict[str, Any]:
+        """What the metrics read at each scrape: the configuration's version and first
+        slot, members by role, configurations pending, and (leader) each learner's lag."""
+        r = self._replica()
+        in_force = r.configuration
+        progress = r.progress
+        return {
+            "version": in_force.version,
+            "start": in_force.start,
+            "voters": sum(1 for m in in_force.members if m.voter),
+            "learners": sum(1 for m in in_force.members if not m.voter),
+            "pending": sum(1 for c in r.configs if c.start > in_force.start),
+            "lag": {m.id: max(0, r.commit - progress.get(m.id, 0))
+                    for m in r.membership.latest.members if not m.voter} if r.is_leader
+            else {},
+        }
+
+    # ------------------------------------------------------------- membership
+
+    def address_of(self, pid: int) -> Address | None:
+        """Where the peers reach member `pid`: its newest configuration's `peer`, else the
+        first configuration's address (or the join answer's); None if unknown."""
+        if pid == self.node_id:
+            return self.config.peer_address
+        r = self.replica
+        if r is not None:
+            for config in reversed(r.configs):
+                m = _member(config, pid)
+                if m is not None and m.peer:
+                    parsed = self._parse_peer(pid, m.peer)
+                    if parsed is not None:
+                        return parsed
+                    break
+        if pid in self.peers:
+            return self.peers[pid]
+        return self.join_peers.get(pid) or self.config.members.get(pid)
+
+    def _parse_peer(self, pid: int, text: str) -> Address | None:
+        try:
+            return Address.parse(text)
+        except ConfigError as exc:
+            if text not in self._bad_peer:
+                self._bad_peer.add(text)
+                log.warning("member %s: its peer address cannot be used (%s)", pid, exc)
+            return None
+
+    def peer_table(self) -> dict[int, Address]:
+        """The peers the configurations say we have now (see the module's docstring),
+        without those removed lately (`_departed`)."""
+        r = self._replica()
+        ids = set(r.membership.members())
+        if self.node_id not in ids:
+            # Joined, and no configuration holding us is known yet: the members the
+            # cluster's answer named are the ones who will send us the log.
+            ids |= set(self.join_peers)
+        table = {}
+        for pid in sorted(ids - {self.node_id}):
+            addr = self.address_of(pid)
+            if addr is None:
+                log.warning("member %s has no known address: it is not dialled", pid)
+                continue
+            table[pid] = addr
+        return table
+
+    def _update_peers(self) -> None:
+        """The configurations changed: make the transport's peers follow them."""
+        if self.clock is None or self.replica is None:
+            return
+        now = self.clock.time()
+        table = self.peer_table()
+        departed = self._departed
+        for pid, addr in self.peers.items():
+            if pid not in table and pid not in departed:
+                departed[pid] = (addr, now)
+        for pid, (addr, since) in list(departed.items()):
+            if pid in table or now - since >= REMOVED_GRACE:
+                del departed[pid]
+            else:
+                table[pid] = addr
+        if self._departed_timer is not None:
+            self._departed_timer.cancel()
+            self._departed_timer = None
+        if departed and not self.closed:
+            first = min(since for _, since in departed.values())
+            self._departed_timer = self.clock.call_at(first + REMOVED_GRACE + 0.01,
+                                                      self._update_peers)
+        if table != self.peers:
+            added = sorted(set(table) - set(self.peers))
+            dropped = sorted(set(self.peers) - set(table))
+            if self.peers and (added or dropped):
+                log.info("node %s: peers now %s%s%s", self.node_id,
+                         ", ".join(f"{i}={a}" for i, a in sorted(table.items())) or "none",
+                         f" (added {added})" if added else "",
+                         f" (dropped {dropped})" if dropped else "")
+            self.peers = table
+            if self.transport is not None:
+                self.transport.set_peers(dict(table))
+
+    def _on_removed(self) -> None:
+        r = self._replica()
+        version = max(r.membership.latest.version, self._told_removed)
+        log.warning("node %s was removed from the cluster (configuration version %s): it "
+                    "stops serving", self.node_id, version)
+        if self._removed is not None and not self._removed.done():
+            self._removed.set_result(version)
 
     def snapshot_status(self) -> dict[str, Any]:
         """The newest durable snapshot, the log kept in memory above the compacted
@@ -461,6 +687,8 @@ class Node(Driver):
             log.warning("dropping a message from node %s claiming to be from %s", src,
                         message.src)
             return
+        if type(message) is Removed:
+            self._told_removed = max(self._told_removed, message.version)
         if type(message) is PreVoteReply and message.leader and self.clock is not None:
             # It still hears a leader we do not: we are cut off from that leader.
             self._denied = (self.clock.time(), src, message.leader)
@@ -469,6 +697,28 @@ class Node(Driver):
     def _on_peer_state(self, peer: int, up: bool) -> None:
         if self.metrics is not None:
             self.metrics.peer_state(peer, up)
+
+
+def _member(config: Config, pid: int) -> Member | None:
+    for m in config.members:
+        if m.id == pid:
+            return m
+    return None
+
+
+def _role(m: Member) -> str:
+    return "voter" if m.voter else "learner"
+
+
+def _config_summary(config: Config) -> dict[str, Any]:
+    return {"version": config.version, "start": config.start,
+            "voters": [m.id for m in config.members if m.voter],
+            "learners": [m.id for m in config.members if not m.voter]}
+
+
+def _host_port(url: str) -> str:
+    """"http://h:p" -> "h:p" (the form `Member.http` holds)."""
+    return url.split("://", 1)[-1]
 
 
 def recent_slots(r: Replica, n: int) -> dict[str, Any]:

@@ -26,16 +26,27 @@ Certificates renewed on disk are used by the next connection
 Without TLS files the peers talk plaintext, which `pnyx serve` allows only on
 loopback or with `--insecure`.
 
-**Dead connections are found by the protocol's own traffic, not TCP's timers.**
-Every member that is sent something answers within a heartbeat or two (a
-follower acks the leader's heartbeats; the leader heartbeats its followers;
-pre-votes and prepares are answered). So when we have sent to a peer and heard
-nothing from it for `dead_after` seconds, both connections with it are closed
-and ours is made again: after a partition heals, silently or not, the members
-talk again within about `dead_after` plus a connect, instead of waiting out
-TCP's retransmission backoff (seconds, growing with the partition's length).
-Peers that send each other nothing (two followers) are never judged. As a
-backstop every peer socket has TCP keepalive and `TCP_USER_TIMEOUT`.
+**Dead connections are found by our own traffic, not TCP's timers.** When we
+have sent to a peer and heard nothing from it for `dead_after` seconds, both
+connections with it are closed and ours is made again: after a partition heals,
+silently or not, the members talk again within about `dead_after` plus a
+connect, instead of waiting out TCP's retransmission backoff (seconds, growing
+with the partition's length). Not every message is answered (a `Forward`, a
+`CatchUp` with nothing to send), and two followers send each other nothing; so a
+peer we have not heard from for a quarter of `dead_after` is sent a transport
+`PING`, which its transport answers with a `PONG` at once, whatever its node
+makes of our messages. Both are frames no protocol message can be (msgpack never
+uses the byte 0xc1), and go only to peers whose Hello says they understand them
+(`pings`): an older member gets none, and is judged by the protocol's traffic
+alone. Time this process did not run (a loop blocked by a long callback, a
+stopped process) is not counted as the peers' silence: their answers were
+waiting, unread. As a backstop every peer socket has TCP keepalive and
+`TCP_USER_TIMEOUT`.
+
+**The peers can change while the transport runs** (`set_peers`, for membership
+changes): a peer dropped loses its outbound link, its queued messages and its
+inbound connections, and its Hello is refused from then on; a peer added is
+dialled; a peer whose address changed is dialled at the new one.
 
 Both sides are asyncio Protocols, with no task per connection or message: an
 inbound frame reaches the node in the callback that received its last byte;
@@ -68,6 +79,10 @@ HELLO_TIMEOUT = 5.0
 WRITE_NOW_BYTES = 8192  # queued for a peer: written at once rather than at the iteration's end
 HELLO_LIMIT = 4096  # bytes: a Hello is tiny; anything longer is not one
 USER_TIMEOUT_MS = 5000  # TCP_USER_TIMEOUT: unacknowledged data closes a connection after this
+# Transport liveness frames: 0xc1 is the one byte msgpack never uses, so no protocol
+# message (a msgpack array) can be either.
+PING = b"\xc1ping"
+PONG = b"\xc1pong"
 
 
 class Hello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
@@ -78,6 +93,9 @@ class Hello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
     # Hello without them still decodes (and a newer one's extra fields are ignored).
     http: str = ""
     client: str = ""
+    # It answers a PING with a PONG (an older member would hand a PING to its node as a
+    # malformed message).
+    pings: bool = False
 
 
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
@@ -113,6 +131,10 @@ class _Peer:
         self.waiting_since: float | None = None
         self.heard_at = -1e9
         self.judged_dead = False  # logged once per silence
+        self.pings = False  # its Hello says it answers a PING
+        self.pinged_at = -1e9
+        self.links = 0  # outbound connections made to it, ever
+        self.silences = 0  # times its connections were closed for its silence
 
 
 class _Outbound(asyncio.Protocol):
@@ -201,7 +223,11 @@ class _Inbound(asyncio.Protocol):
                         self.hello_timer.cancel()
                         self.hello_timer = None
                 else:
-                    self.owner.on_message(self.src, bytes(payload))
+                    data = bytes(payload)
+                    if data == PING:
+                        self.owner.send(self.src, PONG)
+                    elif data != PONG:  # a PONG has done its work: the peer was heard
+                        self.owner.on_message(self.src, data)
                 if self.transport is None:
                     return  # refused, or closed by the node while handling the frame
         except (FrameError, FrameTooLarge) as exc:
@@ -260,15 +286,20 @@ class PeerTransport:
         self.on_message = on_message
         self.on_peer_state = on_peer_state
         self.max_frame = max_frame
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.peers = {
             pid: _Peer(pid, addr, max_queue, max_queue_bytes)
             for pid, addr in peers.items()
             if pid != node_id
         }
         self.refused = 0  # inbound connections closed: failed handshake, bad Hello or frames
+        self.silences = 0  # times a peer's connections were closed for its silence
         self._server: asyncio.Server | None = None
         self._inbound: set[_Inbound] = set()
+        self._started = False
         self._closing = False
+        self._retired: set[asyncio.Task[None]] = set()  # outbound tasks of peers dropped
 
     async def start(self) -> None:
         """Listen for peers (raises OSError if the address cannot be bound) and connect out."""
@@ -282,24 +313,25 @@ class PeerTransport:
             self._listeners = await _listen(self.listen)
             self._accepting = [asyncio.create_task(self._accept(sock))
                                for sock in self._listeners]
+        self._started = True
         for peer in self.peers.values():
             peer.task = asyncio.create_task(self._run_outbound(peer))
         if self.dead_after is not None:
             self._watcher = asyncio.create_task(self._watch(self.dead_after))
 
     async def close(self) -> None:
+        # Nothing is awaited until every connection is closed: a peer's outbound task that
+        # ran in between would see a young link lost, and log that we refused it.
         self._closing = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
         if self._server is not None:
             self._server.close()
         for conn in list(self._inbound):
             if conn.transport is not None:
                 conn.transport.abort()
         tasks = [p.task for p in self.peers.values() if p.task] + [
-            *self._accepting, *self._handshakes]
+            *self._accepting, *self._handshakes, *self._retired]
+        if self._watcher is not None:
+            tasks.append(self._watcher)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -339,6 +371,53 @@ class PeerTransport:
             peer.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, peer)
 
+    def set_peers(self, peers: dict[int, Address]) -> None:
+        """Make `peers` the peers (our own id in it is ignored), before or after `start`.
+        A peer no longer in it is dropped: its outbound link and queued messages go, its
+        connections to us are closed, and its Hello is refused from now on, as a
+        stranger's. A new one is dialled; one whose address changed is dialled again, at
+        the new address (what is queued for it waits for that connection)."""
+        wanted = {pid: addr for pid, addr in peers.items() if pid != self.node_id}
+        for pid in [pid for pid in self.peers if pid not in wanted]:
+            peer = self.peers.pop(pid)
+            self.advertised.pop(pid, None)
+            self._retire(peer)
+            peer.queue.clear()
+            peer.queued_bytes = 0
+            for conn in list(self._inbound):
+                if conn.src == pid and conn.transport is not None:
+                    conn.transport.abort()
+                    conn.transport = None  # nothing more it sent is read
+            log.info("node %s is no longer a peer", pid)
+        for pid, address in wanted.items():
+            peer = self.peers.get(pid)
+            if peer is None:
+                self.peers[pid] = peer = _Peer(pid, address, self.max_queue,
+                                               self.max_queue_bytes)
+                log.info("node %s at %s is a peer", pid, address)
+            elif peer.address != address:
+                log.info("node %s moved from %s to %s: reconnecting", pid, peer.address,
+                         address)
+                self._retire(peer)
+                peer.address = address
+            else:
+                continue
+            if self._started and not self._closing:
+                peer.task = asyncio.create_task(self._run_outbound(peer))
+
+    def _retire(self, peer: _Peer) -> None:
+        """Stop `peer`'s outbound task and close its link (awaited by `close`)."""
+        task, peer.task = peer.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        link, peer.link = peer.link, None
+        if link is not None and link.transport is not None:
+            link.transport.abort()
+        peer.waiting_since = None
+        self._set_state(peer, False)
+
     def reachable(self, peer_id: int) -> bool:
         peer = self.peers.get(peer_id)
         return peer.connected if peer is not None else peer_id == self.node_id
@@ -361,14 +440,32 @@ class PeerTransport:
 
     async def _watch(self, dead_after: float) -> None:
         """Close the connections of every peer we sent to and have not heard from in
-        `dead_after` seconds; ours is made again at once (see the module's docstring)."""
+        `dead_after` seconds; ours is made again at once. Ping the peers we have not
+        heard from lately (see the module's docstring)."""
+        interval = dead_after / 4
+        last = time.monotonic()
         while not self._closing:
-            await asyncio.sleep(dead_after / 4)
+            await asyncio.sleep(interval)
             now = time.monotonic()
-            for peer in self.peers.values():
+            stalled = now - last - interval
+            last = now
+            peers = list(self.peers.values())
+            if stalled > interval / 2:
+                # This process did not run for `stalled` seconds: what the peers sent
+                # meanwhile is still unread, so that time is not their silence.
+                for peer in peers:
+                    if peer.waiting_since is not None:
+                        peer.waiting_since = min(now, peer.waiting_since + stalled)
+            for peer in peers:
+                if (peer.pings and peer.link is not None and now - peer.heard_at >= interval
+                        and now - peer.pinged_at >= interval):
+                    peer.pinged_at = now
+                    self.send(peer.node_id, PING)
                 since = peer.waiting_since
                 if since is None or now - since < dead_after:
                     continue
+                self.silences += 1
+                peer.silences += 1
                 if not peer.judged_dead:
                     peer.judged_dead = True
                     log.info("node %s has not answered for %.2f s: reconnecting", peer.node_id,
@@ -452,16 +549,18 @@ class PeerTransport:
                 transport = link.transport
                 if transport is not None and not transport.is_closing():
                     transport.write(frame(_encoder.encode(Hello(
-                        self.cluster_id, self.node_id, self.http, self.client))))
+                        self.cluster_id, self.node_id, self.http, self.client, pings=True))))
                     link.on_resume = lambda peer=peer: self._flush(peer)
                     peer.link = link
+                    peer.links += 1
                     peer.waiting_since = None  # a fresh connection: not judged yet
                     self._set_state(peer, True)
                     self._flush(peer)
                     await link.lost
             finally:
-                peer.link = None
-                self._set_state(peer, False)
+                if peer.link is link:  # not when `set_peers` has retired us already
+                    peer.link = None
+                    self._set_state(peer, False)
                 if link.transport is not None:
                     link.transport.abort()
             if loop.time() - made >= 1.0 or link.dead:
@@ -527,12 +626,15 @@ class PeerTransport:
             raise FrameError("the first frame is not a pnyx hello") from None
         if hello.cluster_id != self.cluster_id:
             raise FrameError(f"hello from cluster {hello.cluster_id!r}, not ours")
-        if hello.node_id not in self.peers:
-            raise FrameError(f"hello from node {hello.node_id}, which is not a peer")
+        peer = self.peers.get(hello.node_id)
+        if peer is None:
+            raise FrameError(f"hello from node {hello.node_id}, which is not a peer "
+                             "(not in the configuration)")
         if self.tls is not None and certified != hello.node_id:
             raise FrameError(f"hello claims node {hello.node_id} but its certificate names "
                              f"{_named(certified, self.cluster_id)}")
         self.advertised[hello.node_id] = hello
+        peer.pings = hello.pings
         return hello.node_id
 
 
