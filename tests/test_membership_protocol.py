@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 
-from harness import Memo, Net, touching
+from harness import Memo, Net, of_type, touching
 from pnyx.protocol.multipaxos import Replica
 from pnyx.protocol.multipaxos.membership import ALPHA
-from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote
+from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote, Promise
 from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
 
 
@@ -88,3 +88,32 @@ def test_a_voter_of_the_next_configuration_only_grants_pre_votes_so_a_replaced_l
     assert any(isinstance(m, PreVote) for _, m in net.sent)
     net.settle(5, cut=touching(1))
     assert leader.commit >= slot + ALPHA - 1  # the new configuration governs next
+
+
+def test_a_leader_gets_the_promise_of_a_voter_of_the_new_configuration_that_accepted_its_ballot_as_a_learner() -> None:  # noqa: E501
+    """Leader 1 was elected by {1, 2} (3's promise was lost). {1,2,3} -> {1,3,4}: to
+    propose in the new configuration's slots it needs promises from a quorum of
+    {1,3,4}, so it asks 3 and 4, which have accepted its Accepts in its very ballot
+    (4 as a learner): the acceptor promises a ballot equal to its promise again, with
+    what it accepted, or the leader could never propose there."""
+    net = Net(window=4)
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    net.deliver(lambda d, m: not isinstance(m, Promise) or m.src != 3)
+    net.drop(of_type(Promise, src=3))
+    leader = net.nodes[1]
+    assert leader.is_leader and leader.election.promised_by == {1, 2}
+    join(net, 4)
+    change(net, 1, 1, add=(learner(4),))
+    net.settle(3)
+    change(net, 1, 2, promote=(4,), remove=(2,))
+    net.settle(8)
+    assert net.outcomes[1][2].ok, net.outcomes[1][2]
+    slot = max(s for s, v in net.values[1].items() if v.change is not None)
+    assert voters(leader, slot + ALPHA) == {1, 3, 4}
+    net.submit(1, 3, b"k=after")
+    net.settle(5)
+    assert net.outcomes[1].get(3) is not None and net.outcomes[1][3].ok, (
+        "the leader never proposed in the new configuration's slots")
+    assert leader.commit >= slot + ALPHA
+    assert net.nodes[4].machine.data[b"k"] == b"after"  # type: ignore[attr-defined]

@@ -91,11 +91,15 @@ class Acceptor:
         out = self.out
         if not self.standings.votes:
             return False  # see `pnyx.protocol.multipaxos.standing`: not a voter
-        if not may_promise(self.promised, m.ballot):
+        # The ballot it already holds is promised again: a leader asks a voter of a
+        # configuration it had no quorum of for its promise, and that voter may have
+        # accepted the leader's Accepts in this very ballot meanwhile (as a learner).
+        if not may_promise(self.promised, m.ballot) and m.ballot != self.promised:
             out.emit(m.src, Rejected(self.node_id, m.ballot, self.promised))
             return False
-        self.promised = m.ballot
-        out.save(PromiseRecord(m.ballot))
+        if m.ballot != self.promised:
+            self.promised = m.ballot
+            out.save(PromiseRecord(m.ballot))
         known = set(m.known)
         # Walk the prepared range, not the whole log (which only grows): an election
         # costs what is in flight, not what was ever accepted.
