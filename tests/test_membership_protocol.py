@@ -15,6 +15,7 @@ from harness import Memo, Net, of_type, touching
 from pnyx.protocol.multipaxos import Replica
 from pnyx.protocol.multipaxos.membership import ALPHA
 from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote, Promise
+from pnyx.protocol.multipaxos.outcome import Code
 from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
 
 
@@ -117,3 +118,37 @@ def test_a_leader_gets_the_promise_of_a_voter_of_the_new_configuration_that_acce
         "the leader never proposed in the new configuration's slots")
     assert leader.commit >= slot + ALPHA
     assert net.nodes[4].machine.data[b"k"] == b"after"  # type: ignore[attr-defined]
+
+
+def test_a_change_the_leader_refused_leaves_no_trace_in_the_quorums_it_counts() -> None:
+    """The leader weighs a change against the configuration it would make (version
+    latest + 1) before proposing it. Refused (3 and 5 silent: no live quorum after
+    it), that hypothetical configuration must not become the quorums the leader counts
+    for the real version latest + 1 (a different change): {1,2,3,4} needs 3 of its
+    voters, and learner 5's acceptance completes none."""
+    net = Net(window=4)
+    net.elect(1)
+    for i in (4, 5):
+        join(net, i)
+    change(net, 1, 1, add=(learner(4), learner(5)))
+    net.settle(3)
+    assert net.outcomes[1][1].ok
+    silent = lambda d, m: m.src in (3, 5) or d in (3, 5)  # noqa: E731
+    net.settle(8, cut=silent)
+    change(net, 1, 2, promote=(5,))
+    assert net.outcomes[1][2].code is Code.REFUSED, net.outcomes[1][2]
+    net.settle(3)
+    change(net, 1, 3, promote=(4,))
+    net.settle(8)
+    assert net.outcomes[1][3].ok, net.outcomes[1][3]
+    leader = net.nodes[1]
+    slot = max(s for s, v in net.values[1].items() if v.change is not None)
+    assert voters(leader, slot + ALPHA) == {1, 2, 3, 4}
+    assert leader.commit >= slot + ALPHA - 1
+    # Only 1, 2 (voters) and 5 (a learner) hear the leader from now on.
+    cut = lambda d, m: m.src in (3, 4) or d in (3, 4)  # noqa: E731
+    net.submit(1, 4, b"k=two-voters-and-a-learner")
+    net.settle(5, cut=cut)
+    assert 4 not in net.outcomes[1], "chosen by 2 of {1,2,3,4}'s voters and a learner"
+    net.settle(5)
+    assert net.outcomes[1][4].ok

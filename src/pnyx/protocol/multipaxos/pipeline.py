@@ -29,7 +29,7 @@ from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import Outbox
 from pnyx.protocol.multipaxos.election import Role
 from pnyx.protocol.multipaxos.log import Votes
-from pnyx.protocol.multipaxos.membership import ALPHA, voters_of
+from pnyx.protocol.multipaxos.membership import ALPHA, quorums_of, voters_of
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Aborted,
@@ -209,7 +209,9 @@ class Pipeline:
                         f"it is promoted once it is within {ALPHA} slots")
         after = membership.changed_config(membership.latest, change, 1)
         live = self.election.live_voters(now)
-        q = membership.quorums(after)
+        # Not `membership.quorums`: that caches by version, and `after` is only what the
+        # next version would be if this change took (another change may take instead).
+        q = quorums_of(after)
         if not q.is_phase2_quorum(live):
             down = sorted(set(voters_of(after)) - live)
             return (f"the voters after the change would be {list(voters_of(after))}, and "
