@@ -3,7 +3,7 @@
 Against a fake node whose membership is the protocol core's own
 (`pnyx.protocol.multipaxos.membership.Membership`, so a refusal reads as the
 core words it), every spec runs on both servers as tests/test_api_http.py's do;
-the last specs run a real 3-node cluster (`pnyx.testing.Cluster`).
+the real cluster's specs are tests/test_members_cluster.py.
 """
 
 from __future__ import annotations
