@@ -7,6 +7,12 @@ free ports, starts the nodes, waits until they answer, kills them for real
 what uses this depends on nothing but the node itself. pnyx's own tests use
 it; so can yours.
 
+Membership: `join(i)` starts a new node `i` on an empty data directory with
+`pnyx serve --join` (it asks the running members to add it, and is promoted
+to voter by the leader once caught up), `wait_voter(i)` waits for that,
+`remove(i)` asks the cluster to remove a member (`DELETE /v1/members/{i}`),
+`members()` reads the configuration (`GET /v1/members`).
+
 `Cluster(..., namespaces=True)` puts each node in a network namespace of its
 own, with its own address (`pnyx.netns`: veth pairs on a bridge; root only,
 `pnyx.netns.unavailable()` says why not), so the network between nodes can
@@ -92,6 +98,9 @@ class Cluster:
         self.extra_args = extra_args
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.everything: list[subprocess.Popen[bytes]] = []
+        self.joined: set[int] = set()  # ids started with --join (no --cluster)
+        self._via: dict[int, list[int]] = {}  # whom a joined node asks to add it
+        self._join_flags: dict[int, list[str]] = {}
 
     def url(self, i: int, path: str) -> str:
         return f"http://{self.hosts[i]}:{self.http_ports[i]}{path}"
@@ -105,8 +114,15 @@ class Cluster:
 
     def start(self, i: int, wait: bool = True) -> None:
         log = open(self.root / f"node-{i}.log", "ab")  # noqa: SIM115 - closed with the process
+        if i in self.joined:
+            # Asks the members to add it (ignored once its data directory holds data).
+            members = ",".join(self.http_endpoint(j) for j in self._via[i])
+            where = ["--join", members, "--listen", f"{self.hosts[i]}:{self.peer_ports[i]}",
+                     *self._join_flags[i]]
+        else:
+            where = ["--cluster", self.spec]
         cmd = [
-            sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", self.spec,
+            sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), *where,
             "--http", f"{self.hosts[i]}:{self.http_ports[i]}", "--data-dir",
             str(self.root / f"node-{i}"), "--election-timeout", str(self.election_ms),
             "--heartbeat", str(self.heartbeat_ms), *self.extra_args,
@@ -123,6 +139,70 @@ class Cluster:
         self.everything.append(proc)
         if wait:
             self.wait_ready(i)
+
+    def join(self, i: int, wait: bool = True, via: list[int] | None = None, *,
+             learner: bool = False, incarnation: int = 0,
+             ports: tuple[int, int, int] | None = None) -> None:
+        """Start a new node `i` (not yet a member) with `pnyx serve --join`, asking the
+        members `via` (default: every member started so far) to add it; on an empty data
+        directory unless one is left from an earlier run. `learner`: added as a learner
+        the leader does not promote by itself (`--join-as-learner`); `incarnation`: the
+        one it was added under beforehand (`--incarnation`); `ports`: its peer, HTTP and
+        client ports (default: free ones). Not with `namespaces=True`."""
+        if self.net is not None:
+            raise RuntimeError("join() needs a Cluster without namespaces")
+        if i in self.hosts:
+            raise ValueError(f"node {i} exists already in this Cluster")
+        peer, http, client = ports if ports is not None else free_ports(3)
+        self.hosts[i] = "127.0.0.1"
+        self.peer_ports[i], self.http_ports[i], self.client_ports[i] = peer, http, client
+        self.joined.add(i)
+        self.ids.append(i)
+        self._via[i] = list(via) if via is not None else [j for j in self.procs if j != i]
+        self._join_flags[i] = [*(["--join-as-learner"] if learner else []),
+                               *(["--incarnation", str(incarnation)] if incarnation else [])]
+        self.start(i, wait=wait)
+
+    def members(self, i: int) -> dict:  # type: ignore[type-arg]
+        """The configuration as member `i` knows it (`GET /v1/members`)."""
+        return request("GET", self.url(i, "/v1/members"), timeout=5.0).json()
+
+    def remove(self, i: int, via: int, timeout: float = 10.0) -> Response:
+        """Ask member `via` to remove member `i` (`DELETE /v1/members/{i}`), asking again
+        while no leader answers (503)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = request("DELETE", self.url(via, f"/v1/members/{i}"), timeout=timeout)
+            if r.status != 503 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
+
+    def change(self, via: int, body: dict, timeout: float = 10.0) -> Response:  # type: ignore[type-arg]
+        """`POST /v1/members/change` at member `via` (asked again while it answers 503)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = request("POST", self.url(via, "/v1/members/change"), json.dumps(body).encode(),
+                        timeout=timeout, headers={"Content-Type": "application/json"})
+            if r.status != 503 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
+
+    def wait_role(self, i: int, role: str = "voter", via: int | None = None,
+                  timeout: float = 20.0) -> dict:  # type: ignore[type-arg]
+        """Wait until member `via`'s configuration in force (default: `i`'s own) has `i`
+        in `role` ("voter", "learner", or "gone": in no configuration); the view."""
+        deadline = time.monotonic() + timeout
+        view: dict = {}  # type: ignore[type-arg]
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                view = self.members(i if via is None else via)
+                roles = {m["id"]: m["role"] for m in view["members"]}
+                pending = [m["id"] for p in view.get("pending", ()) for m in p["members"]]
+                if (roles.get(i) == role and not view.get("pending")) or (
+                        role == "gone" and i not in roles and i not in pending):
+                    return view
+            time.sleep(0.05)
+        raise TimeoutError(f"node {i} is not {role} (last view: {view})")
 
     def start_all(self) -> None:
         for i in self.ids:

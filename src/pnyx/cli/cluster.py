@@ -9,12 +9,23 @@ Its members talk mutual TLS, as a production cluster should: the first run
 makes a CA and a certificate per node in DIR/certs (`pnyx.certs`), later runs
 reuse them; `--no-tls` turns that off. The client ports stay plaintext, on
 loopback only.
+
+**Adding and removing nodes.** While it runs it watches the configuration
+(`GET /v1/members`, every `WATCH_INTERVAL` seconds): a member added with
+`pnyx member add ID 127.0.0.1:PORT` that it does not run yet is started here
+(`pnyx serve --join`, under the incarnation the add drew, in DIR/node-ID, its
+certificate made first), and a node removed with `pnyx member remove ID`
+stops by itself and is reported as removed, not failed. A later run starts
+the members the configuration holds again. Members at non-loopback addresses
+are left to the user (`pnyx serve --join`, as printed at start).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
+import json
 import signal
 import socket
 import subprocess
@@ -32,7 +43,12 @@ DESCRIPTION = ("Start a local cluster of `pnyx serve` processes on 127.0.0.1 and
                "serves HTTP on --http-port + i - 1 and the binary client protocol on "
                "--client-port + i - 1; its log is in DIR/node-i and its output in "
                "DIR/logs/node-i.log. Peers talk mutual TLS with certificates made in DIR/certs "
-               "(unless --no-tls).")
+               "(unless --no-tls). To grow it, run `pnyx member add ID 127.0.0.1:PORT --http "
+               "127.0.0.1:PORT` (with --endpoints of a node): this command sees the new member "
+               "and starts its process (a learner, promoted once caught up); `pnyx member "
+               "remove ID` stops that node. Both commands are printed once the cluster runs.")
+WATCH_INTERVAL = 1.0  # seconds between looks at the configuration
+REMOVED_LINE = "was removed from the cluster"  # what a removed node logs (pnyx.node.runtime)
 
 
 def add_parsers(sub: Any) -> None:
@@ -89,6 +105,60 @@ def _answers(http: Address) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-4000:]
+    except OSError:
+        return ""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _new_members(endpoints: list[Address], running: dict[int, Any]
+                 ) -> list[tuple[int, Address, Address, int]]:
+    """Members the configuration holds (in force or to come) at a loopback address that
+    are not run here: (id, peer, http, incarnation). The http address is the member's, or
+    a free port when it has none. Nothing when no endpoint answers."""
+    view: dict[str, Any] | None = None
+    for endpoint in endpoints:
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
+                f"http://{endpoint}/v1/members", timeout=0.5) as response:
+            view = json.loads(response.read())
+            break
+    if not isinstance(view, dict):
+        return []
+    found = []
+    seen: set[int] = set()
+    for config in [view, *view.get("pending", ())]:
+        for m in config.get("members", ()):
+            i = m.get("id")
+            if not isinstance(i, int) or i in running or i in seen:
+                continue
+            seen.add(i)
+            try:
+                peer = Address.parse(str(m.get("peer") or ""))
+                http = (Address.parse(m["http"]) if m.get("http")
+                        else Address("127.0.0.1", _free_port()))
+            except ValueError:
+                continue
+            if _loopback(peer.host) and _loopback(http.host):
+                found.append((i, peer, http, int(m.get("incarnation") or 0)))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def peer_certificates(certs_dir: Path, ids: range) -> dict[int, list[str]]:
@@ -149,18 +219,25 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
 
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
+    tls_flags = dict(peer_tls)
+
+    def launch(i: int, where: list[str], http: Address, binary: Address | None) -> None:
+        cmd = [sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), *where,
+               "--http", str(http), "--data-dir", str(data_dir / f"node-{i}")]
+        if not fsync:
+            cmd.append("--unsafe-no-fsync")
+        if binary is not None:
+            cmd += ["--client", str(binary)]
+        if tls and i not in tls_flags:
+            tls_flags.update(peer_certificates(data_dir / "certs", range(i, i + 1)))
+        cmd += tls_flags.get(i, [])
+        with open(logs / f"node-{i}.log", "ab") as out:
+            procs[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
     try:
         for i in ids:
-            cmd = [sys.executable, "-m", "pnyx.cli", "serve", "--id", str(i), "--cluster", spec,
-                   "--http", str(https[i]), "--data-dir", str(data_dir / f"node-{i}")]
-            if not fsync:
-                cmd.append("--unsafe-no-fsync")
-            if fast:
-                cmd += ["--client", str(fast[i])]
-            cmd += peer_tls.get(i, [])
-            with open(logs / f"node-{i}.log", "ab") as out:
-                procs[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            launch(i, ["--cluster", spec], https[i], fast.get(i))
         deadline = time.monotonic() + ready_timeout
         waiting = set(ids)
         while waiting and time.monotonic() < deadline and not interrupted:
@@ -178,6 +255,9 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
             raise StartError(f"nodes {sorted(waiting)} did not answer within {ready_timeout:g} s "
                              f"(see {logs})")
         endpoints = ",".join(str(a) for a in https.values())
+        nxt = nodes + 1
+        add_peer, add_http = (Address("127.0.0.1", peer_port + nxt - 1),
+                              Address("127.0.0.1", http_port + nxt - 1))
         print(f"pnyx cluster: {nodes} nodes running, data in {data_dir}/")
         print(f"peers talk mutual TLS (certificates in {data_dir / 'certs'}/); clients "
               "plaintext on loopback\n" if tls else
@@ -190,6 +270,11 @@ def cluster(nodes: int, data_dir: Path, peer_port: int, http_port: int,
         print(f"\nWatch it live (any member shows them all): http://{first}/ui")
         # Show the command as the user can type it (./dev.sh runs .venv/bin/pnyx).
         pnyx = sys.argv[0] if Path(sys.argv[0]).name == "pnyx" else "pnyx"
+        certs = data_dir / "certs"
+        own_tls = (f" \\\n      --peer-cert-file {certs}/node-{nxt}.pem --peer-key-file "
+                   f"{certs}/node-{nxt}-key.pem --peer-trusted-ca-file {certs}/ca.pem\n"
+                   f"  (its certificate first: {pnyx} certs issue {certs} --node-id {nxt})"
+                   if tls else "")
         print(f"""
 Talk to it (any node accepts any request):
   {pnyx} put greeting hello --endpoints {endpoints}
@@ -199,16 +284,40 @@ Talk to it (any node accepts any request):
   curl http://{https[nodes]}/v1/kv/greeting
   curl http://{first}/v1/status
 
+Change the members (this command starts a node added at 127.0.0.1, a removed one stops):
+  {pnyx} member list --endpoints {endpoints}
+  {pnyx} member add {nxt} {add_peer} --http {add_http} --endpoints {endpoints}
+  {pnyx} member remove {nxt} --endpoints {endpoints}
+or start a new node yourself, and it asks the cluster to add it:
+  {pnyx} serve --id {nxt} --join {endpoints} --listen {add_peer} --http {add_http} \\
+      --data-dir {data_dir / f"node-{nxt}"}{own_tls}
+
 Press Ctrl-C to stop every node.""", flush=True)
         reported: set[int] = set()
+        watched = time.monotonic()
         while not interrupted:
-            for i, p in procs.items():
+            for i, p in list(procs.items()):
                 if p.poll() is not None and i not in reported:
                     reported.add(i)
-                    print(f"pnyx cluster: node {i} exited with status {p.returncode}; "
-                          f"see {logs / f'node-{i}.log'}", file=sys.stderr, flush=True)
+                    if p.returncode == 0 and REMOVED_LINE in _tail(logs / f"node-{i}.log"):
+                        print(f"pnyx cluster: node {i} was removed from the cluster and "
+                              "stopped", flush=True)
+                    else:
+                        print(f"pnyx cluster: node {i} exited with status {p.returncode}; "
+                              f"see {logs / f'node-{i}.log'}", file=sys.stderr, flush=True)
             if len(reported) == len(procs):
                 return 1
+            if time.monotonic() - watched >= WATCH_INTERVAL:
+                watched = time.monotonic()
+                live = [i for i, p in procs.items() if p.poll() is None]
+                for i, peer, http, incarnation in _new_members(
+                        [https.get(i) or Address("127.0.0.1", 0) for i in live], procs):
+                    https[i] = http
+                    join = ",".join(str(https[j]) for j in live if j in https)
+                    print(f"pnyx cluster: node {i} was added at {peer}: starting it "
+                          f"(HTTP http://{http}, log {logs / f'node-{i}.log'})", flush=True)
+                    launch(i, ["--join", join, "--listen", str(peer), "--incarnation",
+                               str(incarnation)], http, None)
             time.sleep(0.2)
         print("\npnyx cluster: stopping all nodes", flush=True)
         return 0

@@ -9,6 +9,14 @@ resolve, a data directory that cannot be written, a store that belongs to
 another node or is damaged — is one line on stderr and a non-zero exit
 (`StartError`), never a retry loop.
 
+`pnyx serve --join ENDPOINTS` (instead of `--cluster`) starts a node that
+asks the cluster to add it (`pnyx.node.join`: before the event loop starts,
+retried with backoff, refused in one line when the cluster says no for good);
+once it holds data, `--join` is ignored at later starts.
+
+A node that finds it was removed from the cluster logs one line saying so and
+exits with status 0: it has nothing left to serve.
+
 A storage fault while serving (full disk, I/O error, read-only remount: see
 `Driver.disk_failed`) is fail-stop: one CRITICAL line naming the cause, the
 ports released, exit status 74 (EX_IOERR) within `FAULT_GRACE` seconds, for a
@@ -67,14 +75,22 @@ def node_config_from(args: argparse.Namespace) -> NodeConfig:
     """The node's configuration from the flags and the TOML file; ConfigError if it is wrong."""
     overrides = {s.name: read_setting(s, getattr(args, s.name), "flag")
                  for s in SETTINGS if getattr(args, s.name) is not None}
-    return NodeConfig.load(args.config, overrides)
+    config = NodeConfig.load(args.config, overrides)
+    if config.join and config.members:
+        raise ConfigError("give --cluster or --join, not both: a node joining a running "
+                          "cluster learns its members from the cluster")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve(node_config_from(args))
+    config = node_config_from(args)
+    given = args.cluster_id is not None or (
+        args.config is not None and "cluster_id" in NodeConfig.read_toml(args.config))
+    return serve(config, cluster_id_given=given)
 
 
-async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException | None:
+async def _serve(config: NodeConfig, stop: asyncio.Queue[int],
+                 join_peers: dict[int, Any] | None = None) -> BaseException | None:
     """Start the node and its APIs, serve until a signal number arrives on `stop` (None)
     or a storage fault stops the node (the fault, its line already logged)."""
     # Imported here: every other command (and --help) starts without the server's imports.
@@ -112,7 +128,8 @@ async def _serve(config: NodeConfig, stop: asyncio.Queue[int]) -> BaseException 
         except StoreError as exc:
             store.close()
             raise StartError(str(exc)) from None
-        node = Node(config, store, KVMachine(max_clients=65536), metrics, snapshots)
+        node = Node(config, store, KVMachine(max_clients=65536), metrics, snapshots,
+                    join_peers=join_peers)
         try:
             await node.start()
         except StoreError as exc:  # a damaged row is found when the log is read
@@ -185,12 +202,15 @@ async def _stopped(config: NodeConfig, node: Node | None, stop: asyncio.Queue[in
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.get())]
     if node is not None:
         waits.append(asyncio.ensure_future(node.stopped_by_fault()))
+        waits.append(asyncio.ensure_future(node.removed_from_cluster()))
     done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for waiting in pending:
         waiting.cancel()
     if waits[0] in done:
         log.info("node %s stopping on %s", config.node_id,
                  signal.Signals(waits[0].result()).name)
+        return None
+    if waits[2] in done:  # its line is logged: removed, it has nothing to serve
         return None
     fault: BaseException = waits[1].result()
     log.critical("stopped: %s; exiting with status %d", fault_line(fault), EXIT_DISK_FAULT)
@@ -233,9 +253,11 @@ def startup_line(config: NodeConfig, chosen: int) -> str:
     return ", ".join(parts)
 
 
-def serve(config: NodeConfig) -> int:
-    """Run one node until SIGINT/SIGTERM (exit status 0) or a storage fault
-    (`EXIT_DISK_FAULT`). Raises `StartError` if it cannot start."""
+def serve(config: NodeConfig, *, cluster_id_given: bool = False) -> int:
+    """Run one node until SIGINT/SIGTERM or its removal from the cluster (exit status 0)
+    or a storage fault (`EXIT_DISK_FAULT`). Raises `StartError` if it cannot start.
+    With `config.join`, it joins the cluster first (`pnyx.node.join`);
+    `cluster_id_given`: `--cluster-id` was set, and the cluster must have that id."""
     try:
         config.check_addresses()
         if config.peer_tls is not None:
@@ -260,6 +282,20 @@ def serve(config: NodeConfig) -> int:
     # request). pnyx makes little cyclic garbage, so collect the old generations
     # far less often: the 256-client p99 drops ~2x in `pnyx bench`.
     gc.set_threshold(700, 50, 100)
+    join_peers = None
+    if config.join and config.consensus:
+        from pnyx.node.join import JoinError, prepare
+
+        check_data_dir(config.data_dir)
+        try:
+            joined = prepare(config, cluster_id_given=cluster_id_given)
+        except JoinError as exc:
+            raise StartError(str(exc)) from None
+        config, join_peers = joined.config, joined.peers
+        try:
+            config.check_addresses()
+        except ConfigError as exc:
+            raise StartError(str(exc)) from None
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -270,7 +306,7 @@ def serve(config: NodeConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.put_nowait, sig)
-        return await _serve(config, stop)
+        return await _serve(config, stop, join_peers)
 
     return 0 if asyncio.run(main()) is None else EXIT_DISK_FAULT
 

@@ -480,7 +480,7 @@ class Node(Driver):
             "configuration": {
                 **_config_summary(in_force),
                 "pending": [_config_summary(c) for c in r.configs if c.start > in_force.start],
-                "learners": {str(m.id): {
+                "learner_progress": {str(m.id): {
                     "applied": progress.get(m.id) if r.is_leader else None,
                     "lag_slots": (max(0, r.commit - progress.get(m.id, 0))
                                   if r.is_leader else None),
