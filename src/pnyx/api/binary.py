@@ -83,6 +83,10 @@ WIRE_CODES: Final[dict[Code, ErrorCode]] = {
     Code.SHUTTING_DOWN: ErrorCode.UNAVAILABLE,
     Code.INTERNAL: ErrorCode.INTERNAL,
     Code.CUT_OFF: ErrorCode.UNAVAILABLE,  # at once; the message names the leader if known
+    # Membership changes' refusals: the binary protocol carries no change, so a command
+    # never gets these; were one to, it is a refusal of the request itself.
+    Code.CONFLICT: ErrorCode.INVALID,
+    Code.REFUSED: ErrorCode.INVALID,
 }
 
 DEFAULT_MAX_INFLIGHT: Final = ClientLimits().max_inflight
