@@ -124,3 +124,7 @@ def test_real_cluster_two_changes_against_one_base_at_once_one_wins_one_conflict
     view = members_of(c, 3)
     ids = {m["id"] for config in (view, *view["pending"]) for m in config["members"]}
     assert len(ids & {11, 12}) == 1
+    # Made later against the same old version: a conflict too, whichever member is asked.
+    r = asked_until_answered(lambda: request(
+        "DELETE", c.url(3, f"/v1/members/{(ids & {11, 12}).pop()}?base={base}"), timeout=10))
+    assert (r.status, r.json()["error"]["code"]) == (409, "conflict")
