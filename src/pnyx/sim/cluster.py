@@ -69,8 +69,10 @@ from pnyx.protocol.multipaxos.messages import (
     Promise,
     Rejected,
 )
-from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
+from pnyx.protocol.multipaxos.records import AcceptRecord, ReplicaDurable, Standing
+from pnyx.sim.changes import Operator
 from pnyx.sim.cluster_config import DRIVER_MUTANTS, ClusterConfig
+from pnyx.sim.configs import M4, MEMBERSHIP_RULES, Configurations
 from pnyx.sim.engine import ANY, CALL, Engine
 from pnyx.sim.faults import Fault
 from pnyx.sim.invariants import A2, LOG_RULES, LogObserver, Violation
@@ -87,7 +89,7 @@ D1 = "D1 a promise or acceptance leaves a node only once its record is durable"
 I1 = "I1 every replica's units keep their stated invariants"
 S1 = "S1 a snapshot restores exactly the agreed log's state at its slot"
 S2 = "S2 a restart finds a durable snapshot at or above its compacted log"
-CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, I1, S1, S2, *LOG_RULES)
+CLUSTER_RULES = (L1, L2, L3, L4, K1, A2, D1, I1, S1, S2, *LOG_RULES, *MEMBERSHIP_RULES)
 
 
 @dataclass(slots=True)
@@ -113,6 +115,12 @@ class ClusterResult:
     snapshots: int = 0  # snapshots made durable, over every replica
     installs: int = 0  # snapshots installed from a peer
     learners: tuple[int, ...] = ()  # replicas that lost their disk and do not vote
+    # Configuration changes (`ClusterConfig.changes`): what their clients heard (ok,
+    # conflict, refused, aborted ...), the operations done, and the log's count of
+    # changes that took, were refused in their slot, and promotions.
+    changes: dict[str, int] = field(default_factory=dict)
+    voters: tuple[int, ...] = ()  # the final configuration's voters
+    removed: tuple[int, ...] = ()  # replicas removed (they kept running)
 
     @property
     def safe(self) -> bool:
@@ -169,6 +177,11 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             self.after_event = self._check_invariants
         self.wire = LogObserver(self.violations)  # the acceptor and ballot rules, on the wire
         self.log: dict[int, Batch] = {}
+        # The configurations the agreed log makes, and the membership rules (M1-M5).
+        # Checked in runs with changes: a run without keeps the rules (and so the first
+        # violation of a broken variant) it always had.
+        self.configs = Configurations(tuple(self.ids), self._violate,
+                                      check=config.changes > 0)
         self._applied_upto = dict.fromkeys(self.ids, 0)
         self._promised: dict[int, Ballot] = {}
         self.recorder = check.Recorder()
@@ -185,11 +198,13 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         self.clients = [_Client(f"c{k}") for k in range(1, config.clients + 1)]
         for k, client in enumerate(self.clients):
             client.left = config.ops // config.clients + (k < config.ops % config.clients)
-        self._pending_restart: list[int] = []
+        self.pending_restart: list[int] = []
         self._reboot_faults = 0
         self.start()
         for client in self.clients:
             self.push(self.rng.uniform(0, config.think), CALL, 0, ("next", client))
+        self.operator = Operator(self, config.changes, max(config.faults.until, 0.5)) \
+            if config.changes else None
 
     # ------------------------------------------------------------- processes
 
@@ -202,12 +217,29 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         if self.nodes[i] is None:
             return  # down already: its restart is someone else's
         super().wipe(i)
-        self._pending_restart.append(i)
+        self.pending_restart.append(i)
         self.snapshot_files[i] = {}
         self.staged[i] = None
         # Its promises are gone with its disk (A2 holds for crashes, not for this): it
         # must not vote again, which the wire rules see if it does.
         self._promised.pop(i, None)
+
+    def add_node(self, i: int) -> Driver:
+        """Start a process with a new id and an empty disk, to be added to the cluster:
+        it never voted under that id, so its standing is VOTER from the start."""
+        self.snapshot_files[i] = {}
+        self.staged[i] = None
+        node = self.add_process(i, self.durable_class(standing=Standing.VOTER))
+        node.begin()
+        return node
+
+    def on_durable(self, i: int, records: Any) -> None:
+        """Records of node `i` became durable: its acceptances count from now."""
+        configs = self.configs
+        for record in records:
+            if isinstance(record, AcceptRecord):
+                e = record.entry
+                configs.accepted(i, e.slot, e.ballot, e.value)
 
     def snapshot_write_fails(self) -> bool:
         return self._snapshot_rng.random() < self.config.snapshot_failures
@@ -309,12 +341,12 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         if i == leader:
             self._crashed_leader_at = self.now
         super().crash(i)
-        self._pending_restart.append(i)
+        self.pending_restart.append(i)
 
     def restart(self, i: int) -> None:
         # A crash may have been moved to the leader: bring back whoever is down longest.
-        if self._pending_restart:
-            i = self._pending_restart.pop(0)
+        if self.pending_restart:
+            i = self.pending_restart.pop(0)
         super().restart(i)
 
     def on_send(self, src: int, message: Any) -> None:
@@ -355,11 +387,21 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                                   f"{message.slot}) with {held} durable")
 
     def after(self, i: int, ready: LogReady) -> None:
+        configs = self.configs
         if ready.installed:
             self.installs += 1
             self._applied_upto[i] = ready.installed
+            configs.progress(i, ready.installed)
+        changed = bool(ready.installed)
         for slot, value in ready.applied:
             self._check_applied(i, slot, value)
+            changed |= value.change is not None
+        if ready.applied:
+            configs.progress(i, ready.applied[-1][0])
+        if changed:
+            node = self.nodes[i]
+            if node is not None and node.replica is not None:
+                configs.agrees(i, node.replica.applied, node.replica.membership.latest)
         if ready.installed:
             # The machine now: restored, then the slots applied after it in this event.
             node = self.nodes[i]
@@ -380,6 +422,9 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         known = self.log.get(slot)
         if known is None:
             self.log[slot] = value
+            configs = self.configs
+            while configs.upto + 1 in self.log:
+                configs.chosen(configs.upto + 1, self.log[configs.upto + 1])
             if self._crashed_leader_at is not None:
                 self.failovers.append(self.now - self._crashed_leader_at)
                 self._crashed_leader_at = None
@@ -407,7 +452,9 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
 
     def call(self, node: int, payload: object) -> None:
         what, client, *rest = payload  # type: ignore[misc]
-        if what == "next":
+        if what == "member-op":
+            client()  # the operator's next step (`pnyx.sim.changes`)
+        elif what == "next":
             self._next_op(client)
         elif what == "retry":
             self._attempt(client)
@@ -462,7 +509,7 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
         op.attempts += 1
         self._request_ids += 1
         op.request_id = self._request_ids
-        op.replica = self.rng.choice(self.ids)
+        op.replica = self.rng.choice(self._serving())
         op.pending = None
         node = self.nodes[op.replica]
         # The node answers by the deadline (a tick late at most) unless it crashes.
@@ -478,6 +525,12 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                                        timeout=self.config.op_timeout)
         if client.op is op and op.request_id == done.args[1]:  # not answered at once
             op.pending = pending
+
+    def _serving(self) -> list[int]:
+        """The nodes a client may ask: all but those that stopped, removed."""
+        if self.operator is None:
+            return self.ids
+        return [i for i in self.ids if (n := self.nodes[i]) is None or not n.removed]
 
     def _retry(self, client: _Client) -> None:
         op = client.op
@@ -534,17 +587,34 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             return True
         if self.workload_end is None or self.now < self.config.faults.until:
             return False
-        live = [n.replica for n in self.nodes.values() if n is not None and n.replica]
-        if len(live) < len(self.ids):
+        if self.operator is not None and not self.operator.finished:
+            return False
+        members = self._members()
+        live = [n.replica for i, n in self.nodes.items()
+                if i in members and n is not None and n.replica]
+        if len(live) < len(members):
             return False
         target = max(n.commit for n in live)
-        return all(n.applied >= target for n in live)
+        if not all(n.applied >= target for n in live):
+            return False
+        # A removed replica still running must have heard that it was (M4).
+        return all(n is None or n.removed for i, n in self.nodes.items()
+                   if self.configs.removed(i))
+
+    def _members(self) -> set[int]:
+        """The members of the latest configuration (every node, without changes)."""
+        if self.operator is None:
+            return set(self.ids)
+        return set(self.configs.latest.members)
 
     def finish(self) -> ClusterResult:
         history = self.recorder.history()
         verdict = "skipped"
         if not self.violations:
             self._check_acked()
+            for i, n in self.nodes.items():
+                if self.configs.removed(i) and n is not None and not n.removed:
+                    self._violate(M4, f"node {i} was removed and runs, not knowing it")
             result = check.check(history, budget_seconds=self.config.check_budget)
             verdict = str(result.verdict)
             if result.verdict == check.Verdict.VIOLATION:
@@ -573,7 +643,20 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             learners=tuple(i for i, n in self.nodes.items() if n is not None
                            and n.replica is not None
                            and n.replica.standing is Standing.LEARNER),
+            changes=self._change_counts(),
+            voters=tuple(sorted(self.configs.latest.voters)),
+            removed=tuple(sorted(self.configs.retired)),
         )
+
+    def _change_counts(self) -> dict[str, int]:
+        if self.operator is None:
+            return {}
+        op, configs = self.operator, self.configs
+        return {**{f"heard {k}": v for k, v in sorted(op.outcomes.items())},
+                **{f"done {k}": v for k, v in sorted(op.done_ops.items())},
+                "given up": op.given_up, "took": configs.changes_taken,
+                "refused in the log": configs.changes_refused,
+                "promotions": configs.promotions, "nodes": len(self.ids)}
 
     def _check_acked(self) -> None:
         by_index: dict[int, bytes] = {}
@@ -592,8 +675,9 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                 self._violate(L3, f"write {name}#{seq} acknowledged at index {at}, "
                                   f"but the log holds {request} there")
         if self.workload_end is not None:
+            members = self._members()
             for i, upto in self._applied_upto.items():
-                if self.nodes[i] is not None and upto < furthest:
+                if self.nodes[i] is not None and upto < furthest and i in members:
                     self._violate(L3, f"node {i} applied only up to slot {upto} of {furthest}")
 
 

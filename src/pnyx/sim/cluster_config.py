@@ -78,10 +78,15 @@ class ClusterConfig:
     snapshot_tail: int = 2
     snapshot_chunk: int = 256
     snapshot_failures: float = 0.0
+    # Membership operations made while the clients write and the faults strike (add,
+    # remove, replace, two at once: `pnyx.sim.changes`); 0: the members never change.
+    changes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 15:
             raise ValueError(f"nodes must be in 1..15, got {self.nodes}")
+        if self.changes < 0:
+            raise ValueError(f"changes must be >= 0, got {self.changes}")
         if self.clients < 1 or self.ops < 0 or self.keys < 1:
             raise ValueError("need at least one client and one key, and ops >= 0")
         known = {**CLUSTER_MUTANTS, **DRIVER_MUTANTS}

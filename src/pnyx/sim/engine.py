@@ -187,6 +187,21 @@ class Engine(Generic[P, D]):
         self._seq += 1
         heapq.heappush(self._queue, (time, self._seq, kind, node, payload, incarnation))
 
+    def add_process(self, i: int, disk: D) -> P:
+        """A process with a new id joins the run with `disk` (a membership change adds
+        a node): the per-process state and the network grow to hold it."""
+        assert i not in self.nodes, i
+        self.ids.append(i)
+        self.network.add_node(i, random.Random(f"{self.seed}/network/{i}"))
+        self.disks[i] = disk
+        self.incarnation[i] = 0
+        self._disk_free_at[i] = self.now
+        self._waiting_write[i] = None
+        self._wake_at[i] = None
+        node = self.make_process(i, self._rng(i))
+        self.nodes[i] = node
+        return node
+
     def timer(self, i: int, when: float, callback: Any, args: tuple[Any, ...]) -> SimTimer:
         """Call `callback(*args)` at `when` (not before now), unless process `i` crashes
         first or the timer is cancelled."""
@@ -241,6 +256,9 @@ class Engine(Generic[P, D]):
             self.push(self.now, REBOOT, src, None, self.incarnation[src])
         if self.trace:
             self.trace.emit(self.now, "send", dst=dst, msg=describe(message))
+        if dst not in self.nodes:
+            self.lost += 1  # an id no process ever had (a member not yet started)
+            return
         delays = self.network.delays(src, dst)
         if not delays:
             self.lost += 1

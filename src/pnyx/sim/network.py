@@ -59,6 +59,16 @@ class Network:
         self.partitioned = False
         self.held_back = 0  # messages delivered late
 
+    def add_node(self, node: int, rng: random.Random) -> None:
+        """A process joins the run (a membership change): its links get their base
+        delays from `rng` (not the message RNG, so the rest of the run draws as it
+        would), and it starts on the side of the majority."""
+        cfg = self.config
+        for other in list(self._side):
+            self._base[(node, other)] = rng.uniform(cfg.min_delay, cfg.max_delay)
+            self._base[(other, node)] = rng.uniform(cfg.min_delay, cfg.max_delay)
+        self._side[node] = 0
+
     def delays(self, src: int, dst: int) -> list[float]:
         """Arrival delays of the copies of one message: none if lost, two if duplicated."""
         if src == dst:

@@ -62,6 +62,7 @@ class SimDisk:
                  done: Callable[[BaseException | None], None]) -> None:
         sim = self.sim
         sim.disks[self.i] = sim.write(sim.disks[self.i], records)
+        sim.on_durable(self.i, records)
         if sim.trace:
             sim.trace.emit(sim.now, "durable", node=self.i, records=len(records))
         done(None)
