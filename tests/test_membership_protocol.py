@@ -152,3 +152,46 @@ def test_a_change_the_leader_refused_leaves_no_trace_in_the_quorums_it_counts() 
     assert 4 not in net.outcomes[1], "chosen by 2 of {1,2,3,4}'s voters and a learner"
     net.settle(5)
     assert net.outcomes[1][4].ok
+
+
+def test_a_member_that_was_away_while_every_member_it_knew_was_replaced_catches_up() -> None:
+    """3 is cut off from the start while {1,2,3} becomes {3,4,5} (4 and 5 added and
+    promoted, then 1 and 2 removed; they stop). 3 knows only the first configuration,
+    so it knows none of the replicas still running: it must still hear the new
+    leader's heartbeat and the log it fetches from it, learn the configurations from
+    that log, and catch up — it is a voter of the configuration in force."""
+    net = Net(window=8)
+    away = lambda d, m: 3 in (d, m.src)  # noqa: E731
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([1])
+    net.deliver(lambda d, m: not away(d, m))
+    net.drop(away)
+    assert net.nodes[1].is_leader
+    for i in (4, 5):
+        join(net, i)
+    change(net, 1, 1, add=(learner(4, promote=True), learner(5, promote=True)))
+    net.settle(12, cut=away)
+    leader = net.nodes[1]
+    assert voters(leader, leader.commit + ALPHA) == {1, 2, 3, 4, 5}, leader.configs
+    change(net, 1, 2, remove=(1, 2))
+    net.settle(12, cut=away)
+    assert net.outcomes[1][2].ok, net.outcomes[1][2]
+    gone = lambda d, m: bool({1, 2} & {d, m.src})  # noqa: E731
+    net.drop(gone)
+    for i in (1, 2):
+        del net.nodes[i]
+    for _ in range(40):  # 4 or 5 takes over; 3 is still away
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver(lambda d, m: not (away(d, m) or gone(d, m)))
+        net.drop(lambda d, m: away(d, m) or gone(d, m))
+        if net.leaders():
+            break
+    assert net.leaders() and net.leaders()[0] in (4, 5)
+    new = net.nodes[net.leaders()[0]]
+    net.submit(new.node_id, 9, b"k=after")
+    net.settle(5, cut=lambda d, m: away(d, m) or gone(d, m))
+    assert net.outcomes[new.node_id][9].ok
+    assert net.nodes[3].commit == 0
+    net.settle(10, cut=gone)  # 3 is back
+    assert net.nodes[3].commit == new.commit
+    assert net.nodes[3].machine.data[b"k"] == b"after"  # type: ignore[attr-defined]

@@ -256,7 +256,8 @@ class Replica:
 
     def _may_hear(self, m: LogMessage, now: float) -> bool:
         """Members are heard; so is anyone not removed while we know no configuration
-        holding us (we joined, and have not yet learned the ones after the first).
+        holding us (we joined, and have not yet learned the ones after the first), and
+        a leader's heartbeat and the log (catch-up, snapshots) from anyone not removed.
         A removed member is told so (at most once per heartbeat interval)."""
         src = m.src
         if type(src) is not int:
@@ -271,6 +272,11 @@ class Replica:
                 self._removed_told[src] = now
                 self.out.send(src, Removed(self.node_id, membership.latest.version))
             return False
+        if src > 0 and isinstance(m, Heartbeat | Chosen | SnapshotOffer | SnapshotChunk):
+            # Not retired, so a member added after the configurations we know (we were
+            # away, or lost our disk, while the cluster changed; ids are never reused):
+            # we follow its leader and take the log it sends, which tells us who else.
+            return True
         return src > 0 and self.node_id not in self._members
 
     def _members_changed(self) -> None:
