@@ -43,6 +43,7 @@ class FakeMembersNode(FakeNode):
         self.changes: list[dict[str, Any]] = []
         self.follower = False  # its view has no progress (only the leader tracks it)
         self.fill = True  # a change is in force at once (else pending, as just chosen)
+        self.leader = node_id  # the leader its view names
 
     async def change_members(self, *, add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
                              promote: tuple[int, ...] = (), base: int | None = None,
@@ -81,7 +82,7 @@ class FakeMembersNode(FakeNode):
         return {
             "cluster_id": "fake", **view_of(in_force),
             "pending": [view_of(c) for c in self.membership.configs if c.start > in_force.start],
-            "genesis": {}, "alpha": ALPHA, "leader": self.node_id, "commit": self.slot,
+            "genesis": {}, "alpha": ALPHA, "leader": self.leader, "commit": self.slot,
         }
 
 
@@ -489,3 +490,23 @@ def test_replace_of_a_node_that_joined_by_itself_resumes_and_removes_old_alone_i
     assert (node.changes[-1]["promote"], node.changes[-1]["remove"]) == ((), (2,))
     assert {i: m["role"] for i, m in by_id(view).items()} == {1: "voter", 4: "voter",
                                                               5: "voter"}
+
+
+def test_member_views_ask_the_leader_the_views_name_when_no_endpoint_leads() -> None:
+    with ServerThread(FakeMembersNode()) as leader, \
+            ServerThread(FakeMembersNode(node_id=2)) as follower:
+        node = follower.node
+        assert isinstance(node, FakeMembersNode)
+        node.follower = True
+        with pnyx.Client([follower.address]) as client:
+            client.add_member(4, "h:7004", http=leader.address)
+            assert len(client.member_views()) == 1  # it leads, says the follower: nobody else
+            node.leader = 4  # node 4 leads now, and it is not among the endpoints
+
+            async def views() -> list[dict[str, Any]]:
+                async with pnyx.AsyncClient([follower.address]) as async_client:
+                    return await async_client.member_views()
+
+            for found in (client.member_views(), asyncio.run(views())):
+                assert len(found) == 2 and found[1]["leader"] == 1  # the leader fake's view
+                assert all(m["applied"] is not None for m in found[1]["members"])

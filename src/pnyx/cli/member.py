@@ -32,7 +32,7 @@ from typing import IO, Any, Final
 
 from pnyx.cli.kv import _add_common, _endpoints, _one_line, _timeout, _tls, _Usage
 from pnyx.client import Client
-from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT, newest
+from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT, find, leads, newest
 from pnyx.errors import Conflict, PnyxError, Unavailable
 
 COMMANDS: Final = ("list", "add", "promote", "remove", "replace")
@@ -172,10 +172,8 @@ def _best_view(views: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The leader's view if one endpoint gave it (it has each member's progress), else the
     newest."""
     def rank(view: dict[str, Any]) -> tuple[bool, int]:
-        leads = any(isinstance(m, dict) and m.get("applied") is not None
-                    for m in view.get("members") or ())
         version = newest(view).get("version")
-        return leads, version if isinstance(version, int) else -1
+        return leads(view), version if isinstance(version, int) else -1
 
     return max(views, key=rank) if views else None
 
@@ -220,8 +218,7 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
                                      base=base)
             what = ("as a learner (promote it with `pnyx member promote`)" if args.learner
                     else "as a learner; the leader makes it a voter once it has caught up")
-            added = next((m for m in view.get("members") or ()
-                          if isinstance(m, dict) and m.get("id") == node), {})
+            added = find(view, node) or {}
             done = f"added node {node} {what}"
             hint = (f"start it (if it is not running) with: pnyx serve --id {node} --join "
                     f"{','.join(endpoints)} --incarnation {added.get('incarnation')} --listen "

@@ -237,6 +237,9 @@ class ClientBase:
     def _name(self, i: int) -> str:
         return endpoint_name(self.endpoints[i])
 
+    def _endpoint_names(self) -> set[str]:
+        return {endpoint_name(e) for e in self.endpoints}
+
 
 # --- arguments ---------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from pnyx.client.common import (
     describe,
     error_for,
     page_size,
+    parse_endpoints,
     untrusted,
 )
 from pnyx.errors import PnyxError, Unavailable
@@ -354,7 +355,9 @@ class Client(_Base):
 
     def member_views(self) -> list[dict[str, Any]]:
         """The view of each endpoint that answers (one attempt each, in the order given):
-        the leader's is the one with each member's progress (`applied`)."""
+        the leader's is the one with each member's progress (`applied`). If no endpoint
+        leads, the leader the views name is asked too, at the HTTP address they give it
+        (a member added since the endpoints were chosen may lead now)."""
         views = []
         with self._lock:
             for i in range(len(self.endpoints)):
@@ -362,12 +365,32 @@ class Client(_Base):
                     response = self._attempt(i, _Call("GET", "/v1/members"))
                 except Failed:
                     continue
-                if response.status == 200:
-                    try:
-                        views.append(_members.as_view(response.json()))
-                    except PnyxError:
-                        continue
+                _members.add_view(views, response.status, response.json)
+        elsewhere = _members.leader_elsewhere(views, self._endpoint_names())
+        if elsewhere is not None:
+            response = self._ask_once(elsewhere, _Call("GET", "/v1/members"))
+            if response is not None:
+                _members.add_view(views, response.status, response.json)
         return views
+
+    def _ask_once(self, netloc: str, call: _Call) -> _Response | None:
+        """One request to an address that is not an endpoint (None: no answer)."""
+        try:
+            host, port = parse_endpoints([netloc])[0]
+        except ValueError:
+            return None
+        conn = (http.client.HTTPConnection(host, port, timeout=self.timeout)
+                if self.ssl is None else
+                http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.ssl))
+        try:
+            conn.request(call.method, call.path, body=call.body or None, headers=call.headers)
+            raw = conn.getresponse()
+            return _Response(raw.status, {k.lower(): v for k, v in raw.getheaders()},
+                             raw.read())
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
@@ -589,17 +612,26 @@ class AsyncClient(_Base):
 
     async def member_views(self) -> list[dict[str, Any]]:
         """As `Client.member_views`."""
-        views = []
+        views: list[dict[str, Any]] = []
         for i in range(len(self.endpoints)):
             try:
                 response = await self._attempt(i, _Call("GET", "/v1/members"))
             except Failed:
                 continue
-            if response.status == 200:
-                try:
-                    views.append(_members.as_view(response.json()))
-                except PnyxError:
-                    continue
+            _members.add_view(views, response.status, response.json)
+        elsewhere = _members.leader_elsewhere(views, self._endpoint_names())
+        if elsewhere is not None:
+            import aiohttp
+            from yarl import URL
+
+            scheme = "http" if self.ssl is None else "https"
+            try:
+                async with self._session_now().get(
+                        URL(f"{scheme}://{elsewhere}/v1/members", encoded=True)) as raw:
+                    response = _Response(raw.status, {}, await raw.read())
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return views
+            _members.add_view(views, response.status, response.json)
         return views
 
     async def close(self) -> None:

@@ -116,6 +116,40 @@ def version(view: Mapping[str, Any]) -> int:
     return value
 
 
+def add_view(views: list[dict[str, Any]], status: int, body: Callable[[], Any]) -> None:
+    """Keep an endpoint's answer in `views` if it is a view (a 200 with members)."""
+    if status != 200:
+        return
+    try:
+        views.append(as_view(body()))
+    except PnyxError:
+        return
+
+
+def leads(view: Mapping[str, Any]) -> bool:
+    """Whether `view` is a leader's: only the leader reports members' progress."""
+    return any(isinstance(m, dict) and m.get("applied") is not None
+               for config in (view, *(view.get("pending") or ()))
+               if isinstance(config, Mapping) for m in config.get("members") or ())
+
+
+def leader_elsewhere(views: list[dict[str, Any]], asked: set[str]) -> str | None:
+    """The HTTP address of the leader the views name, if none of them is the leader's and
+    it is not among the addresses `asked` already (None: nothing more to ask)."""
+    if not views or any(leads(v) for v in views):
+        return None
+    for view in sorted(views, key=lambda v: -version(v)):
+        leader = view.get("leader")
+        member = find(view, leader) if isinstance(leader, int) else None
+        if member is None:
+            member = next((m for m in view.get("members") or ()
+                           if isinstance(m, dict) and m.get("id") == leader), None)
+        http = member.get("http") if member is not None else None
+        if isinstance(http, str) and http and http not in asked:
+            return http
+    return None
+
+
 def find(view: Mapping[str, Any], node_id: int) -> dict[str, Any] | None:
     """Member `node_id` in the newest configuration of `view` (None: not a member)."""
     for m in newest(view).get("members") or ():
