@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,209 @@ def test_with_client_tls_the_advertised_http_address_is_https(tmp_path: Path) ->
                         client=Address("::", 9001), cert_file=tmp_path / "c.pem",
                         key_file=tmp_path / "k.pem")
     assert advertised(secure) == ("https://10.0.0.1:8001", "db1.example:9001")
+
+
+# ------------------------------------------------------- dead peers, found by silence
+
+DEAD_AFTER = 0.4  # the transports' `dead_after` in the bare-transport tests below
+
+
+def test_an_idle_healthy_cluster_never_has_its_links_closed(tmp_path: Path) -> None:
+    """The node judges peers by their silence (two election timeouts, 0.3 s here): over
+    four idle seconds no link of a healthy cluster is judged dead, none is made again,
+    not even between the two followers, which send each other nothing."""
+
+    async def scenario() -> None:
+        nodes = make_nodes(tmp_path, free_ports(3))
+        for n in nodes:
+            await n.start()
+        try:
+            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            transports = [n.transport for n in nodes]
+            assert all(t is not None and t.dead_after == 0.3 for t in transports)
+            await asyncio.sleep(0.5)  # every link up
+            links = {(t.node_id, p.node_id): p.links for t in transports if t
+                     for p in t.peers.values()}
+            assert all(count >= 1 for count in links.values()), links
+            await asyncio.sleep(4.0)
+            assert [t.silences for t in transports if t] == [0, 0, 0]
+            assert {(t.node_id, p.node_id): p.links for t in transports if t
+                    for p in t.peers.values()} == links
+            assert (await nodes[2].submit(put("k", b"2", 2), timeout=5)).ok
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(scenario())
+
+
+def _pair(on_two: Any = None) -> tuple[PeerTransport, PeerTransport, list[bytes]]:
+    """Transports 1 and 2 that judge silence after DEAD_AFTER; what 1 receives."""
+    p1, p2 = free_ports(2)
+    members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+    got: list[bytes] = []
+    one = PeerTransport(1, "c", members, members[1], lambda src, data: got.append(data),
+                        dead_after=DEAD_AFTER)
+    two = PeerTransport(2, "c", members, members[2], on_two or (lambda src, data: None),
+                        dead_after=DEAD_AFTER)
+    return one, two, got
+
+
+def test_a_peer_whose_node_never_answers_is_not_judged_dead() -> None:
+    """Not every message is answered (a Forward, a CatchUp with nothing to send): node 1
+    sends to node 2 for three seconds and node 2's node sends nothing back. Node 2's
+    transport answers node 1's pings, so the link is not closed."""
+
+    async def scenario() -> None:
+        one, two, _ = _pair()
+        await one.start()
+        await two.start()
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 3.0
+            while loop.time() < end:
+                one.send(2, b"unanswered")
+                await asyncio.sleep(0.05)
+            assert (one.silences, two.silences) == (0, 0)
+            assert one.peers[2].links == 1
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(scenario())
+
+
+def test_time_the_loop_was_blocked_is_not_counted_as_the_peers_silence() -> None:
+    """A callback blocks the loop for 1 s (over twice `dead_after`): the peer's answers
+    were waiting, unread, so it is not judged dead when the loop runs again."""
+
+    async def scenario() -> None:
+        one, two, got = _pair(on_two=lambda src, data: two.send(src, data))
+        await one.start()
+        await two.start()
+        try:
+            for i in range(20):
+                one.send(2, b"%d" % i)
+                await asyncio.sleep(0.05)
+            assert got
+            one.send(2, b"just before")
+            time.sleep(1.0)  # the whole process stalls (a long fsync, a GC pause)
+            await asyncio.sleep(DEAD_AFTER)
+            assert (one.silences, two.silences) == (0, 0)
+            assert b"just before" in got
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(scenario())
+
+
+_ECHO = """
+import asyncio, sys
+from pathlib import Path
+from pnyx.node import Address
+from pnyx.node.transport import PeerTransport
+from pnyx.tls import TlsFiles
+
+async def main() -> None:
+    p1, p2, dead_after = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    tls = None if sys.argv[4] == "-" else TlsFiles(
+        Path(sys.argv[4]) / "node-2.pem", Path(sys.argv[4]) / "node-2-key.pem",
+        Path(sys.argv[4]) / "ca.pem")
+    members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+    echo = PeerTransport(2, "pnyx", members, members[2], lambda src, data: echo.send(src, data),
+                         dead_after=dead_after, tls=tls)
+    await echo.start()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await echo.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_a_peer_process_that_stops_is_judged_dead_and_reconnected_once_it_resumes(
+        tmp_path: Path, tls: bool) -> None:
+    """Node 2 (another process, echoing what it gets) is stopped (SIGSTOP) for 2 s: node 1
+    judges it dead within about `dead_after` and closes its connections; once it resumes
+    (SIGCONT), node 1 hears it again within `dead_after` plus a connect."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pnyx import certs
+    from pnyx.tls import TlsFiles
+
+    files: TlsFiles | None = None
+    tls_arg = "-"
+    if tls:
+        d = tmp_path / "certs"
+        certs.init_ca(d)
+        for i in (1, 2):
+            certs.issue_member(d, i, ["127.0.0.1"])
+        files = TlsFiles(d / "node-1.pem", d / "node-1-key.pem", d / "ca.pem")
+        tls_arg = str(d)
+    p1, p2 = free_ports(2)
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO, str(p1), str(p2), str(DEAD_AFTER),
+                             tls_arg], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    timings: dict[str, float] = {}
+
+    async def scenario() -> None:
+        members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+        got: list[bytes] = []
+        one = PeerTransport(1, "pnyx", members, members[1],
+                            lambda src, data: got.append(data), dead_after=DEAD_AFTER,
+                            tls=files)
+        await one.start()
+        loop = asyncio.get_running_loop()
+        sent = 0
+
+        async def echoed_within(seconds: float) -> float | None:
+            """Send a numbered message every 20 ms until one sent now comes back."""
+            nonlocal sent
+            start = loop.time()
+            first = sent
+            while loop.time() - start < seconds:
+                one.send(2, b"%d" % sent)
+                sent += 1
+                await asyncio.sleep(0.02)
+                if any(int(m) >= first for m in got):
+                    return loop.time() - start
+            return None
+
+        try:
+            assert await echoed_within(10.0) is not None  # the process is up
+            assert one.silences == 0
+            links = one.peers[2].links
+            os.kill(proc.pid, signal.SIGSTOP)
+            stopped = loop.time()
+            try:
+                while one.silences == 0 and loop.time() - stopped < 2.0:
+                    one.send(2, b"%d" % sent)
+                    sent += 1
+                    await asyncio.sleep(0.02)
+                timings["judged"] = loop.time() - stopped
+                await asyncio.sleep(max(0.0, 2.0 - (loop.time() - stopped)))
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            got.clear()
+            back = await echoed_within(5.0)
+            assert back is not None, "never heard again"
+            timings["heard again"] = back
+            assert one.peers[2].links > links
+        finally:
+            await one.close()
+
+    try:
+        ready = proc.stdout.readline() if proc.stdout else b""
+        assert ready.strip() == b"ready"
+        asyncio.run(scenario())
+    finally:
+        proc.communicate(timeout=10)
+    print(timings)
+    # Judged within dead_after and the watcher's quarter-period checks (plus slack for
+    # a loaded machine); heard again within dead_after plus a connect.
+    assert timings["judged"] <= DEAD_AFTER + 0.5, timings
+    assert timings["heard again"] <= DEAD_AFTER + 1.0, timings

@@ -188,6 +188,31 @@ def test_members_with_certificates_elect_a_leader_and_serve_writes_over_tls(
     run_cluster(tmp_path, ca, scenario, loop)
 
 
+@LOOPS
+def test_an_idle_tls_cluster_never_has_its_links_closed_for_silence(
+    tmp_path: Path, ca: Path, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Peers silent for two election timeouts (0.3 s here) are judged dead and
+    reconnected: over four idle seconds no TLS link of a healthy cluster is, not even
+    between the followers (which send each other nothing), and nothing is logged."""
+
+    async def scenario(nodes: list[Node]) -> None:
+        await write(nodes[0], "k", b"1", 1)
+        await asyncio.sleep(0.5)  # every link up
+        links = {(n.node_id, p.node_id): p.links for n in nodes if n.transport
+                 for p in n.transport.peers.values()}
+        assert all(count >= 1 for count in links.values()), links
+        with caplog.at_level(logging.INFO, logger="pnyx.transport"):
+            await asyncio.sleep(4.0)
+        assert [n.transport.silences for n in nodes if n.transport] == [0, 0, 0]
+        assert {(n.node_id, p.node_id): p.links for n in nodes if n.transport
+                for p in n.transport.peers.values()} == links
+        assert [r.getMessage() for r in caplog.records if r.name == "pnyx.transport"] == []
+        await write(nodes[2], "k", b"2", 2)
+
+    run_cluster(tmp_path, ca, scenario, loop)
+
+
 # ------------------------------------------------------- who is refused, and why
 
 
