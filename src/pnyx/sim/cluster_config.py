@@ -144,3 +144,10 @@ def sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
                                                for f in fields(faults)}, "wipes": 1})
     settings.update(kwargs)
     return ClusterConfig(**settings)
+
+
+def change_sweep(seed: int, mutant: str | None = None, **kwargs: Any) -> ClusterConfig:
+    """Seed `seed` of the sweep with configuration changes: the default sweep's
+    `sweep(seed)` (every fault it has) plus 2 to 5 membership operations
+    (`pnyx.sim.changes`). `kwargs` override."""
+    return sweep(seed, mutant, **{"changes": 2 + seed % 4, **kwargs})

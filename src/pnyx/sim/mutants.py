@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import msgspec
+
 from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.multipaxos import Outcome, ReadMode, Replica, Role
 from pnyx.protocol.multipaxos import acceptor as mp_acceptor
 from pnyx.protocol.multipaxos.election import Election
 from pnyx.protocol.multipaxos.log import Log
+from pnyx.protocol.multipaxos.membership import Change, Membership
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Batch,
@@ -27,6 +30,8 @@ from pnyx.protocol.multipaxos.messages import (
     ReadIndexReply,
 )
 from pnyx.protocol.multipaxos.messages import Prepare as LogPrepare
+from pnyx.protocol.multipaxos.outcome import Code
+from pnyx.protocol.multipaxos.pipeline import Pipeline
 from pnyx.protocol.multipaxos.reads import PendingQuorumRead, Reads
 from pnyx.protocol.multipaxos.records import (
     AcceptRecord,
@@ -34,6 +39,7 @@ from pnyx.protocol.multipaxos.records import (
     LogRecord,
     ReplicaDurable,
 )
+from pnyx.protocol.quorum import QuorumSystem
 from pnyx.protocol.synod.acceptor import Acceptor
 from pnyx.protocol.synod.learner import Learner
 from pnyx.protocol.synod.messages import Message, Prepare, Proposal, Value
@@ -320,6 +326,59 @@ class FirstAcceptWinsReplica(Replica):
     durable_class: type[ReplicaDurable] = FirstAcceptWinsOnReplay
 
 
+# ------------------------------------------------------------- membership change
+
+
+class MembershipInForceAtOnce(Membership):
+    """A change chosen in slot i governs from slot i + 1, not i + ALPHA: a leader that
+    proposed the slots after i under the old configuration (its window reaches ALPHA
+    slots past its commit) and one that counts them under the new one disagree."""
+
+    def apply(self, slot: int, change: Change) -> tuple[Code, str]:
+        code, why = super().apply(slot, change)
+        if code is Code.NONE:
+            self.configs[-1] = msgspec.structs.replace(self.configs[-1], start=slot + 1)
+        return code, why
+
+
+class PromotesBeforeCaughtUp(Pipeline):
+    """Takes every learner as caught up: it is promoted (and its votes awaited) while
+    it still has the whole log to fetch."""
+
+    def caught_up(self, node_id: int) -> bool:
+        return True
+
+
+class CountsElectedConfiguration(Pipeline):
+    """A leader that counts every slot's votes with the quorums of the configuration it
+    was elected under, even in the slots a newer configuration governs."""
+
+    elected: QuorumSystem | None = None
+
+    def lead(self, first: int, reported: dict[int, list[Entry]], last: int,
+             now: float) -> None:
+        membership = self.log.membership
+        self.elected = membership.quorums(membership.at(first))
+        super().lead(first, reported, last, now)
+
+    def propose(self, slot: int, value: Batch, now: float) -> None:
+        super().propose(slot, value, now)
+        if self.elected is not None:
+            self.inflight[slot].quorums = self.elected
+
+
+class ConfigImmediate(Replica):
+    membership_class = MembershipInForceAtOnce
+
+
+class PromoteBeforeCaughtUp(Replica):
+    pipeline_class = PromotesBeforeCaughtUp
+
+
+class OldConfigQuorums(Replica):
+    pipeline_class = CountsElectedConfiguration
+
+
 CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "leader-skips-gap-phase1": (LeaderSkipsGapPhase1, KVMachine),
     "applies-before-chosen": (AppliesBeforeChosen, KVMachine),
@@ -335,4 +394,11 @@ CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "install-keeps-log": (InstallKeepsLog, KVMachine),
     "snapshot-without-dedup": (Replica, SnapshotWithoutDedupMachine),
     "promise-hides-compaction": (HidesCompaction, KVMachine),
+    # Caught with configuration changes (`ClusterConfig.changes`).
+    "config-immediate": (ConfigImmediate, KVMachine),
+    "promote-before-caught-up": (PromoteBeforeCaughtUp, KVMachine),
+    "old-config-quorums": (OldConfigQuorums, KVMachine),
 }
+
+MEMBERSHIP_MUTANTS = ("config-immediate", "promote-before-caught-up", "old-config-quorums")
+"""The mutants of membership change: only a run with changes can catch them."""
