@@ -3,16 +3,20 @@
 `pnyx serve` processes (`pnyx.testing.Cluster`): the view with the leader's
 progress, a learner that cannot be reached costing nothing, the core's refusals
 through the API, two changes against one base at once (one wins, one is a
-conflict).
+conflict), and `pnyx member replace` swapping a joined node for an old one.
 Every process a test starts is stopped when it ends.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,10 @@ import pytest
 
 import pnyx
 from fake_node import dead_address
+from pnyx.cli import build_parser
+from pnyx.cli import main as pnyx_main
 from pnyx.client.members import newest
-from pnyx.testing import Cluster, Response, request
+from pnyx.testing import Cluster, Response, free_ports, request
 
 
 def members_of(c: Cluster, i: int) -> dict[str, Any]:
@@ -128,3 +134,73 @@ def test_real_cluster_two_changes_against_one_base_at_once_one_wins_one_conflict
     r = asked_until_answered(lambda: request(
         "DELETE", c.url(3, f"/v1/members/{(ids & {11, 12}).pop()}?base={base}"), timeout=10))
     assert (r.status, r.json()["error"]["code"]) == (409, "conflict")
+
+
+def test_pnyx_member_replace_swaps_a_new_node_for_an_old_one_on_a_real_cluster(
+        cluster: Cluster) -> None:
+    c = cluster
+    endpoints = ",".join(c.http_endpoint(i) for i in c.ids)
+    for n in range(20):
+        assert c.put(1 + n % 3, f"before-{n}", b"x").status == 200
+    # Node 4 joins as a learner the leader does not promote by itself; replace does it.
+    c.join(4, learner=True)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = pnyx_main(["member", "replace", "3", "4", f"127.0.0.1:{c.peer_ports[4]}",
+                          "--wait", "30", "--endpoints", endpoints])
+    assert (code, err.getvalue()) == (0, ""), out.getvalue()
+    text = out.getvalue()
+    assert "1/3 node 4 is a learner already" in text and "3/3 one change against" in text
+    view = c.wait_role(3, "gone", via=1)
+    assert {m["id"]: m["role"] for m in view["members"]} == {1: "voter", 2: "voter",
+                                                             4: "voter"}
+    assert c.procs[3].wait(10) == 0  # a removed node says so and exits
+    deadline = time.monotonic() + 10
+    while members_of(c, 1)["leader"] not in (1, 2, 4):  # 3 may have led until it went
+        assert time.monotonic() < deadline, members_of(c, 1)
+        time.sleep(0.05)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert pnyx_main(["member", "list", "--endpoints", endpoints]) == 0
+    rows = [line.split() for line in out.getvalue().splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("1", "voter"), ("2", "voter"), ("4", "voter")]
+    heading = out.getvalue().splitlines()[0]
+    leader = heading.split("leader ")[1].split(",")[0]
+    # The leader's view is the one listed: its own applied slot is in its row.
+    assert [r[-1].isdigit() for r in rows if r[0] == leader] == [True], out.getvalue()
+    assert c.get(4, "before-19", consistency="stale").body == b"x"
+
+
+def test_pnyx_member_replace_puts_a_new_node_in_place_of_a_killed_one(
+        cluster: Cluster) -> None:
+    c = cluster
+    endpoints = ",".join(c.http_endpoint(i) for i in c.ids)
+    for n in range(20):
+        assert c.put(1 + n % 2, f"before-{n}", b"x").status == 200
+    c.kill(3)
+    peer, http, client = free_ports(3)
+    args = build_parser().parse_args([
+        "member", "replace", "3", "4", f"127.0.0.1:{peer}", "--http", f"127.0.0.1:{http}",
+        "--wait", "40", "--timeout", "20", "--endpoints", endpoints])
+    out, err = io.StringIO(), io.StringIO()
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(args.run(args, stdout=out,
+                                                                    stderr=err)))
+    runner.start()
+    try:
+        # The replace added node 4 and says how to start it: the incarnation the add used.
+        deadline = time.monotonic() + 20
+        while (m := re.search(r"--incarnation (\d+)", out.getvalue())) is None:
+            assert time.monotonic() < deadline and runner.is_alive(), (out.getvalue(),
+                                                                       err.getvalue())
+            time.sleep(0.05)
+        c.join(4, via=[1, 2], incarnation=int(m.group(1)), ports=(peer, http, client))
+    finally:
+        runner.join(60)
+    assert result == [0], (out.getvalue(), err.getvalue())
+    assert "3/3 one change against version 1: promote node 4, remove node 3" in out.getvalue()
+    view = c.wait_role(3, "gone", via=1)
+    assert {m["id"]: m["role"] for m in view["members"]} == {1: "voter", 2: "voter",
+                                                             4: "voter"}
+    assert c.put(4, "after", b"y").status == 200
+    assert c.get(4, "before-19", consistency="stale").body == b"x"
