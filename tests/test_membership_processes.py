@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -245,3 +248,76 @@ def test_adding_a_member_that_cannot_be_reached_leaves_writes_working(
         assert w.status == 200, w.body
     assert c.remove(9, via=leader).status == 200
     c.wait_role(9, "gone", via=leader)
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A base port below the ephemeral range with `count` free ports from it."""
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free run of ports")
+
+
+def test_pnyx_cluster_starts_a_member_added_and_reports_one_removed(tmp_path: Path) -> None:
+    base = consecutive_free_ports(20)
+    peer_port, http_port = base, base + 10
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pnyx.cli", "cluster", "--nodes", "3", "--no-tls",
+         "--data-dir", str(tmp_path / "data"), "--peer-port", str(peer_port),
+         "--http-port", str(http_port), "--client-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+
+    def wait_line(text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+
+    try:
+        wait_line("Ctrl-C")
+        assert f"member add 4 127.0.0.1:{peer_port + 3}" in "".join(lines)
+        (http4,) = free_ports(1)
+        body = {"id": 4, "peer": f"127.0.0.1:{peer_port + 3}", "http": f"127.0.0.1:{http4}",
+                "incarnation": 7}  # so a retry after a 503 is the same add
+        deadline = time.monotonic() + 10
+        while True:  # the cluster may still be electing its first leader
+            r = request("POST", f"http://127.0.0.1:{http_port}/v1/members",
+                        json.dumps(body).encode(), timeout=10,
+                        headers={"Content-Type": "application/json"})
+            if r.status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status == 200, r.body
+        wait_line("node 4 was added at")
+        deadline = time.monotonic() + 20
+        while True:  # started by `pnyx cluster`, caught up and promoted by the leader
+            with contextlib.suppress(OSError, ValueError):
+                view = request("GET", f"http://127.0.0.1:{http4}/v1/members").json()
+                if {m["id"]: m["role"] for m in view["members"]}.get(4) == "voter":
+                    break
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        assert request("PUT", f"http://127.0.0.1:{http4}/v1/kv/x", b"y").status == 200
+        r = request("DELETE", f"http://127.0.0.1:{http_port}/v1/members/4", timeout=10)
+        assert r.status == 200, r.body
+        wait_line("node 4 was removed from the cluster and stopped")
+        assert proc.poll() is None  # the others go on
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)

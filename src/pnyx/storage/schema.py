@@ -277,8 +277,9 @@ def compare_members(path: Path | None, recorded: Mapping[int, str],
     if set(recorded) != set(members):
         raise StoreIdentityError(
             path, f"this data was created with members {_members_text(recorded)}, not "
-            f"{_members_text(members)}; restart with the original list (changing the "
-            "members of a cluster is not supported yet, and a restart cannot do it safely)")
+            f"{_members_text(members)}; restart with the original list: --cluster is the "
+            "cluster's first configuration, members added or removed since are in the log "
+            "(`pnyx member`), and a restart cannot change them safely")
     moved = {i: members[i] for i in sorted(members) if members[i] != recorded[i]}
     was = {i: recorded[i] for i in moved}
     return (f"{path}: member addresses changed since the last start: was "
