@@ -510,3 +510,51 @@ def test_a_peer_process_that_stops_is_judged_dead_and_reconnected_once_it_resume
     # a loaded machine); heard again within dead_after plus a connect.
     assert timings["judged"] <= DEAD_AFTER + 0.5, timings
     assert timings["heard again"] <= DEAD_AFTER + 1.0, timings
+
+
+@pytest.mark.parametrize("pings", [False, True], ids=["older-member", "member"])
+def test_pings_go_only_to_a_peer_whose_hello_says_it_answers_them(pings: bool) -> None:
+    """An older member hands a PING to its node as a malformed message, so it gets none:
+    node 2 here is a bare listener that records what node 1 sends, and its Hello says
+    (or not) that it answers pings; node 1 sends nothing of its own."""
+    from pnyx.node.transport import PING
+
+    async def scenario() -> bytes:
+        p1, p2 = free_ports(2)
+        members = {1: Address("127.0.0.1", p1), 2: Address("127.0.0.1", p2)}
+        received = bytearray()
+
+        class Record(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.extend(data)
+
+        listener = await asyncio.get_running_loop().create_server(Record, "127.0.0.1", p2)
+        one = PeerTransport(1, "c", members, members[1], lambda src, data: None,
+                            dead_after=DEAD_AFTER)
+        await one.start()
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", p1)
+            writer.write(frame(msgspec.msgpack.encode(Hello("c", 2, pings=pings))))
+            await asyncio.sleep(1.5)
+            assert one.peers[2].pings is pings
+            writer.close()
+            return bytes(received)
+        finally:
+            await one.close()
+            listener.close()
+
+    received = asyncio.run(scenario())
+    assert (frame(PING) in received) is pings
+    old_member = msgspec.msgpack.decode(  # an older member still reads our Hello
+        msgspec.msgpack.encode(Hello("c", 2, "http://h:1", "h:2", pings=True)),
+        type=_OldHello)
+    assert old_member == _OldHello("c", 2, "http://h:1", "h:2")
+
+
+class _OldHello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
+    """The Hello before `pings`."""
+
+    cluster_id: str
+    node_id: int
+    http: str = ""
+    client: str = ""
