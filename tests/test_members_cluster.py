@@ -42,9 +42,18 @@ def by_id(view: Any) -> dict[int, dict[str, Any]]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+    for attempt in range(3):
+        c = Cluster(tmp_path / f"cluster-{attempt}")
+        try:
+            c.start_all()
+            break
+        except RuntimeError as exc:
+            # The free ports `Cluster` picked were taken before a node bound them (other
+            # processes on this machine start servers too): pick others.
+            c.stop_everything()
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
     try:
-        c.start_all()
         c.leader()
         yield c
     finally:
