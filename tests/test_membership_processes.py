@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pnyx.node.config import Address, NodeConfig
+from pnyx.node.join import JoinError, prepare, read_state, write_state
 from pnyx.testing import Cluster, Response, free_ports, request
 
 REMOVED_LINE = "was removed from the cluster (configuration version"
@@ -321,3 +323,40 @@ def test_pnyx_cluster_starts_a_member_added_and_reports_one_removed(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
+
+
+def joining_config(tmp_path: Path, node_id: int = 4, **kw: object) -> NodeConfig:
+    (dead,) = free_ports(1)
+    return NodeConfig(node_id, {}, tmp_path / "data", join=(Address("127.0.0.1", dead),),
+                      listen=Address("127.0.0.1", dead), **kw)  # type: ignore[arg-type]
+
+
+def test_a_join_whose_log_was_lost_is_refused_without_asking(tmp_path: Path) -> None:
+    config = joining_config(tmp_path)
+    write_state(config.data_dir, {"id": 4, "incarnation": 5, "cluster_id": "pnyx",
+                                  "complete": True})
+    with pytest.raises(JoinError, match=r"its log .* is gone.*pnyx member replace 4"):
+        prepare(config, timeout=0.1)
+
+
+def test_a_join_record_of_another_node_or_incarnation_is_refused(tmp_path: Path) -> None:
+    write_state(tmp_path / "data", {"id": 5, "incarnation": 5})
+    with pytest.raises(JoinError, match="node 5's join, not node 4's"):
+        prepare(joining_config(tmp_path), timeout=0.1)
+    write_state(tmp_path / "data", {"id": 4, "incarnation": 5})
+    with pytest.raises(JoinError, match="under incarnation 5, not 6"):
+        prepare(joining_config(tmp_path, incarnation=6), timeout=0.1)
+
+
+def test_a_join_nobody_answers_gives_up_in_time_and_keeps_its_incarnation(
+        tmp_path: Path) -> None:
+    config = joining_config(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(JoinError, match=r"no member added node 4 within 0\.5 s"):
+        prepare(config, timeout=0.5)
+    assert time.monotonic() - started < 5
+    first = read_state(config.data_dir)
+    assert first is not None and first["incarnation"] > 0
+    with pytest.raises(JoinError):
+        prepare(config, timeout=0.1)
+    assert read_state(config.data_dir) == first  # a retry is the same join
