@@ -43,7 +43,9 @@ def by_id(view: Any) -> dict[int, dict[str, Any]]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     for attempt in range(3):
-        c = Cluster(tmp_path / f"cluster-{attempt}")
+        root = tmp_path / f"cluster-{attempt}"
+        root.mkdir()
+        c = Cluster(root)
         try:
             c.start_all()
             break
