@@ -28,7 +28,10 @@ from pnyx.sim.cluster_config import change_sweep
 def one(job: tuple[int, str | None]) -> tuple[int, str | None, float, dict[str, int], bool]:
     logging.disable(logging.ERROR)
     seed, mutant = job
-    result = simulate_cluster(change_sweep(seed, mutant))
+    try:
+        result = simulate_cluster(change_sweep(seed, mutant))
+    except Exception as e:  # the simulator itself broke: a failure of the seed too
+        return seed, f"the run raised {type(e).__name__}: {e}", 0.0, {}, False
     first = str(result.violations[0]) if result.violations else None
     return seed, first, result.end_time, result.changes, result.workload_end is not None
 
@@ -46,7 +49,7 @@ def main() -> int:
     totals: Counter[str] = Counter()
     jobs = [(seed, args.mutant) for seed in range(args.first, args.last + 1)]
     with multiprocessing.Pool(args.jobs) as pool:
-        for seed, first, end, changes, finished in pool.imap_unordered(one, jobs):
+        for seed, first, _end, changes, finished in pool.imap_unordered(one, jobs):
             totals.update(changes)
             unfinished += not finished
             if first is not None:

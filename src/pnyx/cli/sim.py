@@ -19,7 +19,7 @@ from pnyx.protocol.synod.proposer import RetryPolicy
 from pnyx.sim import shrink
 from pnyx.sim.cluster import DRIVER_MUTANTS, ClusterConfig, ClusterResult, simulate_cluster
 from pnyx.sim.faults import FaultConfig
-from pnyx.sim.mutants import CLUSTER_MUTANTS, MUTANTS
+from pnyx.sim.mutants import CLUSTER_MUTANTS, MEMBERSHIP_MUTANTS, MUTANTS
 from pnyx.sim.network import NetworkConfig
 from pnyx.sim.report import cluster_summary, cluster_sweep_summary, summary, sweep_summary
 from pnyx.sim.simulation import SimConfig, SimResult, simulate
@@ -147,7 +147,8 @@ def add_parsers(sub: Any) -> None:
     kv.add_argument("--no-invariants", action="store_true",
                     help="do not assert every replica's unit invariants after each event "
                     "(rule I1; the run is about a third faster)")
-    kv.add_argument("--mutant", choices=sorted([*CLUSTER_MUTANTS, *DRIVER_MUTANTS]),
+    kv.add_argument("--mutant", choices=sorted([*CLUSTER_MUTANTS, *MEMBERSHIP_MUTANTS,
+                                                *DRIVER_MUTANTS]),
                     help="run a deliberately broken variant")
     kv.add_argument("--history", metavar="FILE", help="write the clients' history as JSON")
     kv.add_argument("--snapshot-every", type=_non_negative_int, default=8, metavar="N",
@@ -157,6 +158,10 @@ def add_parsers(sub: Any) -> None:
                     help="share of snapshot writes that fail, as on a full disk")
     kv.add_argument("--wipes", type=_non_negative_int, default=0, metavar="N",
                     help="replicas that lose their disk and restart empty (with --faults-until)")
+    kv.add_argument("--changes", type=_non_negative_int, default=0, metavar="N",
+                    help="membership operations during the run (add, remove, replace, two "
+                    "at once; the leader crashed or old and new members partitioned "
+                    "mid-change) before --faults-until; 0: the members never change")
 
     sim.set_defaults(run=run)
     kv.set_defaults(run=run)
@@ -186,7 +191,7 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
                                wipes=args.wipes),
             prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant,
             check_invariants=not args.no_invariants, snapshot_every=args.snapshot_every,
-            snapshot_failures=args.snapshot_failures, **tuning,
+            snapshot_failures=args.snapshot_failures, changes=args.changes, **tuning,
         )
     return SimConfig(
         seed=seed,

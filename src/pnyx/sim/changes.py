@@ -79,14 +79,13 @@ class Operator:
 
     def view(self) -> Any:
         """The latest configuration, as the live replica furthest along knows it (what
-        `GET /v1/members` at the leader would answer)."""
+        `GET /v1/members` at the leader would answer); None while every node is down."""
         best = None
         for node in self.sim.nodes.values():
             replica = node.replica if node is not None else None
             if replica is not None and (best is None or replica.commit > best.commit):
                 best = replica
-        assert best is not None, "no replica is up"
-        return best.membership.latest
+        return best.membership.latest if best is not None else None
 
     @staticmethod
     def ids(view: Any) -> set[int]:
@@ -104,11 +103,11 @@ class Operator:
     # --------------------------------------------------------- operations
 
     def _start(self) -> None:
-        if self.busy:
+        view = self.view()
+        if self.busy or view is None:
             self._later(0.05, 0.15, self._start)  # one operation at a time
             return
         self.left -= 1
-        view = self.view()
         voters = self.voters(view)
         learners = [m.id for m in view.members if not m.voter]
         roll = self.rng.random()
@@ -159,6 +158,9 @@ class Operator:
             self.done_ops["replace"] += ok
             self.busy -= 1
         view = self.view()
+        if view is None:
+            self._later(0.05, 0.2, self._replace, old, new)
+            return
         if old not in self.voters(view):  # another operation removed it meanwhile
             others = [v for v in self.voters(view) if v != new]
             if not others:
@@ -184,6 +186,9 @@ class Operator:
         """Ask a random member for the change; ask again until the configuration shows
         it done, or `attempts` are spent."""
         view = self.view()
+        if view is None:
+            self._later(0.05, 0.2, self._change, what, shows_done, done, attempts, base)
+            return
         if shows_done(view):
             done(True)
             return

@@ -76,7 +76,7 @@ from pnyx.sim.configs import M4, MEMBERSHIP_RULES, Configurations
 from pnyx.sim.engine import ANY, CALL, Engine
 from pnyx.sim.faults import Fault
 from pnyx.sim.invariants import A2, LOG_RULES, LogObserver, Violation
-from pnyx.sim.mutants import CLUSTER_MUTANTS
+from pnyx.sim.mutants import CLUSTER_MUTANTS, MEMBERSHIP_MUTANTS
 from pnyx.sim.ports import SimClock, SimDisk, SimNetwork, SimSnapshotFile, SimSnapshots
 from pnyx.statemachine import kv
 
@@ -151,7 +151,8 @@ class _Client:
 class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
     def __init__(self, config: ClusterConfig, trace_sink: IO[bytes] | None = None,
                  trace: bool = False) -> None:
-        mutant = CLUSTER_MUTANTS.get(config.mutant) if config.mutant else None
+        mutant = {**CLUSTER_MUTANTS, **MEMBERSHIP_MUTANTS}.get(config.mutant) \
+            if config.mutant else None
         self.replica_class, self.machine_class = mutant or (Replica, kv.KVMachine)
         # What the records on a disk add up to after a restart (a mutant may replay
         # them wrongly); needed before the engine makes the empty disks.
@@ -602,10 +603,13 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                    if self.configs.removed(i))
 
     def _members(self) -> set[int]:
-        """The members of the latest configuration (every node, without changes)."""
+        """The nodes that are members still: in a configuration that governs a slot after
+        the agreed log, or the latest (every node, without changes). Not one removed,
+        nor one whose addition never took."""
         if self.operator is None:
             return set(self.ids)
-        return set(self.configs.latest.members)
+        configs = self.configs
+        return {i for i in self.ids if i in configs.ever and not configs.removed(i)}
 
     def finish(self) -> ClusterResult:
         history = self.recorder.history()
@@ -665,7 +669,9 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
             for command in self.log[slot].commands:
                 index += 1
                 by_index[index] = command.payload
-        furthest = max(self._applied_upto.values(), default=0)
+        members = self._members()
+        furthest = max((upto for i, upto in self._applied_upto.items() if i in members),
+                       default=0)
         for (name, seq), at in sorted(self.acked.items()):
             payload = by_index.get(at)
             request = _decode_request(payload) if payload is not None else None
@@ -675,7 +681,6 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                 self._violate(L3, f"write {name}#{seq} acknowledged at index {at}, "
                                   f"but the log holds {request} there")
         if self.workload_end is not None:
-            members = self._members()
             for i, upto in self._applied_upto.items():
                 if self.nodes[i] is not None and upto < furthest and i in members:
                     self._violate(L3, f"node {i} applied only up to slot {upto} of {furthest}")

@@ -16,7 +16,7 @@ from pnyx.protocol.multipaxos import ReadMode, ReplicaConfig
 from pnyx.protocol.multipaxos.records import LogRecord
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.sim.faults import FaultConfig
-from pnyx.sim.mutants import CLUSTER_MUTANTS
+from pnyx.sim.mutants import CLUSTER_MUTANTS, MEMBERSHIP_MUTANTS
 from pnyx.sim.network import NetworkConfig
 
 # One set of protocol defaults: the simulator's timing is the replica's.
@@ -89,7 +89,7 @@ class ClusterConfig:
             raise ValueError(f"changes must be >= 0, got {self.changes}")
         if self.clients < 1 or self.ops < 0 or self.keys < 1:
             raise ValueError("need at least one client and one key, and ops >= 0")
-        known = {**CLUSTER_MUTANTS, **DRIVER_MUTANTS}
+        known = {**CLUSTER_MUTANTS, **MEMBERSHIP_MUTANTS, **DRIVER_MUTANTS}
         if self.mutant is not None and self.mutant not in known:
             raise ValueError(f"unknown mutant {self.mutant!r}; known: {', '.join(known)}")
         for mode in self.reads:

@@ -394,11 +394,12 @@ CLUSTER_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "install-keeps-log": (InstallKeepsLog, KVMachine),
     "snapshot-without-dedup": (Replica, SnapshotWithoutDedupMachine),
     "promise-hides-compaction": (HidesCompaction, KVMachine),
-    # Caught with configuration changes (`ClusterConfig.changes`).
+}
+
+MEMBERSHIP_MUTANTS: dict[str, tuple[type[Replica], type[KVMachine]]] = {
     "config-immediate": (ConfigImmediate, KVMachine),
     "promote-before-caught-up": (PromoteBeforeCaughtUp, KVMachine),
     "old-config-quorums": (OldConfigQuorums, KVMachine),
 }
-
-MEMBERSHIP_MUTANTS = ("config-immediate", "promote-before-caught-up", "old-config-quorums")
-"""The mutants of membership change: only a run with changes can catch them."""
+"""The mutants of membership change, run like `CLUSTER_MUTANTS`: only a run with
+configuration changes (`ClusterConfig.changes`) can catch them."""
