@@ -294,6 +294,7 @@ or start a new node yourself, and it asks the cluster to add it:
 
 Press Ctrl-C to stop every node.""", flush=True)
         reported: set[int] = set()
+        lost: set[int] = set()  # members whose data directory is gone (see below)
         watched = time.monotonic()
         while not interrupted:
             for i, p in list(procs.items()):
@@ -311,7 +312,21 @@ Press Ctrl-C to stop every node.""", flush=True)
                 watched = time.monotonic()
                 live = [i for i, p in procs.items() if p.poll() is None]
                 for i, peer, http, incarnation in _new_members(
-                        [https.get(i) or Address("127.0.0.1", 0) for i in live], procs):
+                        [https[i] for i in live if i in https], procs):
+                    node_dir = data_dir / f"node-{i}"
+                    if (logs / f"node-{i}.log").exists() and not any(
+                            (node_dir / name).exists() for name in ("pnyx.db", "join.json")):
+                        # It ran here, and its data is gone: started again under the
+                        # incarnation it was added with, it would vote having forgotten
+                        # its votes. Never: it is replaced under a new id.
+                        if i not in lost:
+                            lost.add(i)
+                            print(f"pnyx cluster: node {i} is a member and ran here before, "
+                                  f"but {node_dir} is gone: it must not vote again under "
+                                  f"its id, so it is not started; replace it: pnyx member "
+                                  f"replace {i} NEW_ID 127.0.0.1:PORT", file=sys.stderr,
+                                  flush=True)
+                        continue
                     https[i] = http
                     join = ",".join(str(https[j]) for j in live if j in https)
                     print(f"pnyx cluster: node {i} was added at {peer}: starting it "
