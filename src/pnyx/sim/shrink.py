@@ -15,7 +15,9 @@ same schedule, in the same order, hence the same run. Each step after that
 is one full run, kept only if it still fails the rule the original failed
 first: drop faults (halves, then smaller pieces down to single faults; a
 crash goes with its restart, a partition with its heal), 3 nodes instead of
-5, fewer clients, operations and keys, a clean network, and a shorter run.
+5, fewer clients, operations, keys and membership changes (at least one: the
+operator's own crashes and partitions come with its changes, from its own RNG),
+a clean network, and a shorter run.
 Passes repeat until none removes anything, or the budget of runs or seconds
 is spent. The cluster still aims some crashes and partitions at the leader
 from its own seeded RNG, so removing one fault can move the others; a
@@ -315,7 +317,7 @@ def _passes(s: _Shrinker, script_ok: bool) -> None:
                 changed = True
                 say("nodes: 3")
         counts = ((("proposers", 1),) if isinstance(current(), SimConfig)
-                  else (("clients", 1), ("ops", 0), ("keys", 1)))
+                  else (("clients", 1), ("ops", 0), ("keys", 1), ("changes", 1)))
         for name, floor in counts:
             value = getattr(current(), name)
             candidates = _smaller(value, floor)
@@ -442,7 +444,8 @@ def report(shrunk: Shrunk) -> str:
         f"  violation {shrunk.violation}",
         f"  run       seed {cfg.seed}, {cfg.nodes} nodes, " + (
             f"{cfg.proposers} proposers" if isinstance(cfg, SimConfig)
-            else f"{cfg.clients} clients, {cfg.ops} ops, {cfg.keys} keys")
+            else f"{cfg.clients} clients, {cfg.ops} ops, {cfg.keys} keys"
+            + (f", {cfg.changes} membership changes" if cfg.changes else ""))
         + f", mutant {cfg.mutant}, max_time {cfg.max_time:g} s, "
         f"faults until {cfg.faults.until:g} s",
         f"  network   drop {net.drop:g}, dup {net.duplicate:g}, late {net.late:g}",
