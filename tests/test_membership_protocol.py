@@ -13,10 +13,35 @@ import random
 
 from harness import Memo, Net, of_type, touching
 from pnyx.protocol.multipaxos import Replica
+from pnyx.protocol.multipaxos.effects import InstallSnapshot, SnapshotOp, TakeSnapshot
 from pnyx.protocol.multipaxos.membership import ALPHA
-from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote, Promise
+from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote, Promise, Removed
 from pnyx.protocol.multipaxos.outcome import Code
 from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
+
+
+class MNet(Net):
+    """`Net` whose snapshots carry the membership (the node's store keeps it in the
+    file; here beside it, by slot, and an installed snapshot takes it from there)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.membership_at: dict[int, bytes] = {}
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _snapshot(self, i: int, op: SnapshotOp) -> None:
+        if isinstance(op, TakeSnapshot):
+            self.membership_at.setdefault(op.slot, op.membership)
+        if isinstance(op, InstallSnapshot):
+            staged = self.staged[i]
+            assert staged is not None and staged[0] == op.slot
+            self.staged[i] = None
+            index, body = int.from_bytes(staged[1][:8], "big"), bytes(staged[1][8:])
+            self.files[i][op.slot] = (index, body)
+            self.machines[i].restore(body)  # type: ignore[attr-defined]
+            self.obey(i, self.nodes[i].installed(op.slot, index, len(body) + 8, self.now,
+                                                 self.membership_at[op.slot]))
+            return
+        super()._snapshot(i, op)
 
 
 def join(net: Net, i: int) -> Replica:
@@ -195,3 +220,163 @@ def test_a_member_that_was_away_while_every_member_it_knew_was_replaced_catches_
     net.settle(10, cut=gone)  # 3 is back
     assert net.nodes[3].commit == new.commit
     assert net.nodes[3].machine.data[b"k"] == b"after"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ learners, promotion
+
+
+def test_a_learner_catches_up_by_snapshot_and_is_promoted_by_the_leader_only_once_caught_up() -> None:  # noqa: E501
+    net = MNet(window=8, snapshot_every=4, snapshot_tail=2, snapshot_chunk=64)
+    leader = net.elect(1)
+    for k in range(1, 21):
+        net.submit(1, k, b"k%d=%d" % (k % 5, k))
+        net.deliver()
+    join(net, 4)
+    cut = touching(4)
+    change(net, 1, 100, add=(learner(4, promote=True),))
+    net.settle(10, cut=cut)  # 4 hears nothing: the leader fills past ALPHA meanwhile
+    assert net.outcomes[1][100].ok
+    assert leader.commit >= ALPHA + 20
+    assert leader.membership.latest.version == 1  # added; no promotion proposed
+    assert 4 not in voters(leader, leader.commit + ALPHA)
+    net.settle(12)  # 4 fetches a snapshot, then the log after it; then it is promoted
+    node = net.nodes[4]
+    assert any(isinstance(op, InstallSnapshot) for op in net.snapshot_ops[4])
+    assert node.log.floor > 0 and node.machine.data == net.machines[1].data  # type: ignore[attr-defined]
+    promoted = [s for s, v in net.values[1].items()
+                if v.change is not None and v.change.promote == (4,)]
+    assert len(promoted) == 1, promoted
+    p = promoted[0]
+    assert net.values[1][p].change.origin == 1  # type: ignore[union-attr]  # the leader's own
+    assert leader.membership.latest.version == 2
+    assert voters(leader, p + ALPHA) == {1, 2, 3, 4} and leader.membership.latest.start == p + ALPHA
+    # Promoted within ALPHA of the commit it was proposed at: 4 had applied by then.
+    assert leader.progress[4] >= p - 2 * ALPHA
+
+
+def test_a_change_chosen_in_slot_i_governs_exactly_from_slot_i_plus_alpha() -> None:
+    """{1,2,3} -> {1,2} (3 removed) chosen in slot i: with 2 cut off, 1 and 3 still
+    choose every slot up to i + ALPHA - 1, and no slot from i + ALPHA on."""
+    net = Net(window=8)
+    leader = net.elect(1)
+    change(net, 1, 1, remove=(3,))
+    net.deliver(lambda d, m: not isinstance(m, Accept) or m.value.change is not None)
+    assert net.outcomes[1][1].ok
+    i = next(s for s, v in net.values[1].items() if v.change is not None)
+    cut = touching(2)
+    net.settle(4, cut=cut)
+    assert leader.is_leader
+    net.submit(1, 2, b"k=v")
+    net.settle(2, cut=cut)
+    assert leader.commit == i + ALPHA - 1, (leader.commit, i)
+    assert 2 not in net.outcomes[1]
+    net.settle(3)
+    assert net.outcomes[1][2].ok and net.outcomes[1][2].index == 1
+    assert max(s for s, v in net.values[1].items() if v.commands) == i + ALPHA
+
+
+# ------------------------------------------------------- a leader dies mid-change
+
+
+def test_a_change_accepted_by_a_quorum_when_its_leader_dies_is_completed_by_the_next() -> None:
+    net = Net(window=8)
+    net.elect(1)
+    join(net, 4)
+    change(net, 1, 1, add=(learner(4),))
+    net.deliver(lambda d, m: isinstance(m, Accept) and d == 2)  # 1 and 2 accepted it
+    net.drop(touching(1))
+    del net.nodes[1]
+    for _ in range(30):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver(lambda d, m: d != 1)
+        net.drop(touching(1))
+    assert net.leaders() and net.leaders()[0] in (2, 3)
+    net.settle(5, cut=touching(1))
+    for i in (2, 3, 4):
+        node = net.nodes[i]
+        assert node.membership.latest.version == 1, i
+        assert [s for s, v in net.values[i].items() if v.change is not None] == [
+            s for s, v in net.values[2].items() if v.change is not None], i
+    assert {m.id for m in net.nodes[3].membership.latest.members} == {1, 2, 3, 4}
+
+
+def test_a_change_only_its_dead_leader_accepted_is_abandoned_for_a_no_op_everywhere() -> None:
+    net = Net(window=8)
+    net.elect(1)
+    join(net, 4)
+    net.obey(2, net.nodes[2].change_members(7, 0, add=(learner(4),), now=net.now))
+    net.deliver(lambda d, m: d == 1 and m.src == 2)  # forwarded to the leader
+    net.deliver(lambda d, m: d == 1)  # the leader accepts its own proposal
+    net.drop(touching(1))
+    del net.nodes[1]
+    for _ in range(30):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver(lambda d, m: d != 1)
+        net.drop(touching(1))
+    assert net.leaders()
+    net.submit(net.leaders()[0], 8, b"k=v")
+    net.settle(5, cut=touching(1))
+    for i in (2, 3):
+        assert net.nodes[i].membership.latest.version == 0, i
+        assert not any(v.change for v in net.values[i].values()), i
+    outcome = net.outcomes[2][7]
+    assert not outcome.ok and outcome.unknown  # its client may ask again
+
+
+# ------------------------------------------------------------ refusals, conflicts
+
+
+def test_two_changes_made_against_one_version_one_applies_the_other_is_a_conflict() -> None:
+    net = Net(window=8)
+    net.elect(1)
+    for i in (4, 5):
+        join(net, i)
+    net.obey(2, net.nodes[2].change_members(1, 0, add=(learner(4),), now=net.now))
+    net.obey(1, net.nodes[1].change_members(2, 0, add=(learner(5),), now=net.now))
+    net.settle(5)
+    a, b = net.outcomes[2][1], net.outcomes[1][2]
+    assert sorted([a.ok, b.ok]) == [False, True], (a, b)
+    lost = a if not a.ok else b
+    assert lost.code is Code.CONFLICT and "version 1" in lost.error
+    assert all(net.nodes[i].membership.latest.version == 1 for i in (1, 2, 3))
+
+
+def test_removing_every_voter_is_refused_and_so_is_a_change_leaving_no_live_quorum() -> None:
+    net = Net(window=8)
+    leader = net.elect(1)
+    change(net, 1, 1, remove=(1, 2, 3))
+    net.settle(3)
+    assert net.outcomes[1][1].code is Code.BAD_REQUEST
+    assert "no voter" in net.outcomes[1][1].error
+    cut = touching(3)
+    net.settle(12, cut=cut)  # 3 is down long enough not to count as live
+    change(net, 1, 2, remove=(2,))
+    assert net.outcomes[1][2].code is Code.REFUSED, net.outcomes[1][2]
+    assert "no live quorum" in net.outcomes[1][2].error
+    assert leader.membership.latest.version == 0
+
+
+# ------------------------------------------------------------------ the removed
+
+
+def test_a_removed_replica_is_told_so_reports_removed_and_disrupts_nothing() -> None:
+    """3 is cut off while it is removed; it comes back believing it votes, asks for
+    pre-votes, and is answered `Removed`: it reports `removed`, and the leader keeps
+    its ballot."""
+    net = Net(window=8)
+    leader = net.elect(1)
+    ballot = leader.ballot
+    cut = touching(3)
+    change(net, 1, 1, remove=(3,))
+    net.settle(8, cut=cut)
+    assert net.outcomes[1][1].ok and leader.commit >= ALPHA
+    assert 3 not in leader.out.members
+    node = net.nodes[3]
+    assert not node.removed
+    for _ in range(20):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver()
+    assert any(isinstance(m, Removed) and d == 3 for d, m in net.sent)
+    assert node.removed and node.tick(net.now).removed
+    assert leader.is_leader and leader.ballot == ballot
+    assert net.nodes[2].leader == 1
