@@ -134,6 +134,8 @@ class _Peer:
         self.pings = False  # its Hello says it answers a PING
         self.pinged_at = -1e9
         self.links = 0  # outbound connections made to it, ever
+        # Set when it dials us while we have no link to it: our next attempt is made now.
+        self.wake = asyncio.Event()
         self.silences = 0  # times its connections were closed for its silence
 
 
@@ -498,38 +500,55 @@ class PeerTransport:
 
     async def _connect(self, peer: _Peer) -> _Outbound:
         """A connection to `peer`: the TCP connect within `connect_timeout` (a lost SYN is
-        sent again by a new attempt, not after TCP's one-second retry). Over TLS, connect
-        and handshake together, within 2 s as before."""
+        sent again by a new attempt, not after TCP's one-second retry), given up at once
+        when the peer dials us meanwhile (the network is back: an attempt whose SYN was
+        lost in it would wait in vain). Over TLS, then the handshake, within 2 s."""
         loop = asyncio.get_running_loop()
-        if self._client_tls is not None:
-            _, tls_link = await asyncio.wait_for(loop.create_connection(
-                _Outbound, peer.address.host, peer.address.port,
-                ssl=self._client_tls.context(), ssl_handshake_timeout=2.0), 2.0)
-            return tls_link
         infos = await loop.getaddrinfo(peer.address.host, peer.address.port,
                                        type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, address), self.connect_timeout)
-            _, link = await loop.create_connection(_Outbound, sock=sock)
+            connect = asyncio.ensure_future(loop.sock_connect(sock, address))
+            woken = asyncio.ensure_future(peer.wake.wait())
+            try:
+                await asyncio.wait((connect, woken), timeout=self.connect_timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                connect.cancel()  # nothing, if it is done
+            if not connect.done() or connect.cancelled():
+                raise TimeoutError("connect timed out")
+            connect.result()  # OSError if refused, unreachable
+            if self._client_tls is None:
+                _, link = await loop.create_connection(_Outbound, sock=sock)
+            else:
+                _, link = await asyncio.wait_for(loop.create_connection(
+                    _Outbound, sock=sock, ssl=self._client_tls.context(),
+                    server_hostname=peer.address.host, ssl_handshake_timeout=2.0), 2.0)
         except BaseException:
             sock.close()
             raise
         return link
+
+    async def _pause(self, peer: _Peer, seconds: float) -> None:
+        """Wait `seconds` before the next attempt, or until the peer dials us."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.wake.wait(), seconds)
 
     async def _run_outbound(self, peer: _Peer) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.05
         while not self._closing:
             tls = self._client_tls is not None
+            peer.wake.clear()
             try:
                 link = await self._connect(peer)
             except (TimeoutError, OSError) as exc:
                 if isinstance(exc, ssl.SSLError):  # not a refused connect: say so, once
                     self._refuse_outbound(peer, f"TLS handshake failed: {exc}")
-                await asyncio.sleep(backoff)
+                await self._pause(peer, backoff)
                 backoff = min(backoff * 2, self.reconnect_max)
                 continue
             if tls and link.transport is not None:
@@ -635,6 +654,8 @@ class PeerTransport:
                              f"{_named(certified, self.cluster_id)}")
         self.advertised[hello.node_id] = hello
         peer.pings = hello.pings
+        if peer.link is None:
+            peer.wake.set()
         return hello.node_id
 
 
