@@ -321,7 +321,7 @@ def test_an_idle_healthy_cluster_never_has_its_links_closed(tmp_path: Path) -> N
         for n in nodes:
             await n.start()
         try:
-            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            await write(nodes[0], "k", b"1", 1)
             transports = [n.transport for n in nodes]
             assert all(t is not None and t.dead_after == 0.3 for t in transports)
             await asyncio.sleep(0.5)  # every link up
@@ -332,12 +332,23 @@ def test_an_idle_healthy_cluster_never_has_its_links_closed(tmp_path: Path) -> N
             assert [t.silences for t in transports if t] == [0, 0, 0]
             assert {(t.node_id, p.node_id): p.links for t in transports if t
                     for p in t.peers.values()} == links
-            assert (await nodes[2].submit(put("k", b"2", 2), timeout=5)).ok
+            await write(nodes[2], "k", b"2", 2)
         finally:
             for n in nodes:
                 await n.stop()
 
     asyncio.run(scenario())
+
+
+async def write(node: Node, key: str, value: bytes, seq: int) -> None:
+    """Put through `node`, asked again while the first election settles (a leader deposed
+    at start aborts the write; the retry is the same request, applied once)."""
+    for _ in range(20):
+        outcome = await node.submit(put(key, value, seq), timeout=5)
+        if outcome.ok:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"put {key} through node {node.node_id}: {outcome.error}")
 
 
 def _pair(on_two: Any = None) -> tuple[PeerTransport, PeerTransport, list[bytes]]:
