@@ -36,7 +36,14 @@ Every run is checked for:
   into a fresh, correct `KVMachine`);
 - S2 a replica restarts from what its disk holds: its log is never compacted
   beyond its newest durable snapshot;
-- the wire rules of `LogObserver` (A1, A3, A4, B1, H1, R1).
+- the wire rules of `LogObserver` (A1, A3, A4, B1, H1, R1);
+- with configuration changes (`ClusterConfig.changes`: an operator adds, removes
+  and replaces nodes through the driver's own request path, `pnyx.sim.changes`;
+  the processes, disks and network grow by id), the membership rules M1-M5 of
+  `pnyx.sim.configs`, which count every quorum in the configuration governing its
+  slot as the agreed log makes it; the clients ask any node not removed, and L3
+  and the end of a run wait for the members only (not a removed node, nor one whose
+  addition never took).
 
 Adversarial schedules: messages held back and delivered late
 (`NetworkConfig.late`), and reboots aimed at the leader that wait for its next
