@@ -202,8 +202,8 @@ def dispatch(conn: Connection, request: Request) -> None:
             route = ROUTES.get(path)
         if route is None:
             raise ApiError(404, "no_route", "Not Found")
-        label = route.label
-        handler = route.methods.get(request.method)
+        label, methods = route
+        handler = methods.get(request.method)
         if handler is None:
             _method_not_allowed(conn, request, route)
             return
