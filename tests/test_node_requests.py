@@ -28,6 +28,7 @@ from pnyx.node.metrics import Metrics
 from pnyx.node.requests import DEADLINE_TICK, SHUTTING_DOWN, SHUTTING_DOWN_UNKNOWN
 from pnyx.protocol.ballot import ZERO
 from pnyx.protocol.multipaxos import Code, LogReady, Outcome, Role
+from pnyx.protocol.multipaxos.membership import genesis
 from pnyx.protocol.multipaxos.messages import Batch, Command
 from pnyx.protocol.multipaxos.records import Standing
 from pnyx.statemachine import ERROR_PREFIX, kv
@@ -736,6 +737,7 @@ def test_status_commit_index_counts_the_commands_of_every_slot_known_chosen(
         log=types.SimpleNamespace(snapshot_slot=0, snapshot_index=0, snapshot_size=0,
                                   taking=0, floor=0, chosen={}),
         transfer=types.SimpleNamespace(fetch=None, holds={}, installs=0),
+        configuration=genesis((1,)), configs=[genesis((1,))], progress={},
     )
     status = node.status()
     assert (status["commit_slot"], status["applied_slot"]) == (3, 1)

@@ -351,7 +351,7 @@ class Node(Driver):
         if denied_at > election.heard_at and now - denied_at <= 2 * timeout:
             cause = f"node {seen_by} still hears leader {leader} and refused it an election"
             self._followed = leader
-        elif not election.quorums.is_phase1_quorum(reached):
+        elif not election.is_quorum(reached, phase1=True):
             cause = f"it reaches {len(reached)} of {len(election.others) + 1} members"
         else:
             return None  # an election may well give it a leader: wait for it
@@ -445,7 +445,7 @@ class Node(Driver):
         transport = self.transport
         stopped = self.closed  # the replica's last role is history, not a claim
         in_force = r.configuration
-        latest = r.membership.latest
+        latest = r.configs[-1]
         members = {}
         for pid in sorted({self.node_id} | {m.id for c in r.configs for m in c.members}):
             addr = self.address_of(pid)
@@ -545,6 +545,7 @@ class Node(Driver):
         r = self._replica()
         in_force = r.configuration
         progress = r.progress
+        latest = r.configs[-1]
         return {
             "version": in_force.version,
             "start": in_force.start,
@@ -552,7 +553,7 @@ class Node(Driver):
             "learners": sum(1 for m in in_force.members if not m.voter),
             "pending": sum(1 for c in r.configs if c.start > in_force.start),
             "lag": {m.id: max(0, r.commit - progress.get(m.id, 0))
-                    for m in r.membership.latest.members if not m.voter} if r.is_leader
+                    for m in latest.members if not m.voter} if r.is_leader
             else {},
         }
 
