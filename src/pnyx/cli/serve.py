@@ -57,9 +57,11 @@ def add_parsers(sub: Any) -> None:
         "serve",
         help="run one node of a cluster",
         description="Run one node: its peers reach it at its --cluster address (or --listen), "
-        "clients at --http and --client. Settings may also come from a TOML file (--config), "
-        "whose keys are the flags' names with underscores (durations in seconds there, in "
-        "milliseconds on the flags); flags win.",
+        "clients at --http and --client. A node joining a running cluster gives --join "
+        "(members' HTTP endpoints) and --listen instead of --cluster: it asks to be added, "
+        "as a learner the leader promotes once caught up. Settings may also come from a "
+        "TOML file (--config), whose keys are the flags' names with underscores "
+        "(durations in seconds there, in milliseconds on the flags); flags win.",
     )
     serve.add_argument("--config", metavar="FILE", help="read settings from a TOML file")
     for s in SETTINGS:
