@@ -15,7 +15,18 @@ from harness import Memo, Net, of_type, touching
 from pnyx.protocol.multipaxos import Replica
 from pnyx.protocol.multipaxos.effects import InstallSnapshot, SnapshotOp, TakeSnapshot
 from pnyx.protocol.multipaxos.membership import ALPHA
-from pnyx.protocol.multipaxos.messages import Accept, Member, PreVote, Promise, Removed
+from pnyx.protocol.multipaxos.messages import (
+    Accept,
+    ChangeMembers,
+    ChangeRefused,
+    Heartbeat,
+    Member,
+    Prepare,
+    PreVote,
+    PreVoteReply,
+    Promise,
+    Removed,
+)
 from pnyx.protocol.multipaxos.outcome import Code
 from pnyx.protocol.multipaxos.records import ReplicaDurable, Standing
 
@@ -380,3 +391,48 @@ def test_a_removed_replica_is_told_so_reports_removed_and_disrupts_nothing() -> 
     assert node.removed and node.tick(net.now).removed
     assert leader.is_leader and leader.ballot == ballot
     assert net.nodes[2].leader == 1
+
+
+def test_a_leader_behind_the_configuration_a_change_was_made_against_refuses_it() -> None:
+    """A change made against version 2 (read at 2) reaches a new leader that has not yet
+    applied version 2 (3, recovering the slot that made it). Proposed unchecked, it
+    would find version 2 in force when applied and take: a learner that never caught up
+    would be promoted. The leader refuses it (REFUSED: ask again) until it is there."""
+    net = Net(window=8)
+    net.elect(1)
+    for i in (4, 5):
+        join(net, i)
+    out = lambda d, m: bool({4, 5} & {d, m.src})  # noqa: E731  learners that hear nothing
+    change(net, 1, 1, add=(learner(5),))
+    net.settle(6, cut=out)
+    assert net.nodes[1].commit >= ALPHA  # the leader filled up to the change's start
+    change(net, 1, 2, add=(learner(4),))
+    net.drop(out)
+    net.deliver(lambda d, m: isinstance(m, Accept) and d in (2, 3))  # both accept it
+    net.deliver(lambda d, m: d == 1 and m.src in (1, 2))  # chosen: 1 and 2
+    net.drop(lambda d, m: d == 3 or out(d, m))
+    net.deliver(lambda d, m: d == 2)  # 2 learns it is chosen; 3 does not
+    assert net.nodes[2].membership.latest.version == 2
+    assert net.nodes[3].membership.latest.version == 1
+    net.drop(touching(1))
+    del net.nodes[1]
+    net.now += 2 * net.cfg.election_timeout + 0.01
+    net.tick([3])
+    for _ in range(10):
+        net.deliver(lambda d, m: d in (2, 3) and isinstance(m, (PreVote, PreVoteReply,
+                                                                Prepare, Promise)))
+        if net.nodes[3].is_leader:
+            break
+        net.tick([2, 3], dt=net.cfg.heartbeat_interval)
+    leader = net.nodes[3]
+    assert leader.is_leader and leader.membership.latest.version == 1
+    net.drop(lambda d, m: isinstance(m, Accept))  # its recovery is not accepted yet
+    net.deliver(lambda d, m: isinstance(m, Heartbeat) and d == 2)  # 2 follows 3
+    assert net.nodes[2].leader == 3
+    net.obey(2, net.nodes[2].change_members(3, 2, promote=(4,), now=net.now))
+    net.deliver(lambda d, m: isinstance(m, ChangeMembers | ChangeRefused))
+    refused = net.outcomes[2].get(3)
+    assert refused is not None and refused.code is Code.REFUSED, refused
+    net.settle(6, cut=lambda d, m: d == 1 or out(d, m))
+    assert leader.membership.latest.version == 2
+    assert 4 not in voters(leader, leader.commit + ALPHA)

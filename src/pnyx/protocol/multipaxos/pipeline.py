@@ -199,6 +199,13 @@ class Pipeline:
         depend on the live cluster, so they are the leader's, at proposal time; those
         that depend only on the configuration are `Membership.invalid`, at apply time."""
         membership = self.log.membership
+        latest = membership.latest.version
+        if change.base > latest:
+            # Made against a configuration we have not applied yet (a new leader still
+            # recovering): it may be valid by the time it is applied, so the rules below
+            # must see that configuration, not ours.
+            return (f"this leader has not yet applied configuration version "
+                    f"{change.base} (it is at {latest}); ask again")
         invalid = membership.invalid(change)
         if invalid:
             return ""  # refused when applied, with the same words, in its slot's order
