@@ -49,12 +49,16 @@ def main() -> int:
     totals: Counter[str] = Counter()
     jobs = [(seed, args.mutant) for seed in range(args.first, args.last + 1)]
     with multiprocessing.Pool(args.jobs) as pool:
-        for seed, first, _end, changes, finished in pool.imap_unordered(one, jobs):
+        for done, (seed, first, _end, changes, finished) in enumerate(
+                pool.imap_unordered(one, jobs), 1):
             totals.update(changes)
             unfinished += not finished
             if first is not None:
                 failed += 1
                 print(f"seed {seed}: {first}", flush=True)
+            if done % 100 == 0:
+                print(f"  {done}/{len(jobs)} seeds, {failed} failed, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
     n = len(jobs)
     print(f"{n} seeds, {failed} failed, {unfinished} workloads unfinished, "
           f"{time.perf_counter() - started:.0f} s")
