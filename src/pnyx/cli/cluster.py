@@ -285,9 +285,10 @@ Talk to it (any node accepts any request):
   curl http://{first}/v1/status
 
 Change the members (this command starts a node added at 127.0.0.1, a removed one stops):
-  {pnyx} member list --endpoints {endpoints}
-  {pnyx} member add {nxt} {add_peer} --http {add_http} --endpoints {endpoints}
-  {pnyx} member remove {nxt} --endpoints {endpoints}
+  export PNYX_ENDPOINTS={endpoints}
+  {pnyx} member list
+  {pnyx} member add {nxt} {add_peer} --http {add_http}
+  {pnyx} member remove {nxt}
 or start a new node yourself, and it asks the cluster to add it:
   {pnyx} serve --id {nxt} --join {endpoints} --listen {add_peer} --http {add_http} \\
       --data-dir {data_dir / f"node-{nxt}"}{own_tls}
