@@ -75,11 +75,11 @@ def test_bad_bytes_on_the_peer_port_close_that_connection_and_nothing_else(
         for n in nodes:
             await n.start()
         try:
-            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            await write(nodes[0], "k", b"1", 1)
             with caplog.at_level(logging.WARNING, logger="pnyx.transport"):
                 assert await send_raw(nodes[1].config.peer_listen.port, attack)
             assert any(reason in r.getMessage() for r in caplog.records), caplog.text
-            assert (await nodes[1].submit(put("k", b"2", 2), timeout=5)).ok
+            await write(nodes[1], "k", b"2", 2)
             read = await nodes[2].read(kv.encode_query("k"), "linearizable", timeout=5)
             assert kv.decode_result(read.result) == kv.Ok(2, b"2")
         finally:
@@ -97,7 +97,7 @@ def test_a_malformed_message_inside_a_good_connection_is_dropped_and_counted(
         for n in nodes:
             await n.start()
         try:
-            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            await write(nodes[0], "k", b"1", 1)
             port = nodes[1].config.peer_listen.port
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(HELLO_FROM_1 + frame(b"\x93\xa7nonsense\x01") + frame(b"\xff" * 10))
@@ -105,7 +105,7 @@ def test_a_malformed_message_inside_a_good_connection_is_dropped_and_counted(
             await asyncio.sleep(0.2)
             assert nodes[1].replica is not None and nodes[1].replica.dropped >= 2
             writer.close()
-            assert (await nodes[1].submit(put("k", b"2", 2), timeout=5)).ok
+            await write(nodes[1], "k", b"2", 2)
         finally:
             for n in nodes:
                 await n.stop()
@@ -121,7 +121,7 @@ def test_a_node_restarted_from_its_store_keeps_the_log(tmp_path: Path) -> None:
         for n in nodes:
             await n.start()
         for seq in range(1, 11):
-            assert (await nodes[seq % 3].submit(put(f"k{seq}", b"v", seq), timeout=5)).ok
+            await write(nodes[seq % 3], f"k{seq}", b"v", seq)
         for n in nodes:
             await n.stop()
 
@@ -134,7 +134,7 @@ def test_a_node_restarted_from_its_store_keeps_the_log(tmp_path: Path) -> None:
                 read = await nodes[0].read(kv.encode_query(f"k{seq}"), "linearizable",
                                            timeout=5)
                 assert isinstance(kv.decode_result(read.result), kv.Ok), seq
-            assert (await nodes[2].submit(put("after", b"x", 11), timeout=5)).ok
+            await write(nodes[2], "after", b"x", 11)
         finally:
             for n in nodes:
                 await n.stop()
@@ -276,7 +276,7 @@ def test_each_member_learns_where_its_peers_serve_clients_from_their_hello(
         for n in nodes:
             await n.start()
         try:
-            assert (await nodes[0].submit(put("k", b"1", 1), timeout=5)).ok
+            await write(nodes[0], "k", b"1", 1)
             for n in nodes:
                 for _ in range(100):
                     seen = n.status()["members"]
