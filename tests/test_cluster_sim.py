@@ -367,3 +367,25 @@ def test_a_corrupted_unit_state_is_caught_by_the_simulated_run(
     calls[0] = 0
     unchecked = simulate_cluster(dataclasses.replace(sweep(0), check_invariants=False))
     assert I1 not in {v.rule for v in unchecked.violations}
+
+
+# ---------------------------------------------------------- a growing cluster
+
+
+def test_processes_added_mid_run_get_a_disk_links_and_snapshot_files_by_id() -> None:
+    """Membership changes add processes with new ids: the engine's per-process state,
+    the network's links and the snapshot store grow to hold them, and what they make
+    durable is theirs (`pnyx.sim.changes`)."""
+    from pnyx.sim.cluster_config import change_sweep
+
+    sim = ClusterSim(change_sweep(1))
+    sim.run()
+    result = sim.finish()
+    assert result.safe, [str(v) for v in result.violations]
+    added = [i for i in sim.ids if i > sim.config.nodes]
+    assert added and sim.ids == sorted(sim.ids)
+    for i in added:
+        assert set(sim.nodes) >= {i} and i in sim.disks and i in sim.snapshot_files
+        assert all((i, j) in sim.network._base and (j, i) in sim.network._base
+                   for j in sim.ids if j != i)
+        assert sim.disks[i].promised.round > 0 or sim.disks[i].chosen or sim.disks[i].compacted
