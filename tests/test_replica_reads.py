@@ -257,12 +257,14 @@ def test_a_read_id_reused_after_its_read_expired_is_served_not_a_crash() -> None
     there. (The heap compared the two `_LocalRead`s and raised TypeError.)"""
     config = ReplicaConfig.majority((1, 2, 3))
     replica = Replica(2, config, random.Random(0), KVMachine())
+    replica.step(Heartbeat(1, Ballot(1, 1), 0, 1), 0.0)  # node 1 leads
     query = encode_query("k")
-    replica.read(5, query, "linearizable", 0.0)
+    assert replica.read(5, query, "linearizable", 0.0).send == [(1, ReadIndex(2, 5))]
     replica.step(ReadIndexReply(1, 5, 3, True), 0.01)  # applied is 0: the read waits
     expired = replica.tick(config.read_timeout + 0.01)
     assert [rid for rid, _ in expired.outcomes] == [5]
-    replica.read(5, query, "linearizable", 1.0)
+    replica.step(Heartbeat(1, Ballot(1, 1), 0, 2), 1.0)  # still leads
+    assert replica.read(5, query, "linearizable", 1.0).send == [(1, ReadIndex(2, 5))]
     replica.step(ReadIndexReply(1, 5, 3, True), 1.01)  # same id, same read index
     assert 5 in replica.reads.local
     caught_up = replica.step(Chosen(1, tuple(Decided(s, NOOP) for s in (1, 2, 3)), 3), 1.02)

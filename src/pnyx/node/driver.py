@@ -137,6 +137,7 @@ class Driver:
         self._last_leader: tuple[int | None, Any] = (None, None)
         self._last_role = ""
         self._gathered: list[tuple[int, bytes]] = []
+        self._gathered_reads: list[tuple[int, bytes, ReadMode]] = []
         self._gathered_stale = False  # a request was forgotten while commands were gathered
         self.closed = False
         # The storage fault that stopped the driver (see `disk_failed`), and who hears of it.
@@ -197,6 +198,7 @@ class Driver:
             self._deadline_timer.cancel()
         gathered = {rid for rid, _ in self._gathered}
         self._gathered = []
+        self._gathered_reads = []
         requests = [r for members in self._deadlines.values() for r in members]
         self._deadlines.clear()
         for request in requests:
@@ -223,10 +225,13 @@ class Driver:
     def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
                     timeout: float | None = None) -> Request:
         """Like `submit_nowait`, for a read with `mode`'s guarantee."""
-        return self._start(
-            lambda rid: self._replica().read(rid, query, mode, self._now()), done, timeout,
-            retry_unknown=True, timed=False,
-        )
+        if mode == "stale":  # answered at once, from local state: nothing to share
+            def attempt(rid: int) -> LogReady | None:
+                return self._replica().read(rid, query, mode, self._now())
+        else:
+            def attempt(rid: int) -> LogReady | None:
+                return self._gather_read(rid, query, mode)
+        return self._start(attempt, done, timeout, retry_unknown=True, timed=False)
 
     def change_members_nowait(self, done: Callable[[Outcome], None], *,
                               add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
@@ -310,7 +315,7 @@ class Driver:
         """Stop `request` at the replica (a command may still be applied)."""
         if request.rid is not None:
             self._waiters.pop(request.rid, None)
-            if self._gathered:  # its command may not have reached the replica yet
+            if self._gathered or self._gathered_reads:  # may not be at the replica yet
                 self._gathered_stale = True
             if self.replica is not None:
                 self.replica.cancel(request.rid)
@@ -352,16 +357,28 @@ class Driver:
         everything gathered by then at once: commands that arrive together share a
         slot, one Accept round and one group commit."""
         self._gathered.append((rid, command))
-        if len(self._gathered) == 1:
+        if len(self._gathered) == 1 and not self._gathered_reads:
+            self._clock().call_soon(self._submit_gathered)
+
+    def _gather_read(self, rid: int, query: bytes, mode: ReadMode) -> None:
+        """Reads too: the replica takes those of one turn in one call, so it runs its
+        bookkeeping once for them all, and a follower asks the leader for one read
+        index for them all."""
+        self._gathered_reads.append((rid, query, mode))
+        if len(self._gathered_reads) == 1 and not self._gathered:
             self._clock().call_soon(self._submit_gathered)
 
     def _submit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
-        if self._gathered_stale:  # not proposed yet, and no longer wanted: need never be
+        reads, self._gathered_reads = self._gathered_reads, []
+        if self._gathered_stale:  # not handed over yet, and no longer wanted: need never be
             self._gathered_stale = False
             gathered = [g for g in gathered if g[0] in self._waiters]
+            reads = [r for r in reads if r[0] in self._waiters]
         if gathered and not self.closed:
             self._handle(self._replica().submit_many(gathered, self._now()))
+        if reads and not self.closed:
+            self._handle(self._replica().read_many(reads, self._now()))
 
     # ------------------------------------------------------------- events in
 

@@ -6,6 +6,11 @@
   is served once this replica has applied up to that index. A follower asks
   the leader for the index (`ReadIndex`) and serves the read itself. A new
   leader never gives an index below the slots its phase 1 recovered.
+  Batched at both ends, never across the rule: one heartbeat round confirms
+  every read that arrived before it went out (the leader sends it at its next
+  tick), and a follower asks once for all the reads of one call
+  (`Replica.read_many`), in one `ReadIndex` named by the newest of them: the
+  round that answers it went out after that read arrived, so after all of them.
 - `quorum` (the seed's "read as a learner", made linearizable in the manner
   of Paxos Quorum Reads): ask every replica; the read slot is the highest
   slot accepted among the first quorum of replies; answer with a result that
@@ -87,6 +92,12 @@ class Reads:
         # Invariant: empty unless leader.
         self.unsent: list[tuple[int, int]] = []
         self.unsent_since = 0.0
+        # FOLLOWER: reads of this call, to ask the leader for one index at the end of
+        # it (`ask`); and the batches asked, by the id of their newest read, in the
+        # order asked. Invariant: `to_ask` is empty between calls; both are empty at
+        # a leader.
+        self.to_ask: list[tuple[int, LocalRead]] = []
+        self.asked: dict[int, list[tuple[int, LocalRead]]] = {}
         # request id -> quorum read not yet answered.
         self.quorum: dict[int, PendingQuorumRead] = {}
         # The same reads in the order of their deadlines (which is the order they came
@@ -115,9 +126,9 @@ class Reads:
             if election.role is Role.LEADER:
                 self._queue(self.node_id, request_id, now)
             elif election.leader is not None:
-                out.send(election.leader, ReadIndex(self.node_id, request_id))
+                self.to_ask.append((request_id, read))
             else:
-                election.want_leader(now)
+                election.want_leader(now)  # asked for when we learn who leads: `follow`
         elif mode == "quorum":
             qread = self.quorum[request_id] = PendingQuorumRead(
                 query, now + self.config.read_timeout)
@@ -146,15 +157,47 @@ class Reads:
 
     def lead(self, now: float) -> None:
         """We became the leader: reads that waited for one are ours to confirm."""
+        self.to_ask.clear()
+        self.asked.clear()
         for rid, read in self.local.items():
             if read.index is None:
                 self._queue(self.node_id, rid, now)
 
     def follow(self, leader: int) -> None:
         """`leader` is new to us: ask it for the index of every read waiting for one."""
-        for request_id, read in self.local.items():
-            if read.index is None:
-                self.out.send(leader, ReadIndex(self.node_id, request_id))
+        self.asked.clear()
+        self.to_ask = [(rid, read) for rid, read in self.local.items() if read.index is None]
+        self.ask()
+
+    def ask(self) -> None:
+        """Ask the leader for one read index for every read in `to_ask` (at the end of
+        the call that brought them), named by the newest: every read in the batch arrived
+        before it (`local` and `to_ask` keep the order reads arrive in), so the round
+        confirming `ReadIndex(newest)` went out after each of them arrived. Request ids
+        never repeat (the driver counts them up across restarts), so no reply to an
+        earlier request can be taken for this one."""
+        batch, self.to_ask = self.to_ask, []
+        leader = self.election.leader
+        if not batch or leader is None or leader == self.node_id:
+            return  # they wait for a leader: `follow` and `lead` ask for them
+        self._forget_asked()
+        newest = batch[-1][0]
+        earlier = self.asked.pop(newest, None)  # only if an id was used again
+        if earlier is not None:
+            batch = [p for p in earlier if self.local.get(p[0]) is p[1]] + batch
+        self.asked[newest] = batch
+        self.out.send(leader, ReadIndex(self.node_id, newest))
+
+    def _forget_asked(self) -> None:
+        """Drop the oldest batches none of whose reads is still waiting (the leader may
+        never answer: a lost message). Reads time out in the order they came, so this
+        keeps `asked` to the batches of the last `read_timeout`."""
+        asked, local = self.asked, self.local
+        while asked:
+            first = next(iter(asked))
+            if any(local.get(rid) is read for rid, read in asked[first]):
+                return
+            del asked[first]
 
     def round_sent(self, rnd: int, commit: int) -> None:
         """Heartbeat round `rnd` went out: it confirms the reads waiting for one."""
@@ -202,23 +245,32 @@ class Reads:
             self._set_index(read_id, read, index)
 
     def on_read_index_reply(self, m: ReadIndexReply) -> None:
-        read = self.local.get(m.id)
-        if read is None or read.index is not None:
-            return
-        if not m.ok:
-            del self.local[m.id]
-            self.out.outcome(m.id, Outcome.failed(Code.NOT_LEADER,
-                                                  "asked a replica that is not the leader"))
-            return
-        self._set_index(m.id, read, m.index)
+        batch = self.asked.pop(m.id, None)
+        if batch is None:
+            return  # answered already, or asked of a leader we no longer follow
+        local = self.local
+        for rid, read in batch:
+            if local.get(rid) is not read or read.index is not None:
+                continue  # expired, cancelled, or answered
+            if m.ok:
+                self._set_index(rid, read, m.index)
+            else:
+                del local[rid]
+                self.out.outcome(rid, Outcome.failed(Code.NOT_LEADER,
+                                                     "asked a replica that is not the leader"))
 
     def _set_index(self, read_id: int, read: LocalRead, index: int) -> None:
+        log = self.log
+        if index <= log.applied:  # the common case: served at once
+            del self.local[read_id]
+            self.out.outcome(read_id, Outcome(True, self.machine.query(read.query),
+                                              log.applied_index))
+            return
         read.index = index
         # The counter keeps equal (index, id) pairs (an id used again after its read
         # expired) from comparing the reads themselves.
         self.seq += 1
         heapq.heappush(self.by_index, (index, self.seq, read_id, read))
-        self._serve()
 
     def advance(self) -> None:
         """More slots were applied: serve the reads that waited for them."""
@@ -307,6 +359,8 @@ class Reads:
     # --------------------------------------------------------- deadlines
 
     def expire(self, now: float) -> None:
+        if self.asked:
+            self._forget_asked()
         for pending, order, error in (
             (self.local, self.local_by_deadline, "linearizable read timed out"),
             (self.quorum, self.quorum_by_deadline, "quorum read: no quorum answered in time"),
@@ -336,6 +390,9 @@ class Reads:
     def check_invariants(self) -> None:
         if self.election.role is not Role.LEADER:
             assert not self.rounds and not self.unsent, "reads queued at a non-leader"
+        else:
+            assert not self.asked, "a leader waiting for another's read index"
+        assert not self.to_ask, "reads not asked for at the end of a call"
         heap = self.by_index
         for i in range(1, len(heap)):
             assert heap[(i - 1) // 2][:2] <= heap[i][:2], "by_index is not a heap"

@@ -175,6 +175,14 @@ class Replica:
         self.reads.add(request_id, query, mode, now)
         return self._flush()
 
+    def read_many(self, requests: list[tuple[int, bytes, ReadMode]], now: float) -> LogReady:
+        """Several reads at once: a follower asks the leader for one read index for all
+        its linearizable ones (a driver gathers what arrives in one loop iteration)."""
+        add = self.reads.add
+        for request_id, query, mode in requests:
+            add(request_id, query, mode, now)
+        return self._flush()
+
     def cancel(self, request_id: int) -> None:
         """The client gave up: forget the request (a command may still be applied)."""
         self.pipeline.cancel(request_id)
@@ -333,6 +341,8 @@ class Replica:
     def _flush(self) -> LogReady:
         if self.membership.changed:
             self._members_changed()
+        if self.reads.to_ask:
+            self.reads.ask()  # one ReadIndex for the reads of this call
         election = self.election
         leading = election.role is Role.LEADER
         deadlines = [] if leading else [election.election_at]
