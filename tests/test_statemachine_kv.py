@@ -584,3 +584,25 @@ def test_kv_rules_match_a_plain_dict_model(commands: list[Command]) -> None:
         assert result == _model(model, command, d.index)
     assert {k: d.machine.read(k) for k in model} == model
     assert d.machine.key_count == len(model)
+
+
+def test_a_query_the_node_validated_is_answered_as_one_it_did_not() -> None:
+    """`validate_query` keeps what it decoded for the machine's `query` (one decode per
+    read): the answer is the same as without it, the same bytes asked again are decoded
+    again (the memo is used once), and the memo stays bounded."""
+    from pnyx.statemachine.kv import checks, encode_query, validate_query
+
+    m = KVMachine()
+    m.apply(encode_request(Request("c", 1, Put("k", b"v"))), 1)
+    query = encode_query("k")
+    unvalidated = m.query(query)
+    validate_query(query, 1000)
+    assert query in checks._checked
+    assert decode_result(unvalidated) == Ok(1, b"v")
+    assert m.query(query) == unvalidated
+    assert query not in checks._checked
+    assert m.query(query) == unvalidated
+    for i in range(checks._CHECKED_MAX + 10):
+        validate_query(encode_query(f"key-{i}"))
+    assert len(checks._checked) <= checks._CHECKED_MAX
+

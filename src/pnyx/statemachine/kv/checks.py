@@ -138,6 +138,14 @@ def _parse_query(data: bytes, limit: int | None) -> Query | Error:
     return query
 
 
+# The queries `validate_query` passed lately, decoded, for `checked_query`: the node
+# checks a read's query as it arrives and the machine answers the same bytes moments
+# later, and decoding them twice was a third of what a linearizable read at the leader
+# cost in Python. A pure function of the bytes, so shared; bounded (cleared when full).
+_checked: dict[bytes, Query] = {}
+_CHECKED_MAX = 4096
+
+
 def validate_query(query: bytes, limit: int | None = None) -> Query:
     """Check a query *before* reading; return it decoded or raise `CommandError`.
 
@@ -148,4 +156,18 @@ def validate_query(query: bytes, limit: int | None = None) -> Query:
     parsed = _parse_query(query, limit)
     if isinstance(parsed, Error):
         raise CommandError(ErrorCode(parsed.code), parsed.message)
+    if type(query) is bytes:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[query] = parsed
     return parsed
+
+
+def checked_query(query: bytes) -> Query | Error:
+    """`_parse_query(query, None)`, taken from `validate_query`'s memo when it passed
+    these bytes (with any limit: a stricter check than none), once."""
+    if type(query) is bytes:
+        parsed = _checked.pop(query, None)
+        if parsed is not None:
+            return parsed
+    return _parse_query(query, None)

@@ -21,7 +21,7 @@ from zlib import crc32
 
 from pnyx.statemachine.base import LogOrderError, SnapshotError
 from pnyx.statemachine.dedup import DedupTable, Kind, Verdict
-from pnyx.statemachine.kv.checks import _parse, _parse_query
+from pnyx.statemachine.kv.checks import _parse, checked_query
 from pnyx.statemachine.kv.messages import (
     DEFAULT_COMMAND_LIMIT,
     DEFAULT_MAX_CLIENTS,
@@ -159,7 +159,7 @@ class KVMachine:
         quorum and stale reads); which of those guarantees holds is the caller's.
         Never raises: a bad query is answered with `Error`.
         """
-        decoded = _parse_query(query, None)
+        decoded = checked_query(query)
         if isinstance(decoded, Error):
             return encode_result(decoded)
         if isinstance(decoded, Keys):
