@@ -22,7 +22,7 @@ from harness import (
     touching,
 )
 from pnyx.protocol.ballot import Ballot
-from pnyx.protocol.multipaxos import Outcome, Replica, ReplicaConfig
+from pnyx.protocol.multipaxos import Code, Outcome, ReadMode, Replica, ReplicaConfig
 from pnyx.protocol.multipaxos.messages import (
     NOOP,
     Accept,
@@ -248,6 +248,89 @@ def test_a_follower_linearizable_read_asks_the_leader_and_waits_until_it_has_app
     assert 5 not in net.outcomes[2], "the follower has not applied the read index yet"
     net.deliver(of_type(Heartbeat, dst=2))
     assert net.outcomes[2][5] == Outcome(True, b"2", slot)
+
+
+def test_one_heartbeat_round_confirms_every_read_that_reached_the_leader_before_it() -> None:
+    """Read index, batched at the leader: the reads that arrive before the next tick
+    share one heartbeat round; its acks answer them all, and a read that arrives after
+    the round went out waits for the next one (the rule: confirmed by a round sent
+    after the read arrived)."""
+    net = _store_with_x()
+    net.read(1, 5, b"x", "linearizable")
+    net.read(1, 6, b"x", "linearizable")
+    net.tick([1])
+    assert len(net.pending(of_type(Heartbeat))) == 2, "one round, to each follower"
+    net.read(1, 7, b"x", "linearizable")
+    net.deliver(of_type(Heartbeat, dst=2))
+    net.deliver(of_type(HeartbeatAck, src=2))
+    confirmed = Outcome(True, b"1", 1)
+    assert {r: net.outcomes[1].get(r) for r in (5, 6, 7)} == {5: confirmed, 6: confirmed,
+                                                              7: None}
+    net.tick([1])
+    net.deliver(of_type(Heartbeat, dst=2))
+    net.deliver(of_type(HeartbeatAck, src=2))
+    assert net.outcomes[1][7] == Outcome(True, b"1", 1)
+
+
+def test_a_follower_asks_the_leader_once_for_all_the_reads_of_one_call() -> None:
+    """Read index, batched at a follower: the reads handed over together
+    (`read_many`, as the driver does with those of one loop iteration) are asked for
+    in one `ReadIndex`, named by the newest; the one reply serves them all, once the
+    follower has applied the index."""
+    net = _store_with_x()
+    slot = _choose_at_leader_only(net, b"x=2")
+    queries: list[tuple[int, bytes, ReadMode]] = [
+        (5, b"x", "linearizable"), (6, b"x", "linearizable"), (7, b"x", "linearizable")]
+    net.obey(2, net.nodes[2].read_many(queries, net.now))
+    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 7))]
+    net.deliver(of_type(ReadIndex))
+    net.tick([1])
+    net.deliver(of_type(Heartbeat, dst=3))
+    net.deliver(of_type(HeartbeatAck))
+    assert [m for _, m in net.pending(of_type(ReadIndexReply))] == [
+        ReadIndexReply(1, 7, slot, True)]
+    net.deliver(of_type(ReadIndexReply))
+    assert not net.outcomes[2], "the follower has not applied the read index yet"
+    net.deliver(of_type(Heartbeat, dst=2))
+    assert net.outcomes[2] == {rid: Outcome(True, b"2", slot) for rid in (5, 6, 7)}
+
+
+def test_a_read_that_reaches_a_follower_after_it_asked_is_not_served_by_that_answer(
+) -> None:
+    """Linearizability of the batched read index: read 5 is asked for (ReadIndex 5) and
+    confirmed at index 1; x=2 is then chosen and acknowledged, which node 2 has not
+    applied; read 6 begins after that, so it must see x=2. The answer to ReadIndex 5
+    confirms a round that may predate read 6: it serves read 5 only, and read 6 waits
+    for an index of its own."""
+    net = _store_with_x()
+    net.read(2, 5, b"x", "linearizable")
+    net.deliver(of_type(ReadIndex))
+    net.tick([1])
+    net.deliver(of_type(Heartbeat, dst=3))
+    net.deliver(of_type(HeartbeatAck))
+    assert [m for _, m in net.pending(of_type(ReadIndexReply))] == [
+        ReadIndexReply(1, 5, 1, True)]  # held in flight
+    net.drop(of_type(Heartbeat))
+    slot = _choose_at_leader_only(net, b"x=2", rid=102)
+    assert net.outcomes[1][102].ok and net.applied[2][-1] < slot
+    net.read(2, 6, b"x", "linearizable")
+    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 6))]
+    net.deliver(of_type(ReadIndexReply))
+    assert net.outcomes[2] == {5: Outcome(True, b"1", 1)}, "read 6 served a stale x"
+    net.settle()
+    assert net.outcomes[2][6] == Outcome(True, b"2", slot)
+
+
+def test_a_refusal_fails_every_read_of_the_batch_it_answers() -> None:
+    """A follower that asked a replica no longer leading hears `ok=False` once for the
+    batch, and fails every read of it with NOT_LEADER (the driver tries them again)."""
+    net = _store_with_x()
+    queries: list[tuple[int, bytes, ReadMode]] = [
+        (5, b"x", "linearizable"), (6, b"x", "linearizable")]
+    net.obey(2, net.nodes[2].read_many(queries, net.now))
+    net.step(2, ReadIndexReply(1, 6, 0, False))
+    assert set(net.outcomes[2]) == {5, 6}
+    assert all(not o.ok and o.code is Code.NOT_LEADER for o in net.outcomes[2].values())
 
 
 def test_a_read_id_reused_after_its_read_expired_is_served_not_a_crash() -> None:
