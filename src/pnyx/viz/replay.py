@@ -97,7 +97,16 @@ def _command(cmd: Any) -> str:
 
 
 def _batch(value: Any) -> str:
-    """A Multi-Paxos slot value: "no-op", or its commands."""
+    """A Multi-Paxos slot value: "no-op", a membership change, or its commands. (A
+    `Batch` may leave out its trailing defaults: the no-op is `[]` or `[[], null]`,
+    commands `[cmds]` or `[cmds, null]`, a change `[[], change]`.)"""
+    if isinstance(value, list) and not value:
+        return "no-op"
+    if isinstance(value, list) and len(value) == 2:
+        if isinstance(value[1], list):
+            return _change(value[1])
+        if value[1] is None:
+            value = value[:1]  # a trace writes every field: [cmds, null]
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
         cmds = value[0]
         if not cmds:
@@ -105,6 +114,19 @@ def _batch(value: Any) -> str:
         shown = "; ".join(_command(c) for c in cmds[:2])
         return shown + (f" +{len(cmds) - 2}" if len(cmds) > 2 else "")
     return _text(value)
+
+
+def _change(change: list[Any]) -> str:
+    """A membership change (`Change`: origin, id, base, add, remove, promote)."""
+    try:
+        _, _, base, add, *rest = change
+        remove = rest[0] if rest else []
+        promote = rest[1] if len(rest) > 1 else []
+        parts = [f"+{m[0]}" for m in add] + [f"-{i}" for i in remove] + [
+            f"^{i}" for i in promote]
+        return f"members v{base}: {' '.join(parts)}"
+    except Exception:
+        return _text(change, 24)
 
 
 def _message(msg: dict[str, Any], kv: bool) -> dict[str, Any]:
