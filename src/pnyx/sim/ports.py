@@ -160,6 +160,9 @@ class SimSnapshots:
 
     def stage(self, slot: int, offset: int, data: bytes, done: Callable[[int], None]) -> None:
         staged = self.sim.staged[self.i]
+        if offset == 0 and (staged is None or staged[0] != slot):
+            # As the node's store does: a transfer's first chunk starts its staged file.
+            staged = self.sim.staged[self.i] = (slot, bytearray())
         if staged is None or staged[0] != slot or len(staged[1]) != offset:
             self._later(0.0, done, 0)
             self.sim.staged[self.i] = None
@@ -174,9 +177,13 @@ class SimSnapshots:
     def _install(self, slot: int, done: Callable[[Any, bytes | None, BaseException | None],
                                                  None]) -> None:
         staged = self.sim.staged[self.i]
+        if staged is None or staged[0] != slot:
+            # Another transfer began meanwhile (its staged file replaced this one's): it
+            # stays, as the node's store keeps a staged file per slot.
+            done(None, None, ValueError(f"no staged snapshot {slot}"))
+            return
         self.sim.staged[self.i] = None
-        file = SimSnapshotFile.parse(slot, bytes(staged[1])) if (
-            staged is not None and staged[0] == slot) else None
+        file = SimSnapshotFile.parse(slot, bytes(staged[1]))
         if file is None:
             done(None, None, ValueError(f"staged snapshot {slot} is incomplete or damaged"))
             return
