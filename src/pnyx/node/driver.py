@@ -17,10 +17,11 @@ over virtual time, a simulated network and simulated disks. It owns:
   with no task, future or timer of their own: deadlines are kept in buckets,
   one timer for all; the commands that arrive in one turn of the clock are
   gathered and submitted together (one slot, one Accept round, one group
-  commit). A read that fails is retried until the deadline; a command whose
-  outcome is unknown (its leader lost its ballot) is reported as such, for the
-  caller to retry under its own request identity — only the caller's
-  de-duplication makes that safe;
+  commit), and so are its linearizable and quorum reads (one call to the
+  replica; at a follower, one read-index request). A read that fails is
+  retried until the deadline; a command whose outcome is unknown (its leader
+  lost its ballot) is reported as such, for the caller to retry under its own
+  request identity — only the caller's de-duplication makes that safe;
 - **the state machine's contract**: the machine is wrapped in `SafeApply`, so
   a command whose `apply` raises gets a deterministic error result on every
   replica, instead of stopping one mid-slot (where a retry would apply the
