@@ -1,7 +1,8 @@
 """Run `pnyx serve` under cProfile; the profile is dumped at exit to $PROF_DIR/node-<id>.prof.
 
 The profiles behind README.md (from bench/):
-    PROF_DIR=/tmp/prof PNYX_BENCH_SERVE="../.venv/bin/python results/2026-12-03-reads/prof_serve.py" \
+    PROF_DIR=/tmp/prof \
+    PNYX_BENCH_SERVE="../.venv/bin/python results/2026-12-03-reads/prof_serve.py" \
         ../.venv/bin/python -m pnyxbench --systems pnyx3 --clients 256 --read-ratio 1 \
         --duration 8 --warmup 1 --rounds 1 --no-ceiling --no-probe
 """
