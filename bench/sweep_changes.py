@@ -52,7 +52,9 @@ def main() -> int:
         for done, (seed, first, _end, changes, finished) in enumerate(
                 pool.imap_unordered(one, jobs), 1):
             totals.update(changes)
-            unfinished += not finished
+            if not finished:
+                unfinished += 1
+                print(f"seed {seed}: safe, but the workload did not finish", flush=True)
             if first is not None:
                 failed += 1
                 print(f"seed {seed}: {first}", flush=True)
