@@ -436,3 +436,32 @@ def test_a_leader_behind_the_configuration_a_change_was_made_against_refuses_it(
     net.settle(6, cut=lambda d, m: d == 1 or out(d, m))
     assert leader.membership.latest.version == 2
     assert 4 not in voters(leader, leader.commit + ALPHA)
+
+
+def test_a_promoted_voter_that_missed_its_promotion_catches_up_from_a_candidate_and_votes() -> None:
+    """4 is promoted ({1,2,3} -> {1,2,3,4}) while cut off, so it still believes it is a
+    learner; then leader 1 dies. The next slots need 3 of {1,2,3,4}: 2, 3 and 4. 4
+    refuses a pre-vote it believes it has no say in, but asks the candidate for the log
+    it lacks, learns it is a voter, and the next election succeeds."""
+    net = Net(window=8)
+    net.elect(1)
+    join(net, 4)
+    change(net, 1, 1, add=(learner(4),))
+    net.settle(6)
+    assert net.nodes[4].commit == net.nodes[1].commit
+    cut = touching(4)
+    change(net, 1, 2, promote=(4,))
+    net.settle(6, cut=cut)
+    assert net.outcomes[1][2].ok, net.outcomes[1][2]
+    assert 4 in voters(net.nodes[2], net.nodes[2].commit + ALPHA)
+    assert 4 not in voters(net.nodes[4], net.nodes[4].commit + 1)
+    net.drop(touching(1))
+    del net.nodes[1]
+    for _ in range(60):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver(lambda d, m: d != 1)
+        net.drop(touching(1))
+        if net.leaders():
+            break
+    assert net.leaders(), "no leader: 4 never learned it votes"
+    assert 4 in voters(net.nodes[4], net.nodes[4].commit + ALPHA)

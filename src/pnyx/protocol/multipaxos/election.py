@@ -205,7 +205,12 @@ class Election:
 
     def on_prevote(self, m: PreVote, now: float) -> None:
         misses = self.misses_leader(now)
-        granted = self.is_voter() and m.ballot > self.acceptor.promised and misses
+        voter = self.is_voter()
+        granted = voter and m.ballot > self.acceptor.promised and misses
+        if not voter and misses and self.standings.votes and self.log.catchup_at is None:
+            # A voter of the candidate's configuration asks us: we may have been
+            # promoted in slots we have not learned yet. Ask it for them.
+            self.log.catch_up(now, m.src)
         # Refused for a leader we still hear: say which, so the asker knows it is cut off
         # from a leader that lives (the bridge), and which.
         leader = self.leader if not granted and not misses and self.leader is not None else 0
