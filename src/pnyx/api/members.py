@@ -13,7 +13,8 @@ asked::
     POST   /v1/members                {"id", "peer", "http"?, "learner"?, "incarnation"?,
                                        "base"?} -> 200 {"ok": true, ...view}
     POST   /v1/members/change         {"base"?, "add": [member, ...], "remove": [id, ...],
-                                       "promote": [id, ...]} -> 200 {"ok": true, ...view}
+                                       "promote": [id, ...], "move": [{"id", "peer",
+                                       "http"?}, ...]} -> 200 {"ok": true, ...view}
     POST   /v1/members/{id}/promote   {"base"?} (or no body) -> 200 {"ok": true, ...view}
     DELETE /v1/members/{id}           ?base=N -> 200 {"ok": true, ...view}
 
@@ -62,7 +63,8 @@ MAX_IDS: Final = 64
 
 ADD_FIELDS: Final = frozenset({"id", "peer", "http", "learner", "incarnation", "base"})
 MEMBER_FIELDS: Final = frozenset({"id", "peer", "http", "learner", "incarnation"})
-CHANGE_FIELDS: Final = frozenset({"base", "add", "remove", "promote"})
+CHANGE_FIELDS: Final = frozenset({"base", "add", "remove", "promote", "move"})
+MOVE_FIELDS: Final = frozenset({"id", "peer", "http"})
 PROMOTE_FIELDS: Final = frozenset({"base"})
 BASE_PARAMS: Final = frozenset({"base"})
 
@@ -78,6 +80,7 @@ class MemberChange(NamedTuple):
     remove: tuple[int, ...] = ()
     promote: tuple[int, ...] = ()
     base: int | None = None
+    move: tuple[Member, ...] = ()
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -226,14 +229,40 @@ def parse_change(body: bytes) -> MemberChange:
                            f"{', '.join(sorted(MEMBER_FIELDS))})")
             add.append(_member(entry, f"add[{i}]."))
     change = MemberChange(tuple(add), _ids(data, "remove"), _ids(data, "promote"),
-                          _int(data, "base", MAX_INT))
-    if not (change.add or change.remove or change.promote):
-        raise _bad("bad_field", "the change changes nothing: give add, remove or promote")
-    named = [m.id for m in change.add] + list(change.remove) + list(change.promote)
+                          _int(data, "base", MAX_INT), _moves(data.get("move")))
+    if not (change.add or change.remove or change.promote or change.move):
+        raise _bad("bad_field", "the change changes nothing: give add, remove, promote or "
+                   "move")
+    named = [m.id for m in (*change.add, *change.move)] + list(change.remove) + list(
+        change.promote)
     twice = sorted({i for i in named if named.count(i) > 1})
     if twice:
         raise _bad("bad_field", f"node {twice[0]} is named twice in one change")
     return change
+
+
+def _moves(raw: Any) -> tuple[Member, ...]:
+    """`move`: members' new addresses, `[{"id", "peer", "http"?}, ...]`."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _bad("bad_field", f"move must be an array of members, not {_json_type(raw)}")
+    if len(raw) > MAX_IDS:
+        raise _bad("bad_field", f"move names more than {MAX_IDS} nodes")
+    moves = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise _bad("bad_field", f"move[{i}] must be an object like "
+                       '{"id": 2, "peer": "host:port"}, not ' + _json_type(entry))
+        unknown = sorted(set(entry) - MOVE_FIELDS)
+        if unknown:
+            raise _bad("bad_field", f"move[{i}]: unknown field {unknown[0]!r} (expected: "
+                       f"{', '.join(sorted(MOVE_FIELDS))})")
+        moves.append(Member(node_id(entry.get("id"), f"move[{i}].id"),
+                            peer=address(entry.get("peer"), f"move[{i}].peer", required=True),
+                            http=address(entry.get("http"), f"move[{i}].http",
+                                         required=False)))
+    return tuple(moves)
 
 
 def parse_promote(member: int, body: bytes) -> MemberChange:
@@ -312,8 +341,8 @@ async def change(node: Any, change: MemberChange, timeout: float) -> dict[str, A
     if _joined_already(node, change):
         return {"ok": True, **node.membership_view()}
     outcome = await node.change_members(add=change.add, remove=change.remove,
-                                        promote=change.promote, base=change.base,
-                                        timeout=timeout)
+                                        promote=change.promote, move=change.move,
+                                        base=change.base, timeout=timeout)
     if outcome.ok:
         return {"ok": True, **node.membership_view()}
     if outcome.code is Code.BAD_REQUEST and _joined_already(node, change):

@@ -35,7 +35,7 @@ from pnyx.client import Client
 from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT, find, leads, newest
 from pnyx.errors import Conflict, PnyxError, Unavailable
 
-COMMANDS: Final = ("list", "add", "promote", "remove", "replace")
+COMMANDS: Final = ("list", "add", "promote", "remove", "move", "replace")
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -81,6 +81,16 @@ def add_parsers(subparsers: Any) -> None:
                        description="Remove member ID (refused if it would leave no voter, or "
                        "no live quorum). The removed node stops serving.")
     p.add_argument("id")
+    _add_base(p)
+    _add_common(p)
+
+    p = sub.add_parser("move", help="a member moved to another host",
+                       description="Member ID moved (with its data directory) to another "
+                       "host: its peers reach it at PEER (and clients at --http) once the "
+                       "change is applied. Start it there with the new --listen address.")
+    p.add_argument("id")
+    p.add_argument("peer", metavar="PEER")
+    p.add_argument("--http", metavar="HOST:PORT", help="where it serves the HTTP API now")
     _add_base(p)
     _add_common(p)
 
@@ -190,7 +200,7 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
     timeout = _timeout(args)
     as_json = bool(args.json)
     base = _base(getattr(args, "base", None))
-    node = _id(args.id, "ID") if command in ("add", "promote", "remove") else None
+    node = _id(args.id, "ID") if command in ("add", "promote", "remove", "move") else None
     wait = _wait(args.wait) if command == "replace" else 0.0
     old = _id(args.old, "OLD") if command == "replace" else None
     new = _id(args.new, "NEW") if command == "replace" else None
@@ -232,6 +242,10 @@ def _run(args: argparse.Namespace, out: IO[str], make_client: Callable[..., Clie
             assert node is not None
             view = client.remove_member(node, base=base)
             done = f"removed node {node}"
+        elif command == "move":
+            assert node is not None
+            view = client.move_member(node, args.peer, http=args.http, base=base)
+            done = f"node {node} is now reached at {args.peer}"
         else:
             assert old is not None and new is not None
             view = client.replace_member(old, new, args.peer, http=args.http, timeout=wait,

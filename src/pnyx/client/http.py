@@ -186,9 +186,10 @@ class _Base(ClientBase):
 
     @staticmethod
     def _change_call(add: Iterable[Mapping[str, Any]], remove: Iterable[int],
-                     promote: Iterable[int], base: int | None) -> _Call:
+                     promote: Iterable[int], base: int | None,
+                     move: Iterable[Mapping[str, Any]] = ()) -> _Call:
         return _Call("POST", "/v1/members/change",
-                     _members.change_body(add, remove, promote, base),
+                     _members.change_body(add, remove, promote, base, move),
                      {"Content-Type": "application/json"}, write=True, resend=False)
 
     @staticmethod
@@ -312,11 +313,20 @@ class Client(_Base):
 
     def change_members(self, *, add: Iterable[Mapping[str, Any]] = (),
                        remove: Iterable[int] = (), promote: Iterable[int] = (),
+                       move: Iterable[Mapping[str, Any]] = (),
                        base: int | None = None) -> dict[str, Any]:
         """One change of several members at once: `add` (mappings with `id`, `peer`, and
-        optionally `http`, `learner`, `incarnation`), `remove` and `promote` ids."""
+        optionally `http`, `learner`, `incarnation`), `remove` and `promote` ids, `move`
+        (mappings with `id`, the new `peer` and optionally `http`)."""
         return _members.as_view(self._send(self._change_call(add, remove, promote,
-                                                            base)).json())
+                                                            base, move)).json())
+
+    def move_member(self, node_id: int, peer: str, *, http: str | None = None,
+                    base: int | None = None) -> dict[str, Any]:
+        """Member `node_id` moved (with its data directory) to a new host: its peers
+        reach it at `peer` (and clients at `http`) once the change is applied."""
+        move = {"id": node_id, "peer": peer, **({"http": http} if http else {})}
+        return self.change_members(move=(move,), base=base)
 
     def replace_member(self, old: int, new: int, peer: str, *, http: str | None = None,
                        timeout: float = _members.DEFAULT_REPLACE_TIMEOUT,
@@ -569,10 +579,17 @@ class AsyncClient(_Base):
 
     async def change_members(self, *, add: Iterable[Mapping[str, Any]] = (),
                              remove: Iterable[int] = (), promote: Iterable[int] = (),
+                             move: Iterable[Mapping[str, Any]] = (),
                              base: int | None = None) -> dict[str, Any]:
         """As `Client.change_members`."""
         return _members.as_view((await self._send(self._change_call(
-            add, remove, promote, base))).json())
+            add, remove, promote, base, move))).json())
+
+    async def move_member(self, node_id: int, peer: str, *, http: str | None = None,
+                          base: int | None = None) -> dict[str, Any]:
+        """As `Client.move_member`."""
+        move = {"id": node_id, "peer": peer, **({"http": http} if http else {})}
+        return await self.change_members(move=(move,), base=base)
 
     async def replace_member(self, old: int, new: int, peer: str, *, http: str | None = None,
                              timeout: float = _members.DEFAULT_REPLACE_TIMEOUT,

@@ -73,8 +73,10 @@ def add_body(node_id: int, peer: str, http: str | None, learner: bool,
 
 
 def change_body(add: Iterable[Mapping[str, Any]], remove: Iterable[int],
-                promote: Iterable[int], base: int | None) -> bytes:
-    """`add`: mappings with `id`, `peer` and optionally `http`, `learner`, `incarnation`."""
+                promote: Iterable[int], base: int | None,
+                move: Iterable[Mapping[str, Any]] = ()) -> bytes:
+    """`add`: mappings with `id`, `peer` and optionally `http`, `learner`, `incarnation`;
+    `move`: mappings with `id`, `peer` and optionally `http` (a member's new addresses)."""
     members = []
     for entry in add:
         if not isinstance(entry, Mapping):
@@ -86,6 +88,18 @@ def change_body(add: Iterable[Mapping[str, Any]], remove: Iterable[int],
     body: dict[str, Any] = {"add": members,
                             "remove": [check_id(i) for i in remove],
                             "promote": [check_id(i) for i in promote]}
+    moves = []
+    for entry in move:
+        if not isinstance(entry, Mapping):
+            raise TypeError("each member to move is a mapping like {'id': 2, 'peer': "
+                            "'host:port'}")
+        moved: dict[str, Any] = {"id": check_id(entry.get("id")),  # type: ignore[arg-type]
+                                 "peer": _check_address(entry.get("peer"), "peer")}  # type: ignore[arg-type]
+        if entry.get("http"):
+            moved["http"] = _check_address(entry["http"], "http")
+        moves.append(moved)
+    if moves:
+        body["move"] = moves
     if base is not None:
         body["base"] = _check_base(base)
     return json.dumps(body).encode()

@@ -236,11 +236,13 @@ class Driver:
 
     def change_members_nowait(self, done: Callable[[Outcome], None], *,
                               add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
-                              promote: tuple[int, ...] = (), base: int | None = None,
+                              promote: tuple[int, ...] = (), move: tuple[Member, ...] = (),
+                              base: int | None = None,
                               timeout: float | None = None) -> Request:
         """Start a membership change (`pnyx.protocol.multipaxos.membership`): `add`
         members (learners unless `voter`; a learner with `promote` is made a voter by
-        the leader once it has caught up), `remove` or `promote` ids. Made against
+        the leader once it has caught up), `remove` or `promote` ids, `move` members to
+        new addresses (their `peer` and `http`). Made against
         configuration version `base` (None: the latest this member knows): if another
         change got in first, it fails with `Code.CONFLICT`. `done(outcome)` once it was
         applied (ok), refused (CONFLICT, BAD_REQUEST, REFUSED) or not within `timeout`.
@@ -249,7 +251,7 @@ class Driver:
             replica = self._replica()
             version = replica.membership.latest.version if base is None else base
             return replica.change_members(rid, version, add=add, remove=remove,
-                                          promote=promote, now=self._now())
+                                          promote=promote, move=move, now=self._now())
         return self._start(attempt, done, timeout, retry_unknown=False, timed=False)
 
     # The request machinery: attempts, the retry pause between them, one deadline.

@@ -403,7 +403,8 @@ class Node(Driver):
             request.finish(Outcome.failed(Code.CUT_OFF, why, unknown=unknown))
 
     async def change_members(self, *, add: Iterable[Member] = (), remove: Iterable[int] = (),
-                             promote: Iterable[int] = (), base: int | None = None,
+                             promote: Iterable[int] = (), move: Iterable[Member] = (),
+                             base: int | None = None,
                              timeout: float | None = None) -> Outcome:
         """A membership change (`Driver.change_members_nowait`): add members (learners;
         `promote=True` on one lets the leader make it a voter once caught up), remove or
@@ -413,8 +414,9 @@ class Node(Driver):
         if self._cut_off is not None and (why := self.cut_off()) is not None:
             return Outcome.failed(Code.CUT_OFF, why)
         adding, removing, promoting = tuple(add), tuple(remove), tuple(promote)
+        moving = tuple(move)
         return await self._wait(lambda done: self.change_members_nowait(
-            done, add=adding, remove=removing, promote=promoting, base=base,
+            done, add=adding, remove=removing, promote=promoting, move=moving, base=base,
             timeout=timeout))
 
     async def submit(self, command: bytes, *, timeout: float | None = None) -> Outcome:

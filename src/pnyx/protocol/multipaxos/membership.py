@@ -35,6 +35,10 @@ never leaves a quorum waiting on a replica that has the whole log to fetch.
 Ids are never reused: a removed id is `retired`, so no one can come back under
 an identity whose old votes someone may still count.
 
+A member that moves to another host keeps its id (and its votes, on the disk it
+takes along): a change names its new addresses (`Change.move`), and every
+replica dials it there once the change is applied.
+
 Checks, in two places. When the change is applied (`apply`: every replica, in
 slot order, so all agree): made against the latest configuration (`base`), ids
 to add new, ids to remove or promote present, at least one voter left. When the
@@ -229,7 +233,14 @@ class Membership:
                 return f"node {i} is not a member"
             if i in voters:
                 return f"node {i} is a voter already"
-        if not (change.add or change.remove or change.promote):
+        for m in change.move:
+            if m.id not in ids or m.id in change.remove:
+                return f"node {m.id} is not a member"
+            if not m.peer:
+                return f"node {m.id} moves to no address"
+        if len({m.id for m in change.move}) != len(change.move):
+            return "a node is moved twice"
+        if not (change.add or change.remove or change.promote or change.move):
             return "the change changes nothing"
         after = (voters - set(change.remove)) | set(change.promote) | {
             m.id for m in change.add if m.voter}
@@ -241,9 +252,13 @@ class Membership:
     def changed_config(config: Config, change: Change, start: int) -> Config:
         removed = set(change.remove)
         promoted = set(change.promote)
+        moved = {m.id: m for m in change.move}
         members = [m if m.id not in promoted else msgspec.structs.replace(
                        m, voter=True, promote=False)
                    for m in config.members if m.id not in removed]
+        members = [m if m.id not in moved else msgspec.structs.replace(
+                       m, peer=moved[m.id].peer, http=moved[m.id].http)
+                   for m in members]
         members.extend(change.add)
         members.sort(key=lambda m: m.id)
         return Config(config.version + 1, start, tuple(members))

@@ -78,6 +78,9 @@ class Change(msgspec.Struct, frozen=True, array_like=True, gc=False):
     add: tuple[Member, ...] = ()
     remove: tuple[NodeId, ...] = ()
     promote: tuple[NodeId, ...] = ()
+    # Members that moved: their new `peer` and `http` addresses (the rest of each
+    # `Member` is ignored; its role is unchanged).
+    move: tuple[Member, ...] = ()
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):

@@ -162,13 +162,14 @@ class Replica:
 
     def change_members(self, request_id: int, base: int, *, add: tuple[Member, ...] = (),
                        remove: tuple[int, ...] = (), promote: tuple[int, ...] = (),
-                       now: float) -> LogReady:
+                       move: tuple[Member, ...] = (), now: float) -> LogReady:
         """A client's membership change, made against configuration version `base`: it
         is chosen in a slot like a command, and its outcome comes back under
         `request_id` once applied (or refused: `Code.CONFLICT`, `BAD_REQUEST`,
         `REFUSED`). See `pnyx.protocol.multipaxos.membership`."""
         self.pipeline.submit_change(
-            request_id, Change(self.node_id, request_id, base, add, remove, promote), now)
+            request_id, Change(self.node_id, request_id, base, add, remove, promote, move),
+            now)
         return self._flush()
 
     def read(self, request_id: int, query: bytes, mode: ReadMode, now: float) -> LogReady:
