@@ -188,6 +188,10 @@ class Election:
         if self.leader is not None:
             self.lose_leader()
         if not self.is_voter():
+            if self.node_id in self.log.membership.retired:
+                # Being removed and no leader heard: the leaders send us nothing once our
+                # removal governs. Ask a member (it answers `Removed`, or the log).
+                self.log.catch_up(now)
             return  # a learner waits for a leader; it never stands
         if self.config.prevote and self.others:
             self._enter(Stage.PRE_CANDIDATE)
