@@ -72,6 +72,22 @@ def test_add_promote_remove_say_what_they_did(server: ServerThread,
         1: "voter", 2: "voter", 4: "voter"}
 
 
+def test_move_names_a_members_new_addresses_in_one_change(server: ServerThread,
+                                                         node: FakeMembersNode) -> None:
+    ep = server.address
+    code, out, err = cli("move", "2", "10.0.0.2:7002", "--http", "10.0.0.2:8002",
+                         endpoint=ep)
+    assert (code, err) == (0, "")
+    assert out.startswith("node 2 is now reached at 10.0.0.2:7002; configuration version 1")
+    assert [(m.id, m.peer, m.http) for m in node.changes[-1]["move"]] == [
+        (2, "10.0.0.2:7002", "10.0.0.2:8002")]
+    moved = by_id(node.membership_view())[2]
+    assert (moved["peer"], moved["http"], moved["role"]) == (
+        "10.0.0.2:7002", "10.0.0.2:8002", "voter")
+    assert cli("move", "9", "h:1", endpoint=ep) == (
+        1, "", "pnyx member move: invalid: node 9 is not a member\n")
+
+
 def test_refusals_exit_1_with_the_error_text(server: ServerThread,
                                              node: FakeMembersNode) -> None:
     ep = server.address
@@ -105,7 +121,7 @@ def test_bad_flags_exit_2_before_asking_anyone(server: ServerThread,
         assert code == 2 and out == "" and err.count("\n") == 1, (argv, err)
         assert words in err, (argv, err)
     assert cli() == (2, "", "pnyx member: give a subcommand: list, add, promote, remove, "
-                     "replace\n")
+                     "move, replace\n")
     assert node.changes == []
     code, _, err = cli("add", "4", "nohostport", endpoint=ep)  # the node checks addresses
     assert code == 1 and 'bad field: peer "nohostport" is not host:port' in err

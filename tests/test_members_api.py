@@ -46,10 +46,12 @@ class FakeMembersNode(FakeNode):
         self.leader = node_id  # the leader its view names
 
     async def change_members(self, *, add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
-                             promote: tuple[int, ...] = (), base: int | None = None,
+                             promote: tuple[int, ...] = (), move: tuple[Member, ...] = (),
+                             base: int | None = None,
                              timeout: float | None = None) -> Outcome:
         version = self.membership.latest.version if base is None else base
-        self.changes.append({"add": add, "remove": remove, "promote": promote, "base": base})
+        self.changes.append({"add": add, "remove": remove, "promote": promote, "base": base,
+                             **({"move": move} if move else {})})
         if self.gate is not None:
             await self.gate.wait()
         if self.change_outcome is not None:
@@ -58,7 +60,8 @@ class FakeMembersNode(FakeNode):
             return self.refuse_change
         self.slot += 1
         code, why = self.membership.apply(self.slot, Change(self.node_id, len(self.changes),
-                                                            version, add, remove, promote))
+                                                            version, add, remove, promote,
+                                                            move))
         if code is not Code.NONE:
             return Outcome.failed(code, why)
         index = self.slot
