@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Started in the background by a non-interactive shell, a process inherits SIGINT
+    # ignored, and Python then installs no handler: Ctrl-C (or a SIGINT sent to it) must
+    # still stop the benchmark and every process it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     old_term = signal.signal(signal.SIGTERM, on_term)
     try:
         if cfg.open_loop:
