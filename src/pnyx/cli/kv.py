@@ -395,18 +395,21 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None,
     except PreconditionFailed as exc:
         err.write(f"{prog}: precondition failed: the key is at index {exc.index}\n")
         return EXIT_FAILED
-    except Unavailable as exc:
+    except (PnyxError, ValueError, TypeError, OSError) as exc:
+        return report_failure(prog, exc, err)
+
+
+def report_failure(prog: str, exc: Exception, err: IO[str]) -> int:
+    """The one way a client command reports what failed: one line on `err`; the exit
+    status (1 failed, 2 an argument refused)."""
+    if isinstance(exc, Unavailable):
         err.write(f"{prog}: unavailable: {_one_line(exc.message)}\n")
         return EXIT_FAILED
-    except PnyxError as exc:
+    if isinstance(exc, PnyxError):
         what = exc.code.replace("_", " ") if exc.code else "error"
         err.write(f"{prog}: {what}: {_one_line(exc.message)}\n")
         return EXIT_FAILED
-    except (ValueError, TypeError) as exc:
-        # Arguments the client refuses that the checks above let through.
-        err.write(f"{prog}: {_one_line(str(exc))}\n")
-        return EXIT_USAGE
-    except OSError as exc:
-        # Reading the value from stdin, or writing the output, failed.
-        err.write(f"{prog}: {_one_line(str(exc))}\n")
-        return EXIT_FAILED
+    err.write(f"{prog}: {_one_line(str(exc))}\n")
+    # ValueError, TypeError: arguments the client refuses that the flag checks let
+    # through. OSError: reading input, writing output or reaching a node failed.
+    return EXIT_USAGE if isinstance(exc, ValueError | TypeError) else EXIT_FAILED

@@ -30,10 +30,18 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import IO, Any, Final
 
-from pnyx.cli.kv import _add_common, _endpoints, _one_line, _timeout, _tls, _Usage
+from pnyx.cli.kv import (
+    _add_common,
+    _endpoints,
+    _one_line,
+    _timeout,
+    _tls,
+    _Usage,
+    report_failure,
+)
 from pnyx.client import Client
 from pnyx.client.members import DEFAULT_REPLACE_TIMEOUT, find, leads, newest
-from pnyx.errors import Conflict, PnyxError, Unavailable
+from pnyx.errors import Conflict, PnyxError
 
 COMMANDS: Final = ("list", "add", "promote", "remove", "move", "replace")
 
@@ -273,19 +281,8 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None,
     except _Usage as exc:
         err.write(f"{prog}: {_one_line(str(exc))}\n")
         return EXIT_USAGE
-    except Unavailable as exc:
-        err.write(f"{prog}: unavailable: {_one_line(exc.message)}\n")
-        return EXIT_FAILED
     except Conflict as exc:
         err.write(f"{prog}: {exc.code or 'conflict'}: {_one_line(exc.message)}\n")
         return EXIT_FAILED
-    except PnyxError as exc:
-        what = exc.code.replace("_", " ") if exc.code else "error"
-        err.write(f"{prog}: {what}: {_one_line(exc.message)}\n")
-        return EXIT_FAILED
-    except (ValueError, TypeError) as exc:
-        err.write(f"{prog}: {_one_line(str(exc))}\n")
-        return EXIT_USAGE
-    except OSError as exc:
-        err.write(f"{prog}: {_one_line(str(exc))}\n")
-        return EXIT_FAILED
+    except (PnyxError, ValueError, TypeError, OSError) as exc:
+        return report_failure(prog, exc, err)
