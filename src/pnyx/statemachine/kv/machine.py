@@ -19,12 +19,17 @@ from collections.abc import Iterator, Mapping
 from itertools import chain
 from zlib import crc32
 
+import msgspec
+
 from pnyx.statemachine.base import LogOrderError, SnapshotError
-from pnyx.statemachine.dedup import DedupTable, Kind, Verdict
-from pnyx.statemachine.kv.checks import _parse, checked_query
+from pnyx.statemachine.dedup import SEQ, DedupTable, Kind, Verdict
+from pnyx.statemachine.kv.checks import _parse, _validated, checked_query
 from pnyx.statemachine.kv.messages import (
     DEFAULT_COMMAND_LIMIT,
     DEFAULT_MAX_CLIENTS,
+    MAX_ID_BYTES,
+    MAX_KEY_BYTES,
+    AnyRequest,
     Command,
     Delete,
     Error,
@@ -39,6 +44,7 @@ from pnyx.statemachine.kv.messages import (
     Request,
     Result,
     _encoder,
+    _request_decoder,
     encode_result,
 )
 from pnyx.statemachine.kv.snapshot import (
@@ -53,12 +59,25 @@ from pnyx.statemachine.kv.snapshot import (
 _MASK = SHARDS - 1
 
 
-def _digest(command: Command) -> bytes:
+def _digest(command: object) -> bytes:
     # Fingerprint of the decoded command, re-encoded: msgspec encodes a struct
     # the same way every time, so equal commands give equal digests on every
     # replica. 16 bytes keeps the table small; collisions are not a concern
-    # for catching a client bug.
+    # for catching a client bug. Computed lazily (see `pnyx.statemachine.dedup`):
+    # the table keeps the command itself as the token of its digest.
     return hashlib.blake2b(_encoder.encode(command), digest_size=16).digest()
+
+
+# A command whose request is larger than this is digested at once rather than
+# kept as its own token: the table holds `max_clients` tokens, and a token keeps
+# the command's value alive after the map has dropped it; this bounds that to
+# about max_clients * _LAZY_BYTES.
+_LAZY_BYTES = 1024
+
+# The fast path in `KVMachine.apply` checks lengths in code points: a str of at
+# most limit/4 code points is within `limit` UTF-8 bytes (see checks._utf8_over).
+_FAST_ID_CHARS = MAX_ID_BYTES // 4
+_FAST_KEY_CHARS = MAX_KEY_BYTES // 4
 
 
 class _DataView(Mapping[str, tuple[bytes, int]]):
@@ -118,7 +137,7 @@ class KVMachine:
         self._shards: list[Shard] = [{} for _ in range(SHARDS)]
         self._frozen = [False] * SHARDS  # shards a snapshot holds: copy before writing
         self._count = 0  # keys in all shards
-        self._dedup = DedupTable(max_clients)
+        self._dedup = DedupTable(max_clients, _digest)
         # Log indices start at 1; 0 means nothing has been applied.
         self._applied_index = 0
         # The sorted key index for `Keys`, built on the first listing and then
@@ -249,18 +268,97 @@ class KVMachine:
             )
         # Every entry consumes its index, even one answered with an error.
         self._applied_index = index
-        parsed = _parse(command, self.command_limit)
+        # The fast path: a valid request of a client (or idempotency key) not
+        # seen at this seq, with a command without `prev_index`/`prev_exist`,
+        # and the real table. It is `_parse` and `_answer` below with what
+        # such a request cannot reach left out, and must answer the same
+        # bytes (tests/test_kv_apply_equivalence.py holds it to the code it
+        # replaced). Anything else, or any doubt, goes the general way.
+        if len(command) <= self.command_limit:
+            # The leader validated these very bytes moments ago: the memo of
+            # `checks.validate` holds them decoded (see `checks._validated`).
+            request = (_validated.pop(command, None)
+                       if _validated and type(command) is bytes else None)
+            if request is None:
+                try:
+                    request = _request_decoder.decode(command)
+                except (msgspec.MsgspecError, ValueError):
+                    return self._apply_parsed(
+                        _parse(command, self.command_limit), index, len(command))
+            dedup = self._dedup
+            if type(request) is Request:
+                ident = request.client_id
+                seq = request.seq
+                slot: object = ident
+                kind: Kind = "client"
+            else:
+                ident = request.idempotency_key
+                seq = 0
+                slot = ("key", ident)
+                kind = "key"
+            cmd = request.command
+            key = cmd.key
+            if (
+                ident and len(ident) <= _FAST_ID_CHARS and seq >= 0
+                and key and len(key) <= _FAST_KEY_CHARS
+                and (type(cmd) is Get or (cmd.prev_index is None and cmd.prev_exist is None))
+                and type(dedup) is DedupTable and dedup.digest_of is _digest
+            ):
+                entries = dedup._entries
+                record = entries.get(slot)
+                if record is not None and seq <= record[SEQ]:
+                    # A retry, a stale or a reused seq: compared the general way.
+                    return self._answer(request, index, len(command))
+                if type(cmd) is Put and cmd.prev_value is None:
+                    # `_execute` of a plain Put, inlined.
+                    # `shard_of(key)`, inlined: a key decoded from MessagePack
+                    # is valid UTF-8, so encode() cannot fail.
+                    shard = crc32(key.encode()) & _MASK
+                    data = self._shards[shard]
+                    if self._frozen[shard]:
+                        data = self._thaw(shard)
+                    if key not in data:
+                        self._count += 1
+                        self._key_moved(key)
+                    data[key] = Item(cmd.value, index)
+                    result = _encoder.encode(Ok(index))
+                else:
+                    result = _encoder.encode(self._execute(cmd, index))
+                # `DedupTable.record`, inlined; the command is its digest's token.
+                entries[slot] = (index, seq, cmd if len(command) <= _LAZY_BYTES
+                                 else _digest(cmd), result, kind, ident)
+                if record is not None:
+                    entries.move_to_end(slot)
+                elif len(entries) > dedup.max_entries:
+                    entries.popitem(last=False)
+                return result
+            return self._apply_parsed(_parse(command, self.command_limit), index, len(command))
+        return self._apply_parsed(_parse(command, self.command_limit), index, len(command))
+
+    def _apply_parsed(self, parsed: AnyRequest | Error, index: int, size: int) -> bytes:
+        """The general way: `parsed` is `_parse` of the entry at `index` (`size` bytes)."""
         if isinstance(parsed, Error):
             # Not remembered in the de-duplication table: it changed nothing,
             # and a retry gets the same answer anyway.
             return encode_result(parsed)
+        return self._answer(parsed, index, size)
+
+    def _answer(self, parsed: AnyRequest, index: int, size: int) -> bytes:
+        """Apply a valid request (of an entry of `size` bytes) through the de-duplication
+        table: the general way."""
         kind: Kind
         if isinstance(parsed, Request):
             kind, ident, seq = "client", parsed.client_id, parsed.seq
         else:
             kind, ident, seq = "key", parsed.idempotency_key, 0
-        digest = _digest(parsed.command)
-        verdict, entry = self._dedup.check(kind, ident, seq, digest, index)
+        # The command is the token of its digest; a large one is digested now
+        # (see `_LAZY_BYTES`), and so is every one for a table that cannot
+        # digest tokens (one set in place of the machine's own: the simulator's
+        # mutants).
+        token: object = parsed.command
+        if size > _LAZY_BYTES or getattr(self._dedup, "digest_of", None) is not _digest:
+            token = _digest(token)
+        verdict, entry = self._dedup.check(kind, ident, seq, token, index)
         if verdict is Verdict.DUPLICATE:
             assert entry is not None
             return entry.result  # the very bytes the first copy got
@@ -277,7 +375,7 @@ class KVMachine:
                 f"{what} was already used for a different command", ErrorCode.REUSED
             ))
         result = encode_result(self._execute(parsed.command, index))
-        self._dedup.record(kind, ident, seq, digest, result, index)
+        self._dedup.record(kind, ident, seq, token, result, index)
         return result
 
     def _execute(self, command: Command, index: int) -> Result:
@@ -349,7 +447,7 @@ class KVMachine:
         try:
             # More entries than this replica's max_clients (a misconfigured
             # group) are cut down the same way eviction would have.
-            new_dedup = DedupTable.from_entries(self.max_clients, sessions)
+            new_dedup = DedupTable.from_entries(self.max_clients, sessions, _digest)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         # The old shards are not written again: a snapshot still being written
