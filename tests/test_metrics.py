@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from pnyx.node.metrics import _LATENCY_BUCKETS, Metrics
+from pnyx.node.metrics import _COUNT_BUCKETS, _LATENCY_BUCKETS, Metrics
 
 OBSERVATIONS = [0.00005, 0.0001, 0.00010001, 0.003, 0.005, 0.7, 10.0, 20.0, 0.0]
 
@@ -36,6 +36,27 @@ def test_commit_latency_histogram_renders_as_prometheus_client_histogram_would()
     # A value on a bucket's bound counts in that bucket (le = "less or equal").
     assert ours['pnyx_commit_latency_seconds_bucket{le="0.0001"}'] == 3
     assert ours['pnyx_commit_latency_seconds_bucket{le="+Inf"}'] == len(OBSERVATIONS)
+
+
+def test_batch_and_group_commit_histograms_render_as_prometheus_client_histograms_would(
+) -> None:
+    reference = CollectorRegistry()
+    batch = Histogram("pnyx_batch_size", "x", buckets=_COUNT_BUCKETS, registry=reference)
+    fsync = Histogram("pnyx_fsync_seconds", "x", buckets=_LATENCY_BUCKETS, registry=reference)
+    records = Histogram("pnyx_fsync_records", "x", buckets=_COUNT_BUCKETS, registry=reference)
+    metrics = Metrics()
+    for n in (1, 2, 3, 256, 257, 5000):
+        batch.observe(n)
+        metrics.observe_batch(n)
+    for seconds, n in zip(OBSERVATIONS, (1, 4, 4, 9, 100, 1, 2, 3, 4096), strict=True):
+        fsync.observe(seconds)
+        records.observe(n)
+        metrics.observe_commit(seconds, n)
+    ours, theirs = metrics.render(), generate_latest(reference)
+    for name in ("pnyx_batch_size", "pnyx_fsync_seconds", "pnyx_fsync_records"):
+        assert _series(ours, name) == _series(theirs, name), name
+    assert _series(ours, "pnyx_batch_size")['pnyx_batch_size_bucket{le="256.0"}'] == 4
+    assert _series(ours, "pnyx_fsync_records")["pnyx_fsync_records_sum"] == 4220
 
 
 def test_proposals_counter_renders_as_prometheus_client_counter_would() -> None:

@@ -79,22 +79,48 @@ _LATENCY_BUCKETS: Final = (
 _COUNT_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
+class _Buckets:
+    """One histogram's counts, kept as plain numbers (see `_PerCommand`)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, text: str) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        return HistogramMetricFamily(name, text, buckets=buckets, sum_value=self.total)
+
+
 class _PerCommand:
-    """The metrics counted once per client command or chosen slot, without a lock.
+    """The metrics counted once per client command, chosen slot or group commit, without
+    a lock.
 
     prometheus-client's counters and histograms take a lock per call, which at
-    tens of thousands of commands a second is a measurable share of the
-    leader's time. These are counted only on the node's event loop, and
-    rendered there too, so plain numbers suffice; a collector turns them into
-    the same series the library's own types would.
+    tens of thousands of commands a second is a measurable share of a node's
+    time (a follower observed two histograms per group commit and one per slot).
+    These are counted only on the node's event loop, and rendered there too, so
+    plain numbers suffice; a collector turns them into the same series the
+    library's own types would.
     """
 
     def __init__(self) -> None:
         self.proposals = 0
         self.chosen_slots = 0
         self.chosen_commands = 0
-        self.latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last is +Inf
-        self.latency_sum = 0.0
+        self.latency = _Buckets(_LATENCY_BUCKETS)
+        self.batch = _Buckets(_COUNT_BUCKETS)
+        self.fsync = _Buckets(_LATENCY_BUCKETS)
+        self.fsync_records = _Buckets(_COUNT_BUCKETS)
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -107,15 +133,14 @@ class _PerCommand:
         yield CounterMetricFamily(
             "pnyx_chosen_commands", "Client commands in the slots this node learned chosen.",
             value=self.chosen_commands)
-        cumulative, buckets = 0, []
-        for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), self.latency_counts,
-                                strict=True):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
-        yield HistogramMetricFamily(
-            "pnyx_commit_latency_seconds",
-            "Time from a command's submission to its being applied.",
-            buckets=buckets, sum_value=self.latency_sum)
+        yield self.latency.family("pnyx_commit_latency_seconds",
+                                  "Time from a command's submission to its being applied.")
+        yield self.fsync.family("pnyx_fsync_seconds",
+                                "Duration of one group commit (write and fsync).")
+        yield self.fsync_records.family("pnyx_fsync_records",
+                                        "Records made durable by one group commit.")
+        yield self.batch.family("pnyx_batch_size",
+                                "Client commands per slot this node learned chosen.")
 
 
 _SNAPSHOT_GAUGES: Final = (
@@ -216,15 +241,6 @@ class Metrics:
         self._request_seconds = Histogram(
             "pnyx_http_request_seconds", "HTTP request handling time by route.",
             ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self._fsync = Histogram(
-            "pnyx_fsync_seconds", "Duration of one group commit (write and fsync).",
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self._fsync_records = Histogram(
-            "pnyx_fsync_records", "Records made durable by one group commit.",
-            buckets=_COUNT_BUCKETS, registry=r)
-        self._batch = Histogram(
-            "pnyx_batch_size", "Client commands per slot this node learned chosen.",
-            buckets=_COUNT_BUCKETS, registry=r)
         self._peer_up = Gauge(
             "pnyx_peer_up", "1 if the connection to a peer is up, else 0.",
             ["peer"], registry=r)
@@ -239,7 +255,7 @@ class Metrics:
         self._per_command.proposals += commands
 
     def observe_batch(self, commands: int) -> None:
-        self._batch.observe(commands)
+        self._per_command.batch.observe(commands)
 
     def chosen(self, slots: int, commands: int) -> None:
         hot = self._per_command
@@ -247,14 +263,13 @@ class Metrics:
         hot.chosen_commands += commands
 
     def observe_commit_latency(self, seconds: float) -> None:
-        hot = self._per_command
-        hot.latency_counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        hot.latency_sum += seconds
+        self._per_command.latency.observe(seconds)
 
     def observe_commit(self, seconds: float, records: int) -> None:
         """One group commit: how long it took to make `records` records durable."""
-        self._fsync.observe(seconds)
-        self._fsync_records.observe(records)
+        hot = self._per_command
+        hot.fsync.observe(seconds)
+        hot.fsync_records.observe(records)
 
     def election_started(self) -> None:
         self._elections.inc()
