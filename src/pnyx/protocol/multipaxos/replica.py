@@ -393,6 +393,11 @@ class Replica:
         return self.standings.standing
 
     @property
+    def in_flight(self) -> int:
+        """Slots this leader proposed that it does not know chosen yet (0 unless leading)."""
+        return len(self.pipeline.inflight)
+
+    @property
     def is_leader(self) -> bool:
         return self.election.role is Role.LEADER
 
