@@ -227,7 +227,8 @@ class SafeApply:
             raise
         except Exception as exc:
             return error_result(exc)
-        if not isinstance(result, bytes):
+        # `type() is` first: the exact type is the usual case and the cheaper test.
+        if type(result) is not bytes and not isinstance(result, bytes):
             return error_result(
                 TypeError(f"apply returned {type(result).__name__}, not bytes")
             )

@@ -55,6 +55,11 @@ def _utf8_over(text: str, limit: int) -> bool:
     return len(text) * 4 > limit and _utf8_len(text) > limit
 
 
+# At most this many code points is within the byte limit whatever they are.
+_FAST_ID_CHARS = MAX_ID_BYTES // 4
+_FAST_KEY_CHARS = MAX_KEY_BYTES // 4
+
+
 def _check_id(what: str, ident: str) -> str | None:
     if not ident:
         return f"{what} must not be empty"
@@ -100,6 +105,19 @@ def _parse(data: bytes, limit: int) -> AnyRequest | Error:
         # bytes (and the msgspec version, which every replica must share anyway
         # since it defines the encoding).
         return Error(f"malformed command: {exc}", ErrorCode.MALFORMED)
+    if type(request) is Request:
+        # The common case, cheaply: a request that passes every check below
+        # without any UTF-8 length to count (see `_utf8_over`).
+        ident = request.client_id
+        command = request.command
+        key = command.key
+        if (
+            ident and len(ident) <= _FAST_ID_CHARS and request.seq >= 0
+            and key and len(key) <= _FAST_KEY_CHARS
+            and (type(command) is Get
+                 or (command.prev_index is None and command.prev_exist is None))
+        ):
+            return request
     if isinstance(request, Request):
         reason = _check_id("client_id", request.client_id)
         if reason is None and request.seq < 0:

@@ -23,12 +23,16 @@ import msgspec
 
 from pnyx.statemachine.base import LogOrderError, SnapshotError
 from pnyx.statemachine.dedup import SEQ, DedupTable, Kind, Verdict
-from pnyx.statemachine.kv.checks import _parse, _validated, checked_query
+from pnyx.statemachine.kv.checks import (
+    _FAST_ID_CHARS,  # code points within the byte limits whatever they are (_utf8_over)
+    _FAST_KEY_CHARS,
+    _parse,
+    _validated,
+    checked_query,
+)
 from pnyx.statemachine.kv.messages import (
     DEFAULT_COMMAND_LIMIT,
     DEFAULT_MAX_CLIENTS,
-    MAX_ID_BYTES,
-    MAX_KEY_BYTES,
     AnyRequest,
     Command,
     Delete,
@@ -73,11 +77,6 @@ def _digest(command: object) -> bytes:
 # the command's value alive after the map has dropped it; this bounds that to
 # about max_clients * _LAZY_BYTES.
 _LAZY_BYTES = 1024
-
-# The fast path in `KVMachine.apply` checks lengths in code points: a str of at
-# most limit/4 code points is within `limit` UTF-8 bytes (see checks._utf8_over).
-_FAST_ID_CHARS = MAX_ID_BYTES // 4
-_FAST_KEY_CHARS = MAX_KEY_BYTES // 4
 
 
 class _DataView(Mapping[str, tuple[bytes, int]]):
@@ -321,7 +320,10 @@ class KVMachine:
                         self._count += 1
                         self._key_moved(key)
                     data[key] = Item(cmd.value, index)
-                    result = _encoder.encode(Ok(index))
+                    # `encode_result(Ok(index))`: an array-like struct is encoded
+                    # as the array of its tag and fields, and a tuple is cheaper
+                    # to make than an `Ok` (tested equal over every int width).
+                    result = _encoder.encode(("ok", index, None))
                 else:
                     result = _encoder.encode(self._execute(cmd, index))
                 # `DedupTable.record`, inlined; the command is its digest's token.
