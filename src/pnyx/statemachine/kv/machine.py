@@ -5,10 +5,11 @@ compare-and-swap preconditions), exactly-once handling of client requests
 through the de-duplication table, local queries (`Get`, `Keys` listings with
 their lazily kept sorted index), and taking and restoring snapshots, including
 the copy-on-write that lets a snapshot be written while commands keep being
-applied. The bytes of commands and results are
-`pnyx.statemachine.kv.messages`', the checks that refuse bad ones
-`pnyx.statemachine.kv.checks`', the snapshot format and the sharding of keys
-`pnyx.statemachine.kv.snapshot`'s.
+applied. `apply` has a fast path for the common request (a valid, new one),
+held byte for byte to the general rules by tests/test_kv_apply_equivalence.py.
+The bytes of commands and results are `pnyx.statemachine.kv.messages`', the
+checks that refuse bad ones `pnyx.statemachine.kv.checks`', the snapshot format
+and the sharding of keys `pnyx.statemachine.kv.snapshot`'s.
 """
 
 from __future__ import annotations
