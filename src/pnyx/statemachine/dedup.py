@@ -192,7 +192,7 @@ class DedupTable:
         # Same seq (or key): only now is a digest needed, the new one and the kept one.
         kept = self._digest(record[TOKEN])
         if self._digest(digest) != kept:
-            return Verdict.REUSED, _entry(record, self._digest)
+            return Verdict.REUSED, DedupEntry(kind, ident, seq, kept, record[RESULT])
         self._entries[key] = (stamp, *record[1:])  # type: ignore[assignment]
         self._entries.move_to_end(key)
         return Verdict.DUPLICATE, DedupEntry(kind, ident, seq, kept, record[RESULT])
