@@ -220,8 +220,8 @@ class Driver:
         # chosen, and a second copy would apply twice on a machine without
         # de-duplication. The caller retries with its own request identity (the HTTP
         # and binary APIs do, with the key-value machine's idempotency keys).
-        return self._start(lambda rid: self._gather(rid, command), done, timeout,
-                           retry_unknown=False, timed=True)
+        return self._start(None, done, timeout, retry_unknown=False, timed=True,
+                           command=command)
 
     def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
                     timeout: float | None = None) -> Request:
@@ -256,12 +256,14 @@ class Driver:
 
     # The request machinery: attempts, the retry pause between them, one deadline.
 
-    def _start(self, attempt: Callable[[int], LogReady | None],
+    def _start(self, attempt: Callable[[int], LogReady | None] | None,
                done: Callable[[Outcome], None], timeout: float | None, *,
-               retry_unknown: bool, timed: bool) -> Request:
-        clock = self._clock()
+               retry_unknown: bool, timed: bool, command: bytes | None = None) -> Request:
+        clock = self.clock
+        if clock is None:
+            raise RuntimeError("the node has not started")
         request = Request(self, attempt, done, clock.time()
-                          + (timeout or self.request_timeout), retry_unknown)
+                          + (timeout or self.request_timeout), retry_unknown, command)
         if self.closed:
             request.finish(SHUTTING_DOWN)
             return request
@@ -290,6 +292,15 @@ class Driver:
         self._next_id += 1
         request.rid = rid = self._next_id
         self._waiters[rid] = request
+        if request.attempt is None:
+            # A command is held until the end of this turn of the clock, and everything
+            # gathered by then is submitted at once (`_submit_gathered`): commands that
+            # arrive together share a slot, one Accept round and one group commit.
+            gathered = self._gathered
+            gathered.append((rid, request.command))  # type: ignore[arg-type]
+            if len(gathered) == 1 and not self._gathered_reads:
+                self.clock.call_soon(self._submit_gathered)  # type: ignore[union-attr]
+            return
         ready = request.attempt(rid)
         if ready is not None:
             self._handle(ready)
@@ -355,18 +366,10 @@ class Driver:
         if self._deadlines:
             self._arm_deadlines(min(self._deadlines))
 
-    def _gather(self, rid: int, command: bytes) -> None:
-        """Hold the command until the end of this turn of the clock, and submit
-        everything gathered by then at once: commands that arrive together share a
-        slot, one Accept round and one group commit."""
-        self._gathered.append((rid, command))
-        if len(self._gathered) == 1 and not self._gathered_reads:
-            self._clock().call_soon(self._submit_gathered)
-
     def _gather_read(self, rid: int, query: bytes, mode: ReadMode) -> None:
-        """Reads too: the replica takes those of one turn in one call, so it runs its
-        bookkeeping once for them all, and a follower asks the leader for one read
-        index for them all."""
+        """Reads are gathered like commands (see `_attempt`): the replica takes those of
+        one turn in one call, so it runs its bookkeeping once for them all, and a
+        follower asks the leader for one read index for them all."""
         self._gathered_reads.append((rid, query, mode))
         if len(self._gathered_reads) == 1 and not self._gathered:
             self._clock().call_soon(self._submit_gathered)

@@ -44,14 +44,17 @@ class Request:
     (never when its outcome is unknown). `done` hears the outcome exactly once.
     """
 
-    __slots__ = ("attempt", "bucket", "deadline", "done", "finished", "last", "node",
-                 "retry_handle", "retry_unknown", "rid", "started")
+    __slots__ = ("attempt", "bucket", "command", "deadline", "done", "finished", "last",
+                 "node", "retry_handle", "retry_unknown", "rid", "started")
 
-    def __init__(self, node: Driver, attempt: Callable[[int], LogReady | None],
+    def __init__(self, node: Driver, attempt: Callable[[int], LogReady | None] | None,
                  done: Callable[[Outcome], None], deadline: float,
-                 retry_unknown: bool) -> None:
+                 retry_unknown: bool, command: bytes | None = None) -> None:
         self.node = node
+        # A command to propose (`attempt` None: the driver gathers it, the fast path of
+        # every write), or how to make one more attempt of anything else.
         self.attempt = attempt
+        self.command = command
         self.done = done
         self.deadline = deadline
         self.retry_unknown = retry_unknown
