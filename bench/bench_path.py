@@ -15,6 +15,11 @@ peers' framing and TCP, the log store and the key-value machine on all three
 nodes, summed — the cluster's CPU per write without the client protocol's
 socket. A `DirectNode` (no consensus) is run the same way beside it.
 
+With `--reads` the clients make linearizable reads (`read_nowait`) instead, of
+keys written first, spread over every node (`--target all`, the default for
+reads) or at the leader: the CPU per read of the read-index path, against a
+`DirectNode`'s reads of local state.
+
 With several `--tree`s each runs in its own process, alternated round by
 round, so a before/after comparison shares one sitting (read the ratios; a
 2-CPU machine shared with anything else drifts). `--fsync` turns fsync on
@@ -50,7 +55,8 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
     value = b"v" * 100
     keys = [f"k{i}" for i in range(1000)]
 
-    async def drive(submit: Any, total: int, clients: int) -> tuple[float, float, int]:
+    async def drive(submit: Any, total: int, clients: int,
+                    reads: bool = False) -> tuple[float, float, int]:
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
         state = {"sent": 0, "ok": 0, "failed": 0}
@@ -63,8 +69,11 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
                 return
             state["sent"] += 1
             seqs[c] += 1
-            command = kv.encode_request(kv.Request(
-                f"bench-{c}", seqs[c], kv.Put(keys[(c * 7919 + seqs[c]) % 1000], value)))
+            key = keys[(c * 7919 + seqs[c]) % 1000]
+            if reads:
+                submit(c, kv.encode_query(key), lambda outcome, c=c: answered(c, outcome))
+                return
+            command = kv.encode_request(kv.Request(f"bench-{c}", seqs[c], kv.Put(key, value)))
             kv.validate(command)
             submit(command, lambda outcome, c=c: answered(c, outcome))
 
@@ -115,10 +124,19 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
                     leader.submit_nowait(command, done)
 
                 await drive(submit, args.warmup, args.clients)
-                hot = leader.metrics._per_command if leader.metrics is not None else None
-                slots0 = hot.chosen_slots if hot is not None else 0
-                cpu, wall, ok = await drive(submit, args.writes, args.clients)
-                slots = (hot.chosen_slots - slots0) if hot is not None else 0
+                if args.reads:
+                    at = nodes if args.target == "all" else [leader]
+
+                    def read(c: int, query: bytes, done: Any) -> None:
+                        at[c % len(at)].read_nowait(query, "linearizable", done)
+
+                    cpu, wall, ok = await drive(read, args.writes, args.clients, reads=True)
+                    slots = 0
+                else:
+                    hot = leader.metrics._per_command if leader.metrics is not None else None
+                    slots0 = hot.chosen_slots if hot is not None else 0
+                    cpu, wall, ok = await drive(submit, args.writes, args.clients)
+                    slots = (hot.chosen_slots - slots0) if hot is not None else 0
             finally:
                 for n in nodes:
                     await n.stop()
@@ -130,7 +148,13 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
         await node.start()
         try:
             await drive(node.submit_nowait, args.warmup, args.clients)
-            cpu, wall, ok = await drive(node.submit_nowait, args.writes, args.clients)
+            if args.reads:
+                def read(c: int, query: bytes, done: Any) -> None:
+                    node.read_nowait(query, "linearizable", done)
+
+                cpu, wall, ok = await drive(read, args.writes, args.clients, reads=True)
+            else:
+                cpu, wall, ok = await drive(node.submit_nowait, args.writes, args.clients)
         finally:
             await node.stop()
         return {"cpu_us": cpu / ok * 1e6, "writes_per_s": ok / wall, "ok": ok}
@@ -152,6 +176,10 @@ def main() -> None:
     p.add_argument("--writes", type=int, default=100_000)
     p.add_argument("--warmup", type=int, default=20_000)
     p.add_argument("--fsync", action="store_true")
+    p.add_argument("--reads", action="store_true",
+                   help="linearizable reads (of keys the warm-up wrote) instead of writes")
+    p.add_argument("--target", choices=("all", "leader"), default="all",
+                   help="with --reads: read at every node in turn, or at the leader")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child or not args.tree:
@@ -167,16 +195,17 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             results[tree].append(res)
-            print(f"round {r + 1} {tree}: cluster {res['cluster']['cpu_us']:.1f} µs/write "
+            print(f"round {r + 1} {tree}: cluster {res['cluster']['cpu_us']:.1f} µs/op "
                   f"({res['cluster']['writes_per_s']:,.0f}/s), direct "
-                  f"{res['direct']['cpu_us']:.1f} µs/write", flush=True)
+                  f"{res['direct']['cpu_us']:.1f} µs/op", flush=True)
     first = args.tree[0]
+    unit = "read" if args.reads else "write"
     for tree in args.tree:
         c = statistics.median(x["cluster"]["cpu_us"] for x in results[tree])
         d = statistics.median(x["direct"]["cpu_us"] for x in results[tree])
         c0 = statistics.median(x["cluster"]["cpu_us"] for x in results[first])
-        print(f"{tree}: median cluster {c:.1f} µs/write ({c / c0:.2f}x of {first}), "
-              f"direct {d:.1f} µs/write")
+        print(f"{tree}: median cluster {c:.1f} µs/{unit} ({c / c0:.2f}x of {first}), "
+              f"direct {d:.1f} µs/{unit}")
 
 
 if __name__ == "__main__":
