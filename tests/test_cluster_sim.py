@@ -127,6 +127,18 @@ EXPECTED = {
     "promise-hides-compaction": {L1, L3, L4, S1},
 }
 BOUND = 100  # seeds of the default sweep within which each mutant must be caught
+# A read answered from local state shows only at a deposed leader that still believes
+# it leads while a newer one has a write acknowledged: partitions make one, crashes and
+# the aimed reboots depose it outright. The default sweep shows one in about 3 seeds of
+# 200, so the first such seed moves with any change to the message pattern (from 12 to
+# 137 when the commit announcement stopped asking for acks); partitions alone, twice
+# as often, show one in about 1 seed of 9. The scenario test in test_replica_reads
+# catches it every time.
+SWEEP_FOR = {
+    "linearizable-read-from-local-state": dict(
+        faults=FaultConfig(partitions=True, until=3.0, partition_rate=4.0, max_outage=0.3),
+        network=NetworkConfig(drop=0.1, duplicate=0.05)),
+}
 
 
 def test_every_cluster_mutant_has_an_expectation() -> None:
@@ -136,7 +148,7 @@ def test_every_cluster_mutant_has_an_expectation() -> None:
 @pytest.mark.parametrize("mutant", sorted(CLUSTER_MUTANTS))
 def test_cluster_mutant_is_caught_within_bound(mutant: str) -> None:
     for seed in range(BOUND):
-        result = simulate_cluster(sweep(seed, mutant))
+        result = simulate_cluster(sweep(seed, mutant, **SWEEP_FOR.get(mutant, {})))
         if not result.safe:
             rule = result.violations[0].rule
             assert rule in EXPECTED[mutant], (mutant, seed, str(result.violations[0]))
@@ -348,16 +360,19 @@ def test_the_cluster_takes_the_replicas_defaults_for_timing_and_batching() -> No
 def test_a_corrupted_unit_state_is_caught_by_the_simulated_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """After the 200th Accept, an acceptor forgets the highest ballot it saw, breaking
-    the invariant its field states (highest_seen >= promised): I1 says so at once."""
+    """After the 200th Accept, an acceptor that promised a ballot forgets the highest
+    ballot it saw, breaking the invariant its field states (highest_seen >= promised):
+    I1 says so at once. (Not one that lost its disk: having promised nothing, it keeps
+    the invariant.)"""
     on_accept = Acceptor.on_accept
     calls = [0]
 
     def corrupting(self: Acceptor, m: Accept) -> bool:
         accepted = on_accept(self, m)
         calls[0] += 1
-        if calls[0] == 200:
+        if calls[0] >= 200 and self.promised > ZERO and calls[0] < 10**9:
             self.highest_seen = ZERO
+            calls[0] = 10**9
         return accepted
 
     monkeypatch.setattr(Acceptor, "on_accept", corrupting)

@@ -465,3 +465,30 @@ def test_a_promoted_voter_that_missed_its_promotion_catches_up_from_a_candidate_
             break
     assert net.leaders(), "no leader: 4 never learned it votes"
     assert 4 in voters(net.nodes[4], net.nodes[4].commit + ALPHA)
+
+
+def test_a_learner_cut_off_before_its_removal_asks_a_member_and_is_told_it_was_removed() -> None:
+    """3 lost its disk: a learner for good, it never stands for election, so it sends
+    nothing of its own accord. Cut off before it heard of its removal, it comes back to
+    silence (the leader no longer sends to it). Hearing no leader for an election
+    timeout, it asks a member for the log, and is answered `Removed` (M4)."""
+    net = Net(window=8)
+    leader = net.elect(1)
+    net.submit(1, 1, b"k=1")
+    net.settle(3)
+    net.disks[3] = ReplicaDurable(standing=Standing.LEARNER)
+    net.files[3] = {}
+    node = net.restart(3)
+    net.settle(4)
+    assert node.standing is Standing.LEARNER and node.commit == leader.commit
+    cut = touching(3)
+    change(net, 1, 2, remove=(3,))
+    net.settle(8, cut=cut)
+    assert net.outcomes[1][2].ok and leader.commit >= ALPHA
+    assert 3 not in leader.out.members and not node.removed
+    for _ in range(20):
+        net.tick(dt=net.cfg.election_timeout / 2)
+        net.deliver()
+    assert node.removed, "it would wait for a leader forever"
+    assert any(isinstance(m, Removed) and d == 3 for d, m in net.sent)
+    assert 3 not in leader.out.members and leader.is_leader

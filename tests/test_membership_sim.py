@@ -165,13 +165,3 @@ def test_a_change_in_force_at_once_is_caught_by_the_quorum_rules_alone(
             assert result.violations[0].rule in {M2, M1, L1}, str(result.violations[0])
             return
     pytest.fail("config-immediate survived without M5")
-
-
-def test_a_removed_replica_that_lost_its_disk_still_learns_it_was_removed() -> None:
-    """Seed 225: 3 lost its disk (a learner for good, it never stands for election),
-    learned from the log that it is being removed, and was cut off before the slots up
-    to the removal's start; the leader then sends it nothing. It must ask a member
-    (and be told `Removed`) rather than wait for a leader forever (M4)."""
-    result = simulate_cluster(change_sweep(225))
-    assert result.safe, [str(v) for v in result.violations]
-    assert 3 in result.removed

@@ -230,6 +230,28 @@ def test_the_newer_write_scenario_catches_a_leader_reading_its_local_state() -> 
     assert outcome.ok and outcome.result == b"1", outcome  # the stale answer
 
 
+def test_the_heartbeat_announcing_a_chosen_slot_wants_no_ack_and_confirms_no_read() -> None:
+    """When a slot is chosen the leader announces the commit point at once, in a
+    Heartbeat of round 0: the followers learn and apply, and ack nothing. So it cannot
+    confirm a read; a read waiting at the leader is answered only once a round sent at
+    the leader's next tick is acked."""
+    net = _store_with_x()
+    net.read(1, 5, b"x", "linearizable")
+    slot = _choose_at_leader_only(net, b"x=2")
+    announced = net.pending(of_type(Heartbeat))
+    assert sorted(d for d, _ in announced) == [2, 3]
+    assert all(isinstance(m, Heartbeat) and (m.round, m.commit) == (0, slot)
+               for _, m in announced)
+    net.deliver(of_type(Heartbeat, dst=2))
+    assert net.applied[2][-1] == slot, "the announcement tells the commit point"
+    assert net.pending(of_type(HeartbeatAck)) == [], "round 0 wants no ack"
+    assert 5 not in net.outcomes[1]
+    net.tick([1])
+    net.deliver(of_type(Heartbeat, dst=2))
+    net.deliver(of_type(HeartbeatAck, src=2))
+    assert net.outcomes[1][5] == Outcome(True, b"2", slot)
+
+
 def test_a_follower_linearizable_read_asks_the_leader_and_waits_until_it_has_applied() -> None:
     """Linearizable read at a follower: it asks the leader for a read index
     (ReadIndex); the leader confirms its leadership with a heartbeat round and replies

@@ -36,6 +36,7 @@ Normal case (a client at a follower; `window` slots in flight at once)::
       |            |                     | -> chosen(s), commit, apply in order
       |            |<-Accept(b,s+1,commit=s) or Heartbeat(b,commit=s)-->|
       |            | learn_commit: s accepted in b -> chosen, apply
+      |            | (that Heartbeat is round 0, `announce_commit`: nobody acks it)
       |<-----------| outcome (the origin answers once it applied the command)
 
 Snapshots, compaction and a laggard (`snapshot_every` commands per snapshot;

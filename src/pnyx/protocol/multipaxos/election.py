@@ -188,11 +188,11 @@ class Election:
         if self.leader is not None:
             self.lose_leader()
         if not self.is_voter():
-            if self.node_id in self.log.membership.retired:
-                # Being removed and no leader heard: the leaders send us nothing once our
-                # removal governs. Ask a member (it answers `Removed`, or the log).
-                self.log.catch_up(now)
-            return  # a learner waits for a leader; it never stands
+            # A learner never stands, so, hearing no leader, it asks a member for the log
+            # instead: a leader sends nothing to one whose removal governs, and we may
+            # have been cut off before we heard of it (the member answers `Removed`).
+            self.log.catch_up(now)
+            return
         if self.config.prevote and self.others:
             self._enter(Stage.PRE_CANDIDATE)
             self.prevote_ballot = self.acceptor.next_ballot()
@@ -390,6 +390,19 @@ class Election:
         self.pipeline.retransmit(now)
         self.reads.ack(self.confirmed_round)
 
+    def announce_commit(self, now: float) -> None:
+        """Tell the followers the commit index now, as a heartbeat of round 0: one that
+        asks for no ack. It confirms no reads and proves no quorum (the periodic rounds
+        do), so it waits for none of the followers' answers, and costs them none. Like
+        a round, it asks again for the slots in flight too long, and answers the reads
+        whose round was confirmed before the commit point reached what phase 1
+        recovered (`Reads.ack`)."""
+        commit = self.log.commit
+        self.pipeline.told_commit = commit
+        self.out.broadcast(Heartbeat(self.node_id, self.ballot, commit, 0))
+        self.pipeline.retransmit(now)
+        self.reads.ack(self.confirmed_round)
+
     def on_heartbeat(self, m: Heartbeat, now: float) -> None:
         if not self.observe(m.ballot, now):
             return
@@ -398,9 +411,11 @@ class Election:
             self.out.emit(m.src, Rejected(self.node_id, m.ballot, acceptor.promised))
             return
         self.follow(m.src, m.ballot, now)
-        if self.standings.votes:  # one that lost its disk: its ack would count as a vote
-            # A learner of the configuration acks too: its ack counts in no quorum, and
-            # tells the leader how far it has caught up.
+        if m.round and self.standings.votes:
+            # Round 0 (`announce_commit`) wants no ack. One that lost its disk does not
+            # ack: its ack would count as a vote. A learner of the configuration acks
+            # too: its ack counts in no quorum, and tells the leader how far it has
+            # caught up.
             self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
                                               acceptor.max_accepted, self.log.applied))
         self.log.learn_commit(m.ballot, m.commit, now)

@@ -481,6 +481,9 @@ class Pipeline:
         if proposal is None or not proposal.accepted(m.src, m.ballot):
             return
         del self.inflight[m.slot]
+        # A quorum accepted in our ballot since we sent the Accept: as good as a
+        # heartbeat round's acks for knowing we are not cut off (`Election.tick`).
+        self.election.quorum_seen_at = now
         log = self.log
         log.learn(m.slot, proposal.value, proposal.ballot)
         log.apply_chosen()
@@ -488,7 +491,7 @@ class Pipeline:
         if log.commit > self.told_commit:
             # No Accept is going out to carry the news: tell the followers now, so a
             # client waiting at one of them hears without waiting for the heartbeat.
-            self.election.heartbeat(now)
+            self.election.announce_commit(now)
 
     def close_orphans(self, accepted: int, now: float) -> None:
         """An acker accepted up to slot `accepted`, beyond ours: a slot accepted in an
