@@ -42,12 +42,12 @@ from pnyx.statemachine.kv import KVMachine, Ok, Put, Request, decode_result, enc
 from pnyx.statemachine.kv import encode_request as kv_request
 
 
-def _store_with_x(*, x: bytes = b"1") -> Net:
-    net = Net()
+def _store_with_x(*, x: bytes = b"1", members: tuple[int, ...] = MEMBERS) -> Net:
+    net = Net(members)
     net.elect(1)
     net.submit(1, 100, b"x=" + x)
     net.settle()
-    assert all(net.applied[i] == [1] for i in MEMBERS)
+    assert all(net.applied[i] == [1] for i in members)
     return net
 
 
@@ -252,24 +252,121 @@ def test_the_heartbeat_announcing_a_chosen_slot_wants_no_ack_and_confirms_no_rea
     assert net.outcomes[1][5] == Outcome(True, b"2", slot)
 
 
+FIVE = (1, 2, 3, 4, 5)
+
+
 def test_a_follower_linearizable_read_asks_the_leader_and_waits_until_it_has_applied() -> None:
-    """Linearizable read at a follower: it asks the leader for a read index
-    (ReadIndex); the leader confirms its leadership with a heartbeat round and replies
-    with its commit point; the follower answers only once it has applied that far."""
-    net = _store_with_x()
-    slot = _choose_at_leader_only(net, b"x=2")
+    """Linearizable read at a follower of five: it asks the leader for a read index
+    (ReadIndex); the leader confirms its leadership with a heartbeat round, acked by
+    a quorum, and replies with its commit point; the follower answers only once it has
+    applied that far."""
+    net = _store_with_x(members=FIVE)
+    leader = net.nodes[1]
+    net.submit(1, 101, b"x=2")
+    slot = leader.next_slot - 1
+    net.deliver(either(accept_for(slot, dst=1), accept_for(slot, dst=3),
+                       accept_for(slot, dst=4), of_type(Accepted)))
+    net.drop(of_type(Heartbeat))  # the commit's announcement: node 2 has not applied it
     net.read(2, 5, b"x", "linearizable")
-    assert [(d, m) for d, m in net.pending(of_type(ReadIndex))] == [(1, ReadIndex(2, 5))]
+    ask = ReadIndex(2, 5, leader.ballot)
+    assert net.pending(of_type(ReadIndex)) == [(1, ask)]
     net.deliver(of_type(ReadIndex))
+    assert net.pending(of_type(ReadIndexReply)) == [], "2 and 1 are no quorum of five"
     net.tick([1])
     net.deliver(of_type(Heartbeat, dst=3))
-    net.deliver(of_type(HeartbeatAck))
+    net.deliver(of_type(HeartbeatAck, src=3))
+    assert net.pending(of_type(ReadIndexReply)) == [], "1 and 3 are no quorum of five"
+    net.deliver(of_type(Heartbeat, dst=4))
+    net.deliver(of_type(HeartbeatAck, src=4))
     replies = net.pending(of_type(ReadIndexReply))
     assert [m for _, m in replies] == [ReadIndexReply(1, 5, slot, True)]
     net.deliver(of_type(ReadIndexReply))
     assert 5 not in net.outcomes[2], "the follower has not applied the read index yet"
+    net.deliver()  # the Accept it missed, the heartbeats: node 2 learns the slot
+    assert net.outcomes[2][5] == Outcome(True, b"2", slot)
+
+
+def test_of_three_voters_the_leader_answers_a_followers_read_index_at_once() -> None:
+    """Of three voters, the asker and the leader are a quorum: the asker's promise when
+    it asked (after its read arrived) and the leader's own are what acks of a heartbeat
+    round sent after the read would say. So the leader replies with its commit point at
+    once, with no round; the follower still waits until it has applied that far."""
+    net = _store_with_x()
+    slot = _choose_at_leader_only(net, b"x=2")
+    net.drop(of_type(Heartbeat))
+    net.read(2, 5, b"x", "linearizable")
+    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 5, net.nodes[1].ballot))]
+    net.deliver(of_type(ReadIndex))
+    assert net.pending(of_type(Heartbeat)) == [], "no heartbeat round"
+    assert [m for _, m in net.pending(of_type(ReadIndexReply))] == [
+        ReadIndexReply(1, 5, slot, True)]
+    net.deliver(of_type(ReadIndexReply))
+    assert 5 not in net.outcomes[2], "the follower has not applied the read index yet"
+    net.tick([1], dt=net.cfg.heartbeat_interval)
     net.deliver(of_type(Heartbeat, dst=2))
     assert net.outcomes[2][5] == Outcome(True, b"2", slot)
+
+
+def test_a_read_index_from_an_asker_whose_promise_is_not_the_leaders_ballot_waits_for_a_round(
+) -> None:
+    """The asker vouches only for a promise equal to the leader's ballot: one that says
+    any other (higher: it may have promised a newer leader; ZERO: it lost its disk and
+    votes no more) waits for a heartbeat round a quorum acks, like any read."""
+    net = _store_with_x()
+    leader = net.nodes[1]
+    higher = Ballot(leader.ballot.round + 1, 3)
+    for rid, promised in ((5, higher), (6, Ballot(0, 0))):
+        net.step(1, ReadIndex(2, rid, promised))
+        assert net.pending(of_type(ReadIndexReply)) == [], promised
+    net.tick([1])
+    net.deliver(of_type(Heartbeat, dst=3))
+    net.deliver(of_type(HeartbeatAck, src=3))
+    assert sorted(m.id for _, m in net.pending(of_type(ReadIndexReply))) == [5, 6]
+
+
+def _read_at_a_follower_of_a_deposed_leader(leader_class: type[Replica]) -> Outcome:
+    """Five voters. Nodes 1 (the leader, behaving as `leader_class`) and 2 are cut off
+    from 3, 4 and 5, which elect 3; it writes x=2 and acknowledges it. Only then does a
+    client read x, linearizably, at node 2, which still follows node 1; node 1 does not
+    yet know it was deposed."""
+    net = _store_with_x(members=FIVE)
+    for unit in ("acceptor", "election", "pipeline", "log", "reads"):
+        getattr(net.nodes[1], unit).__class__ = getattr(leader_class, f"{unit}_class")
+    cut = lambda d, m: (d in (1, 2)) != (m.src in (1, 2))  # noqa: E731  the partition
+    net.now += 2 * net.cfg.election_timeout
+    net.tick([3])
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    net.submit(3, 1, b"x=2")
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    assert net.outcomes[3][1].ok  # x=2 is acknowledged before the read begins
+    assert 1 in net.leaders() and net.nodes[2].leader == 1
+    net.read(2, 5, b"x", "linearizable")
+    for _ in range(20):
+        net.deliver(but_not(cut))
+        net.drop(cut)
+        net.tick([1, 2], dt=net.cfg.heartbeat_interval)
+    return net.outcomes[2][5]
+
+
+def test_a_follower_of_a_deposed_leader_never_answers_a_read_that_began_after_a_newer_write(
+) -> None:
+    """Linearizability, at a follower: node 1 and its follower 2 are no quorum of five,
+    so 1 cannot confirm the read index 2 asks for, and the read fails, never x=1."""
+    outcome = _read_at_a_follower_of_a_deposed_leader(Replica)
+    assert not outcome.ok and outcome.result != b"1", outcome
+
+
+def test_the_deposed_leader_scenario_catches_a_read_index_taken_from_any_asker() -> None:
+    """Mutation guard for the test above: a leader that answers every follower's
+    `ReadIndex` at once, as if the asker and it were a quorum whatever the cluster's
+    size (`pnyx.sim.mutants.ReadIndexFromAnyAsker`), lets node 2 answer x=1 here,
+    after x=2 was acknowledged."""
+    from pnyx.sim.mutants import ReadIndexFromAnyAskerReplica
+
+    outcome = _read_at_a_follower_of_a_deposed_leader(ReadIndexFromAnyAskerReplica)
+    assert outcome.ok and outcome.result == b"1", outcome  # the stale answer
 
 
 def test_one_heartbeat_round_confirms_every_read_that_reached_the_leader_before_it() -> None:
@@ -304,11 +401,8 @@ def test_a_follower_asks_the_leader_once_for_all_the_reads_of_one_call() -> None
     queries: list[tuple[int, bytes, ReadMode]] = [
         (5, b"x", "linearizable"), (6, b"x", "linearizable"), (7, b"x", "linearizable")]
     net.obey(2, net.nodes[2].read_many(queries, net.now))
-    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 7))]
+    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 7, net.nodes[1].ballot))]
     net.deliver(of_type(ReadIndex))
-    net.tick([1])
-    net.deliver(of_type(Heartbeat, dst=3))
-    net.deliver(of_type(HeartbeatAck))
     assert [m for _, m in net.pending(of_type(ReadIndexReply))] == [
         ReadIndexReply(1, 7, slot, True)]
     net.deliver(of_type(ReadIndexReply))
@@ -336,7 +430,7 @@ def test_a_read_that_reaches_a_follower_after_it_asked_is_not_served_by_that_ans
     slot = _choose_at_leader_only(net, b"x=2", rid=102)
     assert net.outcomes[1][102].ok and net.applied[2][-1] < slot
     net.read(2, 6, b"x", "linearizable")
-    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 6))]
+    assert net.pending(of_type(ReadIndex)) == [(1, ReadIndex(2, 6, net.nodes[1].ballot))]
     net.deliver(of_type(ReadIndexReply))
     assert net.outcomes[2] == {5: Outcome(True, b"1", 1)}, "read 6 served a stale x"
     net.settle()

@@ -126,6 +126,15 @@ Read index (linearizable read at a follower)::
       |            | wait until applied >= index, then query the machine
       |<--result---|
 
+Of three voters, F and L are a quorum. ReadIndex carries F's promise when it asked
+(after the read arrived); if that is L's ballot, still L's own promise, the two stand
+for a round's acks, and L (commit >= recovered_at) replies at once, with no round
+(`Reads.on_read_index`)::
+
+    client        F=2                   L=1
+      |--read----->|--ReadIndex(id, promised=b)-->|
+      |            |<--ReadIndexReply(id, commit)--|
+
 Quorum read (the seed's read as a learner, made linearizable)::
 
     client        R=2                   1                       3

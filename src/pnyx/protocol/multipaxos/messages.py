@@ -20,7 +20,7 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-from pnyx.protocol.ballot import Ballot
+from pnyx.protocol.ballot import ZERO, Ballot
 from pnyx.protocol.codec import MalformedMessage as MalformedMessage  # re-exported
 from pnyx.protocol.codec import NodeId, decode_with
 
@@ -258,9 +258,13 @@ class Aborted(_Msg, tag="aborted"):
 
 
 class ReadIndex(_Msg, tag="read-index"):
-    """A follower asks the leader for a point in the log at which a read is linearizable."""
+    """A follower asks the leader for a point in the log at which a read is linearizable.
+    `promised`: the asker's promise when it asked, if it votes (else ZERO). Equal to
+    the leader's ballot, it says what an ack of a heartbeat round sent after the reads
+    arrived would say: the asker had promised no higher ballot."""
 
     id: Index
+    promised: Ballot = ZERO
 
 
 class ReadIndexReply(_Msg, tag="read-index-reply"):

@@ -5,7 +5,9 @@
   (then no other leader can have chosen anything it does not know); the read
   is served once this replica has applied up to that index. A follower asks
   the leader for the index (`ReadIndex`) and serves the read itself. A new
-  leader never gives an index below the slots its phase 1 recovered.
+  leader never gives an index below the slots its phase 1 recovered. Where
+  the asker and the leader are a quorum (three voters), the asker's promise,
+  sent with `ReadIndex`, and the leader's own stand for that round's acks.
   Batched at both ends, never across the rule: one heartbeat round confirms
   every read that arrived before it went out (the leader sends it at its next
   tick), and a follower asks once for all the reads of one call
@@ -29,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from pnyx.protocol.ballot import ZERO
 from pnyx.protocol.multipaxos.config import ReplicaConfig
 from pnyx.protocol.multipaxos.effects import Outbox
 from pnyx.protocol.multipaxos.election import Role
@@ -150,10 +153,18 @@ class Reads:
         self.unsent.append((src, read_id))
 
     def on_read_index(self, m: ReadIndex, now: float) -> None:
-        if self.election.role is Role.LEADER:
-            self._queue(m.src, m.id, now)
-        else:
+        election = self.election
+        if election.role is not Role.LEADER:
             self.out.send(m.src, ReadIndexReply(self.node_id, m.id, 0, False))
+        elif (m.promised == election.ballot == self.acceptor.promised
+              and election.is_quorum({self.node_id, m.src})
+              and election.recovered_at <= self.log.commit):
+            # The asker and we are a quorum (three voters): its promise when it asked,
+            # after its reads arrived, and ours now, are the acks of a round sent after
+            # them. No leader of a higher ballot can have chosen anything before then.
+            self._answer_read_index(m.src, m.id, self.log.commit)
+        else:
+            self._queue(m.src, m.id, now)
 
     def lead(self, now: float) -> None:
         """We became the leader: reads that waited for one are ours to confirm."""
@@ -186,7 +197,8 @@ class Reads:
         if earlier is not None:
             batch = [p for p in earlier if self.local.get(p[0]) is p[1]] + batch
         self.asked[newest] = batch
-        self.out.send(leader, ReadIndex(self.node_id, newest))
+        promised = self.acceptor.promised if self.standings.votes else ZERO
+        self.out.send(leader, ReadIndex(self.node_id, newest, promised))
 
     def _forget_asked(self) -> None:
         """Drop the oldest batches none of whose reads is still waiting (the leader may
