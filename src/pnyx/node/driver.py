@@ -226,13 +226,8 @@ class Driver:
     def read_nowait(self, query: bytes, mode: ReadMode, done: Callable[[Outcome], None], *,
                     timeout: float | None = None) -> Request:
         """Like `submit_nowait`, for a read with `mode`'s guarantee."""
-        if mode == "stale":  # answered at once, from local state: nothing to share
-            def attempt(rid: int) -> LogReady | None:
-                return self._replica().read(rid, query, mode, self._now())
-        else:
-            def attempt(rid: int) -> LogReady | None:
-                return self._gather_read(rid, query, mode)
-        return self._start(attempt, done, timeout, retry_unknown=True, timed=False)
+        return self._start(None, done, timeout, retry_unknown=True, timed=False,
+                           command=query, mode=mode)
 
     def change_members_nowait(self, done: Callable[[Outcome], None], *,
                               add: tuple[Member, ...] = (), remove: tuple[int, ...] = (),
@@ -258,12 +253,13 @@ class Driver:
 
     def _start(self, attempt: Callable[[int], LogReady | None] | None,
                done: Callable[[Outcome], None], timeout: float | None, *,
-               retry_unknown: bool, timed: bool, command: bytes | None = None) -> Request:
+               retry_unknown: bool, timed: bool, command: bytes | None = None,
+               mode: ReadMode | None = None) -> Request:
         clock = self.clock
         if clock is None:
             raise RuntimeError("the node has not started")
         request = Request(self, attempt, done, clock.time()
-                          + (timeout or self.request_timeout), retry_unknown, command)
+                          + (timeout or self.request_timeout), retry_unknown, command, mode)
         if self.closed:
             request.finish(SHUTTING_DOWN)
             return request
@@ -293,13 +289,30 @@ class Driver:
         request.rid = rid = self._next_id
         self._waiters[rid] = request
         if request.attempt is None:
-            # A command is held until the end of this turn of the clock, and everything
-            # gathered by then is submitted at once (`_submit_gathered`): commands that
-            # arrive together share a slot, one Accept round and one group commit.
-            gathered = self._gathered
-            gathered.append((rid, request.command))  # type: ignore[arg-type]
-            if len(gathered) == 1 and not self._gathered_reads:
-                self.clock.call_soon(self._submit_gathered)  # type: ignore[union-attr]
+            mode = request.mode
+            if mode is None:
+                # A command is held until the end of this turn of the clock, and
+                # everything gathered by then is submitted at once (`_submit_gathered`):
+                # commands that arrive together share a slot, one Accept round and one
+                # group commit.
+                gathered = self._gathered
+                gathered.append((rid, request.command))  # type: ignore[arg-type]
+                if len(gathered) == 1 and not self._gathered_reads:
+                    self.clock.call_soon(self._submit_gathered)  # type: ignore[union-attr]
+                return
+            if mode != "stale":
+                # Reads are gathered like commands: the replica takes those of one turn
+                # in one call, so it runs its bookkeeping once for them all, and a
+                # follower asks the leader for one read index for them all.
+                reads = self._gathered_reads
+                reads.append((rid, request.command, mode))  # type: ignore[arg-type]
+                if len(reads) == 1 and not self._gathered:
+                    self.clock.call_soon(self._submit_gathered)  # type: ignore[union-attr]
+                return
+            # Answered at once, from local state: nothing to share.
+            ready = self._replica().read(rid, request.command,  # type: ignore[arg-type]
+                                         mode, self._now())
+            self._handle(ready)
             return
         ready = request.attempt(rid)
         if ready is not None:
@@ -365,14 +378,6 @@ class Driver:
                 request.finish(request.gave_up())
         if self._deadlines:
             self._arm_deadlines(min(self._deadlines))
-
-    def _gather_read(self, rid: int, query: bytes, mode: ReadMode) -> None:
-        """Reads are gathered like commands (see `_attempt`): the replica takes those of
-        one turn in one call, so it runs its bookkeeping once for them all, and a
-        follower asks the leader for one read index for them all."""
-        self._gathered_reads.append((rid, query, mode))
-        if len(self._gathered_reads) == 1 and not self._gathered:
-            self._clock().call_soon(self._submit_gathered)
 
     def _submit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []

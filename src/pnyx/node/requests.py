@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pnyx.protocol.multipaxos import Code, LogReady, Outcome
+from pnyx.protocol.multipaxos import Code, LogReady, Outcome, ReadMode
 
 if TYPE_CHECKING:
     from pnyx.node.driver import Driver
@@ -45,16 +45,19 @@ class Request:
     """
 
     __slots__ = ("attempt", "bucket", "command", "deadline", "done", "finished", "last",
-                 "node", "retry_handle", "retry_unknown", "rid", "started")
+                 "mode", "node", "retry_handle", "retry_unknown", "rid", "started")
 
     def __init__(self, node: Driver, attempt: Callable[[int], LogReady | None] | None,
                  done: Callable[[Outcome], None], deadline: float,
-                 retry_unknown: bool, command: bytes | None = None) -> None:
+                 retry_unknown: bool, command: bytes | None = None,
+                 mode: ReadMode | None = None) -> None:
         self.node = node
-        # A command to propose (`attempt` None: the driver gathers it, the fast path of
-        # every write), or how to make one more attempt of anything else.
+        # With `attempt` None, the driver makes each attempt itself (the fast path of
+        # every write and read): `command` is a command to propose, or with `mode` the
+        # query of a read. Otherwise `attempt` makes one more attempt.
         self.attempt = attempt
         self.command = command
+        self.mode = mode
         self.done = done
         self.deadline = deadline
         self.retry_unknown = retry_unknown
