@@ -13,6 +13,7 @@ import random
 
 from harness import (
     MEMBERS,
+    Filter,
     Net,
     accept_for,
     batch,
@@ -186,23 +187,29 @@ def test_a_deposed_leader_cut_off_from_the_quorum_never_answers_a_linearizable_r
     assert not net.nodes[1].is_leader
 
 
+def _depose_and_write(net: Net, leader_class: type[Replica], cut: Filter, elect: int) -> None:
+    """Leader 1, made to behave as `leader_class`, is cut off by `cut`; the others elect
+    `elect`, which writes x=2 and acknowledges it."""
+    # A mutant swaps a unit's class: behaviour only, no state of its own.
+    for unit in ("acceptor", "election", "pipeline", "log", "reads"):
+        getattr(net.nodes[1], unit).__class__ = getattr(leader_class, f"{unit}_class")
+    net.now += 2 * net.cfg.election_timeout
+    net.tick([elect])
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    net.submit(elect, 1, b"x=2")
+    net.deliver(but_not(cut))
+    net.drop(cut)
+    assert net.outcomes[elect][1].ok  # x=2 is acknowledged before the read begins
+
+
 def _read_at_a_deposed_leader_after_a_newer_write(leader_class: type[Replica]) -> Outcome:
     """Node 1 (behaving as `leader_class`) leads with x=1 and is cut off; nodes 2 and 3
     elect node 2, which writes x=2 and acknowledges it; only then does a client read x,
     linearizably, at node 1, which does not yet know it was deposed."""
     net = _store_with_x()
-    # A mutant swaps a unit's class: behaviour only, no state of its own.
-    for unit in ("acceptor", "election", "pipeline", "log", "reads"):
-        getattr(net.nodes[1], unit).__class__ = getattr(leader_class, f"{unit}_class")
     cut = touching(1)
-    net.now += 2 * net.cfg.election_timeout
-    net.tick([2])
-    net.deliver(but_not(cut))
-    net.drop(cut)
-    net.submit(2, 1, b"x=2")
-    net.deliver(but_not(cut))
-    net.drop(cut)
-    assert net.outcomes[2][1].ok  # x=2 is acknowledged before the read begins
+    _depose_and_write(net, leader_class, cut, elect=2)
     assert net.leaders() == [1, 2]  # node 1 does not know yet
     net.read(1, 5, b"x", "linearizable")
     for _ in range(20):
@@ -330,17 +337,8 @@ def _read_at_a_follower_of_a_deposed_leader(leader_class: type[Replica]) -> Outc
     client read x, linearizably, at node 2, which still follows node 1; node 1 does not
     yet know it was deposed."""
     net = _store_with_x(members=FIVE)
-    for unit in ("acceptor", "election", "pipeline", "log", "reads"):
-        getattr(net.nodes[1], unit).__class__ = getattr(leader_class, f"{unit}_class")
     cut = lambda d, m: (d in (1, 2)) != (m.src in (1, 2))  # noqa: E731  the partition
-    net.now += 2 * net.cfg.election_timeout
-    net.tick([3])
-    net.deliver(but_not(cut))
-    net.drop(cut)
-    net.submit(3, 1, b"x=2")
-    net.deliver(but_not(cut))
-    net.drop(cut)
-    assert net.outcomes[3][1].ok  # x=2 is acknowledged before the read begins
+    _depose_and_write(net, leader_class, cut, elect=3)
     assert 1 in net.leaders() and net.nodes[2].leader == 1
     net.read(2, 5, b"x", "linearizable")
     for _ in range(20):
