@@ -60,7 +60,15 @@ from typing import TYPE_CHECKING, Any
 
 from pnyx.node.ports import Clock, Disk, Network, SnapshotPort, Timer
 from pnyx.node.requests import DEADLINE_TICK, RETRY_PAUSE, SHUTTING_DOWN, Request
-from pnyx.protocol.multipaxos import LogReady, Machine, Outcome, ReadMode, Replica, ReplicaConfig
+from pnyx.protocol.multipaxos import (
+    LogReady,
+    Machine,
+    Outcome,
+    ReadMode,
+    Replica,
+    ReplicaConfig,
+    Role,
+)
 from pnyx.protocol.multipaxos.effects import (
     BeginStaging,
     InstallSnapshot,
@@ -136,7 +144,7 @@ class Driver:
         self._next_id = 0
         self._replayed = 0  # slots applied from the disk at open: not news to count
         self._last_leader: tuple[int | None, Any] = (None, None)
-        self._last_role = ""
+        self._last_role: Role | None = None
         self._gathered: list[tuple[int, bytes]] = []
         self._gathered_reads: list[tuple[int, bytes, ReadMode]] = []
         self._gathered_stale = False  # a request was forgotten while commands were gathered
@@ -573,15 +581,18 @@ class Driver:
                 for _, value in applied:
                     metrics.observe_batch(len(value.commands))
         r = self._replica()
-        if r.role.value != self._last_role:
-            self._last_role = r.role.value
-            metrics.set_role(r.role.value)
-            if r.role.value == "candidate":
+        role = r.role
+        if role is not self._last_role:
+            self._last_role = role
+            metrics.set_role(role.value)
+            if role is Role.CANDIDATE:
                 metrics.election_started()
-        current = (r.leader, r.ballot if r.is_leader else r.leader_ballot)
-        if current != self._last_leader and r.leader is not None:
-            self._last_leader = current
-            metrics.leader_changed()
+        leader = r.leader
+        if leader is not None:
+            current = (leader, r.ballot if role is Role.LEADER else r.leader_ballot)
+            if current != self._last_leader:
+                self._last_leader = current
+                metrics.leader_changed()
 
     # ------------------------------------------------------------- queries
 

@@ -346,19 +346,13 @@ class Replica:
             self.reads.ask()  # one ReadIndex for the reads of this call
         election = self.election
         leading = election.role is Role.LEADER
-        deadlines = [] if leading else [election.election_at]
-        if election.hb_at is not None:
-            deadlines.append(election.hb_at)
-        if self.log.catchup_at is not None:
-            deadlines.append(self.log.catchup_at)
-        for deadline in (self.transfer.next_deadline(), self.standings.next_deadline()):
-            if deadline is not None:
-                deadlines.append(deadline)
-        reads = self.reads.next_deadline(leading)
-        if reads is not None:
-            deadlines.append(reads)
+        wake = None if leading else election.election_at
+        for deadline in (election.hb_at, self.log.catchup_at, self.transfer.next_deadline(),
+                         self.standings.next_deadline(), self.reads.next_deadline(leading)):
+            if deadline is not None and (wake is None or deadline < wake):
+                wake = deadline
         ready = self.out.take()
-        ready.wake_at = min(deadlines) if deadlines else None
+        ready.wake_at = wake
         ready.removed = self.removed
         return ready
 
