@@ -343,6 +343,18 @@ def test_a_renewed_ca_is_used_by_the_next_connection_without_a_restart(
 # ------------------------------------------------------------- issue 11's attacks
 
 
+def _attacker_refused(caplog: pytest.LogCaptureFixture) -> str:
+    """The listener closed the attacker's connection at the TLS handshake, for showing no
+    certificate, and closed nothing past a handshake. A member's own dial given up
+    midway while the cluster settles is logged as a handshake failure too (seen in a
+    full run: a ConnectionResetError beside the attacker's refusal), so it may be there."""
+    refusals = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
+    assert all("TLS handshake failed" in r for r in refusals), caplog.text
+    attacker = [r for r in refusals if "did not return a certificate" in r]
+    assert len(attacker) == 1, caplog.text
+    return attacker[0]
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext-control", "tls"])
 def test_a_forged_chosen_from_a_process_that_is_not_a_member(
     tmp_path: Path, ca: Path, tls: bool, caplog: pytest.LogCaptureFixture
@@ -374,9 +386,7 @@ def test_a_forged_chosen_from_a_process_that_is_not_a_member(
         return
     assert outcome["closed"]
     assert outcome["follower"] == kv.Ok(1, b"genuine")
-    refusals = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
-    assert len(refusals) == 1 and "TLS handshake failed" in refusals[0], caplog.text
-    print("forged Chosen refused:", refusals[0])
+    print("forged Chosen refused:", _attacker_refused(caplog))
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext-control", "tls"])
@@ -411,9 +421,7 @@ def test_a_forged_prepare_with_the_largest_ballot_from_a_process_that_is_not_a_m
         return
     assert outcome["closed"]
     assert outcome["promised"].round < forged.round  # type: ignore[attr-defined]
-    refusals = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
-    assert len(refusals) == 1 and "TLS handshake failed" in refusals[0], caplog.text
-    print("forged Prepare refused:", refusals[0])
+    print("forged Prepare refused:", _attacker_refused(caplog))
 
 
 # ------------------------------------------------------------------ the CLI
