@@ -19,7 +19,9 @@ exits:
 
 For each write it takes the leader's `client-in` as time zero and prints the
 median offset of the 1st, 2nd and 3rd occurrence of each event, over the last
-`--last` writes: what happens in what order, and what takes long. Then, to
+`--last` writes: what happens in what order, and what takes long. With
+`--stalls N`, each node's N longest log writes and message handlings (what
+holds a node up: a compaction, a checkpoint, applying a large batch). Then, to
 tell the disk's part from the node's: a probe of `pwrite` + `fdatasync` of
 8 KiB by 1, 2 and 3 processes in lock-step (each step starts together, as
 the three nodes' writes of one slot do), first appending to the file, then
@@ -188,6 +190,33 @@ def timeline(trace_dir: Path, last: int) -> list[tuple[str, str, list[float], in
     return rows
 
 
+def stalls(trace_dir: Path, top: int) -> list[tuple[str, list[tuple[float, str]]]]:
+    """Per node (the leader first), its `top` longest log writes and message handlings,
+    in milliseconds: what holds a node up."""
+    out = []
+    for path in sorted(glob.glob(str(trace_dir / "node-*.txt"))):
+        notes = [line.split(" ", 1) for line in Path(path).read_text().splitlines()]
+        if not any(what.startswith("in:") for _, what in notes):
+            continue  # the load generator
+        longest: list[tuple[float, str]] = []
+        opened: dict[str, float] = {}
+        for t, what in notes:
+            if what in ("disk-start",) or what.startswith("in:"):
+                opened[what.removeprefix("in:")] = float(t)
+            elif what == "disk-end" or what.startswith("done:"):
+                name = "disk-start" if what == "disk-end" else what.removeprefix("done:")
+                began = opened.pop(name, None)
+                if began is not None:
+                    longest.append(((float(t) - began) * 1e3,
+                                    "log write" if name == "disk-start" else name))
+        longest.sort(reverse=True)
+        clients = sum(1 for _, what in notes if what == "client-in")
+        out.append((clients, Path(path).stem, longest[:top]))
+    out.sort(reverse=True)
+    return [(("leader " if i == 0 else "follower ") + name, rows)
+            for i, (_, name, rows) in enumerate(out)]
+
+
 def _lockstep(path: str, steps: int, barrier: object, results: object,
               overwrite: bool) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -233,6 +262,8 @@ def main() -> None:
     p.add_argument("--no-fsync", action="store_true", help="trace pnyx3-nofsync instead")
     p.add_argument("--probe-steps", type=int, default=400,
                    help="fdatasyncs per process in the lock-step probe (0: skip it)")
+    p.add_argument("--stalls", type=int, default=0, metavar="N",
+                   help="also print each node's N longest log writes and message handlings")
     p.add_argument("--dir", type=Path, default=None,
                    help="where the probe writes (default: a temporary directory)")
     args = p.parse_args()
@@ -246,6 +277,10 @@ def main() -> None:
         for who, kind, medians, n in timeline(trace_dir, args.last):
             nth = "".join(f"{m:8.0f}" for m in medians)
             print(f"  {who:8s} {kind:14s}{nth:24s} µs   ({n} writes)")
+        if args.stalls:
+            print(f"each node's {args.stalls} longest log writes and message handlings (ms):")
+            for name, rows in stalls(trace_dir, args.stalls):
+                print(f"  {name}: " + ", ".join(f"{ms:.1f} {what}" for ms, what in rows))
         if args.probe_steps:
             print("pwrite + fdatasync of 8 KiB, processes in lock-step (slowest median):")
             for mode, writers, median in fsync_lockstep(args.dir or Path(tmp), args.probe_steps):

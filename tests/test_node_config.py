@@ -40,8 +40,24 @@ def test_a_node_uses_replicaconfigs_defaults_except_the_deployment_timing() -> N
         elif f.name in DEPLOYMENT_SNAPSHOTS:  # a node snapshots; a bare replica does not
             assert getattr(built, f.name) == DEPLOYMENT_SNAPSHOTS[f.name] > 0
             assert getattr(plain, f.name) == 0 or f.name == "snapshot_tail"
+        elif f.name == "snapshot_phase":  # each member its own (the next test)
+            assert 0 <= built.snapshot_phase < 1 and plain.snapshot_phase == 0
         else:
             assert getattr(built, f.name) == getattr(plain, f.name), f.name
+
+
+def test_members_of_a_cluster_snapshot_in_phases_far_apart() -> None:
+    # Their compactions (long writes) must not fall together: of any seven consecutive
+    # ids, no two phases are within a tenth of a threshold of each other.
+    for first in (1, 100):
+        ids = range(first, first + 7)
+        members = {i: Address("127.0.0.1", 7000 + i) for i in ids}
+        phases = [NodeConfig(i, members, Path("d")).replica_config().snapshot_phase
+                  for i in ids]
+        for i, a in enumerate(phases):
+            for b in phases[i + 1:]:
+                gap = abs(a - b)
+                assert min(gap, 1 - gap) > 0.09, phases
 
 
 def test_every_replica_setting_reaches_the_replica_config() -> None:

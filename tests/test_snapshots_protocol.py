@@ -9,6 +9,8 @@ compacted floor) or `standing` (who may vote after an empty start).
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 import pytest
 
@@ -351,6 +353,60 @@ def test_a_long_compaction_is_taken_in_steps_of_at_most_compact_step_slots(
     assert net.nodes[2].log.snapshot_slot == 12
     # 12 less the tail of 2, three slots at a time.
     assert steps == [3, 6, 9, 10] and net.nodes[2].log.floor == 10
+
+
+def test_a_members_first_snapshot_comes_its_phase_of_a_threshold_late() -> None:
+    """Members apply the same commands: with a phase each, their snapshots (and the
+    compactions after them) fall at different slots, once late and then a threshold
+    apart."""
+    net = Net(**{**SNAP, "snapshot_every": 12, "snapshot_phase": 0.5})
+    net.elect(1)
+    write(net, 1, 17)
+    assert takes(net, 2) == []  # 12 x 1.5 = 18 commands for the first
+    write(net, 1, 1, first_id=18)
+    assert [op.index for op in takes(net, 2)] == [18]
+    write(net, 1, 12, first_id=19)
+    assert [op.index for op in takes(net, 2)] == [18, 30]
+
+
+def test_a_compaction_step_stops_past_compact_step_bytes_and_the_next_is_taken_a_pause_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full slots make a few thousand slots many megabytes, whose rows take a follower's
+    event loop tens of milliseconds to delete: a step also stops at the first slot that
+    takes it past COMPACT_STEP_BYTES of values. The replica asks to be woken for the next
+    step COMPACT_PAUSE later, whatever else it waits for (a follower's next wake-up is
+    otherwise its election timeout)."""
+    from pnyx.protocol.multipaxos import log as log_module
+    monkeypatch.setattr(log_module, "COMPACT_STEP_BYTES", 100)  # two of these slots
+    steps: list[tuple[int, float]] = []
+    compact = ReplicaDurable.compact
+
+    def recording(self: ReplicaDurable, upto: int) -> None:
+        if self is net.disks[2]:
+            steps.append((upto, net.now))
+        compact(self, upto)
+
+    monkeypatch.setattr(ReplicaDurable, "compact", recording)
+    net = Net(**{**SNAP, "snapshot_every": 12})
+    net.elect(1)
+    for k in range(1, 14):  # one command a slot: 54 bytes by `size_of`
+        net.submit(1, k, b"k%d=%d" % (k % 3, k))
+        net.deliver()
+    follower = net.nodes[2]
+    started = net.now
+    assert steps == [(2, started)] and follower.log.compact_target == 10
+    pause = log_module.COMPACT_PAUSE
+    assert follower.tick(net.now).wake_at == pytest.approx(started + pause)
+    net.tick([2], dt=pause / 2)
+    assert len(steps) == 1  # not before the pause
+    for _ in range(4):
+        net.tick([2], dt=pause)
+        net.deliver()
+    # 12 less the tail of 2, two slots at a time, one pause apart.
+    assert [upto for upto, _ in steps] == [2, 4, 6, 8, 10] and follower.log.floor == 10
+    assert follower.log.compact_at is None  # done: no more wake-ups for it
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(steps)]
+    assert all(gap >= pause for gap in gaps), gaps
 
 
 def test_a_ready_member_votes_on_one_voters_answer_though_another_member_is_dead() -> None:

@@ -36,6 +36,11 @@ class ReplicaConfig:
     snapshot_every: int = 0
     snapshot_bytes: int = 0
     snapshot_tail: int = 5000
+    # The first snapshot after a start comes this share of a threshold late (0 <= it
+    # < 1). Members apply the same commands, so with equal thresholds they would all
+    # snapshot, and compact, at the same slot; a node gives each member its own phase,
+    # so that a compaction's writes never stall a quorum at once.
+    snapshot_phase: float = 0.0
     snapshot_chunk: int = 1 << 20  # bytes of a snapshot per SnapshotChunk message
     # How long a snapshot a peer is fetching is kept (and the log above it not
     # compacted) after its last request for a chunk.
@@ -54,6 +59,8 @@ class ReplicaConfig:
         if min(self.snapshot_every, self.snapshot_bytes, self.snapshot_tail) < 0 \
                 or self.snapshot_chunk < 1:
             raise ValueError("snapshot thresholds and tail must be >= 0, the chunk >= 1")
+        if not 0 <= self.snapshot_phase < 1:
+            raise ValueError(f"snapshot_phase must be in [0, 1), not {self.snapshot_phase!r}")
         if not 0 < self.heartbeat_interval < self.election_timeout:
             raise ValueError("need 0 < heartbeat_interval < election_timeout")
 

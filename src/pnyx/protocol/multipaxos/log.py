@@ -101,7 +101,15 @@ class Votes:
         return self.quorums.is_phase2_quorum(voters)
 
 
-COMPACT_STEP = 10_000  # slots forgotten at most per compaction (one CompactRecord)
+# One step of a compaction (one CompactRecord) forgets at most this many slots, and
+# stops at the first slot that takes it past this many bytes of values: deleting rows
+# is one transaction of a group commit, and a follower commits on its event loop. A
+# store deletes ~1 MiB of values in 3-5 ms, 10,000 small slots in ~5 ms; 15 MiB in one
+# step (a snapshot's worth of full slots) stalled every member at once for 60-90 ms
+# (bench/results/2026-12-04-compaction).
+COMPACT_STEP = 10_000
+COMPACT_STEP_BYTES = 1 << 20
+COMPACT_PAUSE = 0.01  # seconds between two steps: the writes of other work go between
 
 
 class Log:
@@ -151,8 +159,11 @@ class Log:
             self._keep_snapshot(base, snapshot.index, snapshot.size)
         self.taking = 0  # the slot of a snapshot being written, 0 if none
         self.compact_target = 0  # where the compaction under way stops
-        self.since_commands = 0  # commands applied since the last snapshot was taken
-        self.since_bytes = 0  # their bytes, counted only with a `snapshot_bytes` bound
+        self.compact_at: float | None = None  # when it takes its next step
+        # Commands applied since the last snapshot was taken, and their bytes (counted
+        # only with a `snapshot_bytes` bound); at the start, less this member's phase.
+        self.since_commands = -int(config.snapshot_phase * config.snapshot_every)
+        self.since_bytes = -int(config.snapshot_phase * config.snapshot_bytes)
         self.advance_commit()
 
     def learn(self, slot: int, value: Batch, ballot: Ballot | None = None) -> None:
@@ -314,20 +325,25 @@ class Log:
         if held:
             upto = min(upto, held[0])
         upto = min(upto, self.applied)
-        # In steps: deleting the rows of many slots is one transaction of the group
-        # commit (~5 ms per 10,000 small slots), and a follower commits on its event
-        # loop. `tick` takes the next step.
+        # In steps (`COMPACT_STEP`, `COMPACT_STEP_BYTES`); `tick` takes the next one
+        # `COMPACT_PAUSE` later.
         self.compact_target = upto
         upto = min(upto, self.floor + COMPACT_STEP)
         if upto > self.floor:
             chosen = self.chosen
-            for slot in range(self.floor + 1, upto + 1):
-                chosen.pop(slot, None)
-            self.floor = upto
+            size = 0
+            slot = self.floor
+            while slot < upto and size < COMPACT_STEP_BYTES:
+                slot += 1
+                value = chosen.pop(slot, None)
+                if value is not None:
+                    size += size_of(value)
+            upto = self.floor = slot
             if self.max_chosen < upto:
                 self.max_chosen = upto
             self.acceptor.forget(upto)
             self.out.save(CompactRecord(upto))
+        self.compact_at = now + COMPACT_PAUSE if self.floor < self.compact_target else None
         self.out.snapshot(KeepSnapshots(self.kept_snapshots(now)))
 
     def tail_floor(self) -> int:
@@ -403,7 +419,7 @@ class Log:
         self.catchup_at = None
 
     def tick(self, now: float) -> None:
-        if self.floor < self.compact_target:
+        if self.compact_at is not None and now >= self.compact_at:
             self.compact(now)  # the next step of a long compaction
         if self.catchup_at is not None and now >= self.catchup_at:
             self.catchup_at = None

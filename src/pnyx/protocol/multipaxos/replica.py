@@ -347,7 +347,9 @@ class Replica:
         election = self.election
         leading = election.role is Role.LEADER
         wake = None if leading else election.election_at
-        for deadline in (election.hb_at, self.log.catchup_at, self.transfer.next_deadline(),
+        log = self.log
+        for deadline in (election.hb_at, log.catchup_at, log.compact_at,
+                         self.transfer.next_deadline(),
                          self.standings.next_deadline(), self.reads.next_deadline(leading)):
             if deadline is not None and (wake is None or deadline < wake):
                 wake = deadline
