@@ -154,6 +154,9 @@ def add_parsers(sub: Any) -> None:
     kv.add_argument("--snapshot-every", type=_non_negative_int, default=8, metavar="N",
                     help="take a snapshot every N commands applied, and compact the log "
                     "below it (default 8; 0: never)")
+    kv.add_argument("--snapshot-phases", action="store_true",
+                    help="each replica snapshots in the phase `pnyx serve` gives its id, "
+                    "so replicas compact at different slots (default: all at the same)")
     kv.add_argument("--snapshot-failures", type=_probability, default=0.0, metavar="P",
                     help="share of snapshot writes that fail, as on a full disk")
     kv.add_argument("--wipes", type=_non_negative_int, default=0, metavar="N",
@@ -191,7 +194,8 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
                                wipes=args.wipes),
             prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant,
             check_invariants=not args.no_invariants, snapshot_every=args.snapshot_every,
-            snapshot_failures=args.snapshot_failures, changes=args.changes, **tuning,
+            snapshot_failures=args.snapshot_failures, snapshot_phases=args.snapshot_phases,
+            changes=args.changes, **tuning,
         )
     return SimConfig(
         seed=seed,

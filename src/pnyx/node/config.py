@@ -370,8 +370,6 @@ def read_setting(s: Setting, raw: object, source: Literal["flag", "toml"]) -> An
     return raw
 
 
-
-
 def snapshot_phase(node_id: int) -> float:
     """This member's `ReplicaConfig.snapshot_phase`: the fractional parts of multiples of
     the golden ratio, which any few consecutive ids spread far apart (ids 1, 2, 3: 0.62,

@@ -59,12 +59,13 @@ from __future__ import annotations
 import functools
 import random
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import msgspec
 
 from pnyx import check
+from pnyx.node.config import snapshot_phase
 from pnyx.node.driver import Driver
 from pnyx.node.requests import DEADLINE_TICK, Request
 from pnyx.protocol.ballot import ZERO, Ballot
@@ -274,7 +275,10 @@ class ClusterSim(Engine[Driver, ReplicaDurable]):  # type: ignore[type-var]
                               f"{snapshot.slot if snapshot else 'no'} slot")
             disk = disk.copy()
             disk.compacted = snapshot.slot if snapshot else 0  # to end the run cleanly
-        driver = self.driver_class(i, self.rc, machine,
+        rc = self.rc
+        if self.config.snapshot_phases:
+            rc = replace(rc, snapshot_phase=snapshot_phase(i))
+        driver = self.driver_class(i, rc, machine,
                                    request_timeout=self.config.op_timeout,
                                    replica_class=self.replica_class)
         driver.observe = functools.partial(self.after, i)

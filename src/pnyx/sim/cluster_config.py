@@ -78,6 +78,9 @@ class ClusterConfig:
     snapshot_tail: int = 2
     snapshot_chunk: int = 256
     snapshot_failures: float = 0.0
+    # Each node the snapshot phase `pnyx serve` gives its id (`snapshot_phase`), so
+    # that members snapshot and compact at different slots; off: all at the same.
+    snapshot_phases: bool = False
     # Membership operations made while the clients write and the faults strike (add,
     # remove, replace, two at once: `pnyx.sim.changes`); 0: the members never change.
     changes: int = 0
