@@ -14,6 +14,9 @@ Run by hand (not a test):  .venv/bin/python bench/bench_log_store.py [--seconds 
    fsync it cannot avoid.
 3. Recovery: open (with its quick_check) and `load()` of a log of 100,000
    slots, each accepted and chosen.
+4. Compaction: the time of one `CompactRecord` over ~15 MB of full slots, with
+   the store's `secure_delete = FAST` and with the zeroing of freed bytes that
+   SQLite's SECURE_DELETE builds do by default.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.multipaxos.messages import Batch, Command, Entry
-from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, LogRecord
+from pnyx.protocol.multipaxos.records import AcceptRecord, ChosenRecord, CompactRecord, LogRecord
 from pnyx.storage import SqliteLogStore
 
 BALLOT = Ballot(1, 1)
@@ -161,6 +164,32 @@ def bench_load(directory: Path, slots: int) -> None:
           f"load {(loaded - opened) * 1e3:.0f} ms")
 
 
+def bench_compaction(directory: Path, slots: int = 1000, per_slot: int = 100) -> None:
+    """One compaction of `slots` full slots (`per_slot` ~120-byte commands each: ~15 MB,
+    a snapshot's worth at 256 clients) in one step, as the store makes it, and with the
+    zeroing of freed bytes (`secure_delete = ON`) of SQLite's SECURE_DELETE builds."""
+    print(f"compaction of {slots - 10:,} slots of {per_slot} commands in one CompactRecord "
+          "(fsync on):")
+    for zeroing in ("FAST", "ON"):
+        path = directory / f"compact-{zeroing}.db"
+        with SqliteLogStore.open(path, node_id=1, cluster_id="bench") as store:
+            store._conn.execute(f"PRAGMA secure_delete = {zeroing}")
+            previous: Batch | None = None
+            for slot in range(1, slots + 1):
+                value = Batch(tuple(Command(1, slot * 1000 + k, b"x" * 120)
+                                    for k in range(per_slot)))
+                records: list[LogRecord] = [AcceptRecord(Entry(slot, BALLOT, value))]
+                if previous is not None:
+                    records.append(ChosenRecord(slot - 1, previous, accepted=True))
+                previous = value
+                store.append(records)
+            started = time.perf_counter()
+            store.append([CompactRecord(slots - 10)])
+            took = time.perf_counter() - started
+        note = "as the store sets it" if zeroing == "FAST" else "freed bytes zeroed"
+        print(f"  secure_delete {zeroing:<4}  {took * 1e3:7.1f} ms  ({note})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
@@ -174,6 +203,7 @@ def main() -> None:
         bench_raw_fsync(directory, args.seconds)
         bench_paired(directory, args.seconds)
         bench_load(directory, args.load_slots)
+        bench_compaction(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

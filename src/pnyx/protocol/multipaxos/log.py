@@ -103,10 +103,10 @@ class Votes:
 
 # One step of a compaction (one CompactRecord) forgets at most this many slots, and
 # stops at the first slot that takes it past this many bytes of values: deleting rows
-# is one transaction of a group commit, and a follower commits on its event loop. A
-# store deletes ~1 MiB of values in 3-5 ms, 10,000 small slots in ~5 ms; 15 MiB in one
-# step (a snapshot's worth of full slots) stalled every member at once for 60-90 ms
-# (bench/results/2026-12-04-compaction).
+# is one transaction of a group commit, and a follower commits on its event loop. The
+# SQLite store deletes 10,000 small slots in ~5 ms, 15 MB of full slots in ~5 ms (43 ms
+# while it zeroed what it freed); in one step on every member at once, that had the
+# cluster stand still for 60-90 ms (bench/results/2026-12-04-compaction).
 COMPACT_STEP = 10_000
 COMPACT_STEP_BYTES = 1 << 20
 COMPACT_PAUSE = 0.01  # seconds between two steps: the writes of other work go between
