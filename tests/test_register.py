@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pnyx.protocol.ballot import Ballot
 from pnyx.protocol.synod.messages import Proposal
 from pnyx.protocol.synod.node import DurableState
 from pnyx.register import LocalRegister
-from pnyx.storage.record import CorruptRecord, FileRecord
+from pnyx.storage.record import CorruptRecord, FileRecord, MemoryRecord
 
 
 def test_racing_clients_through_different_members_all_get_one_value(tmp_path: Path) -> None:
@@ -55,6 +56,39 @@ def test_a_majority_decides_while_one_process_is_down(tmp_path: Path) -> None:
             assert await register.propose(b"two-of-three", via=1, timeout=5) == b"two-of-three"
             register.start(3)
             assert await register.learn(via=3, timeout=5) == b"two-of-three"
+
+    asyncio.run(scenario())
+
+
+class SlowRecord(MemoryRecord):
+    """A record whose writes take a while, counting those begun and ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun = self.ended = 0
+
+    def save(self, state: DurableState) -> None:
+        self.begun += 1
+        time.sleep(0.2)
+        super().save(state)
+        self.ended += 1
+
+
+def test_a_stopped_process_has_no_write_still_landing() -> None:
+    """A crash ends the process's writes: once `stop` returns, none of its writes is
+    still running (one that lands later could undo what the restarted process wrote,
+    or put a file back into a directory being removed)."""
+    async def scenario() -> None:
+        async with LocalRegister(nodes=1) as register:
+            slow = SlowRecord()
+            driver = register.drivers[1]
+            driver.record = slow
+            proposing = asyncio.ensure_future(register.propose(b"v", via=1))
+            while slow.begun == 0:
+                await asyncio.sleep(0.01)
+            register.stop(1)
+            assert slow.ended == slow.begun == 1
+            proposing.cancel()
 
     asyncio.run(scenario())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -46,6 +47,11 @@ class SynodDriver:
             self._learned.set_result(self.node.chosen)
         self._pending: tuple[int, DurableState] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # One thread of its own for the record's writes, so that `close` can wait for the
+        # one in flight: a write of this process must never land after it stopped (a
+        # restarted process would lose what it wrote since, and a removed directory
+        # would get a file back).
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"synod-{node_id}")
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -65,12 +71,14 @@ class SynodDriver:
             self._handle(self.node.receive(data, self.loop.time()))
 
     def close(self) -> None:
-        """Stop as a crash would: nothing more is written or sent."""
+        """Stop as a crash would: nothing more is written or sent. A write already in
+        its thread is waited for (at most one fsync), as if it landed just before."""
         self.closed = True
         if self._timer:
             self._timer.cancel()
         if self._writer:
             self._writer.cancel()
+        self._disk.shutdown(wait=True, cancel_futures=True)
 
     def _handle(self, ready: Ready) -> None:
         if self.closed:
@@ -97,7 +105,7 @@ class SynodDriver:
             seq, state = self._pending
             self._pending = None
             try:
-                await asyncio.to_thread(self.record.save, state)
+                await self.loop.run_in_executor(self._disk, self.record.save, state)
             except Exception as exc:
                 # As `Driver.disk_failed`: a disk that cannot keep promises stops the
                 # process, never retried; whoever waits on it hears why.
