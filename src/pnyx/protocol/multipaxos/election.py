@@ -383,12 +383,8 @@ class Election:
             self.quorum_seen_at = now
         else:
             self.acks[self.hb_round] = {self.node_id}
-        commit = self.log.commit
-        self.reads.round_sent(self.hb_round, commit)
-        self.pipeline.told_commit = commit
-        self.out.broadcast(Heartbeat(self.node_id, self.ballot, commit, self.hb_round))
-        self.pipeline.retransmit(now)
-        self.reads.ack(self.confirmed_round)
+        self.reads.round_sent(self.hb_round, self.log.commit)
+        self._send_heartbeat(self.hb_round, now)
 
     def announce_commit(self, now: float) -> None:
         """Tell the followers the commit index now, as a heartbeat of round 0: one that
@@ -397,9 +393,15 @@ class Election:
         a round, it asks again for the slots in flight too long, and answers the reads
         whose round was confirmed before the commit point reached what phase 1
         recovered (`Reads.ack`)."""
+        self._send_heartbeat(0, now)
+
+    def _send_heartbeat(self, rnd: int, now: float) -> None:
+        """Heartbeat `rnd` (0: no ack wanted) with the commit index; then what every
+        heartbeat does: ask again for the slots in flight too long, and answer the reads
+        its confirmed rounds allow."""
         commit = self.log.commit
         self.pipeline.told_commit = commit
-        self.out.broadcast(Heartbeat(self.node_id, self.ballot, commit, 0))
+        self.out.broadcast(Heartbeat(self.node_id, self.ballot, commit, rnd))
         self.pipeline.retransmit(now)
         self.reads.ack(self.confirmed_round)
 
