@@ -64,6 +64,8 @@ def test_system_names() -> None:
     assert parse_system("pnyx1-direct").kind == "pnyx-direct"
     assert parse_system("pysyncobj3-nobatch").with_nodes(7).name == "pysyncobj7-nobatch"
     assert parse_system("wire@127.0.0.1:9000").address == ("127.0.0.1", 9000)
+    assert parse_system("pnyx3-lease").with_nodes(5).name == "pnyx5-lease"
+    assert parse_system("pnyx3-lease").replicated
 
 
 def test_sizes_and_percentiles() -> None:

@@ -60,11 +60,18 @@ def test_members_of_a_cluster_snapshot_in_phases_far_apart() -> None:
                 assert min(gap, 1 - gap) > 0.09, phases
 
 
+@pytest.mark.parametrize("lease", [0.3, 0.5, -0.01])
+def test_a_read_lease_must_be_shorter_than_the_election_timeout(lease: float) -> None:
+    with pytest.raises(ConfigError, match="read lease"):
+        config(election_timeout=0.3, read_lease=lease)
+
+
 def test_every_replica_setting_reaches_the_replica_config() -> None:
     values = {"heartbeat_interval": 0.07, "election_timeout": 0.9, "prevote": False,
               "read_timeout": 0.8, "window": 7, "max_batch": 9, "max_batch_bytes": 300_000,
               "max_command": 200_000, "catchup_chunk": 11, "catchup_bytes": 400_000,
-              "snapshot_every": 13, "snapshot_bytes": 5000, "snapshot_tail": 3}
+              "snapshot_every": 13, "snapshot_bytes": 5000, "snapshot_tail": 3,
+              "read_lease": 0.4}
     assert {s.name for s in SETTINGS if s.replica} == set(values)
     built = config(**values).replica_config()
     assert {k: getattr(built, k) for k in values} == values

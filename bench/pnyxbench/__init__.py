@@ -25,6 +25,8 @@ targets, and optionally a PNG plot.
 
 - `pnyxN` — N `pnyx serve` nodes, fsync on (the default, crash-safe);
 - `pnyxN-nofsync` — the same with `--unsafe-no-fsync` (for comparison only);
+- `pnyxN-lease` — the same with `--read-lease 150` (leader leases for
+  linearizable reads, half the default election timeout);
 - `pnyx1-direct` — one `pnyx serve --no-consensus`: the same server with
   Paxos and the disk bypassed (`pnyx.node.direct.DirectNode`), the cost floor;
 - `pysyncobjN` — N PySyncObj nodes replicating a dict, behind the same wire

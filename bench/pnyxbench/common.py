@@ -13,8 +13,12 @@ BENCH_DIR_ENV: Final = "PNYX_BENCH_DIR"
 # The command that runs one pnyx node; override it to benchmark another build
 # (it gets `serve --id ... --cluster ... --data-dir ... --client ...` appended).
 SERVE_ENV: Final = "PNYX_BENCH_SERVE"
-KNOWN_SYSTEMS: Final = ("pnyxN", "pnyxN-nofsync", "pnyxN-tls", "pnyx1-direct", "pysyncobjN",
-                        "pysyncobjN-nobatch", "etcdN", "trivial", "wire@HOST:PORT")
+KNOWN_SYSTEMS: Final = ("pnyxN", "pnyxN-nofsync", "pnyxN-tls", "pnyxN-lease", "pnyx1-direct",
+                        "pysyncobjN", "pysyncobjN-nobatch", "etcdN", "trivial",
+                        "wire@HOST:PORT")
+# `pnyxN-lease`: leader leases for linearizable reads, half of `pnyx serve`'s default
+# election timeout (300 ms): safe while clock rates differ by less than 50 %.
+LEASE_MS: Final = 150
 DEFAULT_SYSTEMS: Final = "pnyx3,pnyx3-nofsync,pnyx1-direct,pysyncobj3"
 # Clients share connections (each still has one request in flight): fewer, busier
 # connections batch more per syscall on both sides. Measured on 2 cores against

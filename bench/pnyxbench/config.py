@@ -19,13 +19,13 @@ class System:
     """One thing to measure, parsed from its `--systems` name."""
 
     name: str
-    kind: str  # pnyx, pnyx-nofsync, pnyx-tls, pnyx-direct, pysyncobj, etcd, trivial, wire
+    kind: str  # pnyx, pnyx-nofsync, pnyx-tls, pnyx-lease, pnyx-direct, pysyncobj, etcd, ...
     nodes: int = 1
     address: tuple[str, int] | None = None  # wire@ only
 
     @property
     def replicated(self) -> bool:
-        return self.kind in ("pnyx", "pnyx-nofsync", "pnyx-tls", "pysyncobj",
+        return self.kind in ("pnyx", "pnyx-nofsync", "pnyx-tls", "pnyx-lease", "pysyncobj",
                              "pysyncobj-nobatch", "etcd")
 
     def with_nodes(self, nodes: int) -> System:
@@ -34,7 +34,7 @@ class System:
         return replace(self, name=f"{base}{nodes}{suffix}", nodes=nodes)
 
 
-_SYSTEM = re.compile(r"(pnyx|pysyncobj|etcd)(\d+)(-nofsync|-direct|-nobatch|-tls)?")
+_SYSTEM = re.compile(r"(pnyx|pysyncobj|etcd)(\d+)(-nofsync|-direct|-nobatch|-tls|-lease)?")
 
 
 def parse_system(text: str) -> System:
@@ -61,6 +61,10 @@ def parse_system(text: str) -> System:
         if base != "pnyx":
             raise UsageError(f"unknown system {name!r}: only pnyx has an -nofsync variant")
         return System(name, "pnyx-nofsync", nodes)
+    if variant == "-lease":
+        if base != "pnyx":
+            raise UsageError(f"unknown system {name!r}: only pnyx has a -lease variant")
+        return System(name, "pnyx-lease", nodes)
     if variant == "-tls":
         if base != "pnyx":
             raise UsageError(f"unknown system {name!r}: only pnyx has a -tls variant")

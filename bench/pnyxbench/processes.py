@@ -17,7 +17,7 @@ from typing import Any
 
 from pnyx import wire
 from pnyx.testing import free_ports
-from pnyxbench.common import SERVE_ENV, BenchError
+from pnyxbench.common import LEASE_MS, SERVE_ENV, BenchError
 from pnyxbench.config import System, script_path
 
 
@@ -205,6 +205,8 @@ def _start_pnyx(s: System, root: Path, ports: Ports, procs: Processes) -> Runnin
             cmd.append("--unsafe-no-fsync")
         if s.kind == "pnyx-direct":
             cmd.append("--no-consensus")
+        if s.kind == "pnyx-lease":
+            cmd += ["--read-lease", str(LEASE_MS)]
         if s.kind == "pnyx-tls":
             # TLS on the client port; PNYX_BENCH_PEER_TLS=1 adds mutual TLS between members.
             member = [f"{root}/certs/node-{i}.pem", f"{root}/certs/node-{i}-key.pem"]
@@ -297,7 +299,7 @@ def start_system(s: System, root: Path, ports: Ports, procs: Processes,
     root.mkdir(parents=True, exist_ok=True)
     starter: dict[str, Callable[[System, Path, Ports, Processes], Running]] = {
         "pnyx": _start_pnyx, "pnyx-nofsync": _start_pnyx, "pnyx-direct": _start_pnyx,
-        "pnyx-tls": _start_pnyx,
+        "pnyx-tls": _start_pnyx, "pnyx-lease": _start_pnyx,
         "pysyncobj": _start_pysyncobj, "pysyncobj-nobatch": _start_pysyncobj,
         "trivial": _start_trivial, "etcd": _start_etcd,
     }

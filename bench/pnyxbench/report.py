@@ -69,7 +69,7 @@ def targets(summaries: list[Summary], fsync_ms: dict[str, Any] | None) -> list[d
                     "fsync_p50_ms": round(fsync_ms["p50"], 3),
                     "round_trip_p50_ms": round(rtt.p50_ms, 3), "met": x.p50_ms <= bound})
     for x in summaries:
-        if x.kind != "pnyx" or x.probe or x.read_ratio != 1.0:
+        if x.kind not in ("pnyx", "pnyx-lease") or x.probe or x.read_ratio != 1.0:
             continue
         w = _find(summaries, x.system, clients=x.clients, value_size=x.value_size, read_ratio=0.0)
         if w is None or w.throughput <= 0:

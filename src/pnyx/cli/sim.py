@@ -144,6 +144,9 @@ def add_parsers(sub: Any) -> None:
                     f"(default {ClusterConfig().max_batch})")
     kv.add_argument("--no-prevote", action="store_true",
                     help="start elections without asking whether others miss the leader")
+    kv.add_argument("--read-lease", type=_positive_ms, default=0.0, metavar="MS",
+                    help="leader leases for linearizable reads, below the election timeout "
+                    f"({ClusterConfig().election_timeout * 1000:g} ms; default 0: off)")
     kv.add_argument("--no-invariants", action="store_true",
                     help="do not assert every replica's unit invariants after each event "
                     "(rule I1; the run is about a third faster)")
@@ -192,7 +195,8 @@ def config_from(args: argparse.Namespace, seed: int) -> SimConfig | ClusterConfi
                                reboots=args.reboots, until=args.faults_until,
                                partition_rate=2.0, crash_rate=3.0, max_outage=0.3,
                                wipes=args.wipes),
-            prevote=not args.no_prevote, max_time=args.max_time, mutant=args.mutant,
+            prevote=not args.no_prevote, read_lease=args.read_lease,
+            max_time=args.max_time, mutant=args.mutant,
             check_invariants=not args.no_invariants, snapshot_every=args.snapshot_every,
             snapshot_failures=args.snapshot_failures, snapshot_phases=args.snapshot_phases,
             changes=args.changes, **tuning,

@@ -213,6 +213,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("read_timeout", "--read-timeout", "seconds",
             "how long a linearizable or quorum read may take before it fails",
             replica=True),
+    Setting("read_lease", "--read-lease", "seconds",
+            "leader leases for linearizable reads (0: off): the leader answers them at "
+            "once, for this long after a heartbeat round a quorum acked, and members that "
+            "acked promise no other ballot for an election timeout. Set it on every member, "
+            "below the election timeout; safe while clock rates differ by less than "
+            "(election timeout - lease) / election timeout", replica=True),
     Setting("window", "--window", "count", "slots in flight at once", replica=True),
     Setting("max_batch", "--max-batch", "count",
             "commands per slot; 1 turns batching off", replica=True),
@@ -400,6 +406,7 @@ class NodeConfig:
     election_timeout: float = _default("election_timeout")
     prevote: bool = _default("prevote")
     read_timeout: float = _default("read_timeout")
+    read_lease: float = _default("read_lease")
     window: int = _default("window")
     max_batch: int = _default("max_batch")
     max_batch_bytes: int = _default("max_batch_bytes")
@@ -448,6 +455,11 @@ class NodeConfig:
             raise ConfigError("the heartbeat interval must be more than 0 and less than the "
                               f"election timeout ({self.heartbeat_interval * 1000:g} ms, "
                               f"{self.election_timeout * 1000:g} ms)")
+        if not 0 <= self.read_lease < self.election_timeout:
+            raise ConfigError("the read lease must be 0 (off) or more, and less than the "
+                              f"election timeout ({self.read_lease * 1000:g} ms, "
+                              f"{self.election_timeout * 1000:g} ms): a member that acked "
+                              "the leader may promise another ballot after that")
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("--cert-file and --key-file go together: TLS for clients "
                               "needs both")

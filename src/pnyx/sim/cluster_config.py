@@ -57,6 +57,7 @@ class ClusterConfig:
     heartbeat: float = _REPLICA_DEFAULTS["heartbeat_interval"]
     election_timeout: float = _REPLICA_DEFAULTS["election_timeout"]
     prevote: bool = _REPLICA_DEFAULTS["prevote"]
+    read_lease: float = _REPLICA_DEFAULTS["read_lease"]  # leader leases for reads; 0: off
     window: int = _REPLICA_DEFAULTS["window"]
     max_batch: int = _REPLICA_DEFAULTS["max_batch"]
     promise_bytes: int = _REPLICA_DEFAULTS["promise_bytes"]  # 1: a promise in many parts
@@ -104,7 +105,8 @@ class ClusterConfig:
         return ReplicaConfig(
             ids, QuorumSystem.majority(ids),
             heartbeat_interval=self.heartbeat, election_timeout=self.election_timeout,
-            prevote=self.prevote, window=self.window, max_batch=self.max_batch,
+            prevote=self.prevote, read_lease=self.read_lease, window=self.window,
+            max_batch=self.max_batch,
             promise_bytes=self.promise_bytes, snapshot_every=self.snapshot_every,
             snapshot_tail=self.snapshot_tail, snapshot_chunk=self.snapshot_chunk,
         )

@@ -135,6 +135,17 @@ for a round's acks, and L (commit >= recovered_at) replies at once, with no roun
       |--read----->|--ReadIndex(id, promised=b)-->|
       |            |<--ReadIndexReply(id, commit)--|
 
+Leader lease (opt-in, `ReplicaConfig.read_lease`; `Election.has_lease`): members
+keep a guard (no promise to another ballot, no candidacy, for an election timeout
+after they last heard the leader) and say so in their acks; a round a quorum of
+them acked holds the lease from its send time s::
+
+    client        L=1                   F=2 (guarding)           3
+      |            |---Heartbeat(b,r) at s->|                    |
+      |            |<--HeartbeatAck(r, lease)| no promise to others before heard_at + timeout
+      |--read----->| now < s + read_lease, commit >= recovered_at: answered at once
+      |<--result---|  (a follower's ReadIndex too, of any cluster size)
+
 Quorum read (the seed's read as a learner, made linearizable)::
 
     client        R=2                   1                       3

@@ -28,6 +28,13 @@ class ReplicaConfig:
     catchup_bytes: int = 4 << 20
     promise_bytes: int = 4 << 20  # entries per Promise message; more go in more parts
     read_timeout: float = 0.5
+    # Leader leases for linearizable reads (`pnyx.protocol.multipaxos.election`), in
+    # seconds; 0: off. With it, a member that acks a heartbeat promises no other ballot
+    # for an election timeout after it last heard the leader, and the leader, once a
+    # quorum of such members acked a round, answers reads at once for `read_lease` from
+    # when that round went out. Safe while members' clocks run at rates that differ by
+    # less than the margin: (election_timeout - read_lease) / election_timeout.
+    read_lease: float = 0.0
     quorum_read_attempts: int = 20
     # Snapshots (`pnyx.protocol.multipaxos.log`): one is taken once this many commands,
     # or this many bytes of them, were applied since the last (0: never on that count);
@@ -63,6 +70,9 @@ class ReplicaConfig:
             raise ValueError(f"snapshot_phase must be in [0, 1), not {self.snapshot_phase!r}")
         if not 0 < self.heartbeat_interval < self.election_timeout:
             raise ValueError("need 0 < heartbeat_interval < election_timeout")
+        if not 0 <= self.read_lease < self.election_timeout:
+            raise ValueError("need 0 <= read_lease < election_timeout: the lease must end "
+                             "before any member that acked it may promise another ballot")
 
     @property
     def read_quorum(self) -> int:

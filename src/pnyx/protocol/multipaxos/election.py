@@ -24,6 +24,23 @@ propose in next (`Membership.is_quorum`: commit+1 .. commit+ALPHA).
 A candidate told by a promise that the acceptor compacted slots it would have
 to recover (`Promise.compacted` >= its first slot) cannot recover them by
 phase 1: it gives up the election and catches up from that acceptor first.
+
+Leader leases (opt-in, `ReplicaConfig.read_lease`). A member with a lease
+configured keeps a guard: for an election timeout after it last heard the
+leader (or started), it promises no other ballot and does not stand itself
+(`guarding`), and its heartbeat acks say so (`HeartbeatAck.lease`). Once a
+quorum of guarding members (ourself included) acked a round sent at time s,
+no other ballot can gather a phase-1 quorum before s + election_timeout (the
+quorums intersect in a member that is still guarding, or in us, and we step
+down before we promise); so until s + read_lease the leader knows every slot
+chosen, and answers linearizable reads at once (`has_lease`). The clock
+assumption: members' clocks run at rates that differ by less than
+(election_timeout - read_lease) / election_timeout; no bound on their offsets.
+
+    leader L                      follower F (guarding)
+      |--Heartbeat(r), at s------->|  heard_at = t >= s
+      |<--HeartbeatAck(r, lease)---|  no promise to another before t + timeout
+      |  a quorum acked r: reads answered at once until s + read_lease
 """
 
 from __future__ import annotations
@@ -135,6 +152,11 @@ class Election:
         self.confirmed_round = 0
         self.quorum_seen_at = now  # when a quorum last acked us
         self.heard_from: dict[int, float] = {}  # LEADER: each acker's last ack
+        # LEADER with a read lease: each open round's send time and its guarding ackers
+        # (ourself included); reads are answered at once until `lease_until`.
+        # Invariant: every key of lease_acks is in (confirmed_round, hb_round].
+        self.lease_acks: dict[int, tuple[float, set[int]]] = {}
+        self.lease_until = 0.0
 
     def is_quorum(self, voters: set[int] | dict[int, object], phase1: bool = False) -> bool:
         """A quorum of every configuration governing the slots we may propose in next."""
@@ -158,6 +180,17 @@ class Election:
     def _enter(self, stage: Stage) -> None:
         self.stage = stage
         self.role = ROLE_OF[stage]
+
+    def guarding(self, now: float) -> bool:
+        """The lease guard holds: a leader may be answering reads on our ack, so we
+        promise no other ballot, nor stand, for an election timeout after we last heard
+        it (or started: a restart forgets whom we acked)."""
+        return self.config.read_lease > 0 and now - self.heard_at < self.config.election_timeout
+
+    def has_lease(self, now: float) -> bool:
+        """We lead, and no other ballot can have a phase-1 quorum yet (see the module's
+        docstring): a read may be answered with our commit index at once."""
+        return self.role is Role.LEADER and now < self.lease_until
 
     def election_wait(self) -> float:
         t = self.config.election_timeout
@@ -185,6 +218,8 @@ class Election:
             self._enter(Stage.FOLLOWER)  # phase 1 did not finish in time: try again
         if self.leader is not None and now - self.heard_at < self.config.election_timeout:
             return
+        if self.guarding(now):
+            return  # no leader known, but one we acked may still hold a lease on it
         if self.leader is not None:
             self.lose_leader()
         if not self.is_voter():
@@ -245,6 +280,8 @@ class Election:
 
     def on_prepare(self, m: Prepare, now: float) -> None:
         """The acceptor's side of phase 1, and what it means for whom we follow."""
+        if m.src != self.node_id and self.role is not Role.LEADER and self.guarding(now):
+            return  # a leader may hold a lease on our ack: no promise to another yet
         if not self.observe(m.ballot, now):
             return
         if self.acceptor.on_prepare(m) and m.src != self.node_id and self.leader is not None:
@@ -362,6 +399,8 @@ class Election:
         self.leader = None
         self.hb_at = None
         self.acks.clear()
+        self.lease_acks.clear()
+        self.lease_until = 0.0
         self.election_at = now + self.election_wait()
         if was_leader:
             self.pipeline.lose_ballot()
@@ -378,11 +417,16 @@ class Election:
     def heartbeat(self, now: float) -> None:
         self.hb_round += 1
         self.hb_at = now + self.config.heartbeat_interval
+        lease = self.config.read_lease
         if self.is_quorum({self.node_id}):
             self.confirmed_round = self.hb_round  # a cluster of one confirms itself
             self.quorum_seen_at = now
+            if lease:
+                self.lease_until = now + lease
         else:
             self.acks[self.hb_round] = {self.node_id}
+            if lease:
+                self.lease_acks[self.hb_round] = (now, {self.node_id})
         self.reads.round_sent(self.hb_round, self.log.commit)
         self._send_heartbeat(self.hb_round, now)
 
@@ -419,7 +463,8 @@ class Election:
             # too: its ack counts in no quorum, and tells the leader how far it has
             # caught up.
             self.out.send(m.src, HeartbeatAck(self.node_id, m.ballot, m.round,
-                                              acceptor.max_accepted, self.log.applied))
+                                              acceptor.max_accepted, self.log.applied,
+                                              self.config.read_lease > 0))
         self.log.learn_commit(m.ballot, m.commit, now)
 
     def on_heartbeat_ack(self, m: HeartbeatAck, now: float) -> None:
@@ -432,16 +477,25 @@ class Election:
         if acks is None:
             return
         acks.add(m.src)
+        if m.lease and m.round in self.lease_acks:
+            sent_at, guards = self.lease_acks[m.round]
+            guards.add(m.src)
+            if self.is_quorum(guards):
+                self.lease_until = max(self.lease_until, sent_at + self.config.read_lease)
         if self.is_quorum(acks):
             self.quorum_seen_at = now
             # A quorum acked this round, so it confirms every earlier one too.
             self.confirmed_round = m.round
             for rnd in [r for r in self.acks if r <= m.round]:
                 del self.acks[rnd]
+            for rnd in [r for r in self.lease_acks if r <= m.round]:
+                del self.lease_acks[rnd]
             self.reads.ack(m.round)
 
     def check_invariants(self) -> None:
         assert self.role is ROLE_OF[self.stage], (self.role, self.stage)
+        assert self.lease_acks.keys() <= self.acks.keys(), (self.lease_acks, self.acks)
+        assert self.role is Role.LEADER or self.lease_until == 0.0, self.lease_until
         last_round = self.acceptor.last_round
         assert self.ballot.round <= last_round, (self.ballot, last_round)
         if self.stage is Stage.LEADER:

@@ -174,6 +174,9 @@ class HeartbeatAck(_Msg, tag="heartbeat-ack"):
     round: Index
     accepted: Index = 0  # the highest slot the acker has accepted anything in
     applied: Index = 0  # the highest slot it has applied (a learner's catch-up progress)
+    # The acker keeps the lease guard (`ReplicaConfig.read_lease`): it promises no other
+    # ballot for an election timeout after it last heard the leader.
+    lease: bool = False
 
 
 class PreVote(_Msg, tag="prevote"):

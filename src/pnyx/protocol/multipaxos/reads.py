@@ -13,6 +13,10 @@
   tick), and a follower asks once for all the reads of one call
   (`Replica.read_many`), in one `ReadIndex` named by the newest of them: the
   round that answers it went out after that read arrived, so after all of them.
+  With a leader lease (`ReplicaConfig.read_lease`, opt-in; see
+  `pnyx.protocol.multipaxos.election` for the rule and its clock assumption),
+  the leader answers a read, its own or a follower's `ReadIndex`, at once with
+  its commit index while the lease lasts: no heartbeat round.
 - `quorum` (the seed's "read as a learner", made linearizable in the manner
   of Paxos Quorum Reads): ask every replica; the read slot is the highest
   slot accepted among the first quorum of replies; answer with a result that
@@ -127,7 +131,10 @@ class Reads:
             self.local_by_deadline.append((read.deadline, request_id, read))
             election = self.election
             if election.role is Role.LEADER:
-                self._queue(self.node_id, request_id, now)
+                if election.has_lease(now) and election.recovered_at <= self.log.commit:
+                    self._set_index(request_id, read, self.log.commit)
+                else:
+                    self._queue(self.node_id, request_id, now)
             elif election.leader is not None:
                 self.to_ask.append((request_id, read))
             else:
@@ -162,6 +169,8 @@ class Reads:
             # The asker and we are a quorum (three voters): its promise when it asked,
             # after its reads arrived, and ours now, are the acks of a round sent after
             # them. No leader of a higher ballot can have chosen anything before then.
+            self._answer_read_index(m.src, m.id, self.log.commit)
+        elif election.has_lease(now) and election.recovered_at <= self.log.commit:
             self._answer_read_index(m.src, m.id, self.log.commit)
         else:
             self._queue(m.src, m.id, now)
