@@ -190,6 +190,43 @@ def timeline(trace_dir: Path, last: int) -> list[tuple[str, str, list[float], in
     return rows
 
 
+def disk_cadence(trace_dir: Path, seconds: float = 3.0) -> list[tuple[str, str]]:
+    """Per node, how often it wrote its log, how long a write took and how long it
+    waited between writes: at many clients, whether the disk or the loop paces a slot."""
+    out = []
+    for path in sorted(glob.glob(str(trace_dir / "node-*.txt"))):
+        notes = [(float(t), what) for t, what in
+                 (line.split(" ", 1) for line in Path(path).read_text().splitlines())]
+        if not any(what.startswith("in:") for _, what in notes):
+            continue  # the load generator
+        notes = [n for n in notes if n[0] > notes[-1][0] - seconds]
+        span = notes[-1][0] - notes[0][0]
+        durations: list[float] = []
+        gaps: list[float] = []
+        start = end = None
+        for t, what in notes:
+            if what == "disk-start":
+                start = t
+                if end is not None:
+                    gaps.append(t - end)
+            elif what == "disk-end" and start is not None:
+                durations.append(t - start)
+                end, start = t, None
+        if not durations or span <= 0:
+            continue
+        requests = sum(1 for _, what in notes if what == "client-in")
+
+        def ms(xs: list[float], q: float) -> float:
+            return sorted(xs)[int(q * (len(xs) - 1))] * 1e3 if xs else 0.0
+
+        out.append((Path(path).stem, (
+            f"{len(durations) / span:,.0f} writes/s, busy {sum(durations) / span:.0%}, "
+            f"write p50 {ms(durations, .5):.2f} p90 {ms(durations, .9):.2f} ms, "
+            f"gap p50 {ms(gaps, .5):.2f} p90 {ms(gaps, .9):.2f} ms, "
+            f"{requests / span:,.0f} client requests/s")))
+    return out
+
+
 def stalls(trace_dir: Path, top: int) -> list[tuple[str, list[tuple[float, str]]]]:
     """Per node (the leader first), its `top` longest log writes and message handlings,
     in milliseconds: what holds a node up."""
@@ -266,10 +303,12 @@ def main() -> None:
                    help="also print each node's N longest log writes and message handlings")
     p.add_argument("--dir", type=Path, default=None,
                    help="where the probe writes (default: a temporary directory)")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="write the nodes' traces to DIR and keep them")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trace_dir, site_dir = Path(tmp) / "trace", Path(tmp) / "site"
-        trace_dir.mkdir()
+        trace_dir, site_dir = args.keep or Path(tmp) / "trace", Path(tmp) / "site"
+        trace_dir.mkdir(parents=True, exist_ok=True)
         site_dir.mkdir()
         print(run_traced(args, trace_dir, site_dir))
         print(f"median offsets from the request's arrival at the leader, last {args.last} "
@@ -277,6 +316,9 @@ def main() -> None:
         for who, kind, medians, n in timeline(trace_dir, args.last):
             nth = "".join(f"{m:8.0f}" for m in medians)
             print(f"  {who:8s} {kind:14s}{nth:24s} µs   ({n} writes)")
+        print("each node's log writes over the last 3 s traced:")
+        for name, line in disk_cadence(trace_dir):
+            print(f"  {name}: {line}")
         if args.stalls:
             print(f"each node's {args.stalls} longest log writes and message handlings (ms):")
             for name, rows in stalls(trace_dir, args.stalls):
