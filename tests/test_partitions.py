@@ -70,6 +70,22 @@ def test_each_partition_shape_keeps_the_history_linearizable_and_the_cluster_ava
     judged(run(cluster, plan), shape, SHORT_BOUND[shape], heal_bound=2.0)
 
 
+def test_with_leader_leases_a_cut_off_or_bridged_leader_never_serves_a_stale_read(
+        tmp_path: Path) -> None:
+    """Leases on every member (`--read-lease 150` of a 300 ms election timeout): the
+    leader alone behind a blackhole, then a bridge (one member hears both sides, the
+    case the guard is for), with linearizable reads at every member throughout."""
+    c = Cluster(tmp_path, namespaces=True, extra_args=("--read-lease", "150"))
+    try:
+        c.start_all()
+        for shape, kind in (("leader-alone", "blackhole"), ("bridge", "loss")):
+            plan = Plan(nemesis=shape, kind=kind, duration=6.5, calm=1.5, fault=3.0,
+                        clients=6, keys=5, balance=True, prefix=f"lease-{shape}-", seed=5)
+            judged(run(c, plan), shape, SHORT_BOUND[shape], heal_bound=2.0)
+    finally:
+        c.stop_everything()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", netns.CUT_KINDS)
 @pytest.mark.parametrize("shape", [*SHAPES, "flapping"])
