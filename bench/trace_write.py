@@ -15,7 +15,9 @@ exits:
 - `peerflush->N`: queued peer messages were written to node N's socket;
 - `in:TYPE` / `done:TYPE`: the replica started / finished handling a message;
 - `disk-start` / `disk-end`: a group commit of the log (SQLite, fsync);
-- `client-out`: answers were written to a client's socket.
+- `client-out`: answers were written to a client's socket;
+- `propose` / `learn`: the leader proposed a slot / a replica learned one chosen
+  (and `slot:TYPE`, a message's slot and sender, before its `in:TYPE`).
 
 For each write it takes the leader's `client-in` as time zero and prints the
 median offset of the 1st, 2nd and 3rd occurrence of each event, over the last
@@ -25,7 +27,10 @@ holds a node up: a compaction, a checkpoint, applying a large batch). Then, to
 tell the disk's part from the node's: a probe of `pwrite` + `fdatasync` of
 8 KiB by 1, 2 and 3 processes in lock-step (each step starts together, as
 the three nodes' writes of one slot do), first appending to the file, then
-overwriting it (as SQLite's write-ahead log does once it has wrapped).
+overwriting it (as SQLite's write-ahead log does once it has wrapped). Each
+node's log-write cadence follows; with `--slots`, each slot's way at the leader,
+step by step from its proposal (at many clients, where one write's span is too
+short to hold the steps of the slot that carries it); `--keep DIR` keeps the traces.
 
 The tracer slows each node a little (a clock read and a list append per event):
 read the order and the large gaps, not the last microsecond.
@@ -34,6 +39,7 @@ read the order and the large gaps, not the last microsecond.
 from __future__ import annotations
 
 import argparse
+import bisect
 import glob
 import multiprocessing as mp
 import os
@@ -69,6 +75,9 @@ def _install(out_dir):
     def deliver(original):
         def traced(self, message):
             kind = type(message).__name__
+            slot = getattr(message, "slot", None)
+            if slot is not None:
+                note((clock(), f"slot:{kind} {slot} {message.src}"))
             note((clock(), "in:" + kind))
             original(self, message)
             note((clock(), "done:" + kind))
@@ -105,6 +114,22 @@ def _install(out_dir):
                 note((clock(), "client-out"))
         return traced
 
+    def propose(original):
+        def traced(self, slot, value, now):
+            note((clock(), f"propose {slot} {len(value.commands)}"))
+            return original(self, slot, value, now)
+        return traced
+
+    def learn(original):
+        def traced(self, slot, value, ballot=None):
+            note((clock(), f"learn {slot}"))
+            return original(self, slot, value, ballot)
+        return traced
+
+    import pnyx.protocol.multipaxos.log as replica_log
+    import pnyx.protocol.multipaxos.pipeline as pipeline
+    wrap(pipeline.Pipeline, "propose", propose)
+    wrap(replica_log.Log, "learn", learn)
     wrap(runtime.Driver, "deliver", deliver)
     wrap(transport.PeerTransport, "_flush", peer_flush)
     wrap(runtime.AsyncioDisk, "_append", disk)
@@ -188,6 +213,86 @@ def timeline(trace_dir: Path, last: int) -> list[tuple[str, str, list[float], in
         rows.append((who, kind, medians, len(writes)))
     rows.sort(key=lambda r: r[2][0])
     return rows
+
+
+def slot_timeline(trace_dir: Path, seconds: float = 3.0) -> list[str]:
+    """At the leader, per slot proposed in the last `seconds` traced: its batch, and the
+    p50/p90 offset from its proposal of each step on its way (the Accept leaving, each
+    follower reading it, writing its log and answering, the leader hearing each vote,
+    the slot chosen, the next answers written). At many clients: whose turn a slot
+    waits for."""
+    nodes: dict[str, list[tuple[float, str]]] = {}
+    for path in glob.glob(str(trace_dir / "node-*.txt")):
+        notes = [(float(t), what) for t, what in
+                 (line.split(" ", 1) for line in Path(path).read_text().splitlines())]
+        if any(what.startswith("in:") for _, what in notes):
+            nodes[Path(path).stem] = notes
+    if not nodes:
+        return []
+    leader = max(nodes, key=lambda n: sum(1 for _, w in nodes[n] if w == "client-in"))
+
+    def times(notes: list[tuple[float, str]], prefix: str) -> list[float]:
+        return [t for t, what in notes if what.startswith(prefix)]
+
+    def after(ts: list[float], t: float | None) -> float | None:
+        if t is None:
+            return None
+        i = bisect.bisect_left(ts, t)
+        return ts[i] if i < len(ts) else None
+
+    lead = nodes[leader]
+    end = lead[-1][0]
+    proposed = {int(w.split()[1]): (t, int(w.split()[2])) for t, w in lead
+                if w.startswith("propose ") and t > end - seconds}
+    chosen = {int(w.split()[1]): t for t, w in lead if w.startswith("learn ")}
+    votes: dict[int, dict[str, float]] = {}
+    for t, what in lead:
+        if what.startswith("slot:Accepted "):
+            _, slot, src = what.split()
+            votes.setdefault(int(slot), {}).setdefault(src, t)
+    out_flush, answers = times(lead, "peerflush"), times(lead, "client-out")
+    followers = []
+    for name in sorted(nodes):
+        if name != leader:
+            notes = nodes[name]
+            arrived = {int(w.split()[1]): t for t, w in notes if w.startswith("slot:Accept ")}
+            followers.append((name, arrived, times(notes, "disk-start"),
+                              times(notes, "disk-end"), times(notes, "peerflush")))
+    steps: dict[str, list[float]] = {}
+
+    def add(step: str, t: float | None, t0: float) -> None:
+        if t is not None:
+            steps.setdefault(step, []).append((t - t0) * 1e3)
+
+    batches = []
+    for slot, (t0, commands) in proposed.items():
+        if slot not in chosen:
+            continue
+        batches.append(commands)
+        add(f"{leader} (leader): Accept sent", after(out_flush, t0), t0)
+        for name, arrived, starts, ends, flushes in followers:
+            if slot in arrived:
+                add(f"{name}: Accept read", arrived[slot], t0)
+                start = after(starts, arrived[slot])
+                add(f"{name}: log write begun", start, t0)
+                done = after(ends, start)
+                add(f"{name}: log write done", done, t0)
+                add(f"{name}: Accepted written", after(flushes, done), t0)
+        for src, t in votes.get(slot, {}).items():
+            add(f"leader: the vote of member {src} read", t, t0)
+        add("leader: chosen", chosen[slot], t0)
+        add("leader: the next answers written", after(answers, chosen[slot]), t0)
+    if not batches:
+        return []
+
+    def q(xs: list[float], p: float) -> float:
+        return sorted(xs)[int(p * (len(xs) - 1))]
+
+    lines = [f"{len(batches)} slots, commands per slot p10 {q(batches, .1):.0f} "
+             f"p50 {q(batches, .5):.0f} p90 {q(batches, .9):.0f}"]
+    for step, ms in sorted(steps.items(), key=lambda kv: q(kv[1], .5)):
+        lines.append(f"{step:36s} p50 {q(ms, .5):6.2f}  p90 {q(ms, .9):6.2f} ms")
+    return lines
 
 
 def disk_cadence(trace_dir: Path, seconds: float = 3.0) -> list[tuple[str, str]]:
@@ -303,6 +408,8 @@ def main() -> None:
                    help="also print each node's N longest log writes and message handlings")
     p.add_argument("--dir", type=Path, default=None,
                    help="where the probe writes (default: a temporary directory)")
+    p.add_argument("--slots", action="store_true",
+                   help="also print each slot's way at the leader (for many clients)")
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="write the nodes' traces to DIR and keep them")
     args = p.parse_args()
@@ -316,6 +423,10 @@ def main() -> None:
         for who, kind, medians, n in timeline(trace_dir, args.last):
             nth = "".join(f"{m:8.0f}" for m in medians)
             print(f"  {who:8s} {kind:14s}{nth:24s} µs   ({n} writes)")
+        if args.slots:
+            print("per slot at the leader, offsets from its proposal (node-PID names):")
+            for line in slot_timeline(trace_dir):
+                print(f"  {line}")
         print("each node's log writes over the last 3 s traced:")
         for name, line in disk_cadence(trace_dir):
             print(f"  {name}: {line}")
