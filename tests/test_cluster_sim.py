@@ -482,4 +482,5 @@ def test_with_leader_leases_the_default_sweep_keeps_every_rule(
         result = simulate_cluster(sweep(seed, read_lease=0.08))
         assert result.safe, (seed, [str(v) for v in result.violations])
         assert result.verdict == "ok", (seed, result.verdict)
+        assert result.workload_end is not None, f"seed {seed}: the workload never finished"
     assert answered[True] > 10 * answered[False], answered

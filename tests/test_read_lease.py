@@ -122,6 +122,17 @@ def test_a_member_that_heard_the_leader_within_an_election_timeout_promises_no_o
     assert net.pending(of_type(Promise, dst=3)) and follower.acceptor.promised == higher
 
 
+def test_a_guarding_member_answers_a_prepare_of_the_ballot_it_follows() -> None:
+    """The guard refuses other ballots only: a leader that reaches a configuration it
+    holds no phase-1 quorum of asks its voters for promises in its own ballot, and
+    they answer (refusing it stalled every write after a membership change, which the
+    simulator's membership sweep found)."""
+    net = _store_with_x()
+    ballot = net.nodes[1].election.ballot
+    net.step(2, Prepare(1, ballot, 1, ()))
+    assert net.pending(of_type(Promise, dst=1))
+
+
 def test_a_restarted_member_promises_no_other_ballot_for_an_election_timeout() -> None:
     """A restart forgets whom the member acked: the guard runs from its start, and it
     does not stand itself either."""

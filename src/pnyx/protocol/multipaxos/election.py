@@ -280,8 +280,11 @@ class Election:
 
     def on_prepare(self, m: Prepare, now: float) -> None:
         """The acceptor's side of phase 1, and what it means for whom we follow."""
-        if m.src != self.node_id and self.role is not Role.LEADER and self.guarding(now):
-            return  # a leader may hold a lease on our ack: no promise to another yet
+        if (m.src != self.node_id and self.role is not Role.LEADER
+                and m.ballot != self.leader_ballot and self.guarding(now)):
+            # A leader may hold a lease on our ack: no promise to another ballot yet.
+            # Its own ballot's Prepare (asking a new configuration's voters) is answered.
+            return
         if not self.observe(m.ballot, now):
             return
         if self.acceptor.on_prepare(m) and m.src != self.node_id and self.leader is not None:
