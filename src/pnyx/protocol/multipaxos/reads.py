@@ -131,7 +131,7 @@ class Reads:
             self.local_by_deadline.append((read.deadline, request_id, read))
             election = self.election
             if election.role is Role.LEADER:
-                if election.has_lease(now) and election.recovered_at <= self.log.commit:
+                if self._leased(now):
                     self._set_index(request_id, read, self.log.commit)
                 else:
                     self._queue(self.node_id, request_id, now)
@@ -170,10 +170,16 @@ class Reads:
             # after its reads arrived, and ours now, are the acks of a round sent after
             # them. No leader of a higher ballot can have chosen anything before then.
             self._answer_read_index(m.src, m.id, self.log.commit)
-        elif election.has_lease(now) and election.recovered_at <= self.log.commit:
+        elif self._leased(now):
             self._answer_read_index(m.src, m.id, self.log.commit)
         else:
             self._queue(m.src, m.id, now)
+
+    def _leased(self, now: float) -> bool:
+        """A read may take our commit index at once: we lead with a lease, and every
+        slot phase 1 recovered is chosen."""
+        election = self.election
+        return election.has_lease(now) and election.recovered_at <= self.log.commit
 
     def lead(self, now: float) -> None:
         """We became the leader: reads that waited for one are ours to confirm."""
