@@ -169,6 +169,13 @@ def test_cli_sweeps_the_replicated_store_and_reports_a_mutant(
                  "--mutant", "no-dedup"]) == 1
 
 
+def test_cli_runs_the_replicated_store_with_leader_leases(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim-kv", "--seeds", "0..4", "--crashes", "--partitions",
+                 "--read-lease", "80"]) == 0
+    assert "violations  0" in capsys.readouterr().out
+
+
 def test_cli_writes_the_history(tmp_path: Path) -> None:
     from pnyx.check import History
 
@@ -187,6 +194,8 @@ def test_cli_writes_the_history(tmp_path: Path) -> None:
         ["sim-kv", "--seeds", "0..3", "--history", "h.json"],
         ["sim-kv", "--window", "0"],
         ["sim-kv", "--seed", "0", "--seeds", "1..3"],
+        ["sim-kv", "--read-lease", "100"],
+        ["sim-kv", "--read-lease", "-5"],
     ],
 )
 def test_cli_sim_kv_wrong_flags_give_one_line_error(
