@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from pnyx.protocol.multipaxos import ReplicaConfig
+from pnyx.protocol.multipaxos.config import check_read_lease
 from pnyx.protocol.quorum import QuorumSystem
 from pnyx.tls import TlsFiles
 
@@ -455,11 +456,10 @@ class NodeConfig:
             raise ConfigError("the heartbeat interval must be more than 0 and less than the "
                               f"election timeout ({self.heartbeat_interval * 1000:g} ms, "
                               f"{self.election_timeout * 1000:g} ms)")
-        if not 0 <= self.read_lease < self.election_timeout:
-            raise ConfigError("the read lease must be 0 (off) or more, and less than the "
-                              f"election timeout ({self.read_lease * 1000:g} ms, "
-                              f"{self.election_timeout * 1000:g} ms): a member that acked "
-                              "the leader may promise another ballot after that")
+        try:  # checked here too, not only by replica_config(): a joining node has none yet
+            check_read_lease(self.read_lease, self.election_timeout)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("--cert-file and --key-file go together: TLS for clients "
                               "needs both")

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 from pnyx.protocol.quorum import QuorumSystem
 
 
+def check_read_lease(read_lease: float, election_timeout: float) -> None:
+    """The lease rule, for `ReplicaConfig` and for a node's flags alike: a lease ends
+    before any member that acked it may promise another ballot. Raises ValueError."""
+    if not 0 <= read_lease < election_timeout:
+        raise ValueError(
+            f"the read lease (read_lease, {read_lease * 1000:g} ms) must be 0 (off) or more "
+            f"and less than the election timeout ({election_timeout * 1000:g} ms): a member "
+            "that acked the leader may promise another ballot after that")
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaConfig:
     members: tuple[int, ...]
@@ -70,9 +80,7 @@ class ReplicaConfig:
             raise ValueError(f"snapshot_phase must be in [0, 1), not {self.snapshot_phase!r}")
         if not 0 < self.heartbeat_interval < self.election_timeout:
             raise ValueError("need 0 < heartbeat_interval < election_timeout")
-        if not 0 <= self.read_lease < self.election_timeout:
-            raise ValueError("need 0 <= read_lease < election_timeout: the lease must end "
-                             "before any member that acked it may promise another ballot")
+        check_read_lease(self.read_lease, self.election_timeout)
 
     @property
     def read_quorum(self) -> int:
